@@ -1,0 +1,218 @@
+//! The catalog: what a tenant sees of its upstreams' tools, prompts, resources and templates.
+//!
+//! Lists fan out to the tenant's upstreams in parallel (each cached per upstream and
+//! invalidated on `list_changed`), skip an upstream that is down or slow, and merge. With
+//! namespacing on, tool and prompt names become `<server>__<name>` (always, so names do not
+//! change when a server is added) and resource URIs `<server>+<uri>`; a name longer than 64
+//! characters is shortened with a hash and kept in a reverse map. The same rules run backwards
+//! to find the upstream and original name of a call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use mcp_wire::RawObject;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::MAX_NAME_LEN;
+use crate::gateway::Tenant;
+use crate::upstream::{ListKind, Upstream};
+
+/// Items per page of a merged list.
+const PAGE: usize = 1000;
+
+/// The reverse map of shortened names: short name → (server, original name).
+#[derive(Default)]
+pub struct Names {
+    short: Mutex<HashMap<String, (Arc<str>, String)>>,
+}
+
+impl Names {
+    /// The namespaced form of `name` on `server`.
+    pub fn expose(&self, server: &Arc<str>, name: &str) -> String {
+        let full = format!("{server}__{name}");
+        if full.len() <= MAX_NAME_LEN {
+            return full;
+        }
+        let digest = hex::encode(&Sha256::digest(full.as_bytes())[..5]);
+        let mut keep = MAX_NAME_LEN - digest.len() - 1;
+        while !full.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let short = format!("{}_{digest}", &full[..keep]);
+        self.short
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(short.clone(), (server.clone(), name.to_owned()));
+        short
+    }
+
+    fn lookup(&self, name: &str) -> Option<(Arc<str>, String)> {
+        self.short.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+}
+
+/// Where a client-facing name or URI leads.
+pub struct Target<'a> {
+    pub upstream: &'a Arc<Upstream>,
+    pub name: String,
+}
+
+/// Resolves a tool or prompt name for this tenant. With a shortened name unknown (say, after a
+/// restart), `refresh` lists `kind` once to rebuild the reverse map.
+pub async fn resolve_name<'a>(names: &Names, tenant: &'a Tenant, kind: ListKind, name: &str) -> Option<Target<'a>> {
+    if !tenant.namespacing {
+        return tenant.upstreams.first().map(|upstream| Target { upstream, name: name.to_owned() });
+    }
+    if let Some(t) = from_short(names, tenant, name) {
+        return Some(t);
+    }
+    if name.len() == MAX_NAME_LEN {
+        let _ = list_items(names, tenant, kind).await;
+        if let Some(t) = from_short(names, tenant, name) {
+            return Some(t);
+        }
+    }
+    let (server, original) = name.split_once("__")?;
+    let upstream = tenant.upstream(server)?;
+    Some(Target { upstream, name: original.to_owned() })
+}
+
+fn from_short<'a>(names: &Names, tenant: &'a Tenant, name: &str) -> Option<Target<'a>> {
+    let (server, original) = names.lookup(name)?;
+    tenant.upstream(&server).map(|upstream| Target { upstream, name: original })
+}
+
+/// Resolves a resource URI (or URI template) for this tenant.
+pub fn resolve_uri<'a>(tenant: &'a Tenant, uri: &str) -> Option<Target<'a>> {
+    if !tenant.namespacing {
+        return tenant.upstreams.first().map(|upstream| Target { upstream, name: uri.to_owned() });
+    }
+    let (server, original) = uri.split_once('+')?;
+    let upstream = tenant.upstream(server)?;
+    Some(Target { upstream, name: original.to_owned() })
+}
+
+/// The client-facing form of an upstream's resource URI.
+pub fn expose_uri(tenant: &Tenant, server: &str, uri: &str) -> String {
+    if tenant.namespacing { format!("{server}+{uri}") } else { uri.to_owned() }
+}
+
+/// Every item of a list across the tenant's upstreams, names rewritten for the client.
+pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<Box<RawValue>> {
+    let fetches = tenant.upstreams.iter().map(|u| async move {
+        let wait = Duration::from_millis(u.config.list_timeout_ms);
+        (u, tokio::time::timeout(wait, u.list(kind)).await)
+    });
+    let mut merged = Vec::new();
+    for (upstream, result) in futures_util::future::join_all(fetches).await {
+        let items = match result {
+            Ok(Ok(items)) => items,
+            Ok(Err(e)) => {
+                tracing::warn!(server = %upstream.name, list = kind.method(), error = %e, "list skipped");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(server = %upstream.name, list = kind.method(), "list skipped: upstream too slow");
+                continue;
+            }
+        };
+        for item in items.iter() {
+            if !tenant.namespacing {
+                merged.push(item.clone());
+                continue;
+            }
+            let Some(mut obj) = RawObject::parse(item.get()) else { continue };
+            let (field, rewritten) = match kind {
+                ListKind::Tools | ListKind::Prompts => {
+                    let Some(name) = obj.get_str("name") else { continue };
+                    ("name", names.expose(&upstream.name, &name))
+                }
+                ListKind::Resources => {
+                    let Some(uri) = obj.get_str("uri") else { continue };
+                    ("uri", expose_uri(tenant, &upstream.name, &uri))
+                }
+                ListKind::ResourceTemplates => {
+                    let Some(t) = obj.get_str("uriTemplate") else { continue };
+                    ("uriTemplate", expose_uri(tenant, &upstream.name, &t))
+                }
+            };
+            obj.set_str(field, &rewritten);
+            merged.push(obj.to_raw());
+        }
+    }
+    merged
+}
+
+/// Error for a cursor the gateway did not issue.
+pub struct BadCursor;
+
+/// One page of a merged list as a result object (without era-specific fields).
+pub fn page(kind: ListKind, items: &[Box<RawValue>], cursor: Option<&str>) -> Result<RawObject, BadCursor> {
+    let start = match cursor {
+        None => 0,
+        Some(c) => decode_cursor(c).ok_or(BadCursor)?,
+    };
+    if start > items.len() {
+        return Err(BadCursor);
+    }
+    let end = (start + PAGE).min(items.len());
+    let mut json = String::from("[");
+    for (i, item) in items[start..end].iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(item.get());
+    }
+    json.push(']');
+    let mut result = RawObject::default();
+    if let Ok(raw) = RawValue::from_string(json) {
+        result.set_raw(kind.field(), raw);
+    }
+    if end < items.len() {
+        result.set_str("nextCursor", &encode_cursor(end));
+    }
+    Ok(result)
+}
+
+fn encode_cursor(offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("palisade:{offset}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes).ok()?.strip_prefix("palisade:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_shortened_stably() {
+        let names = Names::default();
+        let server: Arc<str> = "kit".into();
+        assert_eq!(names.expose(&server, "echo"), "kit__echo");
+        let long = "a".repeat(80);
+        let short = names.expose(&server, &long);
+        assert_eq!(short.len(), MAX_NAME_LEN);
+        assert_eq!(short, names.expose(&server, &long));
+        assert_ne!(short, names.expose(&server, &format!("{long}b")));
+        assert_eq!(names.lookup(&short), Some((server, long)));
+    }
+
+    #[test]
+    fn pages_and_cursors() {
+        let items: Vec<Box<RawValue>> = (0..(PAGE + 5))
+            .map(|i| RawValue::from_string(format!("{{\"name\":\"t{i}\"}}")).unwrap())
+            .collect();
+        let first = page(ListKind::Tools, &items, None).ok().unwrap();
+        let cursor = first.get_str("nextCursor").unwrap();
+        let second = page(ListKind::Tools, &items, Some(&cursor)).ok().unwrap();
+        assert!(second.get_str("nextCursor").is_none());
+        assert!(second.get("tools").unwrap().get().starts_with("[{\"name\":\"t1000\"}"));
+        assert!(page(ListKind::Tools, &items, Some("bogus")).is_err());
+    }
+}

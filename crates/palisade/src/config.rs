@@ -1,0 +1,434 @@
+//! The TOML configuration: its shape, its defaults, and the checks that run before anything
+//! starts. `palisade check` runs exactly [`Config::load`]; `serve` refuses to start on any error.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the key, never a silently
+//! ignored setting. Errors name the offending key and say how to fix it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::Deserialize;
+
+/// The maximum length of a namespaced tool or prompt name, per common client limits.
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Address of the MCP endpoint (served at `/mcp`).
+    #[serde(default = "default_mcp_addr")]
+    pub mcp: SocketAddr,
+    /// Address of the admin listener: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "default_admin_addr")]
+    pub admin: SocketAddr,
+    /// `Origin` values allowed besides loopback origins (exact match, e.g.
+    /// `https://app.example.com`). A request without `Origin` (not from a browser) is allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// `Host` values allowed besides loopback names, for DNS-rebinding protection. When the
+    /// MCP listener binds a non-loopback address, list the names clients use to reach it, or `*`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            mcp: default_mcp_addr(),
+            admin: default_admin_addr(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+fn default_mcp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// File holding the server pepper that API keys are hashed under (≥ 32 bytes).
+    pub pepper_file: Option<PathBuf>,
+    /// Or: the name of an environment variable holding it.
+    pub pepper_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body; larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Legacy sessions idle this long are closed.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+    /// On shutdown, how long in-flight calls may take to finish.
+    #[serde(default = "default_drain")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            session_idle_secs: default_session_idle(),
+            shutdown_grace_secs: default_drain(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_session_idle() -> u64 {
+    30 * 60
+}
+fn default_drain() -> u64 {
+    10
+}
+
+/// Which era the gateway speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// `initialize` first; `server/discover` if the upstream does not know `initialize`.
+    #[default]
+    Auto,
+    Legacy,
+    Modern,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Unique, `[a-z0-9_-]`, no `__` (it separates server and tool in namespaced names).
+    pub name: String,
+    pub stdio: Option<Stdio>,
+    pub http: Option<Http>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Longest a call may take before the gateway cancels it upstream.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_ms: u64,
+    /// Longest the handshake (spawn + initialize) may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// How long a list fan-out waits for this server before serving the others without it.
+    #[serde(default = "default_list_timeout")]
+    pub list_timeout_ms: u64,
+}
+
+fn default_call_timeout() -> u64 {
+    60_000
+}
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+fn default_list_timeout() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdio {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The child's whole environment (it inherits nothing from the gateway). `PATH` defaults to
+    /// `/usr/local/bin:/usr/bin:/bin` when not given.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Longest stdout line accepted; a longer one kills the child.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+}
+
+fn default_max_line() -> usize {
+    16 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub url: String,
+    /// Extra headers sent on every request (the upstream's own credentials, for example).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// A slug: `[a-z0-9-]`, 1–63 characters.
+    pub id: String,
+    /// Names of the servers this tenant may use.
+    pub servers: Vec<String>,
+    /// Prefix tool and prompt names with `<server>__` and resource URIs with `<server>+`.
+    /// May be `false` only for a tenant with a single server.
+    #[serde(default = "yes")]
+    pub namespacing: bool,
+    /// API keys as `hmac-sha256:<hex>` = HMAC-SHA256(pepper, key); see `palisade key new`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A configuration that cannot be used, with the key at fault and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        let config: Config = Figment::from(Toml::file_exact(path))
+            .extract()
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text (used by the demo and tests).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse {
+                path: PathBuf::from("<inline>"),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.max_body_bytes < 1024 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let key = format!("servers[{i}]");
+            if !valid_server_name(&s.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is not a valid server name: use 1-32 of [a-z0-9_-], without `__` and not ending in `_`",
+                        s.name
+                    ),
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(format!("{key}.name"), format!("server `{}` is defined twice", s.name)));
+            }
+            match (&s.stdio, &s.http) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(key, format!("server `{}` has both [stdio] and [http]; keep one", s.name)));
+                }
+                (None, None) => {
+                    return Err(invalid(key, format!("server `{}` needs a [servers.stdio] or [servers.http] table", s.name)));
+                }
+                (Some(stdio), None) => {
+                    if stdio.command.trim().is_empty() {
+                        return Err(invalid(format!("{key}.stdio.command"), "must not be empty"));
+                    }
+                    if stdio.max_line_bytes < 1024 {
+                        return Err(invalid(format!("{key}.stdio.max_line_bytes"), "must be at least 1024"));
+                    }
+                }
+                (None, Some(http)) => {
+                    let ok = http.url.parse::<http::Uri>().ok().is_some_and(|u| {
+                        matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some()
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            format!("{key}.http.url"),
+                            format!("`{}` is not an http:// or https:// URL", http.url),
+                        ));
+                    }
+                    for name in http.headers.keys() {
+                        if name.parse::<http::HeaderName>().is_err() {
+                            return Err(invalid(format!("{key}.http.headers"), format!("`{name}` is not a valid header name")));
+                        }
+                    }
+                }
+            }
+            if s.call_timeout_ms == 0 || s.connect_timeout_ms == 0 || s.list_timeout_ms == 0 {
+                return Err(invalid(key, "timeouts must be greater than 0"));
+            }
+        }
+        let mut tenant_ids = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let key = format!("tenants[{i}]");
+            if !valid_tenant_id(&t.id) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit", t.id),
+                ));
+            }
+            if !tenant_ids.insert(t.id.as_str()) {
+                return Err(invalid(format!("{key}.id"), format!("tenant `{}` is defined twice", t.id)));
+            }
+            for s in &t.servers {
+                if !names.contains(s.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.servers"),
+                        format!("tenant `{}` names server `{s}`, which no [[servers]] entry defines", t.id),
+                    ));
+                }
+            }
+            if !t.namespacing && t.servers.len() > 1 {
+                return Err(invalid(
+                    format!("{key}.namespacing"),
+                    format!("tenant `{}` has {} servers; names can only stay unprefixed with exactly one", t.id, t.servers.len()),
+                ));
+            }
+            for k in &t.keys {
+                if crate::auth::apikey::parse_stored_hash(k).is_none() {
+                    return Err(invalid(
+                        format!("{key}.keys"),
+                        "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
+                    ));
+                }
+            }
+        }
+        let any_keys = self.tenants.iter().any(|t| !t.keys.is_empty());
+        if any_keys && self.auth.pepper_file.is_none() && self.auth.pepper_env.is_none() {
+            return Err(invalid(
+                "auth",
+                "tenants have API keys but no pepper is configured: set auth.pepper_file or auth.pepper_env",
+            ));
+        }
+        if !self.listen.mcp.ip().is_loopback() && self.listen.allowed_hosts.is_empty() {
+            return Err(invalid(
+                "listen.allowed_hosts",
+                "the MCP listener binds a non-loopback address: list the host names clients use (or \"*\" to disable the DNS-rebinding check)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+}
+
+fn valid_server_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !name.contains("__")
+        && !name.ends_with('_')
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[servers]]
+name = "kit"
+[servers.stdio]
+command = "true"
+
+[[tenants]]
+id = "acme"
+servers = ["kit"]
+"#;
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c = Config::from_toml(BASE).unwrap();
+        assert_eq!(c.listen.mcp.port(), 8080);
+        assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert!(c.tenants[0].namespacing);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml(&format!("{BASE}\nbogus = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_key_and_fix() {
+        let err = Config::from_toml(&BASE.replace("servers = [\"kit\"]", "servers = [\"nope\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenants[0].servers") && err.contains("nope"), "{err}");
+        let err = Config::from_toml(&BASE.replace("name = \"kit\"", "name = \"a__b\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servers[0].name"), "{err}");
+        let err = Config::from_toml(&format!("{BASE}keys = [\"plain-key\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("palisade key new"), "{err}");
+        let err = Config::from_toml(&format!(
+            "{BASE}keys = [\"hmac-sha256:{}\"]\n",
+            "ab".repeat(32)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pepper"), "{err}");
+    }
+}

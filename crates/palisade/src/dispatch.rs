@@ -1,0 +1,363 @@
+//! Dispatch: what each MCP method means at the gateway.
+//!
+//! Some methods are answered here (the lifecycle: `initialize`, `server/discover`, `ping`,
+//! `logging/setLevel`), lists go to the [`catalog`], and calls that reach one upstream go
+//! through the [`pipeline`]. Notifications and responses from the client are routed back to
+//! the upstream and call they belong to. Nothing here knows about HTTP beyond the status codes
+//! the modern era assigns to some errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_wire::era::{self, meta};
+use mcp_wire::jsonrpc::{self, ErrorCode, Notification, Request, Response};
+use mcp_wire::{Era, Id, RawObject};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::auth::Principal;
+use crate::catalog;
+use crate::gateway::{Gateway, Tenant};
+use crate::pipeline::{self, Addressing, Caller, Forward, complete_modern_result};
+use crate::session::{self, Session};
+use crate::upstream::{ListKind, Notice, Upstream};
+
+/// What the transport sends back.
+pub enum Reply {
+    /// One JSON-RPC message (HTTP 200).
+    Message(Vec<u8>),
+    /// The `initialize` result, and the session it opened.
+    Initialized { body: Vec<u8>, session: Arc<str> },
+    /// A notification or response was taken (HTTP 202).
+    Accepted,
+    /// A forwarded call: relay its messages, then its response.
+    Call(Forward),
+    /// A long-lived stream of notifications (`subscriptions/listen`).
+    Stream(mpsc::Receiver<Vec<u8>>),
+    /// An error the modern era puts in the HTTP status as well.
+    Status(u16, Vec<u8>),
+}
+
+/// Handles one client request.
+pub async fn request(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'_>, req: Request) -> Reply {
+    let id = &req.id;
+    let params = req.params.as_deref();
+    let method = req.method.as_str();
+    let forward = |addressing| async move {
+        match pipeline::forward(gw, caller, id, method, params, addressing).await {
+            Ok(fwd) => Reply::Call(fwd),
+            Err(error) => Reply::Message(error),
+        }
+    };
+    match method {
+        "initialize" => initialize(gw, principal, caller.tenant, &req).await,
+        "server/discover" => Reply::Message(discover(gw, caller.tenant, id).await),
+        "ping" => Reply::Message(result(caller, id, RawObject::default())),
+        "tools/list" => list(gw, caller, id, params, ListKind::Tools).await,
+        "prompts/list" => list(gw, caller, id, params, ListKind::Prompts).await,
+        "resources/list" => list(gw, caller, id, params, ListKind::Resources).await,
+        "resources/templates/list" => list(gw, caller, id, params, ListKind::ResourceTemplates).await,
+        "tools/call" => forward(Addressing::Tool).await,
+        "prompts/get" => forward(Addressing::Prompt).await,
+        "resources/read" => forward(Addressing::Resource).await,
+        "completion/complete" => forward(Addressing::CompletionRef).await,
+        "resources/subscribe" | "resources/unsubscribe" if caller.era == Era::Legacy => {
+            if let (Some(session), Some(uri)) = (&caller.session, params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("uri"))) {
+                let mut subs = session.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+                if method == "resources/subscribe" {
+                    subs.insert(uri);
+                } else {
+                    subs.remove(&uri);
+                }
+            }
+            forward(Addressing::Resource).await
+        }
+        "logging/setLevel" if caller.era == Era::Legacy => {
+            let level = params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("level"));
+            match (level, &caller.session) {
+                (Some(level), Some(session)) => {
+                    session.log_level.store(session::log_rank(&level), std::sync::atomic::Ordering::Relaxed);
+                    Reply::Message(jsonrpc::result(id, "{}"))
+                }
+                _ => Reply::Message(jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, "params.level must be a log level", None)),
+            }
+        }
+        "subscriptions/listen" if caller.era == Era::Modern => listen(gw, caller.tenant, id, params),
+        other => {
+            let body = jsonrpc::error(Some(id), ErrorCode::METHOD_NOT_FOUND, &format!("method not found: {other}"), None);
+            match caller.era {
+                Era::Modern => Reply::Status(404, body),
+                Era::Legacy => Reply::Message(body),
+            }
+        }
+    }
+}
+
+/// Handles a client notification.
+pub fn notification(caller: &Caller<'_>, n: &Notification) {
+    if n.method == "notifications/cancelled" {
+        let request_id = n
+            .params
+            .as_ref()
+            .and_then(|p| RawObject::parse(p.get()))
+            .and_then(|o| o.get("requestId").map(|r| r.get().to_owned()));
+        if let (Some(session), Some(request_id)) = (&caller.session, request_id) {
+            session.cancel_call(&request_id);
+        }
+    }
+    // `notifications/initialized`, `roots/list_changed` and others need nothing from the gateway.
+}
+
+/// Handles a client's response to a server→client request: back to the upstream that asked.
+pub async fn response(caller: &Caller<'_>, resp: Response) {
+    let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else { return };
+    let Some((upstream, upstream_id)) = session.take_server_request(id) else {
+        tracing::debug!("client answered an unknown server request; dropped");
+        return;
+    };
+    match &resp.outcome {
+        Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
+        Err(error) => upstream.respond(&upstream_id, Err(error)).await,
+    }
+}
+
+fn result(caller: &Caller<'_>, id: &Id, mut obj: RawObject) -> Vec<u8> {
+    if caller.era == Era::Modern {
+        complete_modern_result(&mut obj, false);
+    }
+    jsonrpc::result(id, &obj.to_json())
+}
+
+async fn initialize(gw: &Arc<Gateway>, principal: &Principal, tenant: &Tenant, req: &Request) -> Reply {
+    let requested = req
+        .params
+        .as_ref()
+        .and_then(|p| RawObject::parse(p.get()))
+        .and_then(|o| o.get_str("protocolVersion"));
+    let Some(requested) = requested else {
+        return Reply::Message(jsonrpc::error(Some(&req.id), ErrorCode::INVALID_PARAMS, "params.protocolVersion must be a string", None));
+    };
+    let version = era::negotiate_legacy(&requested);
+    let (capabilities, instructions) = merged_capabilities(tenant).await;
+    let mut body = json!({
+        "protocolVersion": version,
+        "capabilities": capabilities,
+        "serverInfo": server_info(),
+    });
+    if let Some(instructions) = instructions {
+        body["instructions"] = Value::String(instructions);
+    }
+    let session = gw.sessions.create(principal, version);
+    Reply::Initialized {
+        body: jsonrpc::result(&req.id, &body.to_string()),
+        session: session.id.clone(),
+    }
+}
+
+async fn discover(_gw: &Arc<Gateway>, tenant: &Tenant, id: &Id) -> Vec<u8> {
+    let (capabilities, instructions) = merged_capabilities(tenant).await;
+    let mut body = json!({
+        "resultType": "complete",
+        "supportedVersions": era::ALL_VERSIONS,
+        "capabilities": capabilities,
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": { "io.modelcontextprotocol/serverInfo": server_info() },
+    });
+    if let Some(instructions) = instructions {
+        body["instructions"] = Value::String(instructions);
+    }
+    jsonrpc::result(id, &body.to_string())
+}
+
+fn server_info() -> Value {
+    json!({ "name": "palisade", "title": "Palisade MCP gateway", "version": env!("CARGO_PKG_VERSION") })
+}
+
+/// The union of what the tenant's upstreams offer. `listChanged` is always declared: the
+/// gateway itself announces changes when an upstream reconnects.
+async fn merged_capabilities(tenant: &Tenant) -> (Value, Option<String>) {
+    let infos = futures_util::future::join_all(
+        tenant
+            .upstreams
+            .iter()
+            .map(|u| async move { (u.name.clone(), u.info(Duration::from_millis(u.config.list_timeout_ms)).await) }),
+    )
+    .await;
+    let mut caps = serde_json::Map::new();
+    let mut instructions = Vec::new();
+    let mut subscribe = false;
+    for (name, info) in infos {
+        let Ok(info) = info else { continue };
+        let c = &*info.capabilities;
+        for key in ["tools", "prompts"] {
+            if c.get(key).is_some() {
+                caps.insert(key.into(), json!({ "listChanged": true }));
+            }
+        }
+        if let Some(r) = c.get("resources") {
+            subscribe |= r.get("subscribe").and_then(Value::as_bool).unwrap_or(false);
+            caps.insert("resources".into(), json!({ "listChanged": true, "subscribe": subscribe }));
+        }
+        for key in ["logging", "completions"] {
+            if c.get(key).is_some() {
+                caps.insert(key.into(), json!({}));
+            }
+        }
+        if let Some(text) = &info.instructions {
+            instructions.push(format!("[{name}] {text}"));
+        }
+    }
+    let instructions = (!instructions.is_empty()).then(|| instructions.join("\n\n"));
+    (Value::Object(caps), instructions)
+}
+
+async fn list(gw: &Arc<Gateway>, caller: &Caller<'_>, id: &Id, params: Option<&serde_json::value::RawValue>, kind: ListKind) -> Reply {
+    let cursor = params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("cursor"));
+    let items = catalog::list_items(&gw.names, caller.tenant, kind).await;
+    let mut page = match catalog::page(kind, &items, cursor.as_deref()) {
+        Ok(page) => page,
+        Err(catalog::BadCursor) => {
+            return Reply::Message(jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, "invalid cursor", None));
+        }
+    };
+    if caller.era == Era::Modern {
+        complete_modern_result(&mut page, true);
+    }
+    Reply::Message(jsonrpc::result(id, &page.to_json()))
+}
+
+/// `subscriptions/listen`: acknowledges the accepted filter, then relays list changes.
+fn listen(gw: &Arc<Gateway>, tenant: &Tenant, id: &Id, params: Option<&serde_json::value::RawValue>) -> Reply {
+    let requested: Value = params
+        .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+        .map(|p| p["notifications"].clone())
+        .unwrap_or(Value::Null);
+    let wants = |key: &str| requested.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let accepted: Vec<(ListKind, &str)> = [
+        (ListKind::Tools, "toolsListChanged"),
+        (ListKind::Prompts, "promptsListChanged"),
+        (ListKind::Resources, "resourcesListChanged"),
+    ]
+    .into_iter()
+    .filter(|(_, key)| wants(key))
+    .collect();
+    let mut filter = serde_json::Map::new();
+    for (_, key) in &accepted {
+        filter.insert((*key).into(), Value::Bool(true));
+    }
+    let sub_meta = json!({ "io.modelcontextprotocol/subscriptionId": serde_json::from_str::<Value>(id.as_json()).unwrap_or(Value::Null) });
+    let ack = json!({ "notifications": filter, "_meta": sub_meta }).to_string();
+    let (tx, rx) = mpsc::channel(64);
+    let _ = tx.try_send(jsonrpc::notification("notifications/subscriptions/acknowledged", Some(&ack)));
+    let kinds: Vec<ListKind> = accepted.iter().map(|(k, _)| *k).collect();
+    let params = json!({ "_meta": sub_meta }).to_string();
+    relay_notices(gw, tenant, tx, move |notice, _upstream| match notice {
+        Notice::ListChanged(kind) if kinds.contains(kind) => {
+            kind.changed_notification().map(|m| jsonrpc::notification(m, Some(&params)))
+        }
+        _ => None,
+    });
+    Reply::Stream(rx)
+}
+
+/// Messages for a legacy session's GET stream: list changes, and updates of subscribed resources.
+pub fn relay_to_session(gw: &Arc<Gateway>, tenant: &Tenant, session: &Arc<Session>, tx: mpsc::Sender<Vec<u8>>) {
+    let namespacing = tenant.namespacing;
+    let session = session.clone();
+    relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
+        Notice::ListChanged(kind) => kind.changed_notification().map(|m| jsonrpc::notification(m, None)),
+        Notice::ResourceUpdated { uri, params } => {
+            let exposed = if namespacing { format!("{}+{uri}", upstream.name) } else { uri.clone() };
+            if !session.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).contains(&exposed) {
+                return None;
+            }
+            let mut obj = RawObject::parse(params)?;
+            obj.set_str("uri", &exposed);
+            Some(jsonrpc::notification("notifications/resources/updated", Some(&obj.to_json())))
+        }
+    });
+}
+
+/// One task per upstream of the tenant, feeding `tx` until it closes or the gateway drains.
+fn relay_notices<F>(gw: &Arc<Gateway>, tenant: &Tenant, tx: mpsc::Sender<Vec<u8>>, render: F)
+where
+    F: Fn(&Notice, &Upstream) -> Option<Vec<u8>> + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    for upstream in &tenant.upstreams {
+        let mut notices = upstream.subscribe();
+        let upstream = upstream.clone();
+        let tx = tx.clone();
+        let render = render.clone();
+        let draining = gw.draining.clone();
+        tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    n = notices.recv() => n,
+                    _ = tx.closed() => return,
+                    _ = draining.cancelled() => return,
+                };
+                match notice {
+                    Ok(notice) => {
+                        if let Some(msg) = render(&notice, &upstream) {
+                            if tx.try_send(msg).is_err() && tx.is_closed() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+/// The modern era's checks of a request's `_meta` against its headers. `Err` is the HTTP
+/// status and the error message.
+pub fn check_modern(req_method: &str, params: Option<&serde_json::value::RawValue>, id: Option<&Id>, headers: &ModernHeaders<'_>) -> Result<(), (u16, Vec<u8>)> {
+    let bad = |code: ErrorCode, msg: &str, data: Option<Value>| (400, jsonrpc::error(id, code, msg, data.as_ref()));
+    let params_obj = params.and_then(|p| RawObject::parse(p.get()));
+    let meta_obj = params_obj.as_ref().and_then(|p| p.get_object("_meta"));
+    let Some(meta_obj) = meta_obj else {
+        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta is required in protocol version 2026-07-28", None));
+    };
+    let Some(version) = meta_obj.get_str(meta::PROTOCOL_VERSION) else {
+        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta[\"io.modelcontextprotocol/protocolVersion\"] is required", None));
+    };
+    if Era::of_version(&version) != Some(Era::Modern) {
+        return Err(bad(
+            ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+            &format!("unsupported protocol version: {version}"),
+            Some(json!({ "supported": era::ALL_VERSIONS, "requested": version })),
+        ));
+    }
+    if headers.protocol_version != Some(version.as_str()) {
+        return Err(bad(ErrorCode::HEADER_MISMATCH, "the MCP-Protocol-Version header must equal params._meta protocolVersion", None));
+    }
+    if meta_obj.get(meta::CLIENT_CAPABILITIES).is_none() {
+        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta[\"io.modelcontextprotocol/clientCapabilities\"] is required", None));
+    }
+    if let Some(m) = headers.method {
+        if m != req_method {
+            return Err(bad(ErrorCode::HEADER_MISMATCH, "the Mcp-Method header does not match the request's method", None));
+        }
+    } else if id.is_some() {
+        return Err(bad(ErrorCode::HEADER_MISMATCH, "the Mcp-Method header is required", None));
+    }
+    if let Some(field) = era::name_field(req_method) {
+        let body_name = params_obj.as_ref().and_then(|p| p.get_str(field));
+        if headers.name != body_name.as_deref() {
+            return Err(bad(ErrorCode::HEADER_MISMATCH, &format!("the Mcp-Name header must equal params.{field}"), None));
+        }
+    }
+    Ok(())
+}
+
+/// The modern-era headers of a request.
+pub struct ModernHeaders<'a> {
+    pub protocol_version: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub name: Option<&'a str>,
+}

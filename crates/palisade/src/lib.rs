@@ -1,0 +1,19 @@
+//! Palisade: a multi-tenant gateway for the Model Context Protocol.
+//!
+//! The path of one request, module by module: [`http`] (the front door: Origin/Host, body limit,
+//! era detection) → [`auth`] (credentials → [`auth::Principal`]) → [`session`] (legacy era) →
+//! [`dispatch`] (lifecycle answered here, lists to the [`catalog`], calls to the [`pipeline`]) →
+//! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way.
+//! `ARCHITECTURE.md` is the map.
+
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod session;
+pub mod upstream;

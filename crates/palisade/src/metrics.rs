@@ -1,0 +1,197 @@
+//! The figures operators watch, served on the admin listener at `/metrics`.
+//!
+//! Labels are bounded: tenants and servers come from the config, tools only when the upstream
+//! listed them (anything else is `other`), outcomes and reasons from fixed sets. No label ever
+//! carries a session id, a credential or request data (invariant 4).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    tenant: String,
+    server: String,
+    tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    tenant: String,
+    server: String,
+    tool: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    server: String,
+    list: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// How a forwarded call ended, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The tool ran and reported `isError: true`: the upstream worked.
+    ToolError,
+    /// The upstream answered with a JSON-RPC error.
+    RpcError,
+    Timeout,
+    /// The upstream was down, crashed or broke the protocol.
+    Unavailable,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ToolError => "tool_error",
+            Outcome::RpcError => "rpc_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~100 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
+    calls: Family<OutcomeLabels, Counter>,
+    upstream_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    catalog: Family<CacheLabels, Counter>,
+    sessions: Gauge,
+    restarts: Family<ServerLabels, Counter>,
+    up: Family<ServerLabels, Gauge>,
+    rejections: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("palisade");
+        let call_seconds = Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "tool_call_duration_seconds",
+            "Latency of tools/call, resources/read and prompts/get through the gateway",
+            call_seconds.clone(),
+        );
+        let calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register("tool_calls", "Forwarded calls by outcome", calls.clone());
+        let upstream_seconds = Family::<ServerLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending a client call upstream to its answer",
+            upstream_seconds.clone(),
+        );
+        let catalog = Family::<CacheLabels, Counter>::default();
+        registry.register("catalog_cache", "List cache lookups per upstream", catalog.clone());
+        let sessions = Gauge::default();
+        registry.register("sessions_active", "Open legacy-era client sessions", sessions.clone());
+        let restarts = Family::<ServerLabels, Counter>::default();
+        registry.register("upstream_restarts", "Times an upstream link was lost or failed to start", restarts.clone());
+        let up = Family::<ServerLabels, Gauge>::default();
+        registry.register("upstream_up", "1 when the upstream's link is established", up.clone());
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register("http_rejections", "Requests refused at the front door, by reason", rejections.clone());
+        Metrics {
+            registry,
+            call_seconds,
+            calls,
+            upstream_seconds,
+            catalog,
+            sessions,
+            restarts,
+            up,
+            rejections,
+        }
+    }
+
+    pub fn call(&self, tenant: &str, server: &str, tool: &str, outcome: Outcome, seconds: f64) {
+        let labels = CallLabels {
+            tenant: tenant.to_owned(),
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+        };
+        self.call_seconds.get_or_create(&labels).observe(seconds);
+        self.calls
+            .get_or_create(&OutcomeLabels {
+                tenant: labels.tenant,
+                server: labels.server,
+                tool: labels.tool,
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_latency(&self, server: &str, seconds: f64) {
+        self.upstream_seconds
+            .get_or_create(&ServerLabels { server: server.to_owned() })
+            .observe(seconds);
+    }
+
+    pub fn catalog_cache(&self, server: &str, list: &'static str, hit: bool) {
+        self.catalog
+            .get_or_create(&CacheLabels {
+                server: server.to_owned(),
+                list,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    pub fn session_opened(&self) {
+        self.sessions.inc();
+    }
+
+    pub fn session_closed(&self) {
+        self.sessions.dec();
+    }
+
+    pub fn upstream_restart(&self, server: &str) {
+        self.restarts.get_or_create(&ServerLabels { server: server.to_owned() }).inc();
+    }
+
+    pub fn upstream_up(&self, server: &str, up: bool) {
+        self.up
+            .get_or_create(&ServerLabels { server: server.to_owned() })
+            .set(i64::from(up));
+    }
+
+    /// A request refused before dispatch; `reason` is one of a fixed set of words.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

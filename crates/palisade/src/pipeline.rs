@@ -1,0 +1,346 @@
+//! The pipeline: the ordered steps of one forwarded call (`tools/call`, `resources/read`,
+//! `prompts/get`, and the other requests that go to exactly one upstream).
+//!
+//! Read top to bottom, [`forward`] is the whole story of a call:
+//!   1. resolve the target: which of the tenant's upstreams, under which original name
+//!      (a name outside the tenant's servers is an unknown tool, -32602);
+//!   2. rewrite only what the gateway owns (the name; ids and progress tokens in `upstream`);
+//!   3. send it upstream and relay what comes back, in order, ending with the response.
+//!
+//! Authorization, rate limits, bulkheads, breakers and the audit record slot in between 1 and 3,
+//! each in its own module, in that order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mcp_wire::jsonrpc::{self, ErrorCode};
+use mcp_wire::{Era, Id, RawObject};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, Target};
+use crate::gateway::{Gateway, Tenant};
+use crate::metrics;
+use crate::session::{self, Session};
+use crate::upstream::{CallEvent, CallHandle, ListKind, Route, Step, Upstream, UpstreamError};
+
+/// Who is making a call, as dispatch knows them.
+pub struct Caller<'a> {
+    pub tenant: &'a Tenant,
+    pub era: Era,
+    pub session: Option<Arc<Session>>,
+}
+
+/// How a request addresses its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressing {
+    /// `params.name` is a tool name.
+    Tool,
+    /// `params.name` is a prompt name.
+    Prompt,
+    /// `params.uri` is a resource URI.
+    Resource,
+    /// `params.ref` is a prompt or resource reference (`completion/complete`).
+    CompletionRef,
+}
+
+/// What the pipeline yields to the transport, in order.
+pub enum Out {
+    /// A notification or server→client request for the client.
+    Message(Vec<u8>),
+    /// The response; nothing follows.
+    Final(Vec<u8>),
+    /// The client cancelled the call: end without a response.
+    Cancelled,
+}
+
+/// A call in flight. Dropping it before the final message cancels the call upstream.
+pub struct Forward {
+    handle: CallHandle,
+    client_id: Id,
+    era: Era,
+    session: Option<Arc<Session>>,
+    cancel: Option<CancellationToken>,
+    upstream: Arc<Upstream>,
+    tenant: Arc<str>,
+    metric_name: String,
+    uri_prefix: Option<String>,
+    method: String,
+    started: Instant,
+    done: bool,
+}
+
+/// Forwards one request to the upstream that owns its target. Errors come back as the
+/// complete JSON-RPC error message for the client.
+pub async fn forward(
+    gw: &Gateway,
+    caller: &Caller<'_>,
+    id: &Id,
+    method: &str,
+    params: Option<&RawValue>,
+    addressing: Addressing,
+) -> Result<Forward, Vec<u8>> {
+    let invalid = |msg: &str| jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, msg, None);
+    let mut params = match params {
+        Some(p) => RawObject::parse(p.get()).ok_or_else(|| invalid("params must be an object"))?,
+        None => RawObject::default(),
+    };
+
+    // 1. Resolve the target.
+    let tenant = caller.tenant;
+    let (target, metric_name): (Target<'_>, String) = match addressing {
+        Addressing::Tool | Addressing::Prompt => {
+            let name = params.get_str("name").ok_or_else(|| invalid("params.name must be a string"))?;
+            let kind = if addressing == Addressing::Tool { ListKind::Tools } else { ListKind::Prompts };
+            let what = if addressing == Addressing::Tool { "tool" } else { "prompt" };
+            let target = catalog::resolve_name(&gw.names, tenant, kind, &name)
+                .await
+                .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
+            let label = metric_label(target.upstream, kind, &target.name);
+            params.set_str("name", &target.name);
+            (target, label)
+        }
+        Addressing::Resource => {
+            let uri = params.get_str("uri").ok_or_else(|| invalid("params.uri must be a string"))?;
+            let target = catalog::resolve_uri(tenant, &uri).ok_or_else(|| {
+                let code = if caller.era == Era::Legacy { ErrorCode::RESOURCE_NOT_FOUND } else { ErrorCode::INVALID_PARAMS };
+                jsonrpc::error(Some(id), code, &format!("resource not found: {uri}"), Some(&serde_json::json!({ "uri": uri })))
+            })?;
+            params.set_str("uri", &target.name);
+            (target, "resource".to_owned())
+        }
+        Addressing::CompletionRef => {
+            let mut reference = params.get_object("ref").ok_or_else(|| invalid("params.ref must be an object"))?;
+            let target = match reference.get_str("type").as_deref() {
+                Some("ref/prompt") => {
+                    let name = reference.get_str("name").ok_or_else(|| invalid("params.ref.name must be a string"))?;
+                    catalog::resolve_name(&gw.names, tenant, ListKind::Prompts, &name).await.map(|t| {
+                        reference.set_str("name", &t.name);
+                        t
+                    })
+                }
+                Some("ref/resource") => {
+                    let uri = reference.get_str("uri").ok_or_else(|| invalid("params.ref.uri must be a string"))?;
+                    catalog::resolve_uri(tenant, &uri).map(|t| {
+                        reference.set_str("uri", &t.name);
+                        t
+                    })
+                }
+                _ => return Err(invalid("params.ref.type must be ref/prompt or ref/resource")),
+            }
+            .ok_or_else(|| invalid("unknown completion reference"))?;
+            params.set_object("ref", &reference);
+            (target, "completion".to_owned())
+        }
+    };
+    let upstream = target.upstream.clone();
+
+    // 3. Send it upstream.
+    let route = Route::Client {
+        tenant: tenant.id.clone(),
+        session: caller.session.as_ref().map(|s| s.id.clone()),
+    };
+    let started = Instant::now();
+    let handle = match upstream.call(method, Some(params), route).await {
+        Ok(h) => h,
+        Err(e) => {
+            gw.metrics.call(&tenant.id, &upstream.name, &metric_name, metrics::Outcome::Unavailable, started.elapsed().as_secs_f64());
+            return Err(upstream_error(id, &e));
+        }
+    };
+    let cancel = caller.session.as_ref().map(|s| s.track_call(id));
+    let uri_prefix = (addressing == Addressing::Resource && tenant.namespacing).then(|| format!("{}+", upstream.name));
+    Ok(Forward {
+        handle,
+        client_id: id.clone(),
+        era: caller.era,
+        session: caller.session.clone(),
+        cancel,
+        upstream,
+        tenant: tenant.id.clone(),
+        metric_name,
+        uri_prefix,
+        method: method.to_owned(),
+        started,
+        done: false,
+    })
+}
+
+/// Tool names become metric labels only when the upstream listed them (bounded cardinality).
+fn metric_label(upstream: &Upstream, kind: ListKind, name: &str) -> String {
+    if upstream.has_listed(kind, name) { name.to_owned() } else { "other".to_owned() }
+}
+
+pub fn upstream_error(id: &Id, e: &UpstreamError) -> Vec<u8> {
+    let server = match e {
+        UpstreamError::Unavailable { server, .. }
+        | UpstreamError::Lost { server, .. }
+        | UpstreamError::Timeout { server, .. }
+        | UpstreamError::Failed { server, .. } => server.to_string(),
+    };
+    jsonrpc::error(
+        Some(id),
+        ErrorCode::UPSTREAM_UNAVAILABLE,
+        &e.to_string(),
+        Some(&serde_json::json!({ "server": server })),
+    )
+}
+
+impl Forward {
+    /// The next message for the client; `None` once the final one was given.
+    pub async fn next(&mut self) -> Option<Out> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let step = match &self.cancel {
+                Some(token) => tokio::select! {
+                    step = self.handle.next() => step,
+                    _ = token.cancelled() => {
+                        self.done = true;
+                        return Some(Out::Cancelled);
+                    }
+                },
+                None => self.handle.next().await,
+            };
+            match step {
+                Step::Event(CallEvent::Notification { method, params }) => {
+                    if method == "notifications/message" && self.below_log_level(params.as_deref()) {
+                        continue;
+                    }
+                    return Some(Out::Message(jsonrpc::notification(&method, params.as_ref().map(|p| p.get()))));
+                }
+                Step::Event(CallEvent::Request { upstream_id, method, params }) => {
+                    match (&self.session, self.era) {
+                        (Some(session), Era::Legacy) => {
+                            let id = session.register_server_request(self.upstream.clone(), upstream_id);
+                            return Some(Out::Message(jsonrpc::request(&id, &method, params.as_ref().map(|p| p.get()))));
+                        }
+                        _ => {
+                            // Modern clients take no server→client requests on this path.
+                            let err = jsonrpc::error_object(
+                                ErrorCode::METHOD_NOT_FOUND,
+                                "this client cannot receive server requests through the gateway",
+                                None,
+                            );
+                            if let Ok(raw) = RawValue::from_string(err) {
+                                self.upstream.respond(&upstream_id, Err(&raw)).await;
+                            }
+                        }
+                    }
+                }
+                Step::Done(outcome) => {
+                    self.done = true;
+                    return Some(Out::Final(self.finish(outcome)));
+                }
+            }
+        }
+    }
+
+    fn below_log_level(&self, params: Option<&RawValue>) -> bool {
+        let Some(session) = &self.session else { return false };
+        let min = session.log_level.load(std::sync::atomic::Ordering::Relaxed);
+        let level = params
+            .and_then(|p| RawObject::parse(p.get()))
+            .and_then(|o| o.get_str("level"))
+            .map(|l| session::log_rank(&l))
+            .unwrap_or(1);
+        level < min
+    }
+
+    fn finish(&mut self, outcome: crate::upstream::Outcome) -> Vec<u8> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let (bytes, counted) = match outcome {
+            Ok(Ok(result)) => {
+                let (result, is_error) = self.rewrite_result(result);
+                let counted = if is_error { metrics::Outcome::ToolError } else { metrics::Outcome::Ok };
+                (jsonrpc::result(&self.client_id, &result), counted)
+            }
+            Ok(Err(error)) => (jsonrpc::error_raw(Some(&self.client_id), error.get()), metrics::Outcome::RpcError),
+            Err(e) => {
+                let counted = match e {
+                    UpstreamError::Timeout { .. } => metrics::Outcome::Timeout,
+                    _ => metrics::Outcome::Unavailable,
+                };
+                (upstream_error(&self.client_id, &e), counted)
+            }
+        };
+        self.upstream_metrics(counted, elapsed);
+        bytes
+    }
+
+    fn upstream_metrics(&self, outcome: metrics::Outcome, elapsed: f64) {
+        // Counted once per call; `gw.metrics` is shared with the upstream.
+        self.upstream.metrics().call(&self.tenant, &self.upstream.name, &self.metric_name, outcome, elapsed);
+    }
+
+    /// Era and namespacing fix-ups of a result. Returns the text and whether it is a tool error.
+    fn rewrite_result(&self, result: Box<RawValue>) -> (String, bool) {
+        let needs_rewrite = self.era == Era::Modern || self.uri_prefix.is_some() || self.method == "tools/call";
+        if !needs_rewrite {
+            return (result.get().to_owned(), false);
+        }
+        let Some(mut obj) = RawObject::parse(result.get()) else {
+            return (result.get().to_owned(), false);
+        };
+        let is_error = obj.get("isError").is_some_and(|v| v.get() == "true");
+        let mut changed = false;
+        if let Some(prefix) = &self.uri_prefix {
+            if let Some(contents) = obj.get("contents") {
+                if let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(contents.get()) {
+                    let rewritten: Vec<String> = items
+                        .iter()
+                        .map(|item| match RawObject::parse(item.get()) {
+                            Some(mut o) => {
+                                if let Some(uri) = o.get_str("uri") {
+                                    o.set_str("uri", &format!("{prefix}{uri}"));
+                                }
+                                o.to_json()
+                            }
+                            None => item.get().to_owned(),
+                        })
+                        .collect();
+                    if let Ok(raw) = RawValue::from_string(format!("[{}]", rewritten.join(","))) {
+                        obj.set_raw("contents", raw);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if self.era == Era::Modern {
+            changed |= complete_modern_result(&mut obj, self.method == "resources/read");
+        }
+        if changed { (obj.to_json(), is_error) } else { (result.get().to_owned(), is_error) }
+    }
+}
+
+/// Adds what the modern era requires on results that a legacy upstream does not send:
+/// `resultType`, and cache hints on reads. Returns whether anything was added.
+pub fn complete_modern_result(obj: &mut RawObject, cacheable: bool) -> bool {
+    let mut changed = false;
+    if obj.get("resultType").is_none() {
+        obj.set_str("resultType", "complete");
+        changed = true;
+    }
+    if cacheable {
+        if obj.get("ttlMs").is_none() {
+            if let Ok(raw) = RawValue::from_string("0".into()) {
+                obj.set_raw("ttlMs", raw);
+            }
+            changed = true;
+        }
+        if obj.get("cacheScope").is_none() {
+            obj.set_str("cacheScope", "private");
+            changed = true;
+        }
+    }
+    changed
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        if let Some(session) = &self.session {
+            session.untrack_call(&self.client_id);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Legacy-era client sessions: what `initialize` negotiated, and the per-session state the
+//! relay needs (server→client requests awaiting an answer, calls in flight for cancellation,
+//! resource subscriptions, the GET stream).
+//!
+//! A session id is 256 random bits and is bound to the principal that opened it: presented with
+//! any other principal's credentials it is unknown (404), exactly like an id that never existed.
+//! Sessions cost O(1) memory while idle and are closed after the configured idle time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use mcp_wire::Id;
+use rand::RngCore;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+pub struct Session {
+    pub id: Arc<str>,
+    pub tenant: Arc<str>,
+    pub subject: Arc<str>,
+    pub protocol_version: String,
+    last_seen: AtomicU64,
+    /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
+    pub log_level: AtomicU64,
+    pub subscriptions: Mutex<HashSet<String>>,
+    server_requests: Mutex<HashMap<String, (Arc<Upstream>, Id)>>,
+    next_server_request: AtomicU64,
+    inflight: Mutex<HashMap<String, CancellationToken>>,
+    stream: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    pub closed: CancellationToken,
+}
+
+impl Session {
+    fn touch(&self, now: u64) {
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+
+    /// Registers a server→client request and returns the id the client sees.
+    pub fn register_server_request(&self, upstream: Arc<Upstream>, upstream_id: Id) -> Id {
+        let n = self.next_server_request.fetch_add(1, Ordering::Relaxed);
+        let id = Id::number(n);
+        lock(&self.server_requests).insert(id.as_json().to_owned(), (upstream, upstream_id));
+        id
+    }
+
+    /// Takes the server request a client response answers.
+    pub fn take_server_request(&self, client_id: &Id) -> Option<(Arc<Upstream>, Id)> {
+        lock(&self.server_requests).remove(client_id.as_json())
+    }
+
+    /// Tracks a call in flight so `notifications/cancelled` can end it.
+    pub fn track_call(&self, client_id: &Id) -> CancellationToken {
+        let token = CancellationToken::new();
+        lock(&self.inflight).insert(client_id.as_json().to_owned(), token.clone());
+        token
+    }
+
+    pub fn untrack_call(&self, client_id: &Id) {
+        lock(&self.inflight).remove(client_id.as_json());
+    }
+
+    pub fn cancel_call(&self, client_id: &str) {
+        if let Some(token) = lock(&self.inflight).remove(client_id) {
+            token.cancel();
+        }
+    }
+
+    /// Opens the GET stream; `None` if one is already open (a message must never be sent on
+    /// two streams).
+    pub fn open_stream(&self) -> Option<(mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>)> {
+        let mut slot = lock(&self.stream);
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(256);
+        *slot = Some(tx.clone());
+        Some((tx, rx))
+    }
+
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Sessions {
+    map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    idle: Duration,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a session id was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Unknown, expired, ended, or bound to another principal: all look the same (404).
+    NotFound,
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, metrics: Arc<Metrics>) -> Sessions {
+        Sessions {
+            map: RwLock::new(HashMap::new()),
+            idle,
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    pub fn create(&self, principal: &Principal, protocol_version: &str) -> Arc<Session> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes).into();
+        let session = Arc::new(Session {
+            id: id.clone(),
+            tenant: principal.tenant.clone(),
+            subject: principal.subject.clone(),
+            protocol_version: protocol_version.to_owned(),
+            last_seen: AtomicU64::new(self.now()),
+            log_level: AtomicU64::new(0),
+            subscriptions: Mutex::new(HashSet::new()),
+            server_requests: Mutex::new(HashMap::new()),
+            next_server_request: AtomicU64::new(1),
+            inflight: Mutex::new(HashMap::new()),
+            stream: Mutex::new(None),
+            closed: CancellationToken::new(),
+        });
+        self.map.write().unwrap_or_else(|e| e.into_inner()).insert(id, session.clone());
+        self.metrics.session_opened();
+        session
+    }
+
+    /// The session with this id, if it exists and belongs to this principal.
+    pub fn get(&self, id: &str, principal: &Principal) -> Result<Arc<Session>, Lookup> {
+        let session = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or(Lookup::NotFound)?;
+        if session.tenant != principal.tenant || session.subject != principal.subject {
+            return Err(Lookup::NotFound);
+        }
+        session.touch(self.now());
+        Ok(session)
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let session = self.map.write().unwrap_or_else(|e| e.into_inner()).remove(id)?;
+        session.closed.cancel();
+        self.metrics.session_closed();
+        Some(session)
+    }
+
+    /// Every session of a tenant (for notices from its upstreams).
+    pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| &*s.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes sessions idle for longer than the limit; returns how many.
+    pub fn reap_idle(&self) -> usize {
+        let now = self.now();
+        let idle = self.idle.as_secs();
+        let expired: Vec<Arc<str>> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        expired.len()
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self) {
+        let all: Vec<Arc<str>> = self.map.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for id in all {
+            self.remove(&id);
+        }
+    }
+}
+
+/// RFC 5424 severities as MCP names them, lowest first.
+pub fn log_rank(level: &str) -> u64 {
+    match level {
+        "debug" => 0,
+        "info" => 1,
+        "notice" => 2,
+        "warning" => 3,
+        "error" => 4,
+        "critical" => 5,
+        "alert" => 6,
+        "emergency" => 7,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthMethod;
+
+    fn principal(tenant: &str, subject: &str) -> Principal {
+        Principal {
+            tenant: tenant.into(),
+            subject: subject.into(),
+            method: AuthMethod::ApiKey,
+        }
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_principal() {
+        let sessions = Sessions::new(Duration::from_secs(60), Arc::new(Metrics::new()));
+        let a = principal("acme", "key:1");
+        let s = sessions.create(&a, "2025-11-25");
+        assert!(s.id.len() >= 43);
+        assert!(sessions.get(&s.id, &a).is_ok());
+        assert_eq!(sessions.get(&s.id, &principal("globex", "key:2")).err(), Some(Lookup::NotFound));
+        assert_eq!(sessions.get(&s.id, &principal("acme", "key:other")).err(), Some(Lookup::NotFound));
+        sessions.remove(&s.id);
+        assert_eq!(sessions.get(&s.id, &a).err(), Some(Lookup::NotFound));
+    }
+
+    #[test]
+    fn idle_sessions_are_reaped() {
+        let sessions = Sessions::new(Duration::from_secs(0), Arc::new(Metrics::new()));
+        let s = sessions.create(&principal("acme", "k"), "2025-11-25");
+        s.last_seen.store(0, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(sessions.reap_idle(), 1);
+        assert!(s.closed.is_cancelled());
+    }
+}

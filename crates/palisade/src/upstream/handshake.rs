@@ -1,0 +1,143 @@
+//! The gateway as an MCP client: the handshake that opens a link, in the upstream's era.
+//!
+//! Legacy upstreams get `initialize` + `notifications/initialized`; modern ones `server/discover`.
+//! With `protocol = "auto"` the gateway tries `initialize` first (every legacy server needs it and
+//! dual-era servers accept it) and falls back to `server/discover` when the method is unknown.
+
+use std::sync::{Arc, OnceLock};
+
+use mcp_wire::era::{self, meta};
+use mcp_wire::{Era, ErrorCode};
+use serde_json::Value;
+
+use super::{Link, Upstream, UpstreamError};
+use crate::config::UpstreamProtocol;
+
+/// What the gateway tells upstreams it can do as a client: it relays sampling, elicitation and
+/// roots requests to the client whose call caused them.
+pub const CLIENT_CAPABILITIES: &str = r#"{"sampling":{},"elicitation":{},"roots":{"listChanged":true}}"#;
+
+pub fn client_info() -> String {
+    serde_json::json!({ "name": "palisade", "version": env!("CARGO_PKG_VERSION") }).to_string()
+}
+
+/// What the handshake learnt about an upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamInfo {
+    pub era: Era,
+    pub protocol_version: String,
+    pub capabilities: Arc<Value>,
+    pub server_info: Arc<Value>,
+    pub instructions: Option<String>,
+}
+
+impl UpstreamInfo {
+    /// Whether the upstream declared the capability a list needs.
+    pub fn offers(&self, kind: super::ListKind) -> bool {
+        let key = match kind {
+            super::ListKind::Tools => "tools",
+            super::ListKind::Prompts => "prompts",
+            super::ListKind::Resources | super::ListKind::ResourceTemplates => "resources",
+        };
+        self.capabilities.get(key).is_some()
+    }
+}
+
+/// The info of a link whose handshake is still running.
+pub fn provisional() -> &'static UpstreamInfo {
+    static P: OnceLock<UpstreamInfo> = OnceLock::new();
+    P.get_or_init(|| UpstreamInfo {
+        era: Era::Legacy,
+        protocol_version: era::LATEST_LEGACY.into(),
+        capabilities: Arc::new(Value::Object(Default::default())),
+        server_info: Arc::new(Value::Null),
+        instructions: None,
+    })
+}
+
+pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+    match up.config.protocol {
+        UpstreamProtocol::Legacy => initialize(up, link).await?.map_err(|e| e.to_string()),
+        UpstreamProtocol::Modern => discover(up, link).await,
+        UpstreamProtocol::Auto => match initialize(up, link).await? {
+            Ok(info) => Ok(info),
+            Err(code) if code == ErrorCode::METHOD_NOT_FOUND.0 => discover(up, link).await,
+            Err(code) => Err(format!("initialize failed with error {code}")),
+        },
+    }
+}
+
+/// `Ok(Err(code))` when the upstream answered with a JSON-RPC error.
+async fn initialize(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Result<UpstreamInfo, i64>, String> {
+    let params = format!(
+        r#"{{"protocolVersion":"{}","capabilities":{},"clientInfo":{}}}"#,
+        era::LATEST_LEGACY,
+        CLIENT_CAPABILITIES,
+        client_info()
+    );
+    let result = match up.request_on(link, "initialize", &params).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => return Ok(Err(error_code(error.get()))),
+        Err(e) => return Err(describe(e)),
+    };
+    let v: Value = serde_json::from_str(result.get()).map_err(|e| format!("malformed initialize result: {e}"))?;
+    let version = v["protocolVersion"].as_str().unwrap_or_default().to_owned();
+    if Era::of_version(&version) != Some(Era::Legacy) {
+        return Err(format!("upstream answered initialize with unsupported protocol version `{version}`"));
+    }
+    up.notify_on(link, "notifications/initialized", None);
+    Ok(Ok(UpstreamInfo {
+        era: Era::Legacy,
+        protocol_version: version,
+        capabilities: Arc::new(v["capabilities"].clone()),
+        server_info: Arc::new(v["serverInfo"].clone()),
+        instructions: v["instructions"].as_str().map(str::to_owned),
+    }))
+}
+
+async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+    let params = format!(
+        r#"{{"_meta":{{"{}":"{}","{}":{},"{}":{}}}}}"#,
+        meta::PROTOCOL_VERSION,
+        era::MODERN,
+        meta::CLIENT_CAPABILITIES,
+        CLIENT_CAPABILITIES,
+        meta::CLIENT_INFO,
+        client_info()
+    );
+    let result = match up.request_on(link, "server/discover", &params).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => return Err(format!("server/discover failed with error {}", error_code(error.get()))),
+        Err(e) => return Err(describe(e)),
+    };
+    let v: Value = serde_json::from_str(result.get()).map_err(|e| format!("malformed server/discover result: {e}"))?;
+    let supported = v["supportedVersions"]
+        .as_array()
+        .is_some_and(|vs| vs.iter().any(|x| x.as_str() == Some(era::MODERN)));
+    if !supported {
+        return Err(format!("upstream does not support protocol version {}", era::MODERN));
+    }
+    Ok(UpstreamInfo {
+        era: Era::Modern,
+        protocol_version: era::MODERN.into(),
+        capabilities: Arc::new(v["capabilities"].clone()),
+        server_info: Arc::new(v["_meta"]["io.modelcontextprotocol/serverInfo"].clone()),
+        instructions: v["instructions"].as_str().map(str::to_owned),
+    })
+}
+
+fn error_code(error: &str) -> i64 {
+    serde_json::from_str::<Value>(error)
+        .ok()
+        .and_then(|v| v["code"].as_i64())
+        .unwrap_or(ErrorCode::INTERNAL_ERROR.0)
+}
+
+fn describe(e: UpstreamError) -> String {
+    match e {
+        UpstreamError::Lost { reason, .. }
+        | UpstreamError::Unavailable { reason, .. }
+        | UpstreamError::Failed { reason, .. } => reason,
+        UpstreamError::Timeout { ms, .. } => format!("no answer within {ms} ms"),
+    }
+}

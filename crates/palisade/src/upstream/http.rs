@@ -1,0 +1,274 @@
+//! The Streamable HTTP transport: an upstream reached by URL, in either era.
+//!
+//! Every message is its own POST; the answer is a JSON body or an SSE stream, and everything on
+//! a request's stream belongs to that request (so server→client requests on it route to the
+//! right call). A legacy upstream's `Mcp-Session-Id` is kept per link: when the upstream
+//! forgets it (404) the link closes and the supervisor re-handshakes. Responses are hostile
+//! input too: bodies and SSE events are size-limited and must parse as JSON-RPC.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use mcp_wire::era::header;
+use mcp_wire::{Era, Message, RawObject, sse};
+use tokio::task::AbortHandle;
+
+use super::{Link, Upstream, UpstreamError};
+use crate::config;
+
+/// Largest message (JSON body or SSE event) accepted from an HTTP upstream.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+pub struct HttpTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    session: RwLock<Option<HeaderValue>>,
+    inflight: Mutex<HashMap<u64, AbortHandle>>,
+    listen: Mutex<Option<AbortHandle>>,
+}
+
+impl HttpTransport {
+    pub fn new(client: reqwest::Client, cfg: &config::Http) -> Result<HttpTransport, String> {
+        let url = reqwest::Url::parse(&cfg.url).map_err(|e| format!("invalid url: {e}"))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| format!("invalid header name `{k}`"))?;
+            let mut value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header `{k}`"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(HttpTransport {
+            inner: Arc::new(Inner {
+                client,
+                url,
+                headers,
+                session: RwLock::new(None),
+                inflight: Mutex::new(HashMap::new()),
+                listen: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// POSTs one message. For a request (`call` set), the response stream is read and its
+    /// messages delivered with the call as their origin.
+    pub fn send(&self, up: Arc<Upstream>, link: Arc<Link>, bytes: Vec<u8>, call: Option<u64>) {
+        let inner = self.inner.clone();
+        let mut inflight = inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let task_inner = inner.clone();
+        let task = tokio::spawn(async move {
+            if let Err(reason) = task_inner.exchange(&up, &link, bytes, call).await {
+                if let Some(id) = call {
+                    up.finish(id, Err(UpstreamError::Failed { server: up.name.clone(), reason }));
+                } else {
+                    tracing::debug!(server = %up.name, %reason, "notification to upstream failed");
+                }
+            }
+            if let Some(id) = call {
+                task_inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+        });
+        if let Some(id) = call {
+            inflight.insert(id, task.abort_handle());
+        }
+    }
+
+    /// Stops reading a call's response stream (closing it is how the modern era cancels).
+    pub fn abort(&self, id: u64) {
+        if let Some(h) = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            h.abort();
+        }
+    }
+
+    /// Opens the legacy GET stream for messages not tied to a request (list_changed, …).
+    pub fn open_listen_stream(&self, up: Arc<Upstream>, link: Arc<Link>) {
+        if link.info().era != Era::Legacy || self.inner.session.read().map(|s| s.is_none()).unwrap_or(true) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match inner.listen_once(&up, &link).await {
+                    Ok(ListenEnd::NotOffered) => return,
+                    Ok(ListenEnd::Ended) => delay = Duration::from_secs(1),
+                    Err(reason) => tracing::debug!(server = %up.name, %reason, "upstream GET stream failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = link.closed.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+        *self.inner.listen.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+    }
+
+    /// Ends the link: aborts streams and, for a legacy session, asks the upstream to end it.
+    pub async fn stop(&self) {
+        if let Some(h) = self.inner.listen.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            h.abort();
+        }
+        for (_, h) in self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            h.abort();
+        }
+        let session = self.inner.session.write().ok().and_then(|mut s| s.take());
+        if let Some(session) = session {
+            let req = self
+                .inner
+                .client
+                .delete(self.inner.url.clone())
+                .headers(self.inner.headers.clone())
+                .header(header::SESSION_ID, session)
+                .timeout(Duration::from_secs(1));
+            let _ = req.send().await;
+        }
+    }
+}
+
+enum ListenEnd {
+    NotOffered,
+    Ended,
+}
+
+impl Inner {
+    fn request_headers(&self, link: &Link, bytes: &[u8]) -> HeaderMap {
+        let mut h = self.headers.clone();
+        let info = link.info();
+        if link.info.get().is_some() || info.era == Era::Modern {
+            if let Ok(v) = HeaderValue::try_from(info.protocol_version.as_str()) {
+                h.insert(header::PROTOCOL_VERSION, v);
+            }
+        }
+        if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
+            h.insert(header::SESSION_ID, s);
+        }
+        if info.era == Era::Modern {
+            if let Ok(Message::Request(req)) = Message::parse(bytes) {
+                if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
+                    h.insert(header::METHOD, v);
+                }
+                let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
+                    req.params.as_ref().and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str(field))
+                });
+                if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
+                    h.insert(header::NAME, v);
+                }
+            }
+        }
+        h
+    }
+
+    async fn exchange(&self, up: &Arc<Upstream>, link: &Arc<Link>, bytes: Vec<u8>, call: Option<u64>) -> Result<(), String> {
+        let headers = self.request_headers(link, &bytes);
+        let resp = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", without_url(&e)))?;
+        if let Some(s) = resp.headers().get(header::SESSION_ID) {
+            if let Ok(mut slot) = self.session.write() {
+                if slot.is_none() {
+                    *slot = Some(s.clone());
+                }
+            }
+        }
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND && self.session.read().map(|s| s.is_some()).unwrap_or(false) {
+            link.close("the upstream ended its MCP session (HTTP 404)".into());
+            return Err("the upstream ended its MCP session (HTTP 404); reconnecting".into());
+        }
+        if status == StatusCode::ACCEPTED {
+            return match call {
+                Some(_) => Err("the upstream answered a request with 202 and no response".into()),
+                None => Ok(()),
+            };
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let Some(id) = call else { return Ok(()) };
+        self.read_messages(up, link, resp, Some(id)).await?;
+        Err("the upstream closed its response without answering".into())
+    }
+
+    /// Delivers every message of a response (JSON or SSE). Returns when it ends; the caller
+    /// treats a call still pending after that as failed.
+    async fn read_messages(&self, up: &Arc<Upstream>, link: &Arc<Link>, resp: reqwest::Response, origin: Option<u64>) -> Result<(), String> {
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = resp.bytes_stream();
+        if !is_sse {
+            let mut buf = Vec::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| format!("reading the response failed: {}", without_url(&e)))?;
+                if buf.len() + chunk.len() > MAX_MESSAGE {
+                    return Err(format!("the response exceeds {MAX_MESSAGE} bytes"));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            let msg = Message::parse(&buf).map_err(|e| format!("the response is not a JSON-RPC message: {e}"))?;
+            up.on_message(link, msg, origin);
+            return Ok(());
+        }
+        let mut decoder = sse::Decoder::new(MAX_MESSAGE);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("reading the event stream failed: {}", without_url(&e)))?;
+            decoder.push(&chunk);
+            while let Some(event) = decoder.next_event().map_err(|e| e.to_string())? {
+                if event.data.is_empty() {
+                    continue;
+                }
+                match Message::parse(event.data.as_bytes()) {
+                    Ok(msg) => up.on_message(link, msg, origin),
+                    Err(e) => return Err(format!("an event is not a JSON-RPC message: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
+        let mut headers = self.request_headers(link, b"");
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.remove(http::header::CONTENT_TYPE);
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| format!("GET failed: {}", without_url(&e)))?;
+        match resp.status() {
+            StatusCode::METHOD_NOT_ALLOWED => return Ok(ListenEnd::NotOffered),
+            s if !s.is_success() => return Err(format!("GET answered HTTP {s}")),
+            _ => {}
+        }
+        self.read_messages(up, link, resp, None).await?;
+        Ok(ListenEnd::Ended)
+    }
+}
+
+/// reqwest errors print the URL, which may carry credentials in its query; leave it out.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url (") {
+        e.truncate(i);
+    }
+    e
+}

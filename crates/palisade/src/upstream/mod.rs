@@ -1,0 +1,893 @@
+//! Upstreams: the MCP servers behind the gateway, and the gateway's client side of them.
+//!
+//! An [`Upstream`] owns one live connection at a time (a [`Link`]: a child process over stdio, or
+//! an HTTP endpoint with its own MCP session), a supervisor that re-establishes it with
+//! exponential backoff, and the table of calls in flight. Many client sessions share one link:
+//! every request gets a gateway id, so client ids never collide upstream, and the client's
+//! progress token is swapped for the same gateway id so progress finds its way back.
+//!
+//! Messages an upstream sends on its own (progress, logs, sampling/elicitation/roots requests)
+//! are routed to the one call that caused them: by the HTTP stream they came on, by progress
+//! token, or, on stdio, when all calls in flight belong to one client session. A message that
+//! cannot be attributed is never guessed at: requests get an error, notifications are dropped.
+//! This keeps one tenant's traffic out of another's session (invariant 5).
+
+pub mod handshake;
+pub mod http;
+pub mod stdio;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use mcp_wire::era::meta;
+use mcp_wire::jsonrpc;
+use mcp_wire::{Era, Id, Message, RawObject};
+use serde_json::value::RawValue;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::metrics::Metrics;
+pub use handshake::UpstreamInfo;
+
+/// Why a call did not get an answer from its upstream. Messages name the upstream and never
+/// include request data.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{server}` is unavailable: {reason}")]
+    Unavailable { server: Arc<str>, reason: String },
+    #[error("upstream `{server}` went away while handling the call ({reason}); it may or may not have taken effect")]
+    Lost { server: Arc<str>, reason: String },
+    #[error("upstream `{server}` did not answer within {ms} ms; the call was cancelled")]
+    Timeout { server: Arc<str>, ms: u64 },
+    #[error("upstream `{server}` failed: {reason}")]
+    Failed { server: Arc<str>, reason: String },
+}
+
+/// The final answer to a call: a JSON-RPC result or error object (raw), or no answer at all.
+pub type Outcome = Result<Result<Box<RawValue>, Box<RawValue>>, UpstreamError>;
+
+/// Something the upstream sent during a call, for the client that made it.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// A notification, with its progress token already restored to the client's.
+    Notification {
+        method: String,
+        params: Option<Box<RawValue>>,
+    },
+    /// A server→client request (sampling, elicitation, roots); answer with [`Upstream::respond`].
+    Request {
+        upstream_id: Id,
+        method: String,
+        params: Option<Box<RawValue>>,
+    },
+}
+
+/// Which client a call belongs to, for routing what the upstream sends during it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The gateway's own traffic (handshake, list fan-out).
+    Internal,
+    /// A client request; `session` is the legacy session id, if any.
+    Client {
+        tenant: Arc<str>,
+        session: Option<Arc<str>>,
+    },
+}
+
+/// Events every client of this upstream may care about.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    ListChanged(ListKind),
+    ResourceUpdated { uri: String, params: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The result field holding the items.
+    pub fn field(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resource_templates",
+        }
+    }
+
+    pub fn changed_notification(self) -> Option<&'static str> {
+        match self {
+            ListKind::Tools => Some("notifications/tools/list_changed"),
+            ListKind::Prompts => Some("notifications/prompts/list_changed"),
+            ListKind::Resources => Some("notifications/resources/list_changed"),
+            ListKind::ResourceTemplates => None,
+        }
+    }
+}
+
+/// One upstream list, all pages, with the names it holds (for bounded metric labels).
+struct CachedList {
+    items: Arc<Vec<Box<RawValue>>>,
+    names: std::collections::HashSet<String>,
+}
+
+struct PendingCall {
+    route: Route,
+    events: mpsc::Sender<CallEvent>,
+    done: oneshot::Sender<Outcome>,
+    client_progress_token: Option<Box<RawValue>>,
+    link: u64,
+    started: u64,
+}
+
+enum Readiness {
+    Starting,
+    Ready(Arc<Link>),
+    Down(String),
+    Stopped,
+}
+
+/// One live connection to an upstream.
+pub struct Link {
+    pub generation: u64,
+    /// Set once the handshake succeeds; calls are only routed to links that have it.
+    info: OnceLock<UpstreamInfo>,
+    transport: Transport,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+}
+
+enum Transport {
+    Stdio(stdio::StdioTransport),
+    Http(http::HttpTransport),
+}
+
+impl Link {
+    pub fn info(&self) -> &UpstreamInfo {
+        self.info.get().unwrap_or_else(|| handshake::provisional())
+    }
+
+    fn close(&self, reason: String) {
+        if let Ok(mut r) = self.close_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.closed.cancel();
+    }
+
+    fn reason(&self) -> String {
+        self.close_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "connection closed".into())
+    }
+}
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: config::Server,
+    next_id: AtomicU64,
+    next_link: AtomicU64,
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    readiness: watch::Sender<Readiness>,
+    notices: broadcast::Sender<Notice>,
+    lists: Mutex<HashMap<ListKind, CachedList>>,
+    list_generation: AtomicU64,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    http_client: reqwest::Client,
+}
+
+/// The client side of one call in flight. Dropping it before the outcome cancels the call
+/// upstream (a client that goes away cancels its work).
+pub struct CallHandle {
+    upstream: Arc<Upstream>,
+    id: u64,
+    events: mpsc::Receiver<CallEvent>,
+    done: oneshot::Receiver<Outcome>,
+    deadline: tokio::time::Instant,
+    finished: bool,
+}
+
+/// What [`CallHandle::next`] yields.
+pub enum Step {
+    Event(CallEvent),
+    Done(Outcome),
+}
+
+impl CallHandle {
+    /// The next event, or the outcome. Past the deadline the call is cancelled upstream.
+    pub async fn next(&mut self) -> Step {
+        if self.finished {
+            return Step::Done(Err(UpstreamError::Failed {
+                server: self.upstream.name.clone(),
+                reason: "call already finished".into(),
+            }));
+        }
+        let step = tokio::select! {
+            biased;
+            Some(ev) = self.events.recv() => return Step::Event(ev),
+            outcome = &mut self.done => outcome.unwrap_or_else(|_| Err(UpstreamError::Lost {
+                server: self.upstream.name.clone(),
+                reason: "the connection closed".into(),
+            })),
+            _ = tokio::time::sleep_until(self.deadline) => {
+                self.upstream.cancel(self.id, "timeout");
+                Err(UpstreamError::Timeout {
+                    server: self.upstream.name.clone(),
+                    ms: self.upstream.config.call_timeout_ms,
+                })
+            }
+        };
+        self.finished = true;
+        Step::Done(step)
+    }
+}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.upstream.cancel(self.id, "the client went away");
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        config: config::Server,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        http_client: reqwest::Client,
+    ) -> Arc<Upstream> {
+        let (readiness, _) = watch::channel(Readiness::Starting);
+        let (notices, _) = broadcast::channel(64);
+        Arc::new(Upstream {
+            name: config.name.as_str().into(),
+            config,
+            next_id: AtomicU64::new(1),
+            next_link: AtomicU64::new(1),
+            calls: Mutex::new(HashMap::new()),
+            readiness,
+            notices,
+            lists: Mutex::new(HashMap::new()),
+            list_generation: AtomicU64::new(0),
+            metrics,
+            shutdown,
+            http_client,
+        })
+    }
+
+    /// Starts the supervisor, which keeps a link up until shutdown.
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.supervise().await })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// The handshake result of the current link, waiting for one up to `wait`.
+    pub async fn info(self: &Arc<Self>, wait: Duration) -> Result<UpstreamInfo, UpstreamError> {
+        Ok(self.link(wait).await?.info().clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.readiness.borrow(), Readiness::Ready(_))
+    }
+
+    async fn link(&self, wait: Duration) -> Result<Arc<Link>, UpstreamError> {
+        let mut rx = self.readiness.subscribe();
+        let waited = tokio::time::timeout(wait, async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    Readiness::Ready(link) => return Ok(link.clone()),
+                    Readiness::Stopped => {
+                        return Err("the gateway is shutting down".to_string());
+                    }
+                    Readiness::Starting | Readiness::Down(_) => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err("the gateway is shutting down".to_string());
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(reason)) => Err(self.unavailable(reason)),
+            Err(_) => {
+                let reason = match &*self.readiness.borrow() {
+                    Readiness::Down(reason) => format!("{reason}; restarting with backoff"),
+                    _ => format!("not connected within {} ms", wait.as_millis()),
+                };
+                Err(self.unavailable(reason))
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> UpstreamError {
+        UpstreamError::Unavailable {
+            server: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Sends a request and returns the handle that yields its events and outcome.
+    ///
+    /// `params` is the client's params object (or none); this rewrites only the gateway-owned
+    /// parts: the progress token and the era's `_meta` keys.
+    pub async fn call(
+        self: &Arc<Self>,
+        method: &str,
+        params: Option<RawObject>,
+        route: Route,
+    ) -> Result<CallHandle, UpstreamError> {
+        let wait = Duration::from_millis(self.config.connect_timeout_ms);
+        let link = self.link(wait).await?;
+        self.call_on(&link, method, params, route)
+    }
+
+    fn call_on(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        method: &str,
+        params: Option<RawObject>,
+        route: Route,
+    ) -> Result<CallHandle, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (params, client_progress_token) = prepare_params(params, id, link.info().era, &link.info().protocol_version);
+        let bytes = jsonrpc::request(&Id::number(id), method, Some(&params));
+        let (events_tx, events) = mpsc::channel(64);
+        let (done_tx, done) = oneshot::channel();
+        self.lock_calls().insert(
+            id,
+            PendingCall {
+                route,
+                events: events_tx,
+                done: done_tx,
+                client_progress_token,
+                link: link.generation,
+                started: now_micros(),
+            },
+        );
+        let handle = CallHandle {
+            upstream: self.clone(),
+            id,
+            events,
+            done,
+            deadline: tokio::time::Instant::now() + Duration::from_millis(self.config.call_timeout_ms),
+            finished: false,
+        };
+        self.send(link, bytes, Some(id));
+        Ok(handle)
+    }
+
+    /// Answers a server→client request with the client's result or error object.
+    pub async fn respond(self: &Arc<Self>, upstream_id: &Id, outcome: Result<&RawValue, &RawValue>) {
+        let bytes = match outcome {
+            Ok(result) => jsonrpc::result(upstream_id, result.get()),
+            Err(error) => jsonrpc::error_raw(Some(upstream_id), error.get()),
+        };
+        if let Ok(link) = self.link(Duration::from_millis(100)).await {
+            self.send(&link, bytes, None);
+        }
+    }
+
+    fn send(self: &Arc<Self>, link: &Arc<Link>, bytes: Vec<u8>, call: Option<u64>) {
+        match &link.transport {
+            Transport::Stdio(t) => {
+                if !t.send(bytes) {
+                    if let Some(id) = call {
+                        self.finish(id, Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() }));
+                    }
+                }
+            }
+            Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call),
+        }
+    }
+
+    /// Cancels a call in flight: forgets it and tells the upstream.
+    pub fn cancel(self: &Arc<Self>, id: u64, reason: &str) {
+        let Some(call) = self.lock_calls().remove(&id) else { return };
+        drop(call);
+        if let Readiness::Ready(link) = &*self.readiness.borrow() {
+            let params = serde_json::json!({ "requestId": id, "reason": reason }).to_string();
+            let bytes = jsonrpc::notification("notifications/cancelled", Some(&params));
+            if let Transport::Http(t) = &link.transport {
+                t.abort(id);
+            }
+            self.send(link, bytes, None);
+        }
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingCall>> {
+        // A poisoned lock means a panic elsewhere; the map itself is still consistent.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, id: u64, outcome: Outcome) {
+        if let Some(call) = self.lock_calls().remove(&id) {
+            if matches!(call.route, Route::Client { .. }) {
+                let secs = (now_micros().saturating_sub(call.started)) as f64 / 1e6;
+                self.metrics.upstream_latency(&self.name, secs);
+            }
+            let _ = call.done.send(outcome);
+        }
+    }
+
+    /// Fails every call that was in flight on a link that is gone.
+    fn fail_calls_on(&self, generation: u64, reason: &str) {
+        let dead: Vec<PendingCall> = {
+            let mut calls = self.lock_calls();
+            let ids: Vec<u64> = calls.iter().filter(|(_, c)| c.link == generation).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
+        };
+        for call in dead {
+            let _ = call.done.send(Err(UpstreamError::Lost {
+                server: self.name.clone(),
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+
+    /// Everything an upstream sends comes through here. `origin` is the call whose HTTP
+    /// response stream carried the message, when there is one.
+    fn on_message(self: &Arc<Self>, link: &Arc<Link>, msg: Message, origin: Option<u64>) {
+        match msg {
+            Message::Response(resp) => {
+                let Some(id) = resp.id.as_ref().and_then(Id::as_u64) else {
+                    tracing::warn!(server = %self.name, "upstream sent a response without a usable id; dropped");
+                    return;
+                };
+                self.finish(id, Ok(resp.outcome));
+            }
+            Message::Notification(n) => self.on_notification(n.method, n.params, origin),
+            Message::Request(req) => self.on_request(link, req, origin),
+        }
+    }
+
+    fn on_notification(&self, method: String, params: Option<Box<RawValue>>, origin: Option<u64>) {
+        let kind = match method.as_str() {
+            "notifications/tools/list_changed" => Some(ListKind::Tools),
+            "notifications/prompts/list_changed" => Some(ListKind::Prompts),
+            "notifications/resources/list_changed" => Some(ListKind::Resources),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.invalidate(kind);
+            if kind == ListKind::Resources {
+                self.invalidate(ListKind::ResourceTemplates);
+            }
+            let _ = self.notices.send(Notice::ListChanged(kind));
+            return;
+        }
+        if method == "notifications/resources/updated" {
+            let obj = params.as_ref().and_then(|p| RawObject::parse(p.get()));
+            if let (Some(obj), Some(p)) = (obj, params.as_ref()) {
+                if let Some(uri) = obj.get_str("uri") {
+                    let _ = self.notices.send(Notice::ResourceUpdated { uri, params: p.get().to_owned() });
+                }
+            }
+            return;
+        }
+        if method == "notifications/progress" {
+            let Some(mut obj) = params.as_ref().and_then(|p| RawObject::parse(p.get())) else { return };
+            let Some(id) = obj.get(meta::PROGRESS_TOKEN).and_then(|t| t.get().parse::<u64>().ok()) else {
+                return;
+            };
+            let calls = self.lock_calls();
+            if let Some(call) = calls.get(&id) {
+                if let Some(token) = &call.client_progress_token {
+                    obj.set_raw(meta::PROGRESS_TOKEN, token.clone());
+                    let _ = call.events.try_send(CallEvent::Notification { method, params: Some(obj.to_raw()) });
+                }
+            }
+            return;
+        }
+        // Logs and anything else: only to the one call that can own it.
+        let calls = self.lock_calls();
+        if let Some(id) = attribute(&calls, origin) {
+            if let Some(call) = calls.get(&id) {
+                let _ = call.events.try_send(CallEvent::Notification { method, params });
+            }
+        } else {
+            tracing::debug!(server = %self.name, %method, "notification not attributable to one client call; dropped");
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, link: &Arc<Link>, req: jsonrpc::Request, origin: Option<u64>) {
+        if req.method == "ping" {
+            self.send(link, jsonrpc::result(&req.id, "{}"), None);
+            return;
+        }
+        let delivered = {
+            let calls = self.lock_calls();
+            attribute(&calls, origin)
+                .and_then(|id| calls.get(&id))
+                .map(|call| {
+                    call.events
+                        .try_send(CallEvent::Request {
+                            upstream_id: req.id.clone(),
+                            method: req.method.clone(),
+                            params: req.params,
+                        })
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        };
+        if !delivered {
+            tracing::warn!(server = %self.name, method = %req.method, "server request not attributable to one client call; refused");
+            let err = jsonrpc::error(
+                Some(&req.id),
+                jsonrpc::ErrorCode::INTERNAL_ERROR,
+                "the gateway could not attribute this request to exactly one client call in flight",
+                None,
+            );
+            self.send(link, err, None);
+        }
+    }
+
+    // ---- list cache ------------------------------------------------------------------------
+
+    fn invalidate(&self, kind: ListKind) {
+        self.list_generation.fetch_add(1, Ordering::Relaxed);
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).remove(&kind);
+    }
+
+    fn invalidate_all(&self) {
+        self.list_generation.fetch_add(1, Ordering::Relaxed);
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// All items of one list (every page), from the cache or fetched.
+    pub async fn list(self: &Arc<Self>, kind: ListKind) -> Result<Arc<Vec<Box<RawValue>>>, UpstreamError> {
+        if let Some(cached) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).get(&kind) {
+            self.metrics.catalog_cache(&self.name, kind.label(), true);
+            return Ok(cached.items.clone());
+        }
+        self.metrics.catalog_cache(&self.name, kind.label(), false);
+        let generation = self.list_generation.load(Ordering::Relaxed);
+        let link = self.link(Duration::from_millis(self.config.list_timeout_ms)).await?;
+        if !link.info().offers(kind) {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _page in 0..100 {
+            let mut params = RawObject::default();
+            if let Some(c) = &cursor {
+                params.set_str("cursor", c);
+            }
+            let mut handle = self.call_on(&link, kind.method(), Some(params), Route::Internal)?;
+            let result = loop {
+                match handle.next().await {
+                    Step::Event(_) => continue,
+                    Step::Done(outcome) => break outcome?,
+                }
+            };
+            let result = result.map_err(|e| UpstreamError::Failed {
+                server: self.name.clone(),
+                reason: format!("{} returned an error: {}", kind.method(), truncate(e.get(), 200)),
+            })?;
+            let page: ListPage = serde_json::from_str(result.get()).map_err(|e| UpstreamError::Failed {
+                server: self.name.clone(),
+                reason: format!("{} returned a malformed result: {e}", kind.method()),
+            })?;
+            let field = match kind {
+                ListKind::Tools => page.tools,
+                ListKind::Prompts => page.prompts,
+                ListKind::Resources => page.resources,
+                ListKind::ResourceTemplates => page.resource_templates,
+            };
+            items.extend(field.unwrap_or_default());
+            match page.next_cursor {
+                Some(c) if !c.is_empty() => cursor = Some(c),
+                _ => break,
+            }
+        }
+        let items = Arc::new(items);
+        if self.list_generation.load(Ordering::Relaxed) == generation {
+            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) { "name" } else { "uri" };
+            let names = items
+                .iter()
+                .filter_map(|i| RawObject::parse(i.get()).and_then(|o| o.get_str(key)))
+                .collect();
+            self.lists
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kind, CachedList { items: items.clone(), names });
+        }
+        Ok(items)
+    }
+
+    /// Whether the cached list of `kind` holds `name`.
+    pub fn has_listed(&self, kind: ListKind, name: &str) -> bool {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+            .is_some_and(|l| l.names.contains(name))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    // ---- supervision -----------------------------------------------------------------------
+
+    async fn supervise(self: Arc<Self>) {
+        let mut attempt: u32 = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.readiness.send_replace(Readiness::Starting);
+            let started = Instant::now();
+            let generation = self.next_link.fetch_add(1, Ordering::Relaxed);
+            let connect = tokio::time::timeout(
+                Duration::from_millis(self.config.connect_timeout_ms),
+                self.connect(generation),
+            );
+            let reason = tokio::select! {
+                r = connect => match r {
+                    Ok(Ok(link)) => {
+                        tracing::info!(server = %self.name, era = ?link.info().era, version = %link.info().protocol_version, "upstream connected");
+                        self.invalidate_all();
+                        self.metrics.upstream_up(&self.name, true);
+                        self.readiness.send_replace(Readiness::Ready(link.clone()));
+                        for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
+                            let _ = self.notices.send(Notice::ListChanged(kind));
+                        }
+                        tokio::select! {
+                            _ = link.closed.cancelled() => {}
+                            _ = self.shutdown.cancelled() => link.close("the gateway is shutting down".into()),
+                        }
+                        self.metrics.upstream_up(&self.name, false);
+                        let reason = link.reason();
+                        self.readiness.send_replace(Readiness::Down(reason.clone()));
+                        self.fail_calls_on(generation, &reason);
+                        link.transport.stop().await;
+                        if started.elapsed() > Duration::from_secs(30) {
+                            attempt = 0;
+                        }
+                        reason
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => format!("no handshake within {} ms", self.config.connect_timeout_ms),
+                },
+                _ = self.shutdown.cancelled() => "the gateway is shutting down".into(),
+            };
+            self.fail_calls_on(generation, &reason);
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.metrics.upstream_restart(&self.name);
+            let delay = backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(server = %self.name, %reason, retry_in_ms = delay.as_millis() as u64, "upstream down");
+            self.readiness.send_replace(Readiness::Down(reason));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        self.readiness.send_replace(Readiness::Stopped);
+    }
+
+    /// Opens a transport and performs the MCP handshake on it.
+    async fn connect(self: &Arc<Self>, generation: u64) -> Result<Arc<Link>, String> {
+        let (transport, inbox) = if let Some(stdio) = &self.config.stdio {
+            let (t, inbox) = stdio::StdioTransport::spawn(&self.name, stdio).map_err(|e| e.to_string())?;
+            (Transport::Stdio(t), Some(inbox))
+        } else if let Some(http) = &self.config.http {
+            (Transport::Http(http::HttpTransport::new(self.http_client.clone(), http)?), None)
+        } else {
+            return Err("server has no transport configured".into());
+        };
+        let link = Arc::new(Link {
+            generation,
+            info: OnceLock::new(),
+            transport,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+        });
+        if let (Transport::Stdio(t), Some(inbox)) = (&link.transport, inbox) {
+            t.start_reader(self.clone(), link.clone(), inbox);
+        }
+        match handshake::run(self, &link).await {
+            Ok(info) => {
+                let _ = link.info.set(info);
+            }
+            Err(e) => {
+                link.close(e.clone());
+                link.transport.stop().await;
+                return Err(e);
+            }
+        }
+        if let Transport::Http(t) = &link.transport {
+            t.open_listen_stream(self.clone(), link.clone());
+        }
+        Ok(link)
+    }
+
+    /// Sends a request on a given link and waits for its outcome (handshake use).
+    async fn request_on(self: &Arc<Self>, link: &Arc<Link>, method: &str, params: &str) -> Outcome {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, _events) = mpsc::channel(1);
+        let (done_tx, done) = oneshot::channel();
+        self.lock_calls().insert(
+            id,
+            PendingCall {
+                route: Route::Internal,
+                events: events_tx,
+                done: done_tx,
+                client_progress_token: None,
+                link: link.generation,
+                started: now_micros(),
+            },
+        );
+        self.send(link, jsonrpc::request(&Id::number(id), method, Some(params)), Some(id));
+        tokio::select! {
+            r = done => r.unwrap_or_else(|_| Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() })),
+            _ = link.closed.cancelled() => {
+                self.lock_calls().remove(&id);
+                Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() })
+            }
+        }
+    }
+
+    fn notify_on(self: &Arc<Self>, link: &Arc<Link>, method: &str, params: Option<&str>) {
+        self.send(link, jsonrpc::notification(method, params), None);
+    }
+}
+
+impl Transport {
+    async fn stop(&self) {
+        match self {
+            Transport::Stdio(t) => t.stop().await,
+            Transport::Http(t) => t.stop().await,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    tools: Option<Vec<Box<RawValue>>>,
+    prompts: Option<Vec<Box<RawValue>>>,
+    resources: Option<Vec<Box<RawValue>>>,
+    resource_templates: Option<Vec<Box<RawValue>>>,
+    next_cursor: Option<String>,
+}
+
+/// The call that should receive a message the upstream sent on its own.
+fn attribute(calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<u64> {
+    if let Some(id) = origin {
+        return calls.contains_key(&id).then_some(id);
+    }
+    let mut owner: Option<(&Route, u64)> = None;
+    for (id, call) in calls {
+        if call.route == Route::Internal {
+            continue;
+        }
+        match owner {
+            None => owner = Some((&call.route, *id)),
+            Some((route, newest)) => {
+                if route != &call.route {
+                    return None;
+                }
+                if *id > newest {
+                    owner = Some((route, *id));
+                }
+            }
+        }
+    }
+    owner.map(|(_, id)| id)
+}
+
+/// Rewrites the gateway-owned parts of a request's params: the progress token becomes the
+/// gateway id, and the era's `_meta` keys are set for the upstream's era. Returns the params
+/// text and the client's original progress token.
+fn prepare_params(params: Option<RawObject>, id: u64, era: Era, version: &str) -> (String, Option<Box<RawValue>>) {
+    let mut params = params.unwrap_or_default();
+    let mut meta_obj = params.get_object("_meta");
+    let mut client_token = None;
+    if let Some(m) = meta_obj.as_mut() {
+        client_token = m.remove(meta::PROGRESS_TOKEN);
+        if client_token.is_some() {
+            if let Ok(raw) = RawValue::from_string(id.to_string()) {
+                m.set_raw(meta::PROGRESS_TOKEN, raw);
+            }
+        }
+        m.retain_keys(|k| !k.starts_with(meta::RESERVED_PREFIX));
+    }
+    if era == Era::Modern {
+        let m = meta_obj.get_or_insert_with(RawObject::default);
+        m.set_str(meta::PROTOCOL_VERSION, version);
+        if let Ok(caps) = RawValue::from_string(handshake::CLIENT_CAPABILITIES.to_owned()) {
+            m.set_raw(meta::CLIENT_CAPABILITIES, caps);
+        }
+        if let Ok(info) = RawValue::from_string(handshake::client_info()) {
+            m.set_raw(meta::CLIENT_INFO, info);
+        }
+    }
+    match meta_obj {
+        Some(m) if !m.is_empty() => params.set_object("_meta", &m),
+        _ => {
+            params.remove("_meta");
+        }
+    }
+    (params.to_json(), client_token)
+}
+
+/// 100 ms doubling to 30 s, with ±25% jitter so a fleet does not restart in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1u64 << attempt.min(9)).min(30_000);
+    let jitter = rand::random_range(0.75..1.25);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
+
+fn now_micros() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_token_swapped_and_era_keys_set() {
+        let p = RawObject::parse(r#"{"name":"x","_meta":{"progressToken":"abc","io.modelcontextprotocol/protocolVersion":"2026-07-28","k":1},"arguments":{"a":1}}"#).unwrap();
+        let (text, token) = prepare_params(Some(p), 42, Era::Legacy, "2025-11-25");
+        assert_eq!(token.unwrap().get(), "\"abc\"");
+        assert_eq!(text, r#"{"name":"x","_meta":{"k":1,"progressToken":42},"arguments":{"a":1}}"#);
+        let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28");
+        assert!(text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#), "{text}");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(0) <= Duration::from_millis(125));
+        assert!(backoff(3) >= Duration::from_millis(600));
+        assert!(backoff(40) <= Duration::from_millis(37_500));
+    }
+}

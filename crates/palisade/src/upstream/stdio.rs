@@ -1,0 +1,262 @@
+//! The stdio transport: an upstream as a child process speaking newline-delimited JSON-RPC.
+//!
+//! The child starts from an empty environment plus what its config names (invariant 4), in its
+//! own process group so that stopping it takes its whole tree. Its stdout is hostile input: a
+//! line longer than the limit, or one that is not a JSON-RPC message, closes the link and kills
+//! the child (the supervisor restarts it); its stderr goes to the gateway log, tagged with the
+//! server and truncated per line.
+
+use std::process::Stdio as ProcStdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use mcp_wire::Message;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Link, Upstream};
+use crate::config;
+
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+const MAX_STDERR_LINE: usize = 4096;
+/// Messages queued for the child's stdin before callers are refused (it is not reading).
+const STDIN_QUEUE: usize = 1024;
+
+/// The reading half of a freshly spawned child, handed to [`StdioTransport::start_reader`].
+pub struct Inbox {
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    child: Child,
+}
+
+pub struct StdioTransport {
+    name: Arc<str>,
+    writer: std::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    pgid: Pid,
+    max_line: usize,
+    exited: CancellationToken,
+}
+
+impl StdioTransport {
+    pub fn spawn(name: &Arc<str>, cfg: &config::Stdio) -> std::io::Result<(StdioTransport, Inbox)> {
+        let mut cmd = Command::new(&cfg.command);
+        cmd.args(&cfg.args)
+            .env_clear()
+            .envs(&cfg.env)
+            .stdin(ProcStdio::piped())
+            .stdout(ProcStdio::piped())
+            .stderr(ProcStdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if !cfg.env.contains_key("PATH") {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
+        if let Some(cwd) = &cfg.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cfg.command))
+        })?;
+        let (Some(stdin), Some(stdout), Some(stderr), Some(pid)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take(), child.id())
+        else {
+            return Err(std::io::Error::other("child process has no pipes"));
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
+        tokio::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(mut bytes) = rx.recv().await {
+                bytes.push(b'\n');
+                if stdin.write_all(&bytes).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+            // Dropping stdin closes the pipe: the MCP way of asking a stdio server to exit.
+        });
+        let transport = StdioTransport {
+            name: name.clone(),
+            writer: std::sync::Mutex::new(Some(tx)),
+            pgid: Pid::from_raw(pid as i32),
+            max_line: cfg.max_line_bytes,
+            exited: CancellationToken::new(),
+        };
+        Ok((transport, Inbox { stdout, stderr, child }))
+    }
+
+    /// Queues one message for the child's stdin; `false` if the child is gone or not reading.
+    pub fn send(&self, bytes: Vec<u8>) -> bool {
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().is_some_and(|tx| tx.try_send(bytes).is_ok())
+    }
+
+    pub fn start_reader(&self, up: Arc<Upstream>, link: Arc<Link>, inbox: Inbox) {
+        let Inbox { stdout, stderr, mut child } = inbox;
+        let exited = self.exited.clone();
+        let watch_link = link.clone();
+        tokio::spawn(async move {
+            let reason = match child.wait().await {
+                Ok(status) => format!("the process exited ({status})"),
+                Err(e) => format!("cannot wait for the process: {e}"),
+            };
+            exited.cancel();
+            watch_link.close(reason);
+        });
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let mut lines = LineReader::new(stderr, MAX_STDERR_LINE);
+            while let Ok(Some(line)) = lines.next_line(true).await {
+                let text = String::from_utf8_lossy(&line);
+                tracing::info!(target: "palisade::upstream::stderr", server = %name, "{}", text.trim_end());
+            }
+        });
+        let max = self.max_line;
+        let pgid = self.pgid;
+        let exited = self.exited.clone();
+        tokio::spawn(async move {
+            let mut lines = LineReader::new(stdout, max);
+            let reason = loop {
+                match lines.next_line(false).await {
+                    Ok(Some(line)) => {
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        match Message::parse(&line) {
+                            Ok(msg) => up.on_message(&link, msg, None),
+                            Err(e) => break format!("it wrote something other than a JSON-RPC message on stdout ({e})"),
+                        }
+                    }
+                    Ok(None) => {
+                        // Usually the process is exiting; let the exit status be the reason.
+                        tokio::select! {
+                            _ = exited.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => break "it closed its stdout".to_string(),
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            tracing::warn!(server = %up.name, %reason, "killing upstream process");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            link.close(reason);
+        });
+    }
+
+    /// Stops the child and its process group: close stdin, then SIGTERM, then SIGKILL.
+    pub async fn stop(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let exited = self.exited.clone();
+        let wait = |ms| tokio::time::timeout(Duration::from_millis(ms), exited.cancelled());
+        if wait(500).await.is_err() {
+            let _ = killpg(self.pgid, Signal::SIGTERM);
+            if wait(1000).await.is_err() {
+                let _ = killpg(self.pgid, Signal::SIGKILL);
+                let _ = wait(2000).await;
+            }
+        }
+        // Whatever is left of the group (grandchildren that outlived the leader) goes too.
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+    }
+}
+
+/// Splits a byte stream into lines no longer than `max` bytes.
+struct LineReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+    scanned: usize,
+    discarding: bool,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            buf: BytesMut::with_capacity(8192),
+            max,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    fn too_long(&self) -> String {
+        format!("it wrote a line longer than {} bytes on stdout", self.max)
+    }
+
+    /// The next line without its newline. An over-long line is an error, or with `truncate`
+    /// is cut to `max` bytes and the rest skipped.
+    async fn next_line(&mut self, truncate: bool) -> Result<Option<BytesMut>, String> {
+        loop {
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+                let end = self.scanned + pos;
+                let mut line = self.buf.split_to(end);
+                self.buf.advance(1);
+                self.scanned = 0;
+                if std::mem::take(&mut self.discarding) {
+                    continue;
+                }
+                if line.last() == Some(&b'\r') {
+                    line.truncate(line.len() - 1);
+                }
+                if line.len() > self.max {
+                    if !truncate {
+                        return Err(self.too_long());
+                    }
+                    line.truncate(self.max);
+                }
+                return Ok(Some(line));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.max {
+                if !truncate {
+                    return Err(self.too_long());
+                }
+                if !self.discarding {
+                    let line = self.buf.split_to(self.max);
+                    self.buf.clear();
+                    self.scanned = 0;
+                    self.discarding = true;
+                    return Ok(Some(line));
+                }
+                self.buf.clear();
+                self.scanned = 0;
+            }
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    if self.buf.is_empty() || self.discarding {
+                        return Ok(None);
+                    }
+                    self.scanned = 0;
+                    return Ok(Some(std::mem::take(&mut self.buf)));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading its stdout failed: {e}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let data: &[u8] = b"one\r\ntwo\nthree-is-long\nfour";
+        let mut r = LineReader::new(data, 8);
+        assert_eq!(&r.next_line(false).await.unwrap().unwrap()[..], b"one");
+        assert_eq!(&r.next_line(false).await.unwrap().unwrap()[..], b"two");
+        assert!(r.next_line(false).await.is_err());
+
+        let mut r = LineReader::new(data, 8);
+        r.next_line(true).await.unwrap();
+        r.next_line(true).await.unwrap();
+        assert_eq!(&r.next_line(true).await.unwrap().unwrap()[..], b"three-is");
+        assert_eq!(&r.next_line(true).await.unwrap().unwrap()[..], b"four");
+        assert!(r.next_line(true).await.unwrap().is_none());
+    }
+}

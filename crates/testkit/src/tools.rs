@@ -1,0 +1,507 @@
+//! The gateway-facing tools (`echo`, `add`, `progress`, `crash`, …): their
+//! definitions, in a fixed order, and their behaviour.
+//!
+//! Invariants: `tools/list` order is deterministic; argument problems are
+//! `isError` results (spec 2025-11-25), unknown tools are `-32602`; nothing
+//! panics on client input.
+#![allow(deprecated)]
+
+use std::{
+    io::{Read, Seek, SeekFrom, Write},
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+use rmcp::{
+    ErrorData as McpError, RoleServer,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
+        LoggingLevel, ProgressNotificationParam,
+    },
+    service::RequestContext,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    catalog, conformance,
+    inputs::{self, Ask, Gathered},
+    server::{ListChange, Mode, Shared, Testkit, from_json, toggle},
+};
+
+/// A 1x1 red PNG.
+pub const PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+/// A 16-bit mono 8 kHz WAV with eight silent samples.
+pub const WAV_BASE64: &str =
+    "UklGRjQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YRAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// Largest `huge_output` we agree to build (1 GiB).
+const HUGE_OUTPUT_MAX: u64 = 1 << 30;
+/// Largest `progress` step count.
+const PROGRESS_MAX_STEPS: u64 = 100_000;
+
+/// A tool definition with an object input schema.
+pub fn def(name: &str, description: &str, properties: Value, required: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "description": description,
+        "inputSchema": { "type": "object", "properties": properties, "required": required },
+    })
+}
+
+/// Every tool, gateway tools first, then the conformance fixtures.
+pub fn list(shared: &Shared) -> Vec<Value> {
+    let mut tools = vec![
+        def(
+            "echo",
+            "Returns the message unchanged",
+            json!({ "message": { "type": "string", "description": "Text to echo" } }),
+            &["message"],
+        ),
+        json!({
+            "name": "add",
+            "description": "Adds two numbers; the sum is also structured content",
+            "inputSchema": {
+                "type": "object",
+                "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+                "required": ["a", "b"],
+            },
+            "outputSchema": {
+                "type": "object",
+                "properties": { "sum": { "type": "number" } },
+                "required": ["sum"],
+            },
+        }),
+        def("image", "Returns a tiny PNG image", json!({}), &[]),
+        def("audio", "Returns a tiny WAV clip", json!({}), &[]),
+        def(
+            "embedded_resource",
+            "Returns the text resource test://embedded",
+            json!({}),
+            &[],
+        ),
+        def(
+            "progress",
+            "Sends `steps` progress notifications, then returns \"done\"",
+            json!({ "steps": { "type": "integer", "minimum": 0, "default": 3 } }),
+            &[],
+        ),
+        def(
+            "log",
+            "Sends one notifications/message log record",
+            json!({
+                "message": { "type": "string" },
+                "level": {
+                    "type": "string",
+                    "default": "info",
+                    "enum": ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"],
+                },
+            }),
+            &["message"],
+        ),
+        def(
+            "sampling",
+            "Asks the client to sample a reply to the prompt (MRTR on 2026-07-28)",
+            json!({ "prompt": { "type": "string" } }),
+            &["prompt"],
+        ),
+        def(
+            "elicitation",
+            "Asks the client for a `name` (form elicitation; MRTR on 2026-07-28)",
+            json!({ "message": { "type": "string" } }),
+            &["message"],
+        ),
+        def(
+            "roots",
+            "Asks the client for its roots (MRTR on 2026-07-28)",
+            json!({}),
+            &[],
+        ),
+        def(
+            "error_result",
+            "Returns an isError result",
+            json!({}),
+            &[],
+        ),
+        def(
+            "slow",
+            "Sleeps `ms` milliseconds; stops early when cancelled",
+            json!({ "ms": { "type": "integer", "minimum": 0 } }),
+            &["ms"],
+        ),
+        def(
+            "crash",
+            "Exits the process with status 3 without answering",
+            json!({}),
+            &[],
+        ),
+        def(
+            "huge_output",
+            "Returns one text content of `bytes` 'x' characters",
+            json!({ "bytes": { "type": "integer", "minimum": 0 } }),
+            &["bytes"],
+        ),
+        def(
+            "endless_line",
+            "stdio: writes 'x' to stdout forever without a newline",
+            json!({}),
+            &[],
+        ),
+        def(
+            "garbage",
+            "stdio: writes a line that is not JSON to stdout",
+            json!({}),
+            &[],
+        ),
+        def(
+            "whoami",
+            "Returns the request _meta and the TENANT_ID environment variable",
+            json!({}),
+            &[],
+        ),
+        def(
+            "count",
+            "Appends a line to $TESTKIT_COUNT_FILE and returns its line count",
+            json!({}),
+            &[],
+        ),
+        def(
+            "toggle_tool",
+            "Adds or removes the `extra` tool and announces the list change",
+            json!({}),
+            &[],
+        ),
+    ];
+    if shared.extra_tool.load(Ordering::SeqCst) {
+        tools.push(def(
+            "extra",
+            "Listed while toggle_tool has added it",
+            json!({}),
+            &[],
+        ));
+    }
+    tools.extend(conformance::list(shared));
+    tools
+}
+
+/// A successful single-text result.
+pub fn text(text: impl Into<String>) -> CallToolResponse {
+    CallToolResult::success(vec![ContentBlock::text(text)]).into()
+}
+
+/// An `isError` single-text result.
+pub fn failure(text: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(text)]).into()
+}
+
+/// A result built from a JSON literal (`content`, `structuredContent`, …).
+pub fn result_json(value: Value) -> Result<CallToolResponse, McpError> {
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object
+            .entry("resultType")
+            .or_insert_with(|| json!("complete"));
+    }
+    from_json::<CallToolResult>(value).map(Into::into)
+}
+
+/// Typed access to tool arguments; problems become the `Err` text of an isError result.
+pub struct Args<'a>(pub &'a JsonObject);
+
+impl Args<'_> {
+    pub fn string(&self, name: &str) -> Result<String, String> {
+        match self.0.get(name) {
+            Some(Value::String(value)) => Ok(value.clone()),
+            Some(_) => Err(format!("argument '{name}' must be a string")),
+            None => Err(format!("missing required argument '{name}'")),
+        }
+    }
+
+    pub fn string_or(&self, name: &str, default: &str) -> Result<String, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default.to_owned()),
+            Some(_) => self.string(name),
+        }
+    }
+
+    pub fn uint(&self, name: &str) -> Result<u64, String> {
+        match self.0.get(name) {
+            Some(value) => value.as_u64().ok_or_else(|| {
+                format!("argument '{name}' must be a non-negative integer")
+            }),
+            None => Err(format!("missing required argument '{name}'")),
+        }
+    }
+
+    pub fn uint_or(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.uint(name),
+        }
+    }
+
+    pub fn number(&self, name: &str) -> Result<&serde_json::Number, String> {
+        match self.0.get(name) {
+            Some(Value::Number(number)) => Ok(number),
+            Some(_) => Err(format!("argument '{name}' must be a number")),
+            None => Err(format!("missing required argument '{name}'")),
+        }
+    }
+}
+
+/// `tools/call` dispatch.
+pub async fn call(
+    kit: &Testkit,
+    request: CallToolRequestParams,
+    ctx: RequestContext<RoleServer>,
+) -> Result<CallToolResponse, McpError> {
+    let arguments = request.arguments.clone().unwrap_or_default();
+    let args = Args(&arguments);
+    let outcome = match request.name.as_ref() {
+        "echo" => args.string("message").map(text),
+        "add" => add(&args),
+        "image" => Ok(result_json(json!({
+            "content": [{ "type": "image", "data": PNG_BASE64, "mimeType": "image/png" }],
+        }))?),
+        "audio" => Ok(result_json(json!({
+            "content": [{ "type": "audio", "data": WAV_BASE64, "mimeType": "audio/wav" }],
+        }))?),
+        "embedded_resource" => Ok(result_json(json!({
+            "content": [{
+                "type": "resource",
+                "resource": {
+                    "uri": "test://embedded",
+                    "mimeType": "text/plain",
+                    "text": catalog::EMBEDDED_TEXT,
+                },
+            }],
+        }))?),
+        "progress" => match args.uint_or("steps", 3) {
+            Ok(steps) if steps <= PROGRESS_MAX_STEPS => {
+                for step in 1..=steps {
+                    send_progress(&ctx, step as f64, Some(steps as f64), None).await;
+                }
+                Ok(text("done"))
+            }
+            Ok(_) => Err(format!("steps must be at most {PROGRESS_MAX_STEPS}")),
+            Err(error) => Err(error),
+        },
+        "log" => log(kit, &ctx, &args).await,
+        "sampling" => return sampling(kit, &ctx, &request, &args).await,
+        "elicitation" => return elicitation(kit, &ctx, &request, &args).await,
+        "roots" => return roots(kit, &ctx, &request).await,
+        "error_result" => Ok(failure("something failed")),
+        "slow" => match args.uint("ms") {
+            Ok(ms) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(text("slept")),
+                    () = ctx.ct.cancelled() => {
+                        tracing::info!(id = %ctx.id, "slow cancelled");
+                        return Err(McpError::internal_error("cancelled", None));
+                    }
+                }
+            }
+            Err(error) => Err(error),
+        },
+        "crash" => {
+            tracing::warn!("crash tool called: exiting with status 3");
+            std::process::exit(3);
+        }
+        "huge_output" => match args.uint("bytes") {
+            Ok(bytes) if bytes <= HUGE_OUTPUT_MAX => {
+                Ok(text("x".repeat(usize::try_from(bytes).unwrap_or(0))))
+            }
+            Ok(_) => Err(format!("bytes must be at most {HUGE_OUTPUT_MAX}")),
+            Err(error) => Err(error),
+        },
+        "endless_line" => match kit.shared.mode {
+            Mode::Stdio => endless_line().await,
+            Mode::Http => Ok(failure("endless_line only applies to stdio mode")),
+        },
+        "garbage" => match kit.shared.mode {
+            Mode::Stdio => garbage(),
+            Mode::Http => Ok(failure("garbage only applies to stdio mode")),
+        },
+        "whoami" => {
+            let meta = serde_json::to_value(&ctx.meta).unwrap_or_else(|_| json!({}));
+            let tenant = std::env::var("TENANT_ID").ok();
+            Ok(text(json!({ "meta": meta, "tenant_env": tenant }).to_string()))
+        }
+        "count" => count().await,
+        "toggle_tool" => {
+            let added = toggle(&kit.shared.extra_tool);
+            kit.list_changed(&ctx, ListChange::Tools).await;
+            Ok(text(if added {
+                "extra tool added"
+            } else {
+                "extra tool removed"
+            }))
+        }
+        "extra" if kit.shared.extra_tool.load(Ordering::SeqCst) => Ok(text("extra")),
+        name => return conformance::call(kit, name, &request, &args, ctx).await,
+    };
+    Ok(outcome.unwrap_or_else(failure))
+}
+
+fn add(args: &Args<'_>) -> Result<CallToolResponse, String> {
+    let (a, b) = (args.number("a")?, args.number("b")?);
+    let sum = match (a.as_i64(), b.as_i64()) {
+        (Some(a), Some(b)) => a.checked_add(b).map(Value::from),
+        _ => None,
+    };
+    let sum = match sum {
+        Some(sum) => sum,
+        None => {
+            let total = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
+            serde_json::Number::from_f64(total)
+                .map(Value::Number)
+                .ok_or("the sum is not a finite number")?
+        }
+    };
+    result_json(json!({
+        "content": [{ "type": "text", "text": sum.to_string() }],
+        "structuredContent": { "sum": sum },
+    }))
+    .map_err(|error| error.message.to_string())
+}
+
+/// Sends one progress notification for the request's token, if it has one.
+pub async fn send_progress(
+    ctx: &RequestContext<RoleServer>,
+    progress: f64,
+    total: Option<f64>,
+    message: Option<&str>,
+) {
+    let Some(token) = ctx.meta.get_progress_token() else {
+        return;
+    };
+    let param: Result<ProgressNotificationParam, _> = serde_json::from_value(json!({
+        "progressToken": token,
+        "progress": progress,
+        "total": total,
+        "message": message,
+    }));
+    match param {
+        Ok(param) => {
+            if let Err(error) = ctx.peer.notify_progress(param).await {
+                tracing::debug!(%error, "dropping progress notification");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "bad progress notification"),
+    }
+}
+
+async fn log(
+    kit: &Testkit,
+    ctx: &RequestContext<RoleServer>,
+    args: &Args<'_>,
+) -> Result<CallToolResponse, String> {
+    let message = args.string("message")?;
+    let level_name = args.string_or("level", "info")?;
+    let level: LoggingLevel = serde_json::from_value(json!(level_name))
+        .map_err(|_| format!("unknown log level '{level_name}'"))?;
+    kit.log(ctx, level, "testkit", json!(message)).await;
+    Ok(text("logged"))
+}
+
+async fn sampling(
+    kit: &Testkit,
+    ctx: &RequestContext<RoleServer>,
+    request: &CallToolRequestParams,
+    args: &Args<'_>,
+) -> Result<CallToolResponse, McpError> {
+    let prompt = match args.string("prompt") {
+        Ok(prompt) => prompt,
+        Err(error) => return Ok(failure(error)),
+    };
+    let asks = [Ask::sampling("reply", &prompt, 100)];
+    match conformance::gather_once(kit, ctx, "tool:sampling", &asks, request).await? {
+        Gathered::InputRequired(result) => Ok(result.into()),
+        Gathered::Complete(answers) => Ok(text(inputs::sampling_text(answers.get("reply")))),
+    }
+}
+
+async fn elicitation(
+    kit: &Testkit,
+    ctx: &RequestContext<RoleServer>,
+    request: &CallToolRequestParams,
+    args: &Args<'_>,
+) -> Result<CallToolResponse, McpError> {
+    let message = match args.string("message") {
+        Ok(message) => message,
+        Err(error) => return Ok(failure(error)),
+    };
+    let schema = json!({
+        "type": "object",
+        "properties": { "name": { "type": "string", "description": "Your name" } },
+        "required": ["name"],
+    });
+    let asks = [Ask::elicitation("answer", &message, schema)];
+    match conformance::gather_once(kit, ctx, "tool:elicitation", &asks, request).await? {
+        Gathered::InputRequired(result) => Ok(result.into()),
+        Gathered::Complete(answers) => Ok(text(
+            inputs::elicitation_summary(answers.get("answer")).to_string(),
+        )),
+    }
+}
+
+async fn roots(
+    kit: &Testkit,
+    ctx: &RequestContext<RoleServer>,
+    request: &CallToolRequestParams,
+) -> Result<CallToolResponse, McpError> {
+    let asks = [Ask::roots("roots")];
+    match conformance::gather_once(kit, ctx, "tool:roots", &asks, request).await? {
+        Gathered::InputRequired(result) => Ok(result.into()),
+        Gathered::Complete(answers) => Ok(text(
+            json!(inputs::root_uris(answers.get("roots"))).to_string(),
+        )),
+    }
+}
+
+/// Writes 'x' to the real stdout until a write fails; never answers.
+async fn endless_line() -> Result<CallToolResponse, String> {
+    tracing::warn!("endless_line: writing to stdout without a newline");
+    std::thread::spawn(|| {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let chunk = [b'x'; 8192];
+        while out.write_all(&chunk).and_then(|()| out.flush()).is_ok() {}
+        tracing::warn!("endless_line: stdout closed");
+    });
+    std::future::pending().await
+}
+
+/// Writes a non-JSON line to the real stdout, then answers normally.
+fn garbage() -> Result<CallToolResponse, String> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(b"this is not json\n")
+        .and_then(|()| out.flush())
+        .map_err(|error| format!("writing garbage failed: {error}"))?;
+    Ok(text("sent garbage"))
+}
+
+/// Appends "1\n" (O_APPEND + fsync) to $TESTKIT_COUNT_FILE and counts its lines.
+async fn count() -> Result<CallToolResponse, String> {
+    let Some(path) = std::env::var_os("TESTKIT_COUNT_FILE") else {
+        return Err("TESTKIT_COUNT_FILE is not set".to_owned());
+    };
+    let counted = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
+        file.write_all(b"1\n")?;
+        file.sync_all()?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut contents = String::new();
+        file.read_to_string(&mut contents)?;
+        Ok(contents.lines().count())
+    })
+    .await
+    .map_err(|error| format!("count task failed: {error}"))?
+    .map_err(|error| format!("count file: {error}"))?;
+    Ok(text(counted.to_string()))
+}
