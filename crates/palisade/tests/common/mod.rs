@@ -1,0 +1,387 @@
+//! Test harness: runs the real `palisade` binary against real upstream processes
+//! (`palisade-testkit`) and talks to it over real sockets.
+//!
+//! `Gw::start` writes a config with fresh keys into a temp dir, starts `palisade serve` on port
+//! 0, reads the bound addresses from its one stdout line and keeps its stderr (the log) for
+//! assertions. Dropping it sends SIGTERM.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+pub const ACCEPT: &str = "application/json, text/event-stream";
+
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_palisade"))
+        .parent()
+        .expect("binary dir")
+        .to_owned()
+}
+
+pub fn testkit() -> PathBuf {
+    let p = bin_dir().join("palisade-testkit");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// A stdio server entry running the testkit, with optional extra TOML lines.
+pub fn stdio_server(name: &str, extra: &str) -> String {
+    format!(
+        "[[servers]]\nname = \"{name}\"\n{extra}\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+        testkit().display()
+    )
+}
+
+pub fn http_server(name: &str, url: &str) -> String {
+    format!("[[servers]]\nname = \"{name}\"\n[servers.http]\nurl = \"{url}\"\n")
+}
+
+pub struct TenantSpec<'a> {
+    pub id: &'a str,
+    pub servers: &'a [&'a str],
+    pub namespacing: bool,
+}
+
+pub struct Gw {
+    child: Child,
+    pub mcp: String,
+    pub admin: String,
+    pub keys: Vec<(String, String)>,
+    pub log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Gw {
+    pub fn start(servers: &str, tenants: &[TenantSpec<'_>]) -> Gw {
+        Gw::start_with(servers, tenants, "")
+    }
+
+    pub fn start_with(servers: &str, tenants: &[TenantSpec<'_>], extra_top: &str) -> Gw {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pepper = dir.path().join("pepper");
+        std::fs::write(&pepper, "p".repeat(48)).expect("pepper");
+        let mut toml = format!(
+            "{extra_top}\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[auth]\npepper_file = \"{}\"\n{servers}\n",
+            pepper.display()
+        );
+        let mut keys = Vec::new();
+        for (i, t) in tenants.iter().enumerate() {
+            let key = format!("pal_test_key_{}_{i}_{}", t.id, "k".repeat(32));
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice("p".repeat(48).as_bytes()).expect("hmac");
+            mac.update(key.as_bytes());
+            let hash = hex::encode(mac.finalize().into_bytes());
+            let servers: Vec<String> = t.servers.iter().map(|s| format!("\"{s}\"")).collect();
+            toml.push_str(&format!(
+                "[[tenants]]\nid = \"{}\"\nservers = [{}]\nnamespacing = {}\nkeys = [\"hmac-sha256:{hash}\"]\n",
+                t.id,
+                servers.join(", "),
+                t.namespacing
+            ));
+            keys.push((t.id.to_owned(), key));
+        }
+        let config = dir.path().join("palisade.toml");
+        std::fs::write(&config, toml).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&config)
+            .env("PALISADE_LOG", "info,palisade=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn palisade");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("log").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read stdout");
+        let mcp = field(&line, "mcp=").unwrap_or_else(|| panic!("gateway did not start: {line:?} log: {}", log.lock().unwrap()));
+        let admin = field(&line, "admin=").expect("admin addr");
+        let gw = Gw {
+            child,
+            mcp,
+            admin,
+            keys,
+            log,
+            _dir: dir,
+            http: reqwest::Client::new(),
+        };
+        gw
+    }
+
+    pub fn key(&self, tenant: &str) -> &str {
+        &self.keys.iter().find(|(t, _)| t == tenant).expect("tenant").1
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `/readyz` says every upstream is up.
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.admin)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits for `needle` to appear in the log.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+fn field(line: &str, prefix: &str) -> Option<String> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(prefix)).map(|s| s.trim_end_matches("/mcp").to_owned())
+        .map(|s| if prefix == "mcp=" { format!("{s}/mcp") } else { s })
+}
+
+/// A legacy-era client session over raw HTTP.
+pub struct Legacy<'a> {
+    pub gw: &'a Gw,
+    pub key: String,
+    pub session: String,
+}
+
+/// One HTTP answer: status, headers, and the JSON-RPC messages in its body (JSON or SSE).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub messages: Vec<Value>,
+    pub sse: bool,
+}
+
+impl Answer {
+    /// The last message (the response, for a request).
+    pub fn response(&self) -> &Value {
+        self.messages.last().unwrap_or(&Value::Null)
+    }
+}
+
+pub async fn read_answer(r: reqwest::Response) -> Answer {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let sse = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = r.bytes().await.unwrap_or_default();
+    let messages = if sse {
+        let mut d = mcp_wire::sse::Decoder::new(64 << 20);
+        d.push(&body);
+        let mut out = Vec::new();
+        while let Ok(Some(e)) = d.next_event() {
+            if !e.data.is_empty() {
+                out.push(serde_json::from_str(&e.data).expect("event json"));
+            }
+        }
+        out
+    } else if body.is_empty() {
+        Vec::new()
+    } else {
+        vec![serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()))]
+    };
+    Answer { status, headers, messages, sse }
+}
+
+impl Gw {
+    /// POST a body with the standard headers plus `extra`.
+    pub async fn post(&self, key: Option<&str>, extra: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
+        let mut req = self
+            .http
+            .post(&self.mcp)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        read_answer(req.send().await.expect("post")).await
+    }
+
+    pub async fn legacy(&self, tenant: &str) -> Legacy<'_> {
+        let key = self.key(tenant).to_owned();
+        let a = self
+            .post(
+                Some(&key),
+                &[],
+                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"elicitation":{}},"clientInfo":{"name":"test","version":"1"}}}).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, 200, "initialize: {:?}", a.messages);
+        let session = a.headers.get("mcp-session-id").expect("session id").to_str().expect("ascii").to_owned();
+        let l = Legacy { gw: self, key, session };
+        let n = l.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+        assert_eq!(n.status, 202);
+        l
+    }
+
+    /// A modern-era (2026-07-28) request with correct `_meta` and headers.
+    pub async fn modern(&self, tenant: &str, id: u64, method: &str, mut params: Value) -> Answer {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        });
+        let name = params.get("name").or_else(|| params.get("uri")).and_then(Value::as_str).map(str::to_owned);
+        let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+        if let Some(n) = &name {
+            headers.push(("mcp-name", n));
+        }
+        let body = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string();
+        self.post(Some(self.key(tenant)), &headers, body).await
+    }
+}
+
+impl Legacy<'_> {
+    pub async fn send(&self, msg: Value) -> Answer {
+        self.gw
+            .post(
+                Some(&self.key),
+                &[("mcp-session-id", &self.session), ("mcp-protocol-version", "2025-11-25")],
+                msg.to_string(),
+            )
+            .await
+    }
+
+    pub async fn request(&self, id: u64, method: &str, params: Value) -> Answer {
+        self.send(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})).await
+    }
+
+    pub async fn call(&self, id: u64, tool: &str, args: Value) -> Answer {
+        self.request(id, "tools/call", json!({"name": tool, "arguments": args})).await
+    }
+
+    /// Starts a POST and returns the raw response, for streaming reads.
+    pub async fn start(&self, msg: Value) -> reqwest::Response {
+        self.gw
+            .http
+            .post(&self.gw.mcp)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(msg.to_string())
+            .send()
+            .await
+            .expect("post")
+    }
+}
+
+/// Text of the first content item of a tool result message.
+pub fn text(msg: &Value) -> &str {
+    msg["result"]["content"][0]["text"].as_str().unwrap_or("")
+}
+
+/// Starts `palisade-testkit http` and returns it with its URL.
+pub fn testkit_http() -> (Child, String) {
+    let mut child = Command::new(testkit())
+        .args(["http", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn testkit");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    let url = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    (child, url)
+}
+
+/// Kills a child on drop.
+pub struct Reap(pub Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Children of a process, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is not alive for our purposes, but it would be a leak: count it as alive.
+    std::fs::metadata(format!("/proc/{pid}")).is_ok()
+}
