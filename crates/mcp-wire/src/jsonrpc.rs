@@ -37,7 +37,9 @@ impl ErrorCode {
 pub enum WireError {
     #[error("parse error: the body is not valid JSON ({0})")]
     Parse(String),
-    #[error("invalid request: batches (JSON arrays) are not supported since MCP 2025-06-18; send one message per request")]
+    #[error(
+        "invalid request: batches (JSON arrays) are not supported since MCP 2025-06-18; send one message per request"
+    )]
     Batch,
     #[error("invalid request: {0}")]
     Invalid(&'static str),
@@ -149,15 +151,18 @@ impl Message {
         if env.jsonrpc.as_deref() != Some("2.0") {
             return Err(WireError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
-        if let Some(params) = env.params {
-            if !matches!(params.get().as_bytes().first(), Some(b'{') | Some(b'[')) {
-                return Err(WireError::Invalid("\"params\" must be an object or an array"));
-            }
+        if let Some(params) = env.params
+            && !matches!(params.get().as_bytes().first(), Some(b'{') | Some(b'['))
+        {
+            return Err(WireError::Invalid(
+                "\"params\" must be an object or an array",
+            ));
         }
         // `"id": null` deserializes as None, which is what JSON-RPC means by it.
         let id = match env.id {
             Some(raw) => Some(
-                Id::from_raw(raw).ok_or(WireError::Invalid("\"id\" must be a string or an integer"))?,
+                Id::from_raw(raw)
+                    .ok_or(WireError::Invalid("\"id\" must be a string or an integer"))?,
             ),
             None => None,
         };
@@ -175,7 +180,9 @@ impl Message {
                     id: Some(id),
                     outcome: Ok(to_owned_raw(result)),
                 })),
-                None => Err(WireError::Invalid("a result must carry the id of its request")),
+                None => Err(WireError::Invalid(
+                    "a result must carry the id of its request",
+                )),
             },
             (None, None, Some(error)) => {
                 if !error.get().starts_with('{') {
@@ -189,9 +196,9 @@ impl Message {
             (Some(_), _, _) => Err(WireError::Invalid(
                 "a message with \"method\" must not carry \"result\" or \"error\"",
             )),
-            (None, Some(_), Some(_)) => {
-                Err(WireError::Invalid("a response must not carry both \"result\" and \"error\""))
-            }
+            (None, Some(_), Some(_)) => Err(WireError::Invalid(
+                "a response must not carry both \"result\" and \"error\"",
+            )),
             (None, None, None) => Err(WireError::Invalid(
                 "a message needs \"method\" (request or notification) or \"result\"/\"error\" (response)",
             )),
@@ -309,9 +316,13 @@ mod tests {
 
     #[test]
     fn request_keeps_params_bytes() {
-        let m = parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"b":1,  "a":{"x":[1, 2]}}}"#)
-            .unwrap();
-        let Message::Request(r) = m else { panic!("not a request") };
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"b":1,  "a":{"x":[1, 2]}}}"#,
+        )
+        .unwrap();
+        let Message::Request(r) = m else {
+            panic!("not a request")
+        };
         assert_eq!(r.id.as_json(), "7");
         assert_eq!(r.method, "tools/call");
         assert_eq!(r.params.unwrap().get(), r#"{"b":1,  "a":{"x":[1, 2]}}"#);
@@ -319,8 +330,14 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(matches!(parse(r#"{"jsonrpc":"2.0","method":"x"}"#), Ok(Message::Notification(_))));
-        assert!(matches!(parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#), Ok(Message::Response(_))));
+        assert!(matches!(
+            parse(r#"{"jsonrpc":"2.0","method":"x"}"#),
+            Ok(Message::Notification(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
+            Ok(Message::Response(_))
+        ));
         assert!(matches!(
             parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#),
             Ok(Message::Response(Response { id: None, .. }))
@@ -331,7 +348,10 @@ mod tests {
     fn errors_have_the_right_codes() {
         assert_eq!(parse("{nope").unwrap_err().code(), ErrorCode::PARSE_ERROR);
         assert_eq!(parse("").unwrap_err().code(), ErrorCode::PARSE_ERROR);
-        assert_eq!(parse(r#"[{"jsonrpc":"2.0","method":"x"}]"#).unwrap_err(), WireError::Batch);
+        assert_eq!(
+            parse(r#"[{"jsonrpc":"2.0","method":"x"}]"#).unwrap_err(),
+            WireError::Batch
+        );
         assert_eq!(parse("42").unwrap_err().code(), ErrorCode::INVALID_REQUEST);
         for bad in [
             r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
@@ -344,7 +364,11 @@ mod tests {
             r#"{"jsonrpc":"2.0","result":{}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
         ] {
-            assert_eq!(parse(bad).unwrap_err().code(), ErrorCode::INVALID_REQUEST, "{bad}");
+            assert_eq!(
+                parse(bad).unwrap_err().code(),
+                ErrorCode::INVALID_REQUEST,
+                "{bad}"
+            );
         }
     }
 
@@ -352,7 +376,9 @@ mod tests {
     fn builders_round_trip() {
         let id = Id::string("a\"b");
         let bytes = request(&id, "ping", Some("{}"));
-        let Message::Request(r) = Message::parse(&bytes).unwrap() else { panic!() };
+        let Message::Request(r) = Message::parse(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.id, id);
         let bytes = error(Some(&id), ErrorCode::INVALID_PARAMS, "bad", None);
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

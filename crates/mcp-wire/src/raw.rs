@@ -132,13 +132,20 @@ mod tests {
 
     #[test]
     fn rewrite_keeps_other_bytes_and_order() {
-        let mut o = RawObject::parse(r#"{"name":"a__b", "arguments":{"z":1,  "y":[2]},"x":null}"#).unwrap();
+        let mut o =
+            RawObject::parse(r#"{"name":"a__b", "arguments":{"z":1,  "y":[2]},"x":null}"#).unwrap();
         o.set_str("name", "b");
-        assert_eq!(o.to_json(), r#"{"name":"b","arguments":{"z":1,  "y":[2]},"x":null}"#);
+        assert_eq!(
+            o.to_json(),
+            r#"{"name":"b","arguments":{"z":1,  "y":[2]},"x":null}"#
+        );
         assert_eq!(o.get_str("name").as_deref(), Some("b"));
         assert!(o.remove("x").is_some());
         o.set_str("new", "v");
-        assert_eq!(o.to_json(), r#"{"name":"b","arguments":{"z":1,  "y":[2]},"new":"v"}"#);
+        assert_eq!(
+            o.to_json(),
+            r#"{"name":"b","arguments":{"z":1,  "y":[2]},"new":"v"}"#
+        );
     }
 
     #[test]

@@ -50,7 +50,11 @@ impl Names {
     }
 
     fn lookup(&self, name: &str) -> Option<(Arc<str>, String)> {
-        self.short.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.short
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 }
 
@@ -62,9 +66,17 @@ pub struct Target<'a> {
 
 /// Resolves a tool or prompt name for this tenant. With a shortened name unknown (say, after a
 /// restart), `refresh` lists `kind` once to rebuild the reverse map.
-pub async fn resolve_name<'a>(names: &Names, tenant: &'a Tenant, kind: ListKind, name: &str) -> Option<Target<'a>> {
+pub async fn resolve_name<'a>(
+    names: &Names,
+    tenant: &'a Tenant,
+    kind: ListKind,
+    name: &str,
+) -> Option<Target<'a>> {
     if !tenant.namespacing {
-        return tenant.upstreams.first().map(|upstream| Target { upstream, name: name.to_owned() });
+        return tenant.upstreams.first().map(|upstream| Target {
+            upstream,
+            name: name.to_owned(),
+        });
     }
     if let Some(t) = from_short(names, tenant, name) {
         return Some(t);
@@ -77,27 +89,43 @@ pub async fn resolve_name<'a>(names: &Names, tenant: &'a Tenant, kind: ListKind,
     }
     let (server, original) = name.split_once("__")?;
     let upstream = tenant.upstream(server)?;
-    Some(Target { upstream, name: original.to_owned() })
+    Some(Target {
+        upstream,
+        name: original.to_owned(),
+    })
 }
 
 fn from_short<'a>(names: &Names, tenant: &'a Tenant, name: &str) -> Option<Target<'a>> {
     let (server, original) = names.lookup(name)?;
-    tenant.upstream(&server).map(|upstream| Target { upstream, name: original })
+    tenant.upstream(&server).map(|upstream| Target {
+        upstream,
+        name: original,
+    })
 }
 
 /// Resolves a resource URI (or URI template) for this tenant.
 pub fn resolve_uri<'a>(tenant: &'a Tenant, uri: &str) -> Option<Target<'a>> {
     if !tenant.namespacing {
-        return tenant.upstreams.first().map(|upstream| Target { upstream, name: uri.to_owned() });
+        return tenant.upstreams.first().map(|upstream| Target {
+            upstream,
+            name: uri.to_owned(),
+        });
     }
     let (server, original) = uri.split_once('+')?;
     let upstream = tenant.upstream(server)?;
-    Some(Target { upstream, name: original.to_owned() })
+    Some(Target {
+        upstream,
+        name: original.to_owned(),
+    })
 }
 
 /// The client-facing form of an upstream's resource URI.
 pub fn expose_uri(tenant: &Tenant, server: &str, uri: &str) -> String {
-    if tenant.namespacing { format!("{server}+{uri}") } else { uri.to_owned() }
+    if tenant.namespacing {
+        format!("{server}+{uri}")
+    } else {
+        uri.to_owned()
+    }
 }
 
 /// Every item of a list across the tenant's upstreams, names rewritten for the client.
@@ -124,18 +152,26 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
                 merged.push(item.clone());
                 continue;
             }
-            let Some(mut obj) = RawObject::parse(item.get()) else { continue };
+            let Some(mut obj) = RawObject::parse(item.get()) else {
+                continue;
+            };
             let (field, rewritten) = match kind {
                 ListKind::Tools | ListKind::Prompts => {
-                    let Some(name) = obj.get_str("name") else { continue };
+                    let Some(name) = obj.get_str("name") else {
+                        continue;
+                    };
                     ("name", names.expose(&upstream.name, &name))
                 }
                 ListKind::Resources => {
-                    let Some(uri) = obj.get_str("uri") else { continue };
+                    let Some(uri) = obj.get_str("uri") else {
+                        continue;
+                    };
                     ("uri", expose_uri(tenant, &upstream.name, &uri))
                 }
                 ListKind::ResourceTemplates => {
-                    let Some(t) = obj.get_str("uriTemplate") else { continue };
+                    let Some(t) = obj.get_str("uriTemplate") else {
+                        continue;
+                    };
                     ("uriTemplate", expose_uri(tenant, &upstream.name, &t))
                 }
             };
@@ -150,7 +186,11 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
 pub struct BadCursor;
 
 /// One page of a merged list as a result object (without era-specific fields).
-pub fn page(kind: ListKind, items: &[Box<RawValue>], cursor: Option<&str>) -> Result<RawObject, BadCursor> {
+pub fn page(
+    kind: ListKind,
+    items: &[Box<RawValue>],
+    cursor: Option<&str>,
+) -> Result<RawObject, BadCursor> {
     let start = match cursor {
         None => 0,
         Some(c) => decode_cursor(c).ok_or(BadCursor)?,
@@ -182,8 +222,14 @@ fn encode_cursor(offset: usize) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<usize> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes).ok()?.strip_prefix("palisade:")?.parse().ok()
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("palisade:")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -212,7 +258,13 @@ mod tests {
         let cursor = first.get_str("nextCursor").unwrap();
         let second = page(ListKind::Tools, &items, Some(&cursor)).ok().unwrap();
         assert!(second.get_str("nextCursor").is_none());
-        assert!(second.get("tools").unwrap().get().starts_with("[{\"name\":\"t1000\"}"));
+        assert!(
+            second
+                .get("tools")
+                .unwrap()
+                .get()
+                .starts_with("[{\"name\":\"t1000\"}")
+        );
         assert!(page(ListKind::Tools, &items, Some("bogus")).is_err());
     }
 }

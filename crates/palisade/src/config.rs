@@ -242,12 +242,13 @@ impl Config {
 
     /// Parses and validates config text (used by the demo and tests).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Toml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Parse {
-                path: PathBuf::from("<inline>"),
-                message: e.to_string(),
-            })?;
+        let config: Config =
+            Figment::from(Toml::string(text))
+                .extract()
+                .map_err(|e| ConfigError::Parse {
+                    path: PathBuf::from("<inline>"),
+                    message: e.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -269,21 +270,36 @@ impl Config {
                 ));
             }
             if !names.insert(s.name.as_str()) {
-                return Err(invalid(format!("{key}.name"), format!("server `{}` is defined twice", s.name)));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("server `{}` is defined twice", s.name),
+                ));
             }
             match (&s.stdio, &s.http) {
                 (Some(_), Some(_)) => {
-                    return Err(invalid(key, format!("server `{}` has both [stdio] and [http]; keep one", s.name)));
+                    return Err(invalid(
+                        key,
+                        format!("server `{}` has both [stdio] and [http]; keep one", s.name),
+                    ));
                 }
                 (None, None) => {
-                    return Err(invalid(key, format!("server `{}` needs a [servers.stdio] or [servers.http] table", s.name)));
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "server `{}` needs a [servers.stdio] or [servers.http] table",
+                            s.name
+                        ),
+                    ));
                 }
                 (Some(stdio), None) => {
                     if stdio.command.trim().is_empty() {
                         return Err(invalid(format!("{key}.stdio.command"), "must not be empty"));
                     }
                     if stdio.max_line_bytes < 1024 {
-                        return Err(invalid(format!("{key}.stdio.max_line_bytes"), "must be at least 1024"));
+                        return Err(invalid(
+                            format!("{key}.stdio.max_line_bytes"),
+                            "must be at least 1024",
+                        ));
                     }
                 }
                 (None, Some(http)) => {
@@ -298,7 +314,10 @@ impl Config {
                     }
                     for name in http.headers.keys() {
                         if name.parse::<http::HeaderName>().is_err() {
-                            return Err(invalid(format!("{key}.http.headers"), format!("`{name}` is not a valid header name")));
+                            return Err(invalid(
+                                format!("{key}.http.headers"),
+                                format!("`{name}` is not a valid header name"),
+                            ));
                         }
                     }
                 }
@@ -313,24 +332,37 @@ impl Config {
             if !valid_tenant_id(&t.id) {
                 return Err(invalid(
                     format!("{key}.id"),
-                    format!("`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit", t.id),
+                    format!(
+                        "`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit",
+                        t.id
+                    ),
                 ));
             }
             if !tenant_ids.insert(t.id.as_str()) {
-                return Err(invalid(format!("{key}.id"), format!("tenant `{}` is defined twice", t.id)));
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("tenant `{}` is defined twice", t.id),
+                ));
             }
             for s in &t.servers {
                 if !names.contains(s.as_str()) {
                     return Err(invalid(
                         format!("{key}.servers"),
-                        format!("tenant `{}` names server `{s}`, which no [[servers]] entry defines", t.id),
+                        format!(
+                            "tenant `{}` names server `{s}`, which no [[servers]] entry defines",
+                            t.id
+                        ),
                     ));
                 }
             }
             if !t.namespacing && t.servers.len() > 1 {
                 return Err(invalid(
                     format!("{key}.namespacing"),
-                    format!("tenant `{}` has {} servers; names can only stay unprefixed with exactly one", t.id, t.servers.len()),
+                    format!(
+                        "tenant `{}` has {} servers; names can only stay unprefixed with exactly one",
+                        t.id,
+                        t.servers.len()
+                    ),
                 ));
             }
             for k in &t.keys {
@@ -405,7 +437,9 @@ servers = ["kit"]
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml(&format!("{BASE}\nbogus = 1\n")).unwrap_err().to_string();
+        let err = Config::from_toml(&format!("{BASE}\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
@@ -414,7 +448,10 @@ servers = ["kit"]
         let err = Config::from_toml(&BASE.replace("servers = [\"kit\"]", "servers = [\"nope\"]"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("tenants[0].servers") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("tenants[0].servers") && err.contains("nope"),
+            "{err}"
+        );
         let err = Config::from_toml(&BASE.replace("name = \"kit\"", "name = \"a__b\""))
             .unwrap_err()
             .to_string();

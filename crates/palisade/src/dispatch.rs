@@ -39,7 +39,12 @@ pub enum Reply {
 }
 
 /// Handles one client request.
-pub async fn request(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'_>, req: Request) -> Reply {
+pub async fn request(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    caller: &Caller<'_>,
+    req: Request,
+) -> Reply {
     let id = &req.id;
     let params = req.params.as_deref();
     let method = req.method.as_str();
@@ -56,14 +61,24 @@ pub async fn request(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'
         "tools/list" => list(gw, caller, id, params, ListKind::Tools).await,
         "prompts/list" => list(gw, caller, id, params, ListKind::Prompts).await,
         "resources/list" => list(gw, caller, id, params, ListKind::Resources).await,
-        "resources/templates/list" => list(gw, caller, id, params, ListKind::ResourceTemplates).await,
+        "resources/templates/list" => {
+            list(gw, caller, id, params, ListKind::ResourceTemplates).await
+        }
         "tools/call" => forward(Addressing::Tool).await,
         "prompts/get" => forward(Addressing::Prompt).await,
         "resources/read" => forward(Addressing::Resource).await,
         "completion/complete" => forward(Addressing::CompletionRef).await,
         "resources/subscribe" | "resources/unsubscribe" if caller.era == Era::Legacy => {
-            if let (Some(session), Some(uri)) = (&caller.session, params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("uri"))) {
-                let mut subs = session.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(session), Some(uri)) = (
+                &caller.session,
+                params
+                    .and_then(|p| RawObject::parse(p.get()))
+                    .and_then(|o| o.get_str("uri")),
+            ) {
+                let mut subs = session
+                    .subscriptions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if method == "resources/subscribe" {
                     subs.insert(uri);
                 } else {
@@ -73,18 +88,35 @@ pub async fn request(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'
             forward(Addressing::Resource).await
         }
         "logging/setLevel" if caller.era == Era::Legacy => {
-            let level = params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("level"));
+            let level = params
+                .and_then(|p| RawObject::parse(p.get()))
+                .and_then(|o| o.get_str("level"));
             match (level, &caller.session) {
                 (Some(level), Some(session)) => {
-                    session.log_level.store(session::log_rank(&level), std::sync::atomic::Ordering::Relaxed);
+                    session.log_level.store(
+                        session::log_rank(&level),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     Reply::Message(jsonrpc::result(id, "{}"))
                 }
-                _ => Reply::Message(jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, "params.level must be a log level", None)),
+                _ => Reply::Message(jsonrpc::error(
+                    Some(id),
+                    ErrorCode::INVALID_PARAMS,
+                    "params.level must be a log level",
+                    None,
+                )),
             }
         }
-        "subscriptions/listen" if caller.era == Era::Modern => listen(gw, caller.tenant, id, params),
+        "subscriptions/listen" if caller.era == Era::Modern => {
+            listen(gw, caller.tenant, id, params)
+        }
         other => {
-            let body = jsonrpc::error(Some(id), ErrorCode::METHOD_NOT_FOUND, &format!("method not found: {other}"), None);
+            let body = jsonrpc::error(
+                Some(id),
+                ErrorCode::METHOD_NOT_FOUND,
+                &format!("method not found: {other}"),
+                None,
+            );
             match caller.era {
                 Era::Modern => Reply::Status(404, body),
                 Era::Legacy => Reply::Message(body),
@@ -110,7 +142,9 @@ pub fn notification(caller: &Caller<'_>, n: &Notification) {
 
 /// Handles a client's response to a server→client request: back to the upstream that asked.
 pub async fn response(caller: &Caller<'_>, resp: Response) {
-    let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else { return };
+    let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else {
+        return;
+    };
     let Some((upstream, upstream_id)) = session.take_server_request(id) else {
         tracing::debug!("client answered an unknown server request; dropped");
         return;
@@ -128,14 +162,24 @@ fn result(caller: &Caller<'_>, id: &Id, mut obj: RawObject) -> Vec<u8> {
     jsonrpc::result(id, &obj.to_json())
 }
 
-async fn initialize(gw: &Arc<Gateway>, principal: &Principal, tenant: &Tenant, req: &Request) -> Reply {
+async fn initialize(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    tenant: &Tenant,
+    req: &Request,
+) -> Reply {
     let requested = req
         .params
         .as_ref()
         .and_then(|p| RawObject::parse(p.get()))
         .and_then(|o| o.get_str("protocolVersion"));
     let Some(requested) = requested else {
-        return Reply::Message(jsonrpc::error(Some(&req.id), ErrorCode::INVALID_PARAMS, "params.protocolVersion must be a string", None));
+        return Reply::Message(jsonrpc::error(
+            Some(&req.id),
+            ErrorCode::INVALID_PARAMS,
+            "params.protocolVersion must be a string",
+            None,
+        ));
     };
     let version = era::negotiate_legacy(&requested);
     let (capabilities, instructions) = merged_capabilities(tenant).await;
@@ -177,12 +221,13 @@ fn server_info() -> Value {
 /// The union of what the tenant's upstreams offer. `listChanged` is always declared: the
 /// gateway itself announces changes when an upstream reconnects.
 async fn merged_capabilities(tenant: &Tenant) -> (Value, Option<String>) {
-    let infos = futures_util::future::join_all(
-        tenant
-            .upstreams
-            .iter()
-            .map(|u| async move { (u.name.clone(), u.info(Duration::from_millis(u.config.list_timeout_ms)).await) }),
-    )
+    let infos = futures_util::future::join_all(tenant.upstreams.iter().map(|u| async move {
+        (
+            u.name.clone(),
+            u.info(Duration::from_millis(u.config.list_timeout_ms))
+                .await,
+        )
+    }))
     .await;
     let mut caps = serde_json::Map::new();
     let mut instructions = Vec::new();
@@ -197,7 +242,10 @@ async fn merged_capabilities(tenant: &Tenant) -> (Value, Option<String>) {
         }
         if let Some(r) = c.get("resources") {
             subscribe |= r.get("subscribe").and_then(Value::as_bool).unwrap_or(false);
-            caps.insert("resources".into(), json!({ "listChanged": true, "subscribe": subscribe }));
+            caps.insert(
+                "resources".into(),
+                json!({ "listChanged": true, "subscribe": subscribe }),
+            );
         }
         for key in ["logging", "completions"] {
             if c.get(key).is_some() {
@@ -212,13 +260,26 @@ async fn merged_capabilities(tenant: &Tenant) -> (Value, Option<String>) {
     (Value::Object(caps), instructions)
 }
 
-async fn list(gw: &Arc<Gateway>, caller: &Caller<'_>, id: &Id, params: Option<&serde_json::value::RawValue>, kind: ListKind) -> Reply {
-    let cursor = params.and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str("cursor"));
+async fn list(
+    gw: &Arc<Gateway>,
+    caller: &Caller<'_>,
+    id: &Id,
+    params: Option<&serde_json::value::RawValue>,
+    kind: ListKind,
+) -> Reply {
+    let cursor = params
+        .and_then(|p| RawObject::parse(p.get()))
+        .and_then(|o| o.get_str("cursor"));
     let items = catalog::list_items(&gw.names, caller.tenant, kind).await;
     let mut page = match catalog::page(kind, &items, cursor.as_deref()) {
         Ok(page) => page,
         Err(catalog::BadCursor) => {
-            return Reply::Message(jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, "invalid cursor", None));
+            return Reply::Message(jsonrpc::error(
+                Some(id),
+                ErrorCode::INVALID_PARAMS,
+                "invalid cursor",
+                None,
+            ));
         }
     };
     if caller.era == Era::Modern {
@@ -228,7 +289,12 @@ async fn list(gw: &Arc<Gateway>, caller: &Caller<'_>, id: &Id, params: Option<&s
 }
 
 /// `subscriptions/listen`: acknowledges the accepted filter, then relays list changes.
-fn listen(gw: &Arc<Gateway>, tenant: &Tenant, id: &Id, params: Option<&serde_json::value::RawValue>) -> Reply {
+fn listen(
+    gw: &Arc<Gateway>,
+    tenant: &Tenant,
+    id: &Id,
+    params: Option<&serde_json::value::RawValue>,
+) -> Reply {
     let requested: Value = params
         .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
         .map(|p| p["notifications"].clone())
@@ -249,32 +315,54 @@ fn listen(gw: &Arc<Gateway>, tenant: &Tenant, id: &Id, params: Option<&serde_jso
     let sub_meta = json!({ "io.modelcontextprotocol/subscriptionId": serde_json::from_str::<Value>(id.as_json()).unwrap_or(Value::Null) });
     let ack = json!({ "notifications": filter, "_meta": sub_meta }).to_string();
     let (tx, rx) = mpsc::channel(64);
-    let _ = tx.try_send(jsonrpc::notification("notifications/subscriptions/acknowledged", Some(&ack)));
+    let _ = tx.try_send(jsonrpc::notification(
+        "notifications/subscriptions/acknowledged",
+        Some(&ack),
+    ));
     let kinds: Vec<ListKind> = accepted.iter().map(|(k, _)| *k).collect();
     let params = json!({ "_meta": sub_meta }).to_string();
     relay_notices(gw, tenant, tx, move |notice, _upstream| match notice {
-        Notice::ListChanged(kind) if kinds.contains(kind) => {
-            kind.changed_notification().map(|m| jsonrpc::notification(m, Some(&params)))
-        }
+        Notice::ListChanged(kind) if kinds.contains(kind) => kind
+            .changed_notification()
+            .map(|m| jsonrpc::notification(m, Some(&params))),
         _ => None,
     });
     Reply::Stream(rx)
 }
 
 /// Messages for a legacy session's GET stream: list changes, and updates of subscribed resources.
-pub fn relay_to_session(gw: &Arc<Gateway>, tenant: &Tenant, session: &Arc<Session>, tx: mpsc::Sender<Vec<u8>>) {
+pub fn relay_to_session(
+    gw: &Arc<Gateway>,
+    tenant: &Tenant,
+    session: &Arc<Session>,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
     let namespacing = tenant.namespacing;
     let session = session.clone();
     relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
-        Notice::ListChanged(kind) => kind.changed_notification().map(|m| jsonrpc::notification(m, None)),
+        Notice::ListChanged(kind) => kind
+            .changed_notification()
+            .map(|m| jsonrpc::notification(m, None)),
         Notice::ResourceUpdated { uri, params } => {
-            let exposed = if namespacing { format!("{}+{uri}", upstream.name) } else { uri.clone() };
-            if !session.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).contains(&exposed) {
+            let exposed = if namespacing {
+                format!("{}+{uri}", upstream.name)
+            } else {
+                uri.clone()
+            };
+            if !session
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&exposed)
+            {
                 return None;
             }
             let mut obj = RawObject::parse(params)?;
             obj.set_str("uri", &exposed);
-            Some(jsonrpc::notification("notifications/resources/updated", Some(&obj.to_json())))
+            Some(jsonrpc::notification(
+                "notifications/resources/updated",
+                Some(&obj.to_json()),
+            ))
         }
     });
 }
@@ -300,10 +388,11 @@ where
                 };
                 match notice {
                     Ok(notice) => {
-                        if let Some(msg) = render(&notice, &upstream) {
-                            if tx.try_send(msg).is_err() && tx.is_closed() {
-                                return;
-                            }
+                        if let Some(msg) = render(&notice, &upstream)
+                            && tx.try_send(msg).is_err()
+                            && tx.is_closed()
+                        {
+                            return;
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -316,15 +405,30 @@ where
 
 /// The modern era's checks of a request's `_meta` against its headers. `Err` is the HTTP
 /// status and the error message.
-pub fn check_modern(req_method: &str, params: Option<&serde_json::value::RawValue>, id: Option<&Id>, headers: &ModernHeaders<'_>) -> Result<(), (u16, Vec<u8>)> {
-    let bad = |code: ErrorCode, msg: &str, data: Option<Value>| (400, jsonrpc::error(id, code, msg, data.as_ref()));
+pub fn check_modern(
+    req_method: &str,
+    params: Option<&serde_json::value::RawValue>,
+    id: Option<&Id>,
+    headers: &ModernHeaders<'_>,
+) -> Result<(), (u16, Vec<u8>)> {
+    let bad = |code: ErrorCode, msg: &str, data: Option<Value>| {
+        (400, jsonrpc::error(id, code, msg, data.as_ref()))
+    };
     let params_obj = params.and_then(|p| RawObject::parse(p.get()));
     let meta_obj = params_obj.as_ref().and_then(|p| p.get_object("_meta"));
     let Some(meta_obj) = meta_obj else {
-        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta is required in protocol version 2026-07-28", None));
+        return Err(bad(
+            ErrorCode::INVALID_PARAMS,
+            "params._meta is required in protocol version 2026-07-28",
+            None,
+        ));
     };
     let Some(version) = meta_obj.get_str(meta::PROTOCOL_VERSION) else {
-        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta[\"io.modelcontextprotocol/protocolVersion\"] is required", None));
+        return Err(bad(
+            ErrorCode::INVALID_PARAMS,
+            "params._meta[\"io.modelcontextprotocol/protocolVersion\"] is required",
+            None,
+        ));
     };
     if Era::of_version(&version) != Some(Era::Modern) {
         return Err(bad(
@@ -334,22 +438,42 @@ pub fn check_modern(req_method: &str, params: Option<&serde_json::value::RawValu
         ));
     }
     if headers.protocol_version != Some(version.as_str()) {
-        return Err(bad(ErrorCode::HEADER_MISMATCH, "the MCP-Protocol-Version header must equal params._meta protocolVersion", None));
+        return Err(bad(
+            ErrorCode::HEADER_MISMATCH,
+            "the MCP-Protocol-Version header must equal params._meta protocolVersion",
+            None,
+        ));
     }
     if meta_obj.get(meta::CLIENT_CAPABILITIES).is_none() {
-        return Err(bad(ErrorCode::INVALID_PARAMS, "params._meta[\"io.modelcontextprotocol/clientCapabilities\"] is required", None));
+        return Err(bad(
+            ErrorCode::INVALID_PARAMS,
+            "params._meta[\"io.modelcontextprotocol/clientCapabilities\"] is required",
+            None,
+        ));
     }
     if let Some(m) = headers.method {
         if m != req_method {
-            return Err(bad(ErrorCode::HEADER_MISMATCH, "the Mcp-Method header does not match the request's method", None));
+            return Err(bad(
+                ErrorCode::HEADER_MISMATCH,
+                "the Mcp-Method header does not match the request's method",
+                None,
+            ));
         }
     } else if id.is_some() {
-        return Err(bad(ErrorCode::HEADER_MISMATCH, "the Mcp-Method header is required", None));
+        return Err(bad(
+            ErrorCode::HEADER_MISMATCH,
+            "the Mcp-Method header is required",
+            None,
+        ));
     }
     if let Some(field) = era::name_field(req_method) {
         let body_name = params_obj.as_ref().and_then(|p| p.get_str(field));
         if headers.name != body_name.as_deref() {
-            return Err(bad(ErrorCode::HEADER_MISMATCH, &format!("the Mcp-Name header must equal params.{field}"), None));
+            return Err(bad(
+                ErrorCode::HEADER_MISMATCH,
+                &format!("the Mcp-Name header must equal params.{field}"),
+                None,
+            ));
         }
     }
     Ok(())

@@ -57,7 +57,14 @@ impl Gateway {
         let upstreams: Vec<Arc<Upstream>> = config
             .servers
             .iter()
-            .map(|s| Upstream::new(s.clone(), metrics.clone(), stopping.clone(), http_client.clone()))
+            .map(|s| {
+                Upstream::new(
+                    s.clone(),
+                    metrics.clone(),
+                    stopping.clone(),
+                    http_client.clone(),
+                )
+            })
             .collect();
         let tenants = config
             .tenants
@@ -67,12 +74,27 @@ impl Gateway {
                 let ups = t
                     .servers
                     .iter()
-                    .filter_map(|name| upstreams.iter().find(|u| &*u.name == name.as_str()).cloned())
+                    .filter_map(|name| {
+                        upstreams
+                            .iter()
+                            .find(|u| &*u.name == name.as_str())
+                            .cloned()
+                    })
                     .collect();
-                (id.clone(), Tenant { id, upstreams: ups, namespacing: t.namespacing })
+                (
+                    id.clone(),
+                    Tenant {
+                        id,
+                        upstreams: ups,
+                        namespacing: t.namespacing,
+                    },
+                )
             })
             .collect();
-        let sessions = Sessions::new(Duration::from_secs(config.limits.session_idle_secs), metrics.clone());
+        let sessions = Sessions::new(
+            Duration::from_secs(config.limits.session_idle_secs),
+            metrics.clone(),
+        );
         Arc::new(Gateway {
             config,
             auth,
@@ -115,7 +137,8 @@ impl Gateway {
         self.draining.cancel();
         self.sessions.close_all();
         self.stopping.cancel();
-        let sups: Vec<JoinHandle<()>> = std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
+        let sups: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
         for s in sups {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }

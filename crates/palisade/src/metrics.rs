@@ -94,7 +94,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("palisade");
-        let call_seconds = Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let call_seconds = Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "tool_call_duration_seconds",
             "Latency of tools/call, resources/read and prompts/get through the gateway",
@@ -102,22 +104,45 @@ impl Metrics {
         );
         let calls = Family::<OutcomeLabels, Counter>::default();
         registry.register("tool_calls", "Forwarded calls by outcome", calls.clone());
-        let upstream_seconds = Family::<ServerLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_seconds =
+            Family::<ServerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         registry.register(
             "upstream_request_duration_seconds",
             "Time from sending a client call upstream to its answer",
             upstream_seconds.clone(),
         );
         let catalog = Family::<CacheLabels, Counter>::default();
-        registry.register("catalog_cache", "List cache lookups per upstream", catalog.clone());
+        registry.register(
+            "catalog_cache",
+            "List cache lookups per upstream",
+            catalog.clone(),
+        );
         let sessions = Gauge::default();
-        registry.register("sessions_active", "Open legacy-era client sessions", sessions.clone());
+        registry.register(
+            "sessions_active",
+            "Open legacy-era client sessions",
+            sessions.clone(),
+        );
         let restarts = Family::<ServerLabels, Counter>::default();
-        registry.register("upstream_restarts", "Times an upstream link was lost or failed to start", restarts.clone());
+        registry.register(
+            "upstream_restarts",
+            "Times an upstream link was lost or failed to start",
+            restarts.clone(),
+        );
         let up = Family::<ServerLabels, Gauge>::default();
-        registry.register("upstream_up", "1 when the upstream's link is established", up.clone());
+        registry.register(
+            "upstream_up",
+            "1 when the upstream's link is established",
+            up.clone(),
+        );
         let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register("http_rejections", "Requests refused at the front door, by reason", rejections.clone());
+        registry.register(
+            "http_rejections",
+            "Requests refused at the front door, by reason",
+            rejections.clone(),
+        );
         Metrics {
             registry,
             call_seconds,
@@ -150,7 +175,9 @@ impl Metrics {
 
     pub fn upstream_latency(&self, server: &str, seconds: f64) {
         self.upstream_seconds
-            .get_or_create(&ServerLabels { server: server.to_owned() })
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
             .observe(seconds);
     }
 
@@ -173,18 +200,26 @@ impl Metrics {
     }
 
     pub fn upstream_restart(&self, server: &str) {
-        self.restarts.get_or_create(&ServerLabels { server: server.to_owned() }).inc();
+        self.restarts
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .inc();
     }
 
     pub fn upstream_up(&self, server: &str, up: bool) {
         self.up
-            .get_or_create(&ServerLabels { server: server.to_owned() })
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
             .set(i64::from(up));
     }
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
     pub fn rejected(&self, reason: &'static str) {
-        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -90,9 +90,19 @@ pub async fn forward(
     let tenant = caller.tenant;
     let (target, metric_name): (Target<'_>, String) = match addressing {
         Addressing::Tool | Addressing::Prompt => {
-            let name = params.get_str("name").ok_or_else(|| invalid("params.name must be a string"))?;
-            let kind = if addressing == Addressing::Tool { ListKind::Tools } else { ListKind::Prompts };
-            let what = if addressing == Addressing::Tool { "tool" } else { "prompt" };
+            let name = params
+                .get_str("name")
+                .ok_or_else(|| invalid("params.name must be a string"))?;
+            let kind = if addressing == Addressing::Tool {
+                ListKind::Tools
+            } else {
+                ListKind::Prompts
+            };
+            let what = if addressing == Addressing::Tool {
+                "tool"
+            } else {
+                "prompt"
+            };
             let target = catalog::resolve_name(&gw.names, tenant, kind, &name)
                 .await
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
@@ -101,32 +111,53 @@ pub async fn forward(
             (target, label)
         }
         Addressing::Resource => {
-            let uri = params.get_str("uri").ok_or_else(|| invalid("params.uri must be a string"))?;
+            let uri = params
+                .get_str("uri")
+                .ok_or_else(|| invalid("params.uri must be a string"))?;
             let target = catalog::resolve_uri(tenant, &uri).ok_or_else(|| {
-                let code = if caller.era == Era::Legacy { ErrorCode::RESOURCE_NOT_FOUND } else { ErrorCode::INVALID_PARAMS };
-                jsonrpc::error(Some(id), code, &format!("resource not found: {uri}"), Some(&serde_json::json!({ "uri": uri })))
+                let code = if caller.era == Era::Legacy {
+                    ErrorCode::RESOURCE_NOT_FOUND
+                } else {
+                    ErrorCode::INVALID_PARAMS
+                };
+                jsonrpc::error(
+                    Some(id),
+                    code,
+                    &format!("resource not found: {uri}"),
+                    Some(&serde_json::json!({ "uri": uri })),
+                )
             })?;
             params.set_str("uri", &target.name);
             (target, "resource".to_owned())
         }
         Addressing::CompletionRef => {
-            let mut reference = params.get_object("ref").ok_or_else(|| invalid("params.ref must be an object"))?;
+            let mut reference = params
+                .get_object("ref")
+                .ok_or_else(|| invalid("params.ref must be an object"))?;
             let target = match reference.get_str("type").as_deref() {
                 Some("ref/prompt") => {
-                    let name = reference.get_str("name").ok_or_else(|| invalid("params.ref.name must be a string"))?;
-                    catalog::resolve_name(&gw.names, tenant, ListKind::Prompts, &name).await.map(|t| {
-                        reference.set_str("name", &t.name);
-                        t
-                    })
+                    let name = reference
+                        .get_str("name")
+                        .ok_or_else(|| invalid("params.ref.name must be a string"))?;
+                    catalog::resolve_name(&gw.names, tenant, ListKind::Prompts, &name)
+                        .await
+                        .inspect(|t| {
+                            reference.set_str("name", &t.name);
+                        })
                 }
                 Some("ref/resource") => {
-                    let uri = reference.get_str("uri").ok_or_else(|| invalid("params.ref.uri must be a string"))?;
-                    catalog::resolve_uri(tenant, &uri).map(|t| {
+                    let uri = reference
+                        .get_str("uri")
+                        .ok_or_else(|| invalid("params.ref.uri must be a string"))?;
+                    catalog::resolve_uri(tenant, &uri).inspect(|t| {
                         reference.set_str("uri", &t.name);
-                        t
                     })
                 }
-                _ => return Err(invalid("params.ref.type must be ref/prompt or ref/resource")),
+                _ => {
+                    return Err(invalid(
+                        "params.ref.type must be ref/prompt or ref/resource",
+                    ));
+                }
             }
             .ok_or_else(|| invalid("unknown completion reference"))?;
             params.set_object("ref", &reference);
@@ -144,12 +175,19 @@ pub async fn forward(
     let handle = match upstream.call(method, Some(params), route).await {
         Ok(h) => h,
         Err(e) => {
-            gw.metrics.call(&tenant.id, &upstream.name, &metric_name, metrics::Outcome::Unavailable, started.elapsed().as_secs_f64());
+            gw.metrics.call(
+                &tenant.id,
+                &upstream.name,
+                &metric_name,
+                metrics::Outcome::Unavailable,
+                started.elapsed().as_secs_f64(),
+            );
             return Err(upstream_error(id, &e));
         }
     };
     let cancel = caller.session.as_ref().map(|s| s.track_call(id));
-    let uri_prefix = (addressing == Addressing::Resource && tenant.namespacing).then(|| format!("{}+", upstream.name));
+    let uri_prefix = (addressing == Addressing::Resource && tenant.namespacing)
+        .then(|| format!("{}+", upstream.name));
     Ok(Forward {
         handle,
         client_id: id.clone(),
@@ -168,7 +206,11 @@ pub async fn forward(
 
 /// Tool names become metric labels only when the upstream listed them (bounded cardinality).
 fn metric_label(upstream: &Upstream, kind: ListKind, name: &str) -> String {
-    if upstream.has_listed(kind, name) { name.to_owned() } else { "other".to_owned() }
+    if upstream.has_listed(kind, name) {
+        name.to_owned()
+    } else {
+        "other".to_owned()
+    }
 }
 
 pub fn upstream_error(id: &Id, e: &UpstreamError) -> Vec<u8> {
@@ -205,16 +247,29 @@ impl Forward {
             };
             match step {
                 Step::Event(CallEvent::Notification { method, params }) => {
-                    if method == "notifications/message" && self.below_log_level(params.as_deref()) {
+                    if method == "notifications/message" && self.below_log_level(params.as_deref())
+                    {
                         continue;
                     }
-                    return Some(Out::Message(jsonrpc::notification(&method, params.as_ref().map(|p| p.get()))));
+                    return Some(Out::Message(jsonrpc::notification(
+                        &method,
+                        params.as_ref().map(|p| p.get()),
+                    )));
                 }
-                Step::Event(CallEvent::Request { upstream_id, method, params }) => {
+                Step::Event(CallEvent::Request {
+                    upstream_id,
+                    method,
+                    params,
+                }) => {
                     match (&self.session, self.era) {
                         (Some(session), Era::Legacy) => {
-                            let id = session.register_server_request(self.upstream.clone(), upstream_id);
-                            return Some(Out::Message(jsonrpc::request(&id, &method, params.as_ref().map(|p| p.get()))));
+                            let id =
+                                session.register_server_request(self.upstream.clone(), upstream_id);
+                            return Some(Out::Message(jsonrpc::request(
+                                &id,
+                                &method,
+                                params.as_ref().map(|p| p.get()),
+                            )));
                         }
                         _ => {
                             // Modern clients take no server→client requests on this path.
@@ -238,7 +293,9 @@ impl Forward {
     }
 
     fn below_log_level(&self, params: Option<&RawValue>) -> bool {
-        let Some(session) = &self.session else { return false };
+        let Some(session) = &self.session else {
+            return false;
+        };
         let min = session.log_level.load(std::sync::atomic::Ordering::Relaxed);
         let level = params
             .and_then(|p| RawObject::parse(p.get()))
@@ -252,11 +309,18 @@ impl Forward {
         let elapsed = self.started.elapsed().as_secs_f64();
         let (bytes, counted) = match outcome {
             Ok(Ok(result)) => {
-                let (result, is_error) = self.rewrite_result(result);
-                let counted = if is_error { metrics::Outcome::ToolError } else { metrics::Outcome::Ok };
+                let (result, is_error) = self.rewrite_result(&result);
+                let counted = if is_error {
+                    metrics::Outcome::ToolError
+                } else {
+                    metrics::Outcome::Ok
+                };
                 (jsonrpc::result(&self.client_id, &result), counted)
             }
-            Ok(Err(error)) => (jsonrpc::error_raw(Some(&self.client_id), error.get()), metrics::Outcome::RpcError),
+            Ok(Err(error)) => (
+                jsonrpc::error_raw(Some(&self.client_id), error.get()),
+                metrics::Outcome::RpcError,
+            ),
             Err(e) => {
                 let counted = match e {
                     UpstreamError::Timeout { .. } => metrics::Outcome::Timeout,
@@ -271,12 +335,19 @@ impl Forward {
 
     fn upstream_metrics(&self, outcome: metrics::Outcome, elapsed: f64) {
         // Counted once per call; `gw.metrics` is shared with the upstream.
-        self.upstream.metrics().call(&self.tenant, &self.upstream.name, &self.metric_name, outcome, elapsed);
+        self.upstream.metrics().call(
+            &self.tenant,
+            &self.upstream.name,
+            &self.metric_name,
+            outcome,
+            elapsed,
+        );
     }
 
     /// Era and namespacing fix-ups of a result. Returns the text and whether it is a tool error.
-    fn rewrite_result(&self, result: Box<RawValue>) -> (String, bool) {
-        let needs_rewrite = self.era == Era::Modern || self.uri_prefix.is_some() || self.method == "tools/call";
+    fn rewrite_result(&self, result: &RawValue) -> (String, bool) {
+        let needs_rewrite =
+            self.era == Era::Modern || self.uri_prefix.is_some() || self.method == "tools/call";
         if !needs_rewrite {
             return (result.get().to_owned(), false);
         }
@@ -285,32 +356,35 @@ impl Forward {
         };
         let is_error = obj.get("isError").is_some_and(|v| v.get() == "true");
         let mut changed = false;
-        if let Some(prefix) = &self.uri_prefix {
-            if let Some(contents) = obj.get("contents") {
-                if let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(contents.get()) {
-                    let rewritten: Vec<String> = items
-                        .iter()
-                        .map(|item| match RawObject::parse(item.get()) {
-                            Some(mut o) => {
-                                if let Some(uri) = o.get_str("uri") {
-                                    o.set_str("uri", &format!("{prefix}{uri}"));
-                                }
-                                o.to_json()
-                            }
-                            None => item.get().to_owned(),
-                        })
-                        .collect();
-                    if let Ok(raw) = RawValue::from_string(format!("[{}]", rewritten.join(","))) {
-                        obj.set_raw("contents", raw);
-                        changed = true;
+        if let Some(prefix) = &self.uri_prefix
+            && let Some(contents) = obj.get("contents")
+            && let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(contents.get())
+        {
+            let rewritten: Vec<String> = items
+                .iter()
+                .map(|item| match RawObject::parse(item.get()) {
+                    Some(mut o) => {
+                        if let Some(uri) = o.get_str("uri") {
+                            o.set_str("uri", &format!("{prefix}{uri}"));
+                        }
+                        o.to_json()
                     }
-                }
+                    None => item.get().to_owned(),
+                })
+                .collect();
+            if let Ok(raw) = RawValue::from_string(format!("[{}]", rewritten.join(","))) {
+                obj.set_raw("contents", raw);
+                changed = true;
             }
         }
         if self.era == Era::Modern {
             changed |= complete_modern_result(&mut obj, self.method == "resources/read");
         }
-        if changed { (obj.to_json(), is_error) } else { (result.get().to_owned(), is_error) }
+        if changed {
+            (obj.to_json(), is_error)
+        } else {
+            (result.get().to_owned(), is_error)
+        }
     }
 }
 

@@ -21,6 +21,9 @@ use crate::auth::Principal;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
+/// Both ends of a session's GET stream: the sender feeds it, the receiver is served.
+pub type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
+
 pub struct Session {
     pub id: Arc<str>,
     pub tenant: Arc<str>,
@@ -74,7 +77,7 @@ impl Session {
 
     /// Opens the GET stream; `None` if one is already open (a message must never be sent on
     /// two streams).
-    pub fn open_stream(&self) -> Option<(mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>)> {
+    pub fn open_stream(&self) -> Option<StreamEnds> {
         let mut slot = lock(&self.stream);
         if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
             return None;
@@ -83,7 +86,6 @@ impl Session {
         *slot = Some(tx.clone());
         Some((tx, rx))
     }
-
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +123,9 @@ impl Sessions {
     pub fn create(&self, principal: &Principal, protocol_version: &str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes).into();
+        let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(bytes)
+            .into();
         let session = Arc::new(Session {
             id: id.clone(),
             tenant: principal.tenant.clone(),
@@ -136,7 +140,10 @@ impl Sessions {
             stream: Mutex::new(None),
             closed: CancellationToken::new(),
         });
-        self.map.write().unwrap_or_else(|e| e.into_inner()).insert(id, session.clone());
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, session.clone());
         self.metrics.session_opened();
         session
     }
@@ -158,7 +165,11 @@ impl Sessions {
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        let session = self.map.write().unwrap_or_else(|e| e.into_inner()).remove(id)?;
+        let session = self
+            .map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
         session.closed.cancel();
         self.metrics.session_closed();
         Some(session)
@@ -203,7 +214,13 @@ impl Sessions {
 
     /// Ends every session (shutdown).
     pub fn close_all(&self) {
-        let all: Vec<Arc<str>> = self.map.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let all: Vec<Arc<str>> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for id in all {
             self.remove(&id);
         }
@@ -245,8 +262,14 @@ mod tests {
         let s = sessions.create(&a, "2025-11-25");
         assert!(s.id.len() >= 43);
         assert!(sessions.get(&s.id, &a).is_ok());
-        assert_eq!(sessions.get(&s.id, &principal("globex", "key:2")).err(), Some(Lookup::NotFound));
-        assert_eq!(sessions.get(&s.id, &principal("acme", "key:other")).err(), Some(Lookup::NotFound));
+        assert_eq!(
+            sessions.get(&s.id, &principal("globex", "key:2")).err(),
+            Some(Lookup::NotFound)
+        );
+        assert_eq!(
+            sessions.get(&s.id, &principal("acme", "key:other")).err(),
+            Some(Lookup::NotFound)
+        );
         sessions.remove(&s.id);
         assert_eq!(sessions.get(&s.id, &a).err(), Some(Lookup::NotFound));
     }

@@ -10,8 +10,16 @@ fn one_tenant() -> Gw {
     Gw::start(
         &stdio_server("kit", ""),
         &[
-            TenantSpec { id: "acme", servers: &["kit"], namespacing: true },
-            TenantSpec { id: "globex", servers: &["kit"], namespacing: true },
+            TenantSpec {
+                id: "acme",
+                servers: &["kit"],
+                namespacing: true,
+            },
+            TenantSpec {
+                id: "globex",
+                servers: &["kit"],
+                namespacing: true,
+            },
         ],
     )
 }
@@ -29,18 +37,43 @@ async fn malformed_requests_get_precise_errors() {
     let a = gw.post(Some(&key), &[], "{not json").await;
     assert_eq!((a.status, code(&a)), (400, -32700), "{:?}", a.messages);
 
-    let a = gw.post(Some(&key), &[], r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).await;
+    let a = gw
+        .post(
+            Some(&key),
+            &[],
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+        )
+        .await;
     assert_eq!((a.status, code(&a)), (400, -32600));
-    assert!(a.response()["error"]["message"].as_str().unwrap().contains("batch"));
+    assert!(
+        a.response()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch")
+    );
 
-    let a = gw.post(Some(&key), &[], r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#).await;
+    let a = gw
+        .post(
+            Some(&key),
+            &[],
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+        )
+        .await;
     assert_eq!((a.status, code(&a)), (400, -32600));
 
     // Over the 4 MiB default body limit.
-    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#, "x".repeat(5 << 20));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(5 << 20)
+    );
     let a = gw.post(Some(&key), &[], big).await;
     assert_eq!(a.status, 413);
-    assert!(a.response()["error"]["message"].as_str().unwrap().contains("max_body_bytes"));
+    assert!(
+        a.response()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes")
+    );
 }
 
 #[tokio::test]
@@ -54,10 +87,24 @@ async fn unknown_methods_and_tools() {
     assert_eq!(code(&a), -32602, "{:?}", a.messages);
     let a = s.call(3, "other__echo", json!({"message": "x"})).await;
     assert_eq!(code(&a), -32602);
-    assert!(a.response()["error"]["message"].as_str().unwrap().contains("unknown tool"));
-    let a = s.request(4, "resources/read", json!({"uri": "nowhere+test://x"})).await;
-    assert_eq!(code(&a), -32002, "legacy resource not found: {:?}", a.messages);
-    let a = s.request(5, "tools/list", json!({"cursor": "forged"})).await;
+    assert!(
+        a.response()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool")
+    );
+    let a = s
+        .request(4, "resources/read", json!({"uri": "nowhere+test://x"}))
+        .await;
+    assert_eq!(
+        code(&a),
+        -32002,
+        "legacy resource not found: {:?}",
+        a.messages
+    );
+    let a = s
+        .request(5, "tools/list", json!({"cursor": "forged"}))
+        .await;
     assert_eq!(code(&a), -32602);
 }
 
@@ -80,9 +127,13 @@ async fn headers_and_credentials() {
         .unwrap();
     assert_eq!(r.status(), 406);
 
-    let a = gw.post(Some(&key), &[("origin", "https://evil.example")], ping).await;
+    let a = gw
+        .post(Some(&key), &[("origin", "https://evil.example")], ping)
+        .await;
     assert_eq!(a.status, 403);
-    let a = gw.post(Some(&key), &[("origin", "http://localhost:3000")], ping).await;
+    let a = gw
+        .post(Some(&key), &[("origin", "http://localhost:3000")], ping)
+        .await;
     assert_ne!(a.status, 403, "loopback origins are allowed");
     let a = gw.post(Some(&key), &[("host", "evil.example")], ping).await;
     assert_eq!(a.status, 403, "DNS rebinding: foreign Host refused");
@@ -97,18 +148,33 @@ async fn headers_and_credentials() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
 
     let a = gw.post(Some("pal_not_a_real_key"), &[], ping).await;
     assert_eq!(a.status, 401);
-    assert!(!format!("{:?}", a.messages).contains("pal_not_a_real_key"), "errors never echo credentials");
-    assert!(!gw.log().contains("pal_not_a_real_key"), "logs never hold credentials");
+    assert!(
+        !format!("{:?}", a.messages).contains("pal_not_a_real_key"),
+        "errors never echo credentials"
+    );
+    assert!(
+        !gw.log().contains("pal_not_a_real_key"),
+        "logs never hold credentials"
+    );
 
     let a = gw.post(Some(&key), &[], ping).await;
     assert_eq!(a.status, 400, "legacy request without a session");
-    let a = gw.post(Some(&key), &[("mcp-session-id", "nope")], ping).await;
+    let a = gw
+        .post(Some(&key), &[("mcp-session-id", "nope")], ping)
+        .await;
     assert_eq!(a.status, 404, "unknown session");
-    let a = gw.post(Some(&key), &[("mcp-protocol-version", "1999-01-01")], ping).await;
+    let a = gw
+        .post(Some(&key), &[("mcp-protocol-version", "1999-01-01")], ping)
+        .await;
     assert_eq!(a.status, 400, "unsupported protocol version header");
 }
 
@@ -118,10 +184,22 @@ async fn session_is_bound_to_its_principal() {
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
-    let own = gw.post(Some(&acme.key), &[("mcp-session-id", &acme.session)], ping.clone()).await;
+    let own = gw
+        .post(
+            Some(&acme.key),
+            &[("mcp-session-id", &acme.session)],
+            ping.clone(),
+        )
+        .await;
     assert_eq!(own.status, 200);
     // Tenant B's key with tenant A's session id: exactly like an unknown session.
-    let foreign = gw.post(Some(gw.key("globex")), &[("mcp-session-id", &acme.session)], ping.clone()).await;
+    let foreign = gw
+        .post(
+            Some(gw.key("globex")),
+            &[("mcp-session-id", &acme.session)],
+            ping.clone(),
+        )
+        .await;
     assert_eq!(foreign.status, 404);
     // DELETE ends the session; afterwards it is unknown.
     let r = gw
@@ -133,7 +211,9 @@ async fn session_is_bound_to_its_principal() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let gone = gw.post(Some(&acme.key), &[("mcp-session-id", &acme.session)], ping).await;
+    let gone = gw
+        .post(Some(&acme.key), &[("mcp-session-id", &acme.session)], ping)
+        .await;
     assert_eq!(gone.status, 404);
     assert!(gw.metrics().await.contains("palisade_sessions_active 0"));
 }
@@ -144,37 +224,74 @@ async fn modern_era_checks_headers_against_the_body() {
     gw.ready().await;
     let key = gw.key("acme").to_owned();
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
-    let body = |method: &str, params: Value| json!({"jsonrpc":"2.0","id":7,"method":method,"params":params}).to_string();
+    let body = |method: &str, params: Value| {
+        json!({"jsonrpc":"2.0","id":7,"method":method,"params":params}).to_string()
+    };
 
     let ok = gw.modern("acme", 1, "server/discover", json!({})).await;
     assert_eq!(ok.status, 200, "{:?}", ok.messages);
     let r = &ok.response()["result"];
     assert_eq!(r["resultType"], "complete");
-    assert!(r["supportedVersions"].as_array().unwrap().contains(&json!("2026-07-28")));
+    assert!(
+        r["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28"))
+    );
     assert!(r["capabilities"]["tools"].is_object());
 
     let a = gw
-        .post(Some(&key), &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")], body("tools/call", json!({"name":"kit__echo","_meta":meta})))
+        .post(
+            Some(&key),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+            ],
+            body("tools/call", json!({"name":"kit__echo","_meta":meta})),
+        )
         .await;
     assert_eq!((a.status, code(&a)), (400, -32020), "Mcp-Method mismatch");
     let a = gw
         .post(
             Some(&key),
-            &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "kit__add")],
-            body("tools/call", json!({"name":"kit__echo","arguments":{"message":"x"},"_meta":meta})),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "kit__add"),
+            ],
+            body(
+                "tools/call",
+                json!({"name":"kit__echo","arguments":{"message":"x"},"_meta":meta}),
+            ),
         )
         .await;
     assert_eq!((a.status, code(&a)), (400, -32020), "Mcp-Name mismatch");
     let a = gw
-        .post(Some(&key), &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")], body("tools/list", json!({})))
+        .post(
+            Some(&key),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+            ],
+            body("tools/list", json!({})),
+        )
         .await;
     assert_eq!((a.status, code(&a)), (400, -32602), "missing _meta");
     let future = json!({"io.modelcontextprotocol/protocolVersion":"2030-01-01","io.modelcontextprotocol/clientCapabilities":{}});
     let a = gw
-        .post(Some(&key), &[("mcp-method", "tools/list")], body("tools/list", json!({"_meta": future})))
+        .post(
+            Some(&key),
+            &[("mcp-method", "tools/list")],
+            body("tools/list", json!({"_meta": future})),
+        )
         .await;
     assert_eq!((a.status, code(&a)), (400, -32022), "{:?}", a.messages);
-    assert!(a.response()["error"]["data"]["supported"].as_array().unwrap().contains(&json!("2026-07-28")));
+    assert!(
+        a.response()["error"]["data"]["supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28"))
+    );
 
     let a = gw.modern("acme", 2, "no/such", json!({})).await;
     assert_eq!((a.status, code(&a)), (404, -32601));
@@ -195,14 +312,36 @@ async fn modern_era_checks_headers_against_the_body() {
 async fn check_names_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, format!("{}\n[[tenants]]\nid = \"acme\"\nservers = [\"missing\"]\n", stdio_server("kit", ""))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade")).args(["check", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[[tenants]]\nid = \"acme\"\nservers = [\"missing\"]\n",
+            stdio_server("kit", "")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tenants[0].servers") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("tenants[0].servers") && err.contains("missing"),
+        "{err}"
+    );
 
-    std::fs::write(&path, format!("{}\nbogus_key = 1\n", stdio_server("kit", ""))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade")).args(["check", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!("{}\nbogus_key = 1\n", stdio_server("kit", "")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
 }

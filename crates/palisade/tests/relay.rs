@@ -12,18 +12,35 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 fn two_upstreams(http_url: &str) -> Gw {
-    let servers = format!("{}{}", stdio_server("kit", ""), http_server("web", http_url));
+    let servers = format!(
+        "{}{}",
+        stdio_server("kit", ""),
+        http_server("web", http_url)
+    );
     Gw::start(
         &servers,
         &[
-            TenantSpec { id: "acme", servers: &["kit", "web"], namespacing: true },
-            TenantSpec { id: "solo", servers: &["kit"], namespacing: false },
+            TenantSpec {
+                id: "acme",
+                servers: &["kit", "web"],
+                namespacing: true,
+            },
+            TenantSpec {
+                id: "solo",
+                servers: &["kit"],
+                namespacing: false,
+            },
         ],
     )
 }
 
 fn names(list: &Value, field: &str, key: &str) -> Vec<String> {
-    list["result"][field].as_array().unwrap_or(&vec![]).iter().filter_map(|t| t[key].as_str().map(str::to_owned)).collect()
+    list["result"][field]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .filter_map(|t| t[key].as_str().map(str::to_owned))
+        .collect()
 }
 
 #[tokio::test]
@@ -36,89 +53,197 @@ async fn lists_merge_and_calls_route_across_stdio_and_http() {
 
     let tools = s.request(1, "tools/list", json!({})).await;
     let tools = names(tools.response(), "tools", "name");
-    assert!(tools.contains(&"kit__echo".to_owned()) && tools.contains(&"web__echo".to_owned()), "{tools:?}");
-    assert!(tools.iter().all(|n| n.starts_with("kit__") || n.starts_with("web__")));
+    assert!(
+        tools.contains(&"kit__echo".to_owned()) && tools.contains(&"web__echo".to_owned()),
+        "{tools:?}"
+    );
+    assert!(
+        tools
+            .iter()
+            .all(|n| n.starts_with("kit__") || n.starts_with("web__"))
+    );
 
-    let a = s.call(2, "kit__echo", json!({"message": "via stdio"})).await;
+    let a = s
+        .call(2, "kit__echo", json!({"message": "via stdio"}))
+        .await;
     assert_eq!(text(a.response()), "via stdio");
-    assert!(!a.sse, "a call with nothing to relay first is answered as plain JSON");
+    assert!(
+        !a.sse,
+        "a call with nothing to relay first is answered as plain JSON"
+    );
     let a = s.call(3, "web__echo", json!({"message": "via http"})).await;
     assert_eq!(text(a.response()), "via http");
 
     // Unknown fields in arguments and results pass through untouched.
     let a = s.call(4, "kit__add", json!({"a": 2, "b": 3})).await;
-    assert_eq!(a.response()["result"]["structuredContent"]["sum"].as_f64(), Some(5.0));
+    assert_eq!(
+        a.response()["result"]["structuredContent"]["sum"].as_f64(),
+        Some(5.0)
+    );
 
     let res = s.request(5, "resources/list", json!({})).await;
     let uris = names(res.response(), "resources", "uri");
-    assert!(uris.contains(&"kit+test://static-text".to_owned()) && uris.contains(&"web+test://static-text".to_owned()), "{uris:?}");
-    let read = s.request(6, "resources/read", json!({"uri": "web+test://static-text"})).await;
+    assert!(
+        uris.contains(&"kit+test://static-text".to_owned())
+            && uris.contains(&"web+test://static-text".to_owned()),
+        "{uris:?}"
+    );
+    let read = s
+        .request(
+            6,
+            "resources/read",
+            json!({"uri": "web+test://static-text"}),
+        )
+        .await;
     let contents = &read.response()["result"]["contents"][0];
-    assert_eq!(contents["uri"], "web+test://static-text", "URIs in read results are exposed like in lists");
+    assert_eq!(
+        contents["uri"], "web+test://static-text",
+        "URIs in read results are exposed like in lists"
+    );
     assert!(contents["text"].as_str().unwrap().contains("static text"));
 
     let templates = s.request(7, "resources/templates/list", json!({})).await;
-    assert!(names(templates.response(), "resourceTemplates", "uriTemplate").contains(&"kit+test://template/{id}/data".to_owned()));
+    assert!(
+        names(templates.response(), "resourceTemplates", "uriTemplate")
+            .contains(&"kit+test://template/{id}/data".to_owned())
+    );
 
     let prompts = s.request(8, "prompts/list", json!({})).await;
-    assert!(names(prompts.response(), "prompts", "name").contains(&"web__test_simple_prompt".to_owned()));
+    assert!(
+        names(prompts.response(), "prompts", "name")
+            .contains(&"web__test_simple_prompt".to_owned())
+    );
     let p = s.request(9, "prompts/get", json!({"name": "kit__test_prompt_with_arguments", "arguments": {"arg1": "a", "arg2": "b"}})).await;
-    assert!(p.response()["result"]["messages"][0]["content"]["text"].as_str().unwrap().contains("arg1='a'"), "{:?}", p.messages);
+    assert!(
+        p.response()["result"]["messages"][0]["content"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("arg1='a'"),
+        "{:?}",
+        p.messages
+    );
 
     let c = s
         .request(10, "completion/complete", json!({"ref": {"type": "ref/prompt", "name": "kit__test_prompt_with_arguments"}, "argument": {"name": "arg1", "value": "al"}}))
         .await;
-    assert_eq!(c.response()["result"]["completion"]["values"][0], "alpha", "{:?}", c.messages);
+    assert_eq!(
+        c.response()["result"]["completion"]["values"][0],
+        "alpha",
+        "{:?}",
+        c.messages
+    );
 
     // A tenant with one server and namespacing off sees the upstream's own names.
     let solo = gw.legacy("solo").await;
     let tools = solo.request(1, "tools/list", json!({})).await;
     assert!(names(tools.response(), "tools", "name").contains(&"echo".to_owned()));
-    assert_eq!(text(solo.call(2, "echo", json!({"message": "plain"})).await.response()), "plain");
+    assert_eq!(
+        text(
+            solo.call(2, "echo", json!({"message": "plain"}))
+                .await
+                .response()
+        ),
+        "plain"
+    );
 
     let m = gw.metrics().await;
-    assert!(m.contains(r#"palisade_tool_calls_total{tenant="acme",server="kit",tool="echo",outcome="ok"} 1"#), "{m}");
+    assert!(
+        m.contains(
+            r#"palisade_tool_calls_total{tenant="acme",server="kit",tool="echo",outcome="ok"} 1"#
+        ),
+        "{m}"
+    );
     assert!(m.contains("palisade_catalog_cache_total"), "{m}");
 }
 
 #[tokio::test]
 async fn progress_and_logs_reach_the_caller_with_its_own_token() {
-    let gw = Gw::start(&stdio_server("kit", ""), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let a = s
         .request(1, "tools/call", json!({"name": "kit__progress", "arguments": {"steps": 3}, "_meta": {"progressToken": "my-token"}}))
         .await;
     assert!(a.sse);
-    let progress: Vec<&Value> = a.messages.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    let progress: Vec<&Value> = a
+        .messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
     assert_eq!(progress.len(), 3, "{:?}", a.messages);
-    assert!(progress.iter().all(|p| p["params"]["progressToken"] == "my-token"));
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == "my-token")
+    );
     assert_eq!(text(a.response()), "done");
     assert_eq!(a.response()["id"], 1);
 
-    let a = s.call(2, "kit__log", json!({"message": "hello log", "level": "warning"})).await;
-    let log = a.messages.iter().find(|m| m["method"] == "notifications/message").expect("log relayed");
+    let a = s
+        .call(
+            2,
+            "kit__log",
+            json!({"message": "hello log", "level": "warning"}),
+        )
+        .await;
+    let log = a
+        .messages
+        .iter()
+        .find(|m| m["method"] == "notifications/message")
+        .expect("log relayed");
     assert!(log.to_string().contains("hello log"));
 
     // logging/setLevel filters what the gateway relays to this session.
-    let set = s.request(3, "logging/setLevel", json!({"level": "error"})).await;
+    let set = s
+        .request(3, "logging/setLevel", json!({"level": "error"}))
+        .await;
     assert!(set.response()["result"].is_object());
-    let a = s.call(4, "kit__log", json!({"message": "quiet", "level": "info"})).await;
-    assert!(a.messages.iter().all(|m| m["method"] != "notifications/message"), "{:?}", a.messages);
+    let a = s
+        .call(4, "kit__log", json!({"message": "quiet", "level": "info"}))
+        .await;
+    assert!(
+        a.messages
+            .iter()
+            .all(|m| m["method"] != "notifications/message"),
+        "{:?}",
+        a.messages
+    );
 }
 
 #[tokio::test]
 async fn sampling_request_goes_to_the_calling_session_and_back() {
-    let gw = Gw::start(&stdio_server("kit", ""), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let resp = s.start(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"2+2?"}}})).await;
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut body = resp.bytes_stream();
     let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
     let mut answered = false;
     let mut final_msg = Value::Null;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("stream stalled") {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("stream stalled")
+    {
         decoder.push(&chunk.unwrap());
         while let Some(ev) = decoder.next_event().unwrap() {
             let msg: Value = serde_json::from_str(&ev.data).unwrap();
@@ -138,27 +263,69 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
 
 #[tokio::test]
 async fn modern_client_against_legacy_upstream() {
-    let gw = Gw::start(&stdio_server("kit", ""), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let list = gw.modern("acme", 1, "tools/list", json!({})).await;
     assert_eq!(list.status, 200);
     let r = &list.response()["result"];
-    assert!(r["tools"].as_array().unwrap().iter().any(|t| t["name"] == "kit__echo"));
+    assert!(
+        r["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "kit__echo")
+    );
     assert_eq!(r["resultType"], "complete");
     assert!(r["ttlMs"].is_number() && r["cacheScope"] == "private");
-    let call = gw.modern("acme", 2, "tools/call", json!({"name": "kit__echo", "arguments": {"message": "modern"}})).await;
+    let call = gw
+        .modern(
+            "acme",
+            2,
+            "tools/call",
+            json!({"name": "kit__echo", "arguments": {"message": "modern"}}),
+        )
+        .await;
     assert_eq!(text(call.response()), "modern");
-    assert_eq!(call.response()["result"]["resultType"], "complete", "resultType added for a legacy upstream");
-    let read = gw.modern("acme", 3, "resources/read", json!({"uri": "kit+test://static-text"})).await;
+    assert_eq!(
+        call.response()["result"]["resultType"],
+        "complete",
+        "resultType added for a legacy upstream"
+    );
+    let read = gw
+        .modern(
+            "acme",
+            3,
+            "resources/read",
+            json!({"uri": "kit+test://static-text"}),
+        )
+        .await;
     assert_eq!(read.response()["result"]["cacheScope"], "private");
 }
 
 #[tokio::test]
 async fn list_changed_invalidates_the_cache_and_reaches_listeners() {
-    let gw = Gw::start(&stdio_server("kit", ""), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let s = gw.legacy("acme").await;
-    let before = names(s.request(1, "tools/list", json!({})).await.response(), "tools", "name");
+    let before = names(
+        s.request(1, "tools/list", json!({})).await.response(),
+        "tools",
+        "name",
+    );
     assert!(!before.contains(&"kit__extra".to_owned()));
 
     // A legacy GET stream, and a modern subscriptions/listen stream.
@@ -189,8 +356,15 @@ async fn list_changed_invalidates_the_cache_and_reaches_listeners() {
     let toggled = s.call(2, "kit__toggle_tool", json!({})).await;
     assert!(text(toggled.response()).contains("added"));
 
-    let after = names(s.request(3, "tools/list", json!({})).await.response(), "tools", "name");
-    assert!(after.contains(&"kit__extra".to_owned()), "cache invalidated by list_changed: {after:?}");
+    let after = names(
+        s.request(3, "tools/list", json!({})).await.response(),
+        "tools",
+        "name",
+    );
+    assert!(
+        after.contains(&"kit__extra".to_owned()),
+        "cache invalidated by list_changed: {after:?}"
+    );
 
     let got = first_messages(get, 1).await;
     assert_eq!(got[0]["method"], "notifications/tools/list_changed");
@@ -198,7 +372,10 @@ async fn list_changed_invalidates_the_cache_and_reaches_listeners() {
     assert_eq!(got[0]["method"], "notifications/subscriptions/acknowledged");
     assert_eq!(got[0]["params"]["notifications"]["toolsListChanged"], true);
     assert_eq!(got[1]["method"], "notifications/tools/list_changed");
-    assert_eq!(got[1]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "sub-1");
+    assert_eq!(
+        got[1]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "sub-1"
+    );
 }
 
 async fn first_messages(resp: reqwest::Response, n: usize) -> Vec<Value> {
@@ -206,7 +383,11 @@ async fn first_messages(resp: reqwest::Response, n: usize) -> Vec<Value> {
     let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
     let mut out = Vec::new();
     while out.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("no event in time").expect("stream ended").unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("no event in time")
+            .expect("stream ended")
+            .unwrap();
         decoder.push(&chunk);
         while let Some(ev) = decoder.next_event().unwrap() {
             if !ev.data.is_empty() {
@@ -219,13 +400,24 @@ async fn first_messages(resp: reqwest::Response, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
-    let gw = Gw::start(&stdio_server("kit", ""), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let s = gw.legacy("acme").await;
     // The client gives up on a slow call: its HTTP request goes away mid-call.
     let call = s.call(1, "kit__slow", json!({"ms": 30_000}));
     let _ = tokio::time::timeout(Duration::from_millis(500), call).await;
-    assert!(gw.wait_log("slow cancelled", Duration::from_secs(10)).await, "upstream saw no cancellation; log:\n{}", gw.log());
+    assert!(
+        gw.wait_log("slow cancelled", Duration::from_secs(10)).await,
+        "upstream saw no cancellation; log:\n{}",
+        gw.log()
+    );
 
     // notifications/cancelled from the client does the same.
     let s2 = gw.legacy("acme").await;
@@ -247,11 +439,18 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
     let before = gw.log().matches("slow cancelled").count();
     let n = s2.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"c1","reason":"user"}})).await;
     assert_eq!(n.status, 202);
-    let done = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("cancelled call ended").unwrap().unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("cancelled call ended")
+        .unwrap()
+        .unwrap();
     assert!(done.status().is_success());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while gw.log().matches("slow cancelled").count() <= before {
-        assert!(std::time::Instant::now() < deadline, "no cancellation upstream");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancellation upstream"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -10,11 +10,21 @@ use common::*;
 use serde_json::json;
 
 fn kit(extra: &str) -> Gw {
-    Gw::start(&stdio_server("kit", extra), &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }])
+    Gw::start(
+        &stdio_server("kit", extra),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    )
 }
 
 fn error_message(a: &Answer) -> String {
-    a.response()["error"]["message"].as_str().unwrap_or_default().to_owned()
+    a.response()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -30,7 +40,11 @@ async fn crash_mid_call_fails_that_call_and_the_next_one_works() {
     // Restarted with backoff; the next call waits for the new process and succeeds.
     let a = s.call(2, "kit__echo", json!({"message": "again"})).await;
     assert_eq!(text(a.response()), "again", "{:?}", a.messages);
-    assert!(gw.metrics().await.contains(r#"palisade_upstream_restarts_total{server="kit"} 1"#));
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"palisade_upstream_restarts_total{server="kit"} 1"#)
+    );
 }
 
 #[tokio::test]
@@ -40,55 +54,115 @@ async fn garbage_on_stdout_kills_and_restarts_the_child() {
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__garbage", json!({})).await;
     let msg = error_message(&a);
-    assert!(msg.contains("other than a JSON-RPC message"), "{:?}", a.messages);
-    assert_eq!(text(s.call(2, "kit__echo", json!({"message": "ok"})).await.response()), "ok");
+    assert!(
+        msg.contains("other than a JSON-RPC message"),
+        "{:?}",
+        a.messages
+    );
+    assert_eq!(
+        text(
+            s.call(2, "kit__echo", json!({"message": "ok"}))
+                .await
+                .response()
+        ),
+        "ok"
+    );
 }
 
 #[tokio::test]
 async fn an_endless_line_is_cut_off_at_the_limit() {
     let servers = format!("{}max_line_bytes = 65536\n", stdio_server("kit", ""));
-    let gw = Gw::start(&servers, &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }]);
+    let gw = Gw::start(
+        &servers,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__endless_line", json!({})).await;
     let msg = error_message(&a);
     assert!(msg.contains("longer than"), "{:?}", a.messages);
-    assert_eq!(text(s.call(2, "kit__echo", json!({"message": "ok"})).await.response()), "ok");
+    assert_eq!(
+        text(
+            s.call(2, "kit__echo", json!({"message": "ok"}))
+                .await
+                .response()
+        ),
+        "ok"
+    );
 }
 
 #[tokio::test]
 async fn a_hung_call_times_out_and_is_cancelled_upstream() {
     let gw = Gw::start(
         &stdio_server("kit", "call_timeout_ms = 300"),
-        &[TenantSpec { id: "acme", servers: &["kit"], namespacing: true }],
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
     );
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__slow", json!({"ms": 20_000})).await;
     let msg = error_message(&a);
     assert!(msg.contains("did not answer within 300 ms"), "{msg}");
-    assert!(gw.wait_log("slow cancelled", Duration::from_secs(5)).await, "no cancellation upstream");
+    assert!(
+        gw.wait_log("slow cancelled", Duration::from_secs(5)).await,
+        "no cancellation upstream"
+    );
     assert!(gw.metrics().await.contains(r#"outcome="timeout"} 1"#));
     // Huge but legal output passes.
-    let a = s.call(2, "kit__huge_output", json!({"bytes": 2_000_000})).await;
+    let a = s
+        .call(2, "kit__huge_output", json!({"bytes": 2_000_000}))
+        .await;
     assert_eq!(text(a.response()).len(), 2_000_000);
 }
 
 #[tokio::test]
 async fn one_upstream_down_does_not_fail_the_list() {
     // Nothing listens on this port.
-    let gone = http_server("gone", "http://127.0.0.1:9/mcp").replace("[servers.http]", "connect_timeout_ms = 1000\nlist_timeout_ms = 500\n[servers.http]");
+    let gone = http_server("gone", "http://127.0.0.1:9/mcp").replace(
+        "[servers.http]",
+        "connect_timeout_ms = 1000\nlist_timeout_ms = 500\n[servers.http]",
+    );
     let servers = format!("{}{gone}", stdio_server("kit", ""));
-    let gw = Gw::start(&servers, &[TenantSpec { id: "acme", servers: &["kit", "gone"], namespacing: true }]);
+    let gw = Gw::start(
+        &servers,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit", "gone"],
+            namespacing: true,
+        }],
+    );
     let s = gw.legacy("acme").await;
     let tools = s.request(1, "tools/list", json!({})).await;
-    let names: Vec<&str> = tools.response()["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    let names: Vec<&str> = tools.response()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
     assert!(names.contains(&"kit__echo"), "{names:?}");
     let a = s.call(2, "gone__echo", json!({"message": "x"})).await;
     let msg = error_message(&a);
-    assert!(msg.contains("`gone`") && msg.contains("unavailable"), "{msg}");
-    assert!(msg.contains("request failed") || msg.contains("not connected"), "the reason is given: {msg}");
-    let ready = gw.http.get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    assert!(
+        msg.contains("`gone`") && msg.contains("unavailable"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("request failed") || msg.contains("not connected"),
+        "the reason is given: {msg}"
+    );
+    let ready = gw
+        .http
+        .get(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("gone"));
 }
@@ -98,9 +172,19 @@ async fn shutdown_stops_every_upstream_process() {
     let mut gw = kit("");
     gw.ready().await;
     let s = gw.legacy("acme").await;
-    assert_eq!(text(s.call(1, "kit__echo", json!({"message": "x"})).await.response()), "x");
+    assert_eq!(
+        text(
+            s.call(1, "kit__echo", json!({"message": "x"}))
+                .await
+                .response()
+        ),
+        "x"
+    );
     let children = children_of(gw.pid());
-    assert!(!children.is_empty(), "the testkit child runs under the gateway");
+    assert!(
+        !children.is_empty(),
+        "the testkit child runs under the gateway"
+    );
     assert_eq!(gw.terminate(), Some(0), "graceful exit; log:\n{}", gw.log());
     for pid in children {
         assert!(!alive(pid), "child {pid} outlived the gateway");

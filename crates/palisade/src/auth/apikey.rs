@@ -36,7 +36,9 @@ pub enum PepperError {
     },
     #[error("environment variable {0} (auth.pepper_env) is not set")]
     MissingEnv(String),
-    #[error("the pepper must be at least {MIN_PEPPER} bytes; generate one with `head -c 48 /dev/urandom | base64 > pepper`")]
+    #[error(
+        "the pepper must be at least {MIN_PEPPER} bytes; generate one with `head -c 48 /dev/urandom | base64 > pepper`"
+    )]
     TooShort,
     #[error("no pepper configured: set auth.pepper_file or auth.pepper_env")]
     NotConfigured,
@@ -207,6 +209,9 @@ keys = ["{}"]
 
     #[test]
     fn short_pepper_is_refused() {
-        assert!(matches!(Pepper::new(vec![1; 8]), Err(PepperError::TooShort)));
+        assert!(matches!(
+            Pepper::new(vec![1; 8]),
+            Err(PepperError::TooShort)
+        ));
     }
 }

@@ -14,7 +14,11 @@ use crate::gateway::Gateway;
 use crate::http::{self, Bound};
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "Multi-tenant gateway for the Model Context Protocol")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Multi-tenant gateway for the Model Context Protocol"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -64,7 +68,9 @@ pub enum KeyCommand {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -92,12 +98,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { port, admin_port } => demo::run(port, admin_port).await,
-        Command::Key { command: KeyCommand::New { config } } => {
+        Command::Key {
+            command: KeyCommand::New { config },
+        } => {
             let c = load(&config)?;
             let pepper = Pepper::from_config(&c).context("auth")?;
             let key = generate_key();
             println!("API key (shown once, give it to the client): {key}");
-            println!("add to the tenant's keys:                    \"{}\"", pepper.stored_hash(&key));
+            println!(
+                "add to the tenant's keys:                    \"{}\"",
+                pepper.stored_hash(&key)
+            );
             Ok(())
         }
     }
@@ -121,7 +132,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Serves with a given pepper; `on_bound` sees the bound addresses before serving starts.
-pub async fn serve_with(config: Config, pepper: Pepper, on_bound: impl FnOnce(&Bound)) -> anyhow::Result<()> {
+pub async fn serve_with(
+    config: Config,
+    pepper: Pepper,
+    on_bound: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
     let auth = Box::new(ApiKeys::from_config(&config, pepper));
     let bound = Bound::bind(config.listen.mcp, config.listen.admin).await?;
     let gw = Gateway::new(config, auth);

@@ -18,17 +18,29 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let down: Vec<&str> = gw.upstreams.iter().filter(|u| !u.is_ready()).map(|u| &*u.name).collect();
+    let down: Vec<&str> = gw
+        .upstreams
+        .iter()
+        .filter(|u| !u.is_ready())
+        .map(|u| &*u.name)
+        .collect();
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("upstreams not ready: {}\n", down.join(", "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstreams not ready: {}\n", down.join(", ")),
+        )
+            .into_response()
     }
 }
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         gw.metrics.render(),
     )
         .into_response()

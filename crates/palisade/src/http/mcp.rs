@@ -6,6 +6,10 @@
 //! A forwarded call answers with plain JSON when the upstream sends nothing before its response,
 //! and switches to an SSE stream as soon as there is something else to relay first.
 
+// The gates below return the finished error `Response` as their `Err`: it is what the handler
+// sends, and boxing it would only add an allocation to the error path.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,15 +41,25 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         Ok(b) => b,
         Err(_) => {
             gw.metrics.rejected("body_too_large");
-            let msg = format!("request body exceeds the limit of {} bytes (limits.max_body_bytes)", gw.config.limits.max_body_bytes);
-            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::INVALID_REQUEST, &msg);
+            let msg = format!(
+                "request body exceeds the limit of {} bytes (limits.max_body_bytes)",
+                gw.config.limits.max_body_bytes
+            );
+            return rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::INVALID_REQUEST,
+                &msg,
+            );
         }
     };
     let msg = match Message::parse(&bytes) {
         Ok(m) => m,
         Err(e) => {
             gw.metrics.rejected("malformed");
-            return json(StatusCode::BAD_REQUEST, jsonrpc::error(None, e.code(), &e.to_string(), None));
+            return json(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(None, e.code(), &e.to_string(), None),
+            );
         }
     };
     let era = match detect_era(&headers, &msg) {
@@ -59,12 +73,21 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
                 method: header_str(&headers, mcp_header::METHOD),
                 name: header_str(&headers, mcp_header::NAME),
             };
-            if let Err((status, body)) = dispatch::check_modern(&req.method, req.params.as_deref(), Some(&req.id), &h) {
+            if let Err((status, body)) =
+                dispatch::check_modern(&req.method, req.params.as_deref(), Some(&req.id), &h)
+            {
                 gw.metrics.rejected("bad_headers");
-                return json(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), body);
+                return json(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    body,
+                );
             }
         }
-        let caller = Caller { tenant, era, session: None };
+        let caller = Caller {
+            tenant,
+            era,
+            session: None,
+        };
         return respond(&gw, &principal, &caller, msg).await;
     }
     // Legacy: everything but `initialize` belongs to a session.
@@ -77,11 +100,20 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
             Err(r) => return r,
         }
     };
-    let caller = Caller { tenant, era, session };
+    let caller = Caller {
+        tenant,
+        era,
+        session,
+    };
     respond(&gw, &principal, &caller, msg).await
 }
 
-async fn respond(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'_>, msg: Message) -> Response {
+async fn respond(
+    gw: &Arc<Gateway>,
+    principal: &Principal,
+    caller: &Caller<'_>,
+    msg: Message,
+) -> Response {
     let reply = match msg {
         Message::Request(req) => dispatch::request(gw, principal, caller, req).await,
         Message::Notification(n) => {
@@ -95,7 +127,10 @@ async fn respond(gw: &Arc<Gateway>, principal: &Principal, caller: &Caller<'_>, 
     };
     match reply {
         Reply::Message(body) => json(StatusCode::OK, body),
-        Reply::Status(status, body) => json(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), body),
+        Reply::Status(status, body) => json(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            body,
+        ),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::Initialized { body, session } => {
             let mut r = json(StatusCode::OK, body);
@@ -115,22 +150,21 @@ async fn call_response(mut fwd: Forward) -> Response {
         Some(Out::Final(body)) => json(StatusCode::OK, body),
         Some(Out::Message(first)) => {
             // Calls in flight are not cut off by draining: shutdown gives them the grace period.
-            let stream = futures_util::stream::unfold((Some(first), fwd), move |(first, mut fwd)| {
-                async move {
+            let stream = futures_util::stream::unfold(
+                (Some(first), fwd),
+                move |(first, mut fwd)| async move {
                     if let Some(m) = first {
                         return Some((event(&m), (None, fwd)));
                     }
-                    loop {
-                        tokio::select! {
-                            out = fwd.next() => return match out {
-                                Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, fwd))),
-                                Some(Out::Cancelled) | None => None,
-                            },
-                            _ = tokio::time::sleep(KEEPALIVE_EVERY) => return Some((Bytes::from_static(sse::KEEPALIVE), (None, fwd))),
-                        }
+                    tokio::select! {
+                        out = fwd.next() => match out {
+                            Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, fwd))),
+                            Some(Out::Cancelled) | None => None,
+                        },
+                        _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, fwd))),
                     }
-                }
-            });
+                },
+            );
             sse_body(Body::from_stream(stream.map(Ok::<_, Infallible>)))
         }
         Some(Out::Cancelled) | None => StatusCode::ACCEPTED.into_response(),
@@ -144,14 +178,21 @@ fn event(message: &[u8]) -> Bytes {
 fn sse_body(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
 
 /// A long-lived stream fed by `rx`; ends when the session closes or the gateway drains.
-fn sse_response(gw: &Arc<Gateway>, rx: mpsc::Receiver<Vec<u8>>, session: Option<Arc<Session>>) -> Response {
+fn sse_response(
+    gw: &Arc<Gateway>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    session: Option<Arc<Session>>,
+) -> Response {
     let draining = gw.draining.clone();
     let stream = futures_util::stream::unfold((rx, session), move |(mut rx, session)| {
         let draining = draining.clone();
@@ -180,14 +221,20 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
         Err(r) => return r,
     };
     if header_str(&headers, mcp_header::PROTOCOL_VERSION) == Some(era::MODERN) {
-        return method_not_allowed("GET is not part of protocol version 2026-07-28; use subscriptions/listen");
+        return method_not_allowed(
+            "GET is not part of protocol version 2026-07-28; use subscriptions/listen",
+        );
     }
     let session = match session_of(&gw, &headers, &principal) {
         Ok(s) => s,
         Err(r) => return r,
     };
     let Some((tx, rx)) = session.open_stream() else {
-        return rpc_error(StatusCode::CONFLICT, ErrorCode::INVALID_REQUEST, "this session already has an open GET stream");
+        return rpc_error(
+            StatusCode::CONFLICT,
+            ErrorCode::INVALID_REQUEST,
+            "this session already has an open GET stream",
+        );
     };
     dispatch::relay_to_session(&gw, tenant, &session, tx);
     sse_response(&gw, rx, Some(session))
@@ -200,7 +247,9 @@ pub async fn delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
         Err(r) => return r,
     };
     if header_str(&headers, mcp_header::PROTOCOL_VERSION) == Some(era::MODERN) {
-        return method_not_allowed("DELETE is not part of protocol version 2026-07-28: there are no sessions");
+        return method_not_allowed(
+            "DELETE is not part of protocol version 2026-07-28: there are no sessions",
+        );
     }
     let session = match session_of(&gw, &headers, &principal) {
         Ok(s) => s,
@@ -220,10 +269,18 @@ enum Need {
 }
 
 /// Origin/Host, Accept, Content-Type and authentication; the principal and its tenant.
-fn gates<'g>(gw: &'g Gateway, headers: &HeaderMap, need: Need) -> Result<(Principal, &'g Tenant), Response> {
+fn gates<'g>(
+    gw: &'g Gateway,
+    headers: &HeaderMap,
+    need: Need,
+) -> Result<(Principal, &'g Tenant), Response> {
     if let Err(problem) = check_origin_and_host(gw, headers) {
         gw.metrics.rejected("origin");
-        return Err(rpc_error(StatusCode::FORBIDDEN, ErrorCode::INVALID_REQUEST, &problem));
+        return Err(rpc_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::INVALID_REQUEST,
+            &problem,
+        ));
     }
     match need {
         Need::Post => {
@@ -236,37 +293,66 @@ fn gates<'g>(gw: &'g Gateway, headers: &HeaderMap, need: Need) -> Result<(Princi
                 ));
             }
             let ct = header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
-            if !ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) {
+            if !ct
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            {
                 gw.metrics.rejected("content_type");
-                return Err(rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::INVALID_REQUEST, "Content-Type must be application/json"));
+                return Err(rpc_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ErrorCode::INVALID_REQUEST,
+                    "Content-Type must be application/json",
+                ));
             }
         }
         Need::Get => {
             if !accepts(headers, "text/event-stream") {
                 gw.metrics.rejected("not_acceptable");
-                return Err(rpc_error(StatusCode::NOT_ACCEPTABLE, ErrorCode::INVALID_REQUEST, "the Accept header must list text/event-stream"));
+                return Err(rpc_error(
+                    StatusCode::NOT_ACCEPTABLE,
+                    ErrorCode::INVALID_REQUEST,
+                    "the Accept header must list text/event-stream",
+                ));
             }
         }
         Need::Delete => {}
     }
     let principal = gw
         .auth
-        .authenticate(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+        .authenticate(
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
         .map_err(|e| unauthorized(gw, &e))?;
     let tenant = gw.tenants.get(&principal.tenant).ok_or_else(|| {
-        rpc_error(StatusCode::FORBIDDEN, ErrorCode::INVALID_REQUEST, "the credentials' tenant is not configured on this gateway")
+        rpc_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::INVALID_REQUEST,
+            "the credentials' tenant is not configured on this gateway",
+        )
     })?;
     Ok((principal, tenant))
 }
 
 fn unauthorized(gw: &Gateway, e: &AuthError) -> Response {
     gw.metrics.rejected("unauthenticated");
-    let mut r = rpc_error(StatusCode::UNAUTHORIZED, ErrorCode::INVALID_REQUEST, &e.to_string());
+    let mut r = rpc_error(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::INVALID_REQUEST,
+        &e.to_string(),
+    );
     let challenge = match e {
         AuthError::Missing => "Bearer realm=\"palisade\"",
-        AuthError::Malformed | AuthError::Invalid => "Bearer realm=\"palisade\", error=\"invalid_token\"",
+        AuthError::Malformed | AuthError::Invalid => {
+            "Bearer realm=\"palisade\", error=\"invalid_token\""
+        }
     };
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
     r
 }
 
@@ -275,20 +361,30 @@ fn unauthorized(gw: &Gateway, e: &AuthError) -> Response {
 fn check_origin_and_host(gw: &Gateway, headers: &HeaderMap) -> Result<(), String> {
     let listen = &gw.config.listen;
     if let Some(origin) = header_str(headers, header::ORIGIN.as_str()) {
-        let listed = listen.allowed_origins.iter().any(|o| o == origin || o == "*");
+        let listed = listen
+            .allowed_origins
+            .iter()
+            .any(|o| o == origin || o == "*");
         let loopback = origin
             .split_once("://")
             .map(|(_, rest)| host_part(rest))
             .is_some_and(is_loopback_name);
         if !listed && !loopback {
-            return Err(format!("Origin `{origin}` is not allowed; add it to listen.allowed_origins"));
+            return Err(format!(
+                "Origin `{origin}` is not allowed; add it to listen.allowed_origins"
+            ));
         }
     }
     if let Some(host) = header_str(headers, header::HOST.as_str()) {
         let name = host_part(host);
-        let listed = listen.allowed_hosts.iter().any(|h| h == "*" || h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host));
+        let listed = listen
+            .allowed_hosts
+            .iter()
+            .any(|h| h == "*" || h.eq_ignore_ascii_case(name) || h.eq_ignore_ascii_case(host));
         if !listed && !is_loopback_name(name) {
-            return Err(format!("Host `{host}` is not allowed; add it to listen.allowed_hosts"));
+            return Err(format!(
+                "Host `{host}` is not allowed; add it to listen.allowed_hosts"
+            ));
         }
     }
     Ok(())
@@ -305,17 +401,25 @@ fn host_part(s: &str) -> &str {
 
 fn is_loopback_name(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').any(|item| {
-            let t = item.split(';').next().unwrap_or("").trim();
-            t.eq_ignore_ascii_case(mime) || t == "*/*" || t.eq_ignore_ascii_case(&format!("{kind}/*"))
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|item| {
+                let t = item.split(';').next().unwrap_or("").trim();
+                t.eq_ignore_ascii_case(mime)
+                    || t == "*/*"
+                    || t.eq_ignore_ascii_case(&format!("{kind}/*"))
+            })
         })
-    })
 }
 
 /// Which era a POST speaks. The version header decides; without it, a request whose `_meta`
@@ -345,7 +449,11 @@ fn detect_era(headers: &HeaderMap, msg: &Message) -> Result<Era, Response> {
     Ok(if modern { Era::Modern } else { Era::Legacy })
 }
 
-fn session_of(gw: &Gateway, headers: &HeaderMap, principal: &Principal) -> Result<Arc<Session>, Response> {
+fn session_of(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    principal: &Principal,
+) -> Result<Arc<Session>, Response> {
     let Some(id) = header_str(headers, mcp_header::SESSION_ID) else {
         gw.metrics.rejected("no_session");
         return Err(rpc_error(
@@ -356,7 +464,11 @@ fn session_of(gw: &Gateway, headers: &HeaderMap, principal: &Principal) -> Resul
     };
     gw.sessions.get(id, principal).map_err(|_| {
         gw.metrics.rejected("unknown_session");
-        rpc_error(StatusCode::NOT_FOUND, ErrorCode::INVALID_REQUEST, "session not found: it ended or expired; send initialize again")
+        rpc_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::INVALID_REQUEST,
+            "session not found: it ended or expired; send initialize again",
+        )
     })
 }
 
@@ -367,7 +479,10 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -375,13 +490,23 @@ fn rpc_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     json(status, jsonrpc::error(None, code, message, None))
 }
 
-fn rpc_error_data(status: StatusCode, code: ErrorCode, message: &str, data: serde_json::Value) -> Response {
+fn rpc_error_data(
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+    data: serde_json::Value,
+) -> Response {
     json(status, jsonrpc::error(None, code, message, Some(&data)))
 }
 
 fn method_not_allowed(message: &str) -> Response {
-    let mut r = rpc_error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::INVALID_REQUEST, message);
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    let mut r = rpc_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::INVALID_REQUEST,
+        message,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
     r
 }
 
@@ -402,7 +527,10 @@ mod tests {
     #[test]
     fn accept_matching() {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream;q=0.9"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream;q=0.9"),
+        );
         assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
         h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
         assert!(!accepts(&h, "application/json"));

@@ -39,13 +39,22 @@ pub struct Bound {
 
 impl Bound {
     pub async fn bind(mcp: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
-        let mcp_listener = TcpListener::bind(mcp)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {mcp} (listen.mcp): {e}")))?;
-        let admin_listener = TcpListener::bind(admin)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {admin} (listen.admin): {e}")))?;
-        Ok(Bound { mcp: mcp_listener, admin: admin_listener })
+        let mcp_listener = TcpListener::bind(mcp).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {mcp} (listen.mcp): {e}"),
+            )
+        })?;
+        let admin_listener = TcpListener::bind(admin).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {admin} (listen.admin): {e}"),
+            )
+        })?;
+        Ok(Bound {
+            mcp: mcp_listener,
+            admin: admin_listener,
+        })
     }
 }
 
@@ -55,8 +64,10 @@ pub async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
     gw.start();
     let grace = Duration::from_secs(gw.config.limits.shutdown_grace_secs);
     let drain = gw.draining.clone();
-    let mcp = axum::serve(bound.mcp, mcp_router(gw.clone())).with_graceful_shutdown(drain.clone().cancelled_owned());
-    let admin = axum::serve(bound.admin, admin_router(gw.clone())).with_graceful_shutdown(drain.clone().cancelled_owned());
+    let mcp = axum::serve(bound.mcp, mcp_router(gw.clone()))
+        .with_graceful_shutdown(drain.clone().cancelled_owned());
+    let admin = axum::serve(bound.admin, admin_router(gw.clone()))
+        .with_graceful_shutdown(drain.clone().cancelled_owned());
     let servers = async { tokio::try_join!(mcp.into_future(), admin.into_future()) };
     tokio::pin!(servers);
     let result = tokio::select! {

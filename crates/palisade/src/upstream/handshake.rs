@@ -15,7 +15,8 @@ use crate::config::UpstreamProtocol;
 
 /// What the gateway tells upstreams it can do as a client: it relays sampling, elicitation and
 /// roots requests to the client whose call caused them.
-pub const CLIENT_CAPABILITIES: &str = r#"{"sampling":{},"elicitation":{},"roots":{"listChanged":true}}"#;
+pub const CLIENT_CAPABILITIES: &str =
+    r#"{"sampling":{},"elicitation":{},"roots":{"listChanged":true}}"#;
 
 pub fn client_info() -> String {
     serde_json::json!({ "name": "palisade", "version": env!("CARGO_PKG_VERSION") }).to_string()
@@ -68,7 +69,10 @@ pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Upstream
 }
 
 /// `Ok(Err(code))` when the upstream answered with a JSON-RPC error.
-async fn initialize(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Result<UpstreamInfo, i64>, String> {
+async fn initialize(
+    up: &Arc<Upstream>,
+    link: &Arc<Link>,
+) -> Result<Result<UpstreamInfo, i64>, String> {
     let params = format!(
         r#"{{"protocolVersion":"{}","capabilities":{},"clientInfo":{}}}"#,
         era::LATEST_LEGACY,
@@ -80,10 +84,13 @@ async fn initialize(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Result<Upstr
         Ok(Err(error)) => return Ok(Err(error_code(error.get()))),
         Err(e) => return Err(describe(e)),
     };
-    let v: Value = serde_json::from_str(result.get()).map_err(|e| format!("malformed initialize result: {e}"))?;
+    let v: Value = serde_json::from_str(result.get())
+        .map_err(|e| format!("malformed initialize result: {e}"))?;
     let version = v["protocolVersion"].as_str().unwrap_or_default().to_owned();
     if Era::of_version(&version) != Some(Era::Legacy) {
-        return Err(format!("upstream answered initialize with unsupported protocol version `{version}`"));
+        return Err(format!(
+            "upstream answered initialize with unsupported protocol version `{version}`"
+        ));
     }
     up.notify_on(link, "notifications/initialized", None);
     Ok(Ok(UpstreamInfo {
@@ -107,15 +114,24 @@ async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, 
     );
     let result = match up.request_on(link, "server/discover", &params).await {
         Ok(Ok(result)) => result,
-        Ok(Err(error)) => return Err(format!("server/discover failed with error {}", error_code(error.get()))),
+        Ok(Err(error)) => {
+            return Err(format!(
+                "server/discover failed with error {}",
+                error_code(error.get())
+            ));
+        }
         Err(e) => return Err(describe(e)),
     };
-    let v: Value = serde_json::from_str(result.get()).map_err(|e| format!("malformed server/discover result: {e}"))?;
+    let v: Value = serde_json::from_str(result.get())
+        .map_err(|e| format!("malformed server/discover result: {e}"))?;
     let supported = v["supportedVersions"]
         .as_array()
         .is_some_and(|vs| vs.iter().any(|x| x.as_str() == Some(era::MODERN)));
     if !supported {
-        return Err(format!("upstream does not support protocol version {}", era::MODERN));
+        return Err(format!(
+            "upstream does not support protocol version {}",
+            era::MODERN
+        ));
     }
     Ok(UpstreamInfo {
         era: Era::Modern,

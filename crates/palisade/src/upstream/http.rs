@@ -40,13 +40,21 @@ impl HttpTransport {
         let url = reqwest::Url::parse(&cfg.url).map_err(|e| format!("invalid url: {e}"))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = HeaderName::try_from(k.as_str()).map_err(|_| format!("invalid header name `{k}`"))?;
-            let mut value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header `{k}`"))?;
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|_| format!("invalid header name `{k}`"))?;
+            let mut value = HeaderValue::try_from(v.as_str())
+                .map_err(|_| format!("invalid value for header `{k}`"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         Ok(HttpTransport {
             inner: Arc::new(Inner {
                 client,
@@ -68,13 +76,23 @@ impl HttpTransport {
         let task = tokio::spawn(async move {
             if let Err(reason) = task_inner.exchange(&up, &link, bytes, call).await {
                 if let Some(id) = call {
-                    up.finish(id, Err(UpstreamError::Failed { server: up.name.clone(), reason }));
+                    up.finish(
+                        id,
+                        Err(UpstreamError::Failed {
+                            server: up.name.clone(),
+                            reason,
+                        }),
+                    );
                 } else {
                     tracing::debug!(server = %up.name, %reason, "notification to upstream failed");
                 }
             }
             if let Some(id) = call {
-                task_inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                task_inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
             }
         });
         if let Some(id) = call {
@@ -84,14 +102,27 @@ impl HttpTransport {
 
     /// Stops reading a call's response stream (closing it is how the modern era cancels).
     pub fn abort(&self, id: u64) {
-        if let Some(h) = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+        if let Some(h) = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
             h.abort();
         }
     }
 
     /// Opens the legacy GET stream for messages not tied to a request (list_changed, …).
     pub fn open_listen_stream(&self, up: Arc<Upstream>, link: Arc<Link>) {
-        if link.info().era != Era::Legacy || self.inner.session.read().map(|s| s.is_none()).unwrap_or(true) {
+        if link.info().era != Era::Legacy
+            || self
+                .inner
+                .session
+                .read()
+                .map(|s| s.is_none())
+                .unwrap_or(true)
+        {
             return;
         }
         let inner = self.inner.clone();
@@ -101,7 +132,9 @@ impl HttpTransport {
                 match inner.listen_once(&up, &link).await {
                     Ok(ListenEnd::NotOffered) => return,
                     Ok(ListenEnd::Ended) => delay = Duration::from_secs(1),
-                    Err(reason) => tracing::debug!(server = %up.name, %reason, "upstream GET stream failed"),
+                    Err(reason) => {
+                        tracing::debug!(server = %up.name, %reason, "upstream GET stream failed")
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -115,10 +148,22 @@ impl HttpTransport {
 
     /// Ends the link: aborts streams and, for a legacy session, asks the upstream to end it.
     pub async fn stop(&self) {
-        if let Some(h) = self.inner.listen.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .inner
+            .listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             h.abort();
         }
-        for (_, h) in self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        for (_, h) in self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
             h.abort();
         }
         let session = self.inner.session.write().ok().and_then(|mut s| s.take());
@@ -144,31 +189,40 @@ impl Inner {
     fn request_headers(&self, link: &Link, bytes: &[u8]) -> HeaderMap {
         let mut h = self.headers.clone();
         let info = link.info();
-        if link.info.get().is_some() || info.era == Era::Modern {
-            if let Ok(v) = HeaderValue::try_from(info.protocol_version.as_str()) {
-                h.insert(header::PROTOCOL_VERSION, v);
-            }
+        if (link.info.get().is_some() || info.era == Era::Modern)
+            && let Ok(v) = HeaderValue::try_from(info.protocol_version.as_str())
+        {
+            h.insert(header::PROTOCOL_VERSION, v);
         }
         if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
             h.insert(header::SESSION_ID, s);
         }
-        if info.era == Era::Modern {
-            if let Ok(Message::Request(req)) = Message::parse(bytes) {
-                if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
-                    h.insert(header::METHOD, v);
-                }
-                let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
-                    req.params.as_ref().and_then(|p| RawObject::parse(p.get())).and_then(|o| o.get_str(field))
-                });
-                if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
-                    h.insert(header::NAME, v);
-                }
+        if info.era == Era::Modern
+            && let Ok(Message::Request(req)) = Message::parse(bytes)
+        {
+            if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
+                h.insert(header::METHOD, v);
+            }
+            let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
+                req.params
+                    .as_ref()
+                    .and_then(|p| RawObject::parse(p.get()))
+                    .and_then(|o| o.get_str(field))
+            });
+            if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
+                h.insert(header::NAME, v);
             }
         }
         h
     }
 
-    async fn exchange(&self, up: &Arc<Upstream>, link: &Arc<Link>, bytes: Vec<u8>, call: Option<u64>) -> Result<(), String> {
+    async fn exchange(
+        &self,
+        up: &Arc<Upstream>,
+        link: &Arc<Link>,
+        bytes: Vec<u8>,
+        call: Option<u64>,
+    ) -> Result<(), String> {
         let headers = self.request_headers(link, &bytes);
         let resp = self
             .client
@@ -178,15 +232,16 @@ impl Inner {
             .send()
             .await
             .map_err(|e| format!("request failed: {}", without_url(&e)))?;
-        if let Some(s) = resp.headers().get(header::SESSION_ID) {
-            if let Ok(mut slot) = self.session.write() {
-                if slot.is_none() {
-                    *slot = Some(s.clone());
-                }
-            }
+        if let Some(s) = resp.headers().get(header::SESSION_ID)
+            && let Ok(mut slot) = self.session.write()
+            && slot.is_none()
+        {
+            *slot = Some(s.clone());
         }
         let status = resp.status();
-        if status == StatusCode::NOT_FOUND && self.session.read().map(|s| s.is_some()).unwrap_or(false) {
+        if status == StatusCode::NOT_FOUND
+            && self.session.read().map(|s| s.is_some()).unwrap_or(false)
+        {
             link.close("the upstream ended its MCP session (HTTP 404)".into());
             return Err("the upstream ended its MCP session (HTTP 404); reconnecting".into());
         }
@@ -206,7 +261,13 @@ impl Inner {
 
     /// Delivers every message of a response (JSON or SSE). Returns when it ends; the caller
     /// treats a call still pending after that as failed.
-    async fn read_messages(&self, up: &Arc<Upstream>, link: &Arc<Link>, resp: reqwest::Response, origin: Option<u64>) -> Result<(), String> {
+    async fn read_messages(
+        &self,
+        up: &Arc<Upstream>,
+        link: &Arc<Link>,
+        resp: reqwest::Response,
+        origin: Option<u64>,
+    ) -> Result<(), String> {
         let is_sse = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -216,19 +277,22 @@ impl Inner {
         if !is_sse {
             let mut buf = Vec::new();
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| format!("reading the response failed: {}", without_url(&e)))?;
+                let chunk = chunk
+                    .map_err(|e| format!("reading the response failed: {}", without_url(&e)))?;
                 if buf.len() + chunk.len() > MAX_MESSAGE {
                     return Err(format!("the response exceeds {MAX_MESSAGE} bytes"));
                 }
                 buf.extend_from_slice(&chunk);
             }
-            let msg = Message::parse(&buf).map_err(|e| format!("the response is not a JSON-RPC message: {e}"))?;
+            let msg = Message::parse(&buf)
+                .map_err(|e| format!("the response is not a JSON-RPC message: {e}"))?;
             up.on_message(link, msg, origin);
             return Ok(());
         }
         let mut decoder = sse::Decoder::new(MAX_MESSAGE);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("reading the event stream failed: {}", without_url(&e)))?;
+            let chunk = chunk
+                .map_err(|e| format!("reading the event stream failed: {}", without_url(&e)))?;
             decoder.push(&chunk);
             while let Some(event) = decoder.next_event().map_err(|e| e.to_string())? {
                 if event.data.is_empty() {
@@ -245,7 +309,10 @@ impl Inner {
 
     async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
         let mut headers = self.request_headers(link, b"");
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.remove(http::header::CONTENT_TYPE);
         let resp = self
             .client

@@ -38,7 +38,9 @@ pub use handshake::UpstreamInfo;
 pub enum UpstreamError {
     #[error("upstream `{server}` is unavailable: {reason}")]
     Unavailable { server: Arc<str>, reason: String },
-    #[error("upstream `{server}` went away while handling the call ({reason}); it may or may not have taken effect")]
+    #[error(
+        "upstream `{server}` went away while handling the call ({reason}); it may or may not have taken effect"
+    )]
     Lost { server: Arc<str>, reason: String },
     #[error("upstream `{server}` did not answer within {ms} ms; the call was cancelled")]
     Timeout { server: Arc<str>, ms: u64 },
@@ -362,7 +364,8 @@ impl Upstream {
         route: Route,
     ) -> Result<CallHandle, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (params, client_progress_token) = prepare_params(params, id, link.info().era, &link.info().protocol_version);
+        let (params, client_progress_token) =
+            prepare_params(params, id, link.info().era, &link.info().protocol_version);
         let bytes = jsonrpc::request(&Id::number(id), method, Some(&params));
         let (events_tx, events) = mpsc::channel(64);
         let (done_tx, done) = oneshot::channel();
@@ -382,7 +385,8 @@ impl Upstream {
             id,
             events,
             done,
-            deadline: tokio::time::Instant::now() + Duration::from_millis(self.config.call_timeout_ms),
+            deadline: tokio::time::Instant::now()
+                + Duration::from_millis(self.config.call_timeout_ms),
             finished: false,
         };
         self.send(link, bytes, Some(id));
@@ -390,7 +394,11 @@ impl Upstream {
     }
 
     /// Answers a server→client request with the client's result or error object.
-    pub async fn respond(self: &Arc<Self>, upstream_id: &Id, outcome: Result<&RawValue, &RawValue>) {
+    pub async fn respond(
+        self: &Arc<Self>,
+        upstream_id: &Id,
+        outcome: Result<&RawValue, &RawValue>,
+    ) {
         let bytes = match outcome {
             Ok(result) => jsonrpc::result(upstream_id, result.get()),
             Err(error) => jsonrpc::error_raw(Some(upstream_id), error.get()),
@@ -403,10 +411,16 @@ impl Upstream {
     fn send(self: &Arc<Self>, link: &Arc<Link>, bytes: Vec<u8>, call: Option<u64>) {
         match &link.transport {
             Transport::Stdio(t) => {
-                if !t.send(bytes) {
-                    if let Some(id) = call {
-                        self.finish(id, Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() }));
-                    }
+                if !t.send(bytes)
+                    && let Some(id) = call
+                {
+                    self.finish(
+                        id,
+                        Err(UpstreamError::Lost {
+                            server: self.name.clone(),
+                            reason: link.reason(),
+                        }),
+                    );
                 }
             }
             Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call),
@@ -415,7 +429,9 @@ impl Upstream {
 
     /// Cancels a call in flight: forgets it and tells the upstream.
     pub fn cancel(self: &Arc<Self>, id: u64, reason: &str) {
-        let Some(call) = self.lock_calls().remove(&id) else { return };
+        let Some(call) = self.lock_calls().remove(&id) else {
+            return;
+        };
         drop(call);
         if let Readiness::Ready(link) = &*self.readiness.borrow() {
             let params = serde_json::json!({ "requestId": id, "reason": reason }).to_string();
@@ -446,7 +462,11 @@ impl Upstream {
     fn fail_calls_on(&self, generation: u64, reason: &str) {
         let dead: Vec<PendingCall> = {
             let mut calls = self.lock_calls();
-            let ids: Vec<u64> = calls.iter().filter(|(_, c)| c.link == generation).map(|(id, _)| *id).collect();
+            let ids: Vec<u64> = calls
+                .iter()
+                .filter(|(_, c)| c.link == generation)
+                .map(|(id, _)| *id)
+                .collect();
             ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
         };
         for call in dead {
@@ -490,24 +510,35 @@ impl Upstream {
         }
         if method == "notifications/resources/updated" {
             let obj = params.as_ref().and_then(|p| RawObject::parse(p.get()));
-            if let (Some(obj), Some(p)) = (obj, params.as_ref()) {
-                if let Some(uri) = obj.get_str("uri") {
-                    let _ = self.notices.send(Notice::ResourceUpdated { uri, params: p.get().to_owned() });
-                }
+            if let (Some(obj), Some(p)) = (obj, params.as_ref())
+                && let Some(uri) = obj.get_str("uri")
+            {
+                let _ = self.notices.send(Notice::ResourceUpdated {
+                    uri,
+                    params: p.get().to_owned(),
+                });
             }
             return;
         }
         if method == "notifications/progress" {
-            let Some(mut obj) = params.as_ref().and_then(|p| RawObject::parse(p.get())) else { return };
-            let Some(id) = obj.get(meta::PROGRESS_TOKEN).and_then(|t| t.get().parse::<u64>().ok()) else {
+            let Some(mut obj) = params.as_ref().and_then(|p| RawObject::parse(p.get())) else {
+                return;
+            };
+            let Some(id) = obj
+                .get(meta::PROGRESS_TOKEN)
+                .and_then(|t| t.get().parse::<u64>().ok())
+            else {
                 return;
             };
             let calls = self.lock_calls();
-            if let Some(call) = calls.get(&id) {
-                if let Some(token) = &call.client_progress_token {
-                    obj.set_raw(meta::PROGRESS_TOKEN, token.clone());
-                    let _ = call.events.try_send(CallEvent::Notification { method, params: Some(obj.to_raw()) });
-                }
+            if let Some(call) = calls.get(&id)
+                && let Some(token) = &call.client_progress_token
+            {
+                obj.set_raw(meta::PROGRESS_TOKEN, token.clone());
+                let _ = call.events.try_send(CallEvent::Notification {
+                    method,
+                    params: Some(obj.to_raw()),
+                });
             }
             return;
         }
@@ -515,7 +546,9 @@ impl Upstream {
         let calls = self.lock_calls();
         if let Some(id) = attribute(&calls, origin) {
             if let Some(call) = calls.get(&id) {
-                let _ = call.events.try_send(CallEvent::Notification { method, params });
+                let _ = call
+                    .events
+                    .try_send(CallEvent::Notification { method, params });
             }
         } else {
             tracing::debug!(server = %self.name, %method, "notification not attributable to one client call; dropped");
@@ -558,7 +591,10 @@ impl Upstream {
 
     fn invalidate(&self, kind: ListKind) {
         self.list_generation.fetch_add(1, Ordering::Relaxed);
-        self.lists.lock().unwrap_or_else(|e| e.into_inner()).remove(&kind);
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&kind);
     }
 
     fn invalidate_all(&self) {
@@ -567,14 +603,24 @@ impl Upstream {
     }
 
     /// All items of one list (every page), from the cache or fetched.
-    pub async fn list(self: &Arc<Self>, kind: ListKind) -> Result<Arc<Vec<Box<RawValue>>>, UpstreamError> {
-        if let Some(cached) = self.lists.lock().unwrap_or_else(|e| e.into_inner()).get(&kind) {
+    pub async fn list(
+        self: &Arc<Self>,
+        kind: ListKind,
+    ) -> Result<Arc<Vec<Box<RawValue>>>, UpstreamError> {
+        if let Some(cached) = self
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+        {
             self.metrics.catalog_cache(&self.name, kind.label(), true);
             return Ok(cached.items.clone());
         }
         self.metrics.catalog_cache(&self.name, kind.label(), false);
         let generation = self.list_generation.load(Ordering::Relaxed);
-        let link = self.link(Duration::from_millis(self.config.list_timeout_ms)).await?;
+        let link = self
+            .link(Duration::from_millis(self.config.list_timeout_ms))
+            .await?;
         if !link.info().offers(kind) {
             return Ok(Arc::new(Vec::new()));
         }
@@ -594,12 +640,17 @@ impl Upstream {
             };
             let result = result.map_err(|e| UpstreamError::Failed {
                 server: self.name.clone(),
-                reason: format!("{} returned an error: {}", kind.method(), truncate(e.get(), 200)),
+                reason: format!(
+                    "{} returned an error: {}",
+                    kind.method(),
+                    truncate(e.get(), 200)
+                ),
             })?;
-            let page: ListPage = serde_json::from_str(result.get()).map_err(|e| UpstreamError::Failed {
-                server: self.name.clone(),
-                reason: format!("{} returned a malformed result: {e}", kind.method()),
-            })?;
+            let page: ListPage =
+                serde_json::from_str(result.get()).map_err(|e| UpstreamError::Failed {
+                    server: self.name.clone(),
+                    reason: format!("{} returned a malformed result: {e}", kind.method()),
+                })?;
             let field = match kind {
                 ListKind::Tools => page.tools,
                 ListKind::Prompts => page.prompts,
@@ -614,15 +665,22 @@ impl Upstream {
         }
         let items = Arc::new(items);
         if self.list_generation.load(Ordering::Relaxed) == generation {
-            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) { "name" } else { "uri" };
+            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) {
+                "name"
+            } else {
+                "uri"
+            };
             let names = items
                 .iter()
                 .filter_map(|i| RawObject::parse(i.get()).and_then(|o| o.get_str(key)))
                 .collect();
-            self.lists
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(kind, CachedList { items: items.clone(), names });
+            self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                kind,
+                CachedList {
+                    items: items.clone(),
+                    names,
+                },
+            );
         }
         Ok(items)
     }
@@ -704,10 +762,14 @@ impl Upstream {
     /// Opens a transport and performs the MCP handshake on it.
     async fn connect(self: &Arc<Self>, generation: u64) -> Result<Arc<Link>, String> {
         let (transport, inbox) = if let Some(stdio) = &self.config.stdio {
-            let (t, inbox) = stdio::StdioTransport::spawn(&self.name, stdio).map_err(|e| e.to_string())?;
+            let (t, inbox) =
+                stdio::StdioTransport::spawn(&self.name, stdio).map_err(|e| e.to_string())?;
             (Transport::Stdio(t), Some(inbox))
         } else if let Some(http) = &self.config.http {
-            (Transport::Http(http::HttpTransport::new(self.http_client.clone(), http)?), None)
+            (
+                Transport::Http(http::HttpTransport::new(self.http_client.clone(), http)?),
+                None,
+            )
         } else {
             return Err("server has no transport configured".into());
         };
@@ -753,7 +815,11 @@ impl Upstream {
                 started: now_micros(),
             },
         );
-        self.send(link, jsonrpc::request(&Id::number(id), method, Some(params)), Some(id));
+        self.send(
+            link,
+            jsonrpc::request(&Id::number(id), method, Some(params)),
+            Some(id),
+        );
         tokio::select! {
             r = done => r.unwrap_or_else(|_| Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() })),
             _ = link.closed.cancelled() => {
@@ -815,16 +881,21 @@ fn attribute(calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<u
 /// Rewrites the gateway-owned parts of a request's params: the progress token becomes the
 /// gateway id, and the era's `_meta` keys are set for the upstream's era. Returns the params
 /// text and the client's original progress token.
-fn prepare_params(params: Option<RawObject>, id: u64, era: Era, version: &str) -> (String, Option<Box<RawValue>>) {
+fn prepare_params(
+    params: Option<RawObject>,
+    id: u64,
+    era: Era,
+    version: &str,
+) -> (String, Option<Box<RawValue>>) {
     let mut params = params.unwrap_or_default();
     let mut meta_obj = params.get_object("_meta");
     let mut client_token = None;
     if let Some(m) = meta_obj.as_mut() {
         client_token = m.remove(meta::PROGRESS_TOKEN);
-        if client_token.is_some() {
-            if let Ok(raw) = RawValue::from_string(id.to_string()) {
-                m.set_raw(meta::PROGRESS_TOKEN, raw);
-            }
+        if client_token.is_some()
+            && let Ok(raw) = RawValue::from_string(id.to_string())
+        {
+            m.set_raw(meta::PROGRESS_TOKEN, raw);
         }
         m.retain_keys(|k| !k.starts_with(meta::RESERVED_PREFIX));
     }
@@ -879,9 +950,15 @@ mod tests {
         let p = RawObject::parse(r#"{"name":"x","_meta":{"progressToken":"abc","io.modelcontextprotocol/protocolVersion":"2026-07-28","k":1},"arguments":{"a":1}}"#).unwrap();
         let (text, token) = prepare_params(Some(p), 42, Era::Legacy, "2025-11-25");
         assert_eq!(token.unwrap().get(), "\"abc\"");
-        assert_eq!(text, r#"{"name":"x","_meta":{"k":1,"progressToken":42},"arguments":{"a":1}}"#);
+        assert_eq!(
+            text,
+            r#"{"name":"x","_meta":{"k":1,"progressToken":42},"arguments":{"a":1}}"#
+        );
         let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28");
-        assert!(text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#), "{text}");
+        assert!(
+            text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#),
+            "{text}"
+        );
     }
 
     #[test]

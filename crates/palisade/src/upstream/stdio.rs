@@ -62,9 +62,12 @@ impl StdioTransport {
         let mut child = cmd.spawn().map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot start `{}`: {e}", cfg.command))
         })?;
-        let (Some(stdin), Some(stdout), Some(stderr), Some(pid)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take(), child.id())
-        else {
+        let (Some(stdin), Some(stdout), Some(stderr), Some(pid)) = (
+            child.stdin.take(),
+            child.stdout.take(),
+            child.stderr.take(),
+            child.id(),
+        ) else {
             return Err(std::io::Error::other("child process has no pipes"));
         };
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
@@ -85,7 +88,14 @@ impl StdioTransport {
             max_line: cfg.max_line_bytes,
             exited: CancellationToken::new(),
         };
-        Ok((transport, Inbox { stdout, stderr, child }))
+        Ok((
+            transport,
+            Inbox {
+                stdout,
+                stderr,
+                child,
+            },
+        ))
     }
 
     /// Queues one message for the child's stdin; `false` if the child is gone or not reading.
@@ -95,7 +105,11 @@ impl StdioTransport {
     }
 
     pub fn start_reader(&self, up: Arc<Upstream>, link: Arc<Link>, inbox: Inbox) {
-        let Inbox { stdout, stderr, mut child } = inbox;
+        let Inbox {
+            stdout,
+            stderr,
+            mut child,
+        } = inbox;
         let exited = self.exited.clone();
         let watch_link = link.clone();
         tokio::spawn(async move {
@@ -127,7 +141,11 @@ impl StdioTransport {
                         }
                         match Message::parse(&line) {
                             Ok(msg) => up.on_message(&link, msg, None),
-                            Err(e) => break format!("it wrote something other than a JSON-RPC message on stdout ({e})"),
+                            Err(e) => {
+                                break format!(
+                                    "it wrote something other than a JSON-RPC message on stdout ({e})"
+                                );
+                            }
                         }
                     }
                     Ok(None) => {

@@ -27,7 +27,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn testkit() -> PathBuf {
     let p = bin_dir().join("palisade-testkit");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -75,7 +79,8 @@ impl Gw {
         let mut keys = Vec::new();
         for (i, t) in tenants.iter().enumerate() {
             let key = format!("pal_test_key_{}_{i}_{}", t.id, "k".repeat(32));
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice("p".repeat(48).as_bytes()).expect("hmac");
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice("p".repeat(48).as_bytes())
+                .expect("hmac");
             mac.update(key.as_bytes());
             let hash = hex::encode(mac.finalize().into_bytes());
             let servers: Vec<String> = t.servers.iter().map(|s| format!("\"{s}\"")).collect();
@@ -106,16 +111,24 @@ impl Gw {
                 if n == 0 {
                     break;
                 }
-                sink.lock().expect("log").push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .expect("log")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read stdout");
-        let mcp = field(&line, "mcp=").unwrap_or_else(|| panic!("gateway did not start: {line:?} log: {}", log.lock().unwrap()));
+        let mcp = field(&line, "mcp=").unwrap_or_else(|| {
+            panic!(
+                "gateway did not start: {line:?} log: {}",
+                log.lock().unwrap()
+            )
+        });
         let admin = field(&line, "admin=").expect("admin addr");
-        let gw = Gw {
+
+        Gw {
             child,
             mcp,
             admin,
@@ -123,12 +136,16 @@ impl Gw {
             log,
             _dir: dir,
             http: reqwest::Client::new(),
-        };
-        gw
+        }
     }
 
     pub fn key(&self, tenant: &str) -> &str {
-        &self.keys.iter().find(|(t, _)| t == tenant).expect("tenant").1
+        &self
+            .keys
+            .iter()
+            .find(|(t, _)| t == tenant)
+            .expect("tenant")
+            .1
     }
 
     pub fn pid(&self) -> u32 {
@@ -139,12 +156,16 @@ impl Gw {
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.admin)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.admin)).send().await
+                && r.status() == 200
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "gateway not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -178,7 +199,10 @@ impl Gw {
 
     /// SIGTERM and wait for exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -200,8 +224,16 @@ impl Drop for Gw {
 }
 
 fn field(line: &str, prefix: &str) -> Option<String> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(prefix)).map(|s| s.trim_end_matches("/mcp").to_owned())
-        .map(|s| if prefix == "mcp=" { format!("{s}/mcp") } else { s })
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix))
+        .map(|s| s.trim_end_matches("/mcp").to_owned())
+        .map(|s| {
+            if prefix == "mcp=" {
+                format!("{s}/mcp")
+            } else {
+                s
+            }
+        })
 }
 
 /// A legacy-era client session over raw HTTP.
@@ -247,14 +279,27 @@ pub async fn read_answer(r: reqwest::Response) -> Answer {
     } else if body.is_empty() {
         Vec::new()
     } else {
-        vec![serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()))]
+        vec![
+            serde_json::from_slice(&body)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
+        ]
     };
-    Answer { status, headers, messages, sse }
+    Answer {
+        status,
+        headers,
+        messages,
+        sse,
+    }
 }
 
 impl Gw {
     /// POST a body with the standard headers plus `extra`.
-    pub async fn post(&self, key: Option<&str>, extra: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
+    pub async fn post(
+        &self,
+        key: Option<&str>,
+        extra: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
         let mut req = self
             .http
             .post(&self.mcp)
@@ -280,9 +325,21 @@ impl Gw {
             )
             .await;
         assert_eq!(a.status, 200, "initialize: {:?}", a.messages);
-        let session = a.headers.get("mcp-session-id").expect("session id").to_str().expect("ascii").to_owned();
-        let l = Legacy { gw: self, key, session };
-        let n = l.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+        let session = a
+            .headers
+            .get("mcp-session-id")
+            .expect("session id")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let l = Legacy {
+            gw: self,
+            key,
+            session,
+        };
+        let n = l
+            .send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
         assert_eq!(n.status, 202);
         l
     }
@@ -293,8 +350,15 @@ impl Gw {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
         });
-        let name = params.get("name").or_else(|| params.get("uri")).and_then(Value::as_str).map(str::to_owned);
-        let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+        let name = params
+            .get("name")
+            .or_else(|| params.get("uri"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut headers = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
         if let Some(n) = &name {
             headers.push(("mcp-name", n));
         }
@@ -308,18 +372,23 @@ impl Legacy<'_> {
         self.gw
             .post(
                 Some(&self.key),
-                &[("mcp-session-id", &self.session), ("mcp-protocol-version", "2025-11-25")],
+                &[
+                    ("mcp-session-id", &self.session),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
                 msg.to_string(),
             )
             .await
     }
 
     pub async fn request(&self, id: u64, method: &str, params: Value) -> Answer {
-        self.send(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})).await
+        self.send(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
+            .await
     }
 
     pub async fn call(&self, id: u64, tool: &str, args: Value) -> Answer {
-        self.request(id, "tools/call", json!({"name": tool, "arguments": args})).await
+        self.request(id, "tools/call", json!({"name": tool, "arguments": args}))
+            .await
     }
 
     /// Starts a POST and returns the raw response, for streaming reads.
@@ -353,8 +422,14 @@ pub fn testkit_http() -> (Child, String) {
         .spawn()
         .expect("spawn testkit");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-    let url = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
     (child, url)
 }
 
