@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::catalog;
 use crate::gateway::{Gateway, Tenant};
 use crate::pipeline::{self, Addressing, Caller, Forward, complete_modern_result};
-use crate::session::{self, Session};
+use crate::session::{self, Awaiting, Session};
 use crate::upstream::{ListKind, Notice, Upstream};
 
 /// What the transport sends back.
@@ -145,13 +145,15 @@ pub async fn response(caller: &Caller<'_>, resp: Response) {
     let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else {
         return;
     };
-    let Some((upstream, upstream_id)) = session.take_server_request(id) else {
-        tracing::debug!("client answered an unknown server request; dropped");
-        return;
-    };
-    match &resp.outcome {
-        Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
-        Err(error) => upstream.respond(&upstream_id, Err(error)).await,
+    match session.take_server_request(id) {
+        Some(Awaiting::Upstream(upstream, upstream_id)) => match &resp.outcome {
+            Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
+            Err(error) => upstream.respond(&upstream_id, Err(error)).await,
+        },
+        Some(Awaiting::Gateway(tx)) => {
+            let _ = tx.send(resp.outcome);
+        }
+        None => tracing::debug!("client answered an unknown server request; dropped"),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::catalog::Names;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pipeline::Parked;
 use crate::session::Sessions;
 use crate::upstream::Upstream;
 
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub tenants: HashMap<Arc<str>, Tenant>,
     pub sessions: Sessions,
     pub names: Names,
+    /// Calls waiting for a modern client's input (see [`Parked`]).
+    pub parked: Arc<Parked>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway starts draining: long-lived streams end.
     pub draining: CancellationToken,
@@ -102,6 +105,7 @@ impl Gateway {
             tenants,
             sessions,
             names: Names::default(),
+            parked: Arc::new(Parked::default()),
             metrics,
             draining: CancellationToken::new(),
             stopping,

@@ -10,23 +10,27 @@
 //! Authorization, rate limits, bulkheads, breakers and the audit record slot in between 1 and 3,
 //! each in its own module, in that order.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Id, RawObject};
+use rand::RngCore;
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, Target};
 use crate::gateway::{Gateway, Tenant};
 use crate::metrics;
-use crate::session::{self, Session};
+use crate::session::{self, Awaiting, ClientAnswer, Session};
 use crate::upstream::{CallEvent, CallHandle, ListKind, Route, Step, Upstream, UpstreamError};
 
 /// Who is making a call, as dispatch knows them.
 pub struct Caller<'a> {
     pub tenant: &'a Tenant,
+    pub subject: Arc<str>,
     pub era: Era,
     pub session: Option<Arc<Session>>,
 }
@@ -52,7 +56,14 @@ pub enum Out {
     Final(Vec<u8>),
     /// The client cancelled the call: end without a response.
     Cancelled,
+    /// The call needs the client's input and the client speaks the modern era: send `body`
+    /// (an `InputRequiredResult`) as the response and park the call under `state` until the
+    /// client retries with it (see [`Parked`]).
+    Park { body: Vec<u8>, state: String },
 }
+
+/// The prefix of every `requestState` the gateway issues itself.
+pub const PARK_PREFIX: &str = "palisade.";
 
 /// A call in flight. Dropping it before the final message cancels the call upstream.
 pub struct Forward {
@@ -62,12 +73,26 @@ pub struct Forward {
     session: Option<Arc<Session>>,
     cancel: Option<CancellationToken>,
     upstream: Arc<Upstream>,
+    route: Route,
     tenant: Arc<str>,
     metric_name: String,
     uri_prefix: Option<String>,
     method: String,
+    /// The params as sent upstream, to re-issue the call after an `InputRequiredResult`.
+    params: RawObject,
+    /// Upstream requests waiting for a modern client's retry: input key → upstream request id.
+    parked_inputs: Vec<(String, Id)>,
+    /// Messages to give the client before anything else.
+    outbox: VecDeque<Vec<u8>>,
+    /// Answers a legacy client owes for a modern upstream's `InputRequiredResult`.
+    collecting: Option<Collecting>,
     started: Instant,
     done: bool,
+}
+
+struct Collecting {
+    answers: Vec<(String, oneshot::Receiver<ClientAnswer>)>,
+    request_state: Option<Box<RawValue>>,
 }
 
 /// Forwards one request to the upstream that owns its target. Errors come back as the
@@ -85,6 +110,12 @@ pub async fn forward(
         Some(p) => RawObject::parse(p.get()).ok_or_else(|| invalid("params must be an object"))?,
         None => RawObject::default(),
     };
+    if let Some(state) = params
+        .get_str("requestState")
+        .filter(|s| s.starts_with(PARK_PREFIX))
+    {
+        return gw.parked.resume(caller, id, &state, &params).await;
+    }
 
     // 1. Resolve the target.
     let tenant = caller.tenant;
@@ -172,7 +203,7 @@ pub async fn forward(
         session: caller.session.as_ref().map(|s| s.id.clone()),
     };
     let started = Instant::now();
-    let handle = match upstream.call(method, Some(params), route).await {
+    let handle = match upstream.call(method, Some(params.clone()), route).await {
         Ok(h) => h,
         Err(e) => {
             gw.metrics.call(
@@ -186,6 +217,10 @@ pub async fn forward(
         }
     };
     let cancel = caller.session.as_ref().map(|s| s.track_call(id));
+    let route = Route::Client {
+        tenant: tenant.id.clone(),
+        session: caller.session.as_ref().map(|s| s.id.clone()),
+    };
     let uri_prefix = (addressing == Addressing::Resource && tenant.namespacing)
         .then(|| format!("{}+", upstream.name));
     Ok(Forward {
@@ -195,10 +230,15 @@ pub async fn forward(
         session: caller.session.clone(),
         cancel,
         upstream,
+        route,
         tenant: tenant.id.clone(),
         metric_name,
         uri_prefix,
         method: method.to_owned(),
+        params,
+        parked_inputs: Vec::new(),
+        outbox: VecDeque::new(),
+        collecting: None,
         started,
         done: false,
     })
@@ -235,6 +275,15 @@ impl Forward {
             return None;
         }
         loop {
+            if let Some(m) = self.outbox.pop_front() {
+                return Some(Out::Message(m));
+            }
+            if let Some(collecting) = self.collecting.take() {
+                if let Err(bytes) = self.reissue_with_answers(collecting).await {
+                    self.done = true;
+                    return Some(Out::Final(bytes));
+                }
+            }
             let step = match &self.cancel {
                 Some(token) => tokio::select! {
                     step = self.handle.next() => step,
@@ -260,28 +309,28 @@ impl Forward {
                     upstream_id,
                     method,
                     params,
-                }) => {
-                    match (&self.session, self.era) {
-                        (Some(session), Era::Legacy) => {
-                            let id =
-                                session.register_server_request(self.upstream.clone(), upstream_id);
-                            return Some(Out::Message(jsonrpc::request(
-                                &id,
-                                &method,
-                                params.as_ref().map(|p| p.get()),
-                            )));
-                        }
-                        _ => {
-                            // Modern clients take no server→client requests on this path.
-                            let err = jsonrpc::error_object(
-                                ErrorCode::METHOD_NOT_FOUND,
-                                "this client cannot receive server requests through the gateway",
-                                None,
-                            );
-                            if let Ok(raw) = RawValue::from_string(err) {
-                                self.upstream.respond(&upstream_id, Err(&raw)).await;
-                            }
-                        }
+                }) => match (&self.session, self.era) {
+                    (Some(session), Era::Legacy) => {
+                        let id = session.register_server_request(Awaiting::Upstream(
+                            self.upstream.clone(),
+                            upstream_id,
+                        ));
+                        return Some(Out::Message(jsonrpc::request(
+                            &id,
+                            &method,
+                            params.as_ref().map(|p| p.get()),
+                        )));
+                    }
+                    _ => return Some(self.park(upstream_id, &method, params.as_deref())),
+                },
+                Step::Done(Ok(Ok(result)))
+                    if self.era == Era::Legacy
+                        && self.session.is_some()
+                        && is_input_required(&result) =>
+                {
+                    if let Err(bytes) = self.ask_legacy_client(&result) {
+                        self.done = true;
+                        return Some(Out::Final(bytes));
                     }
                 }
                 Step::Done(outcome) => {
@@ -290,6 +339,111 @@ impl Forward {
                 }
             }
         }
+    }
+
+    /// Modern client, upstream asks for input mid-call: answer with an `InputRequiredResult`
+    /// whose `requestState` names this call, which the transport then parks.
+    fn park(&mut self, upstream_id: Id, method: &str, params: Option<&RawValue>) -> Out {
+        let key = format!("palisade-{}", self.parked_inputs.len() + 1);
+        self.parked_inputs.push((key.clone(), upstream_id));
+        let mut token = [0u8; 32];
+        rand::rng().fill_bytes(&mut token);
+        let state = format!("{PARK_PREFIX}{}", hex::encode(token));
+        let request = match params {
+            Some(p) => format!(r#"{{"method":{},"params":{}}}"#, json_str(method), p.get()),
+            None => format!(r#"{{"method":{}}}"#, json_str(method)),
+        };
+        let body = format!(
+            r#"{{"resultType":"input_required","inputRequests":{{{}:{request}}},"requestState":{}}}"#,
+            json_str(&key),
+            json_str(&state)
+        );
+        Out::Park {
+            body: jsonrpc::result(&self.client_id, &body),
+            state,
+        }
+    }
+
+    /// Legacy client, modern upstream answered `input_required`: ask the client each input
+    /// request as a server→client request on this call's stream, and collect the answers.
+    fn ask_legacy_client(&mut self, result: &RawValue) -> Result<(), Vec<u8>> {
+        let fail =
+            |msg: &str| jsonrpc::error(Some(&self.client_id), ErrorCode::INTERNAL_ERROR, msg, None);
+        let obj = RawObject::parse(result.get())
+            .ok_or_else(|| fail("malformed input_required result from upstream"))?;
+        let requests = obj.get_object("inputRequests").unwrap_or_default();
+        let Some(session) = &self.session else {
+            return Err(fail("no session to ask"));
+        };
+        let mut answers = Vec::new();
+        for key in requests.keys() {
+            let Some(req) = requests.get_object(key) else {
+                continue;
+            };
+            let Some(method) = req.get_str("method") else {
+                continue;
+            };
+            let (tx, rx) = oneshot::channel();
+            let id = session.register_server_request(Awaiting::Gateway(tx));
+            self.outbox.push_back(jsonrpc::request(
+                &id,
+                &method,
+                req.get("params").map(RawValue::get),
+            ));
+            answers.push((key.to_owned(), rx));
+        }
+        self.collecting = Some(Collecting {
+            answers,
+            request_state: obj.get("requestState").map(ToOwned::to_owned),
+        });
+        Ok(())
+    }
+
+    /// Waits for the legacy client's answers, then re-issues the call upstream with them.
+    async fn reissue_with_answers(&mut self, collecting: Collecting) -> Result<(), Vec<u8>> {
+        let timeout = self.timeout();
+        let mut responses = RawObject::default();
+        for (key, rx) in collecting.answers {
+            let answer = tokio::time::timeout(timeout, rx).await;
+            match answer {
+                Ok(Ok(Ok(result))) => responses.set_raw(&key, result),
+                Ok(Ok(Err(error))) => {
+                    return Err(jsonrpc::error_raw(Some(&self.client_id), error.get()));
+                }
+                _ => {
+                    return Err(jsonrpc::error(
+                        Some(&self.client_id),
+                        ErrorCode::INTERNAL_ERROR,
+                        "the client did not answer the upstream's input request in time",
+                        None,
+                    ));
+                }
+            }
+        }
+        let mut params = self.params.clone();
+        params.set_object("inputResponses", &responses);
+        match collecting.request_state {
+            Some(state) => params.set_raw("requestState", state),
+            None => {
+                params.remove("requestState");
+            }
+        }
+        match self
+            .upstream
+            .call(&self.method, Some(params), self.route.clone())
+            .await
+        {
+            Ok(handle) => {
+                self.handle = handle;
+                Ok(())
+            }
+            Err(e) => Err(upstream_error(&self.client_id, &e)),
+        }
+    }
+
+    /// How long the call may take upstream, which is also how long it may stay parked.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.config.call_timeout_ms)
     }
 
     fn below_log_level(&self, params: Option<&RawValue>) -> bool {
@@ -416,5 +570,103 @@ impl Drop for Forward {
         if let Some(session) = &self.session {
             session.untrack_call(&self.client_id);
         }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn is_input_required(result: &RawValue) -> bool {
+    // Cheap pre-check before parsing: most results are not.
+    result.get().contains("input_required")
+        && RawObject::parse(result.get())
+            .and_then(|o| o.get_str("resultType"))
+            .as_deref()
+            == Some("input_required")
+}
+
+/// Calls waiting for a modern client to retry with the input an upstream asked for.
+///
+/// The `requestState` the client gets is 256 random bits; a parked call is resumed only by a
+/// retry from the same tenant and subject, and is dropped (cancelling it upstream) when the
+/// client does not come back in time.
+#[derive(Default)]
+pub struct Parked {
+    calls: Mutex<HashMap<String, ParkedCall>>,
+}
+
+struct ParkedCall {
+    fwd: Forward,
+    tenant: Arc<str>,
+    subject: Arc<str>,
+}
+
+impl Parked {
+    /// Parks a call; it is dropped after `ttl` unless resumed.
+    pub fn park(self: &Arc<Self>, state: String, fwd: Forward, subject: Arc<str>, ttl: Duration) {
+        let tenant = fwd.tenant.clone();
+        self.lock().insert(
+            state.clone(),
+            ParkedCall {
+                fwd,
+                tenant,
+                subject,
+            },
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            me.lock().remove(&state);
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ParkedCall>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resumes a parked call with the client's `inputResponses`.
+    async fn resume(
+        &self,
+        caller: &Caller<'_>,
+        id: &Id,
+        state: &str,
+        params: &RawObject,
+    ) -> Result<Forward, Vec<u8>> {
+        let parked = {
+            let mut calls = self.lock();
+            match calls.get(state) {
+                Some(p) if p.tenant == caller.tenant.id && p.subject == caller.subject => {
+                    calls.remove(state)
+                }
+                _ => None,
+            }
+        };
+        let Some(ParkedCall { mut fwd, .. }) = parked else {
+            return Err(jsonrpc::error(
+                Some(id),
+                ErrorCode::INVALID_PARAMS,
+                "requestState is unknown or expired: send the request again without it",
+                None,
+            ));
+        };
+        let responses = params.get_object("inputResponses").unwrap_or_default();
+        for (key, upstream_id) in std::mem::take(&mut fwd.parked_inputs) {
+            match responses.get(&key) {
+                Some(answer) => fwd.upstream.respond(&upstream_id, Ok(answer)).await,
+                None => {
+                    let err = jsonrpc::error_object(
+                        ErrorCode::INVALID_PARAMS,
+                        "the client gave no answer to this request",
+                        None,
+                    );
+                    if let Ok(raw) = RawValue::from_string(err) {
+                        fwd.upstream.respond(&upstream_id, Err(&raw)).await;
+                    }
+                }
+            }
+        }
+        fwd.client_id = id.clone();
+        Ok(fwd)
     }
 }

@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use mcp_wire::Id;
 use rand::RngCore;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
+
+/// Who waits for the client's answer to a server→client request.
+pub enum Awaiting {
+    /// An upstream asked; the answer goes back to it under its own id.
+    Upstream(Arc<Upstream>, Id),
+    /// The gateway asked on behalf of a modern upstream's `InputRequiredResult`.
+    Gateway(oneshot::Sender<ClientAnswer>),
+}
+
+/// A client's result or error object.
+pub type ClientAnswer = Result<Box<serde_json::value::RawValue>, Box<serde_json::value::RawValue>>;
 
 /// Both ends of a session's GET stream: the sender feeds it, the receiver is served.
 pub type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
@@ -33,7 +44,7 @@ pub struct Session {
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub log_level: AtomicU64,
     pub subscriptions: Mutex<HashSet<String>>,
-    server_requests: Mutex<HashMap<String, (Arc<Upstream>, Id)>>,
+    server_requests: Mutex<HashMap<String, Awaiting>>,
     next_server_request: AtomicU64,
     inflight: Mutex<HashMap<String, CancellationToken>>,
     stream: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
@@ -46,15 +57,15 @@ impl Session {
     }
 
     /// Registers a server→client request and returns the id the client sees.
-    pub fn register_server_request(&self, upstream: Arc<Upstream>, upstream_id: Id) -> Id {
+    pub fn register_server_request(&self, awaiting: Awaiting) -> Id {
         let n = self.next_server_request.fetch_add(1, Ordering::Relaxed);
         let id = Id::number(n);
-        lock(&self.server_requests).insert(id.as_json().to_owned(), (upstream, upstream_id));
+        lock(&self.server_requests).insert(id.as_json().to_owned(), awaiting);
         id
     }
 
     /// Takes the server request a client response answers.
-    pub fn take_server_request(&self, client_id: &Id) -> Option<(Arc<Upstream>, Id)> {
+    pub fn take_server_request(&self, client_id: &Id) -> Option<Awaiting> {
         lock(&self.server_requests).remove(client_id.as_json())
     }
 

@@ -217,19 +217,14 @@ async fn progress_and_logs_reach_the_caller_with_its_own_token() {
     );
 }
 
-#[tokio::test]
-async fn sampling_request_goes_to_the_calling_session_and_back() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
-    let s = gw.legacy("acme").await;
-    let resp = s.start(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"2+2?"}}})).await;
+/// Runs a legacy call whose response streams server→client requests, answering each with
+/// `reply(request)`, and returns the final response.
+async fn call_answering(
+    s: &Legacy<'_>,
+    call: Value,
+    reply: impl Fn(&Value) -> Value,
+) -> (Vec<String>, Value) {
+    let resp = s.start(call).await;
     assert!(
         resp.headers()["content-type"]
             .to_str()
@@ -238,7 +233,7 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
     );
     let mut body = resp.bytes_stream();
     let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
-    let mut answered = false;
+    let mut asked = Vec::new();
     let mut final_msg = Value::Null;
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
         .await
@@ -247,18 +242,111 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
         decoder.push(&chunk.unwrap());
         while let Some(ev) = decoder.next_event().unwrap() {
             let msg: Value = serde_json::from_str(&ev.data).unwrap();
-            if msg["method"] == "sampling/createMessage" {
-                assert!(msg["id"].is_number() || msg["id"].is_string());
-                let reply = json!({"jsonrpc":"2.0","id":msg["id"],"result":{"role":"assistant","content":{"type":"text","text":"four"},"model":"test-model","stopReason":"endTurn"}});
-                assert_eq!(s.send(reply).await.status, 202);
-                answered = true;
-            } else if msg.get("id") == Some(&json!(1)) {
+            if msg.get("method").is_some() && msg.get("id").is_some() {
+                asked.push(msg["method"].as_str().unwrap().to_owned());
+                let answer = json!({"jsonrpc":"2.0","id":msg["id"],"result":reply(&msg)});
+                assert_eq!(s.send(answer).await.status, 202);
+            } else if msg.get("result").is_some() || msg.get("error").is_some() {
                 final_msg = msg;
             }
         }
     }
-    assert!(answered, "the sampling request reached the client");
-    assert!(text(&final_msg).contains("four"), "{final_msg}");
+    (asked, final_msg)
+}
+
+fn sampling_reply(_: &Value) -> Value {
+    json!({"role":"assistant","content":{"type":"text","text":"four"},"model":"test-model","stopReason":"endTurn"})
+}
+
+#[tokio::test]
+async fn sampling_request_goes_to_the_calling_session_and_back() {
+    // Upstream of either era: a legacy upstream sends sampling/createMessage mid-call; a modern
+    // one answers input_required, which the gateway turns into the same request for this client.
+    for protocol in ["legacy", "modern"] {
+        let gw = Gw::start(
+            &stdio_server("kit", &format!("protocol = \"{protocol}\"")),
+            &[TenantSpec {
+                id: "acme",
+                servers: &["kit"],
+                namespacing: true,
+            }],
+        );
+        gw.ready().await;
+        let s = gw.legacy("acme").await;
+        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"2+2?"}}});
+        let (asked, final_msg) = call_answering(&s, call, sampling_reply).await;
+        assert_eq!(asked, ["sampling/createMessage"], "{protocol} upstream");
+        assert_eq!(final_msg["id"], 1);
+        assert!(
+            text(&final_msg).contains("four"),
+            "{protocol} upstream: {final_msg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn modern_client_answers_input_requests_of_either_era_upstream() {
+    for protocol in ["legacy", "modern"] {
+        let gw = Gw::start(
+            &stdio_server("kit", &format!("protocol = \"{protocol}\"")),
+            &[
+                TenantSpec {
+                    id: "acme",
+                    servers: &["kit"],
+                    namespacing: true,
+                },
+                TenantSpec {
+                    id: "globex",
+                    servers: &["kit"],
+                    namespacing: true,
+                },
+            ],
+        );
+        gw.ready().await;
+        let first = gw
+            .modern(
+                "acme",
+                1,
+                "tools/call",
+                json!({"name": "kit__sampling", "arguments": {"prompt": "2+2?"}}),
+            )
+            .await;
+        let r = &first.response()["result"];
+        assert_eq!(
+            r["resultType"], "input_required",
+            "{protocol}: {:?}",
+            first.messages
+        );
+        let (key, request) = r["inputRequests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap();
+        assert_eq!(request["method"], "sampling/createMessage");
+        let state = r["requestState"].as_str().unwrap();
+
+        if protocol == "legacy" {
+            // The gateway's own state: another tenant cannot resume it.
+            let stolen = gw
+                .modern("globex", 2, "tools/call", json!({"name": "kit__sampling", "arguments": {"prompt": "2+2?"}, "requestState": state, "inputResponses": {key: sampling_reply(&Value::Null)}}))
+                .await;
+            assert_eq!(
+                stolen.response()["error"]["code"],
+                -32602,
+                "{:?}",
+                stolen.messages
+            );
+        }
+
+        let retry = gw
+            .modern("acme", 3, "tools/call", json!({"name": "kit__sampling", "arguments": {"prompt": "2+2?"}, "requestState": state, "inputResponses": {key: sampling_reply(&Value::Null)}}))
+            .await;
+        let r = retry.response();
+        assert_eq!(r["id"], 3);
+        assert_eq!(r["result"]["resultType"], "complete", "{protocol}: {r}");
+        assert!(text(r).contains("four"), "{protocol}: {r}");
+    }
 }
 
 #[tokio::test]

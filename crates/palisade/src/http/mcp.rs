@@ -85,6 +85,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         }
         let caller = Caller {
             tenant,
+            subject: principal.subject.clone(),
             era,
             session: None,
         };
@@ -102,6 +103,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     };
     let caller = Caller {
         tenant,
+        subject: principal.subject.clone(),
         era,
         session,
     };
@@ -139,29 +141,43 @@ async fn respond(
             }
             r
         }
-        Reply::Call(fwd) => call_response(fwd).await,
+        Reply::Call(fwd) => call_response(gw, caller.subject.clone(), fwd).await,
         Reply::Stream(rx) => sse_response(gw, rx, None),
     }
 }
 
 /// JSON if the first thing the upstream sends is the response; otherwise SSE.
-async fn call_response(mut fwd: Forward) -> Response {
+async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -> Response {
     match fwd.next().await {
         Some(Out::Final(body)) => json(StatusCode::OK, body),
+        Some(Out::Park { body, state }) => {
+            park(gw, state, fwd, subject);
+            json(StatusCode::OK, body)
+        }
         Some(Out::Message(first)) => {
             // Calls in flight are not cut off by draining: shutdown gives them the grace period.
+            let gw = gw.clone();
             let stream = futures_util::stream::unfold(
-                (Some(first), fwd),
-                move |(first, mut fwd)| async move {
-                    if let Some(m) = first {
-                        return Some((event(&m), (None, fwd)));
-                    }
-                    tokio::select! {
-                        out = fwd.next() => match out {
-                            Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, fwd))),
-                            Some(Out::Cancelled) | None => None,
-                        },
-                        _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, fwd))),
+                (Some(first), Some(fwd)),
+                move |(first, fwd)| {
+                    let gw = gw.clone();
+                    let subject = subject.clone();
+                    async move {
+                        let mut fwd = fwd?;
+                        if let Some(m) = first {
+                            return Some((event(&m), (None, Some(fwd))));
+                        }
+                        tokio::select! {
+                            out = fwd.next() => match out {
+                                Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, Some(fwd)))),
+                                Some(Out::Park { body, state }) => {
+                                    park(&gw, state, fwd, subject);
+                                    Some((event(&body), (None, None)))
+                                }
+                                Some(Out::Cancelled) | None => None,
+                            },
+                            _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, Some(fwd)))),
+                        }
                     }
                 },
             );
@@ -169,6 +185,11 @@ async fn call_response(mut fwd: Forward) -> Response {
         }
         Some(Out::Cancelled) | None => StatusCode::ACCEPTED.into_response(),
     }
+}
+
+fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) {
+    let ttl = fwd.timeout();
+    gw.parked.park(state, fwd, subject, ttl);
 }
 
 fn event(message: &[u8]) -> Bytes {

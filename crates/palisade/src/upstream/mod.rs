@@ -890,7 +890,9 @@ fn prepare_params(
     let mut params = params.unwrap_or_default();
     let mut meta_obj = params.get_object("_meta");
     let mut client_token = None;
+    let mut client_caps = None;
     if let Some(m) = meta_obj.as_mut() {
+        client_caps = m.remove(meta::CLIENT_CAPABILITIES);
         client_token = m.remove(meta::PROGRESS_TOKEN);
         if client_token.is_some()
             && let Ok(raw) = RawValue::from_string(id.to_string())
@@ -902,7 +904,11 @@ fn prepare_params(
     if era == Era::Modern {
         let m = meta_obj.get_or_insert_with(RawObject::default);
         m.set_str(meta::PROTOCOL_VERSION, version);
-        if let Ok(caps) = RawValue::from_string(handshake::CLIENT_CAPABILITIES.to_owned()) {
+        // A modern client's own capabilities tell the upstream what it may ask for; for a
+        // legacy client the gateway bridges input requests itself, so it offers its own.
+        let caps = client_caps
+            .or_else(|| RawValue::from_string(handshake::CLIENT_CAPABILITIES.to_owned()).ok());
+        if let Some(caps) = caps {
             m.set_raw(meta::CLIENT_CAPABILITIES, caps);
         }
         if let Ok(info) = RawValue::from_string(handshake::client_info()) {

@@ -344,11 +344,12 @@ impl Gw {
         l
     }
 
-    /// A modern-era (2026-07-28) request with correct `_meta` and headers.
+    /// A modern-era (2026-07-28) request with correct `_meta` and headers, from a client that
+    /// can answer sampling and elicitation requests.
     pub async fn modern(&self, tenant: &str, id: u64, method: &str, mut params: Value) -> Answer {
         params["_meta"] = json!({
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "elicitation": {}},
         });
         let name = params
             .get("name")
