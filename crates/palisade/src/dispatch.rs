@@ -31,7 +31,7 @@ pub enum Reply {
     /// A notification or response was taken (HTTP 202).
     Accepted,
     /// A forwarded call: relay its messages, then its response.
-    Call(Forward),
+    Call(Box<Forward>),
     /// A long-lived stream of notifications (`subscriptions/listen`).
     Stream(mpsc::Receiver<Vec<u8>>),
     /// An error the modern era puts in the HTTP status as well.
@@ -50,7 +50,7 @@ pub async fn request(
     let method = req.method.as_str();
     let forward = |addressing| async move {
         match pipeline::forward(gw, caller, id, method, params, addressing).await {
-            Ok(fwd) => Reply::Call(fwd),
+            Ok(fwd) => Reply::Call(Box::new(fwd)),
             Err(error) => Reply::Message(error),
         }
     };

@@ -278,11 +278,11 @@ impl Forward {
             if let Some(m) = self.outbox.pop_front() {
                 return Some(Out::Message(m));
             }
-            if let Some(collecting) = self.collecting.take() {
-                if let Err(bytes) = self.reissue_with_answers(collecting).await {
-                    self.done = true;
-                    return Some(Out::Final(bytes));
-                }
+            if let Some(collecting) = self.collecting.take()
+                && let Err(bytes) = self.reissue_with_answers(collecting).await
+            {
+                self.done = true;
+                return Some(Out::Final(bytes));
             }
             let step = match &self.cancel {
                 Some(token) => tokio::select! {

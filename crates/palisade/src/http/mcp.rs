@@ -141,7 +141,7 @@ async fn respond(
             }
             r
         }
-        Reply::Call(fwd) => call_response(gw, caller.subject.clone(), fwd).await,
+        Reply::Call(fwd) => call_response(gw, caller.subject.clone(), *fwd).await,
         Reply::Stream(rx) => sse_response(gw, rx, None),
     }
 }
