@@ -190,3 +190,41 @@ async fn shutdown_stops_every_upstream_process() {
         assert!(!alive(pid), "child {pid} outlived the gateway");
     }
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish() {
+    let mut gw = kit("");
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    // A JSON answer's headers only come with the result, so the call runs in its own task
+    // and is surely mid-call when the signal arrives.
+    let http = gw.http.clone();
+    let (mcp, key, session) = (gw.mcp.clone(), s.key.clone(), s.session.clone());
+    let in_flight = tokio::spawn(async move {
+        let r = http
+            .post(&mcp)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .header("mcp-session-id", session)
+            .body(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kit__slow","arguments":{"ms":1500}}}).to_string())
+            .send()
+            .await
+            .expect("in-flight request");
+        read_answer(r).await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = gw.terminate();
+        (code, gw)
+    });
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        text(answer.response()),
+        "slept",
+        "the call in flight finished: {:?}",
+        answer.messages
+    );
+    let (code, gw) = exit.await.unwrap();
+    assert_eq!(code, Some(0), "log:\n{}", gw.log());
+}
