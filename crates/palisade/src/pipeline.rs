@@ -300,6 +300,15 @@ impl Forward {
                     {
                         continue;
                     }
+                    let params = if method == "notifications/cancelled" {
+                        // The upstream withdrew one of its requests: name it by the client's id.
+                        match self.client_view_of_cancel(params.as_deref()) {
+                            Some(p) => Some(p),
+                            None => continue,
+                        }
+                    } else {
+                        params
+                    };
                     return Some(Out::Message(jsonrpc::notification(
                         &method,
                         params.as_ref().map(|p| p.get()),
@@ -439,6 +448,20 @@ impl Forward {
             }
             Err(e) => Err(upstream_error(&self.client_id, &e)),
         }
+    }
+
+    fn client_view_of_cancel(&self, params: Option<&RawValue>) -> Option<Box<RawValue>> {
+        let mut obj = RawObject::parse(params?.get())?;
+        let upstream_id = Id::from_raw(obj.get("requestId")?)?;
+        let client_id = self
+            .session
+            .as_ref()?
+            .forget_server_request(&self.upstream, &upstream_id)?;
+        obj.set_raw(
+            "requestId",
+            RawValue::from_string(client_id.as_json().to_owned()).ok()?,
+        );
+        Some(obj.to_raw())
     }
 
     /// How long the call may take upstream, which is also how long it may stay parked.

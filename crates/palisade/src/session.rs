@@ -69,6 +69,22 @@ impl Session {
         lock(&self.server_requests).remove(client_id.as_json())
     }
 
+    /// The client-facing id of a pending request an upstream sent, forgetting it (the upstream
+    /// cancelled it).
+    pub fn forget_server_request(&self, upstream: &Arc<Upstream>, upstream_id: &Id) -> Option<Id> {
+        let mut map = lock(&self.server_requests);
+        let key = map.iter().find_map(|(k, a)| match a {
+            Awaiting::Upstream(u, uid) if Arc::ptr_eq(u, upstream) && uid == upstream_id => {
+                Some(k.clone())
+            }
+            _ => None,
+        })?;
+        map.remove(&key);
+        serde_json::value::RawValue::from_string(key)
+            .ok()
+            .and_then(|raw| Id::from_raw(&raw))
+    }
+
     /// Tracks a call in flight so `notifications/cancelled` can end it.
     pub fn track_call(&self, client_id: &Id) -> CancellationToken {
         let token = CancellationToken::new();

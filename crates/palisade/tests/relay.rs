@@ -542,3 +542,64 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn http_upstream_in_either_era() {
+    for protocol in ["legacy", "modern"] {
+        let (web, url) = testkit_http();
+        let _web = Reap(web);
+        let server = http_server("web", &url).replace(
+            "[servers.http]",
+            &format!("protocol = \"{protocol}\"\n[servers.http]"),
+        );
+        let gw = Gw::start(
+            &server,
+            &[TenantSpec {
+                id: "acme",
+                servers: &["web"],
+                namespacing: true,
+            }],
+        );
+        gw.ready().await;
+        assert!(
+            gw.log().contains(if protocol == "modern" {
+                "Modern"
+            } else {
+                "Legacy"
+            }),
+            "handshake era"
+        );
+        let s = gw.legacy("acme").await;
+        assert_eq!(
+            text(
+                s.call(1, "web__echo", json!({"message": "over http"}))
+                    .await
+                    .response()
+            ),
+            "over http"
+        );
+        // Progress arrives on the upstream's SSE response and is relayed to this call.
+        let a = s.request(2, "tools/call", json!({"name": "web__progress", "arguments": {"steps": 2}, "_meta": {"progressToken": 99}})).await;
+        let progress: Vec<&Value> = a
+            .messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .collect();
+        assert_eq!(progress.len(), 2, "{protocol}: {:?}", a.messages);
+        assert_eq!(progress[0]["params"]["progressToken"], 99);
+        let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"web__sampling","arguments":{"prompt":"q"}}});
+        let (asked, final_msg) = call_answering(&s, call, sampling_reply).await;
+        assert_eq!(asked, ["sampling/createMessage"], "{protocol}");
+        assert!(text(&final_msg).contains("four"), "{protocol}: {final_msg}");
+        // Modern client, same upstream.
+        let m = gw
+            .modern(
+                "acme",
+                4,
+                "tools/call",
+                json!({"name": "web__echo", "arguments": {"message": "m"}}),
+            )
+            .await;
+        assert_eq!(text(m.response()), "m", "{protocol}: {:?}", m.messages);
+    }
+}

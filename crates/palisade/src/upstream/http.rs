@@ -188,30 +188,48 @@ enum ListenEnd {
 impl Inner {
     fn request_headers(&self, link: &Link, bytes: &[u8]) -> HeaderMap {
         let mut h = self.headers.clone();
-        let info = link.info();
-        if (link.info.get().is_some() || info.era == Era::Modern)
-            && let Ok(v) = HeaderValue::try_from(info.protocol_version.as_str())
-        {
-            h.insert(header::PROTOCOL_VERSION, v);
-        }
         if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
             h.insert(header::SESSION_ID, s);
         }
-        if info.era == Era::Modern
-            && let Ok(Message::Request(req)) = Message::parse(bytes)
+        let handshake_done = link.info.get().is_some();
+        let era = link.info().era;
+        // Modern requests repeat their method and name in headers; the handshake's
+        // `server/discover` is modern before the link knows its era.
+        let request = if era == Era::Modern || !handshake_done {
+            match Message::parse(bytes) {
+                Ok(Message::Request(req)) => Some(req),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let modern = era == Era::Modern && handshake_done
+            || request
+                .as_ref()
+                .is_some_and(|r| r.method == "server/discover");
+        if modern {
+            h.insert(
+                header::PROTOCOL_VERSION,
+                HeaderValue::from_static(mcp_wire::era::MODERN),
+            );
+            if let Some(req) = &request {
+                if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
+                    h.insert(header::METHOD, v);
+                }
+                let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
+                    req.params
+                        .as_ref()
+                        .and_then(|p| RawObject::parse(p.get()))
+                        .and_then(|o| o.get_str(field))
+                });
+                if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
+                    h.insert(header::NAME, v);
+                }
+            }
+        } else if handshake_done
+            && let Ok(v) = HeaderValue::try_from(link.info().protocol_version.as_str())
         {
-            if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
-                h.insert(header::METHOD, v);
-            }
-            let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
-                req.params
-                    .as_ref()
-                    .and_then(|p| RawObject::parse(p.get()))
-                    .and_then(|o| o.get_str(field))
-            });
-            if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
-                h.insert(header::NAME, v);
-            }
+            h.insert(header::PROTOCOL_VERSION, v);
         }
         h
     }
