@@ -139,10 +139,16 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
         let items = match result {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
+                upstream
+                    .metrics()
+                    .list_skipped(&upstream.name, kind.label());
                 tracing::warn!(server = %upstream.name, list = kind.method(), error = %e, "list skipped");
                 continue;
             }
             Err(_) => {
+                upstream
+                    .metrics()
+                    .list_skipped(&upstream.name, kind.label());
                 tracing::warn!(server = %upstream.name, list = kind.method(), "list skipped: upstream too slow");
                 continue;
             }

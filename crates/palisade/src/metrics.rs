@@ -83,6 +83,13 @@ pub struct Metrics {
     restarts: Family<ServerLabels, Counter>,
     up: Family<ServerLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
+    list_failures: Family<ListLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabels {
+    server: String,
+    list: &'static str,
 }
 
 impl Default for Metrics {
@@ -143,8 +150,15 @@ impl Metrics {
             "Requests refused at the front door, by reason",
             rejections.clone(),
         );
+        let list_failures = Family::<ListLabels, Counter>::default();
+        registry.register(
+            "catalog_upstream_skipped",
+            "List fan-outs served without an upstream that failed or was too slow",
+            list_failures.clone(),
+        );
         Metrics {
             registry,
+            list_failures,
             call_seconds,
             calls,
             upstream_seconds,
@@ -219,6 +233,15 @@ impl Metrics {
     pub fn rejected(&self, reason: &'static str) {
         self.rejections
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn list_skipped(&self, server: &str, list: &'static str) {
+        self.list_failures
+            .get_or_create(&ListLabels {
+                server: server.to_owned(),
+                list,
+            })
             .inc();
     }
 

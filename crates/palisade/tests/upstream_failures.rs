@@ -147,6 +147,11 @@ async fn one_upstream_down_does_not_fail_the_list() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert!(names.contains(&"kit__echo"), "{names:?}");
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"palisade_catalog_upstream_skipped_total{server="gone",list="tools"} 1"#)
+    );
     let a = s.call(2, "gone__echo", json!({"message": "x"})).await;
     let msg = error_message(&a);
     assert!(
