@@ -158,15 +158,7 @@ async fn lists_merge_and_calls_route_across_stdio_and_http() {
 
 #[tokio::test]
 async fn progress_and_logs_reach_the_caller_with_its_own_token() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     let a = s
         .request(1, "tools/call", json!({"name": "kit__progress", "arguments": {"steps": 3}, "_meta": {"progressToken": "my-token"}}))
@@ -263,15 +255,7 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
     // Upstream of either era: a legacy upstream sends sampling/createMessage mid-call; a modern
     // one answers input_required, which the gateway turns into the same request for this client.
     for protocol in ["legacy", "modern"] {
-        let gw = Gw::start(
-            &stdio_server("kit", &format!("protocol = \"{protocol}\"")),
-            &[TenantSpec {
-                id: "acme",
-                servers: &["kit"],
-                namespacing: true,
-            }],
-        );
-        gw.ready().await;
+        let gw = acme_on_kit(&stdio_server("kit", &format!("protocol = \"{protocol}\""))).await;
         let s = gw.legacy("acme").await;
         let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"2+2?"}}});
         let (asked, final_msg) = call_answering(&s, call, sampling_reply).await;
@@ -351,15 +335,7 @@ async fn modern_client_answers_input_requests_of_either_era_upstream() {
 
 #[tokio::test]
 async fn modern_client_against_legacy_upstream() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = one_kit("").await;
     let list = gw.modern("acme", 1, "tools/list", json!({})).await;
     assert_eq!(list.status, 200);
     let r = &list.response()["result"];
@@ -399,15 +375,7 @@ async fn modern_client_against_legacy_upstream() {
 
 #[tokio::test]
 async fn list_changed_invalidates_the_cache_and_reaches_listeners() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     let before = names(
         s.request(1, "tools/list", json!({})).await.response(),
@@ -488,15 +456,7 @@ async fn first_messages(resp: reqwest::Response, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     // The client gives up on a slow call: its HTTP request goes away mid-call.
     let call = s.call(1, "kit__slow", json!({"ms": 30_000}));

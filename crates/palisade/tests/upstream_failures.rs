@@ -9,17 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn kit(extra: &str) -> Gw {
-    Gw::start(
-        &stdio_server("kit", extra),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    )
-}
-
 fn error_message(a: &Answer) -> String {
     a.response()["error"]["message"]
         .as_str()
@@ -29,8 +18,7 @@ fn error_message(a: &Answer) -> String {
 
 #[tokio::test]
 async fn crash_mid_call_fails_that_call_and_the_next_one_works() {
-    let gw = kit("");
-    gw.ready().await;
+    let gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__crash", json!({})).await;
     assert_eq!(a.response()["error"]["code"], -32001, "{:?}", a.messages);
@@ -49,8 +37,7 @@ async fn crash_mid_call_fails_that_call_and_the_next_one_works() {
 
 #[tokio::test]
 async fn garbage_on_stdout_kills_and_restarts_the_child() {
-    let gw = kit("");
-    gw.ready().await;
+    let gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__garbage", json!({})).await;
     let msg = error_message(&a);
@@ -72,15 +59,7 @@ async fn garbage_on_stdout_kills_and_restarts_the_child() {
 #[tokio::test]
 async fn an_endless_line_is_cut_off_at_the_limit() {
     let servers = format!("{}max_line_bytes = 65536\n", stdio_server("kit", ""));
-    let gw = Gw::start(
-        &servers,
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = acme_on_kit(&servers).await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__endless_line", json!({})).await;
     let msg = error_message(&a);
@@ -97,15 +76,7 @@ async fn an_endless_line_is_cut_off_at_the_limit() {
 
 #[tokio::test]
 async fn a_hung_call_times_out_and_is_cancelled_upstream() {
-    let gw = Gw::start(
-        &stdio_server("kit", "call_timeout_ms = 300"),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
+    let gw = one_kit("call_timeout_ms = 300").await;
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__slow", json!({"ms": 20_000})).await;
     let msg = error_message(&a);
@@ -174,8 +145,7 @@ async fn one_upstream_down_does_not_fail_the_list() {
 
 #[tokio::test]
 async fn shutdown_stops_every_upstream_process() {
-    let mut gw = kit("");
-    gw.ready().await;
+    let mut gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     assert_eq!(
         text(
@@ -198,8 +168,7 @@ async fn shutdown_stops_every_upstream_process() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish() {
-    let mut gw = kit("");
-    gw.ready().await;
+    let mut gw = one_kit("").await;
     let s = gw.legacy("acme").await;
     // A JSON answer's headers only come with the result, so the call runs in its own task
     // and is surely mid-call when the signal arrives.

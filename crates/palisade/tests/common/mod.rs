@@ -47,6 +47,26 @@ pub fn http_server(name: &str, url: &str) -> String {
     format!("[[servers]]\nname = \"{name}\"\n[servers.http]\nurl = \"{url}\"\n")
 }
 
+/// A ready gateway with one stdio testkit server `kit` (its extra TOML keys given) and one
+/// tenant, `acme`, with namespacing.
+pub async fn one_kit(extra: &str) -> Gw {
+    acme_on_kit(&stdio_server("kit", extra)).await
+}
+
+/// A ready gateway with the given servers, one of them `kit`, and tenant `acme` on `kit`.
+pub async fn acme_on_kit(servers: &str) -> Gw {
+    let gw = Gw::start(
+        servers,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+    );
+    gw.ready().await;
+    gw
+}
+
 pub struct TenantSpec<'a> {
     pub id: &'a str,
     pub servers: &'a [&'a str],
