@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use rmcp::{
     ErrorData as McpError, RoleServer,
     model::{
-        CompleteResult, GetPromptRequestParams, GetPromptResponse, GetPromptResult, ReadResourceResult,
+        CompleteResult, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+        ReadResourceResult,
     },
     service::RequestContext,
 };
@@ -71,7 +72,9 @@ pub fn resource_templates() -> Value {
 /// `-32602` for 2026-07-28 peers) with the URI in `data`.
 pub fn read(uri: &str) -> Result<ReadResourceResult, McpError> {
     let contents = match uri {
-        "test://static-text" => json!({ "uri": uri, "mimeType": "text/plain", "text": STATIC_TEXT }),
+        "test://static-text" => {
+            json!({ "uri": uri, "mimeType": "text/plain", "text": STATIC_TEXT })
+        }
         "test://static-binary" => {
             json!({ "uri": uri, "mimeType": "image/png", "blob": PNG_BASE64 })
         }
@@ -103,7 +106,9 @@ pub fn read(uri: &str) -> Result<ReadResourceResult, McpError> {
 
 /// The `{id}` of `test://template/{id}/data`, if `uri` matches.
 fn template_id(uri: &str) -> Option<&str> {
-    let id = uri.strip_prefix("test://template/")?.strip_suffix("/data")?;
+    let id = uri
+        .strip_prefix("test://template/")?
+        .strip_suffix("/data")?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 

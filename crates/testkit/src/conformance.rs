@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     inputs::{self, Ask, Carried, Gathered},
-    server::{ListChange, Shared, Testkit, from_json, toggle},
+    server::{ListChange, Testkit, from_json, toggle},
     tools::{Args, PNG_BASE64, WAV_BASE64, def, failure, result_json, send_progress, text},
 };
 
@@ -49,13 +49,18 @@ fn json_schema_2020_12() -> Value {
 }
 
 /// The fixture tool definitions.
-pub fn list(_shared: &Shared) -> Vec<Value> {
+pub fn definitions() -> Vec<Value> {
     let none = json!({});
     let mut tools = vec![
         def("test_simple_text", "Returns simple text", none.clone(), &[]),
         def("test_image_content", "Returns an image", none.clone(), &[]),
         def("test_audio_content", "Returns audio", none.clone(), &[]),
-        def("test_embedded_resource", "Returns an embedded resource", none.clone(), &[]),
+        def(
+            "test_embedded_resource",
+            "Returns an embedded resource",
+            none.clone(),
+            &[],
+        ),
         def(
             "test_multiple_content_types",
             "Returns text, image and resource content",
@@ -74,7 +79,12 @@ pub fn list(_shared: &Shared) -> Vec<Value> {
             none.clone(),
             &[],
         ),
-        def("test_error_handling", "Always returns an isError result", none.clone(), &[]),
+        def(
+            "test_error_handling",
+            "Always returns an isError result",
+            none.clone(),
+            &[],
+        ),
         def(
             "test_sampling",
             "Requests LLM sampling from the client",
@@ -153,14 +163,38 @@ pub fn list(_shared: &Shared) -> Vec<Value> {
         }),
     ];
     for (name, description) in [
-        ("test_input_required_result_elicitation", "MRTR: asks for a name"),
-        ("test_input_required_result_sampling", "MRTR: asks for a sampled answer"),
-        ("test_input_required_result_list_roots", "MRTR: asks for the client's roots"),
-        ("test_input_required_result_request_state", "MRTR: round-trips requestState"),
-        ("test_input_required_result_multiple_inputs", "MRTR: elicitation, sampling and roots at once"),
-        ("test_input_required_result_multi_round", "MRTR: two rounds with evolving requestState"),
-        ("test_input_required_result_tampered_state", "MRTR: rejects a tampered requestState"),
-        ("test_input_required_result_capabilities", "MRTR: asks only for declared capabilities"),
+        (
+            "test_input_required_result_elicitation",
+            "MRTR: asks for a name",
+        ),
+        (
+            "test_input_required_result_sampling",
+            "MRTR: asks for a sampled answer",
+        ),
+        (
+            "test_input_required_result_list_roots",
+            "MRTR: asks for the client's roots",
+        ),
+        (
+            "test_input_required_result_request_state",
+            "MRTR: round-trips requestState",
+        ),
+        (
+            "test_input_required_result_multiple_inputs",
+            "MRTR: elicitation, sampling and roots at once",
+        ),
+        (
+            "test_input_required_result_multi_round",
+            "MRTR: two rounds with evolving requestState",
+        ),
+        (
+            "test_input_required_result_tampered_state",
+            "MRTR: rejects a tampered requestState",
+        ),
+        (
+            "test_input_required_result_capabilities",
+            "MRTR: asks only for declared capabilities",
+        ),
     ] {
         tools.push(def(name, description, none.clone(), &[]));
     }
@@ -267,8 +301,13 @@ pub async fn call(
                 if i > 0 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                kit.log(&ctx, LoggingLevel::Info, "test_tool_with_logging", json!(message))
-                    .await;
+                kit.log(
+                    &ctx,
+                    LoggingLevel::Info,
+                    "test_tool_with_logging",
+                    json!(message),
+                )
+                .await;
             }
             Ok(text("Logging test completed"))
         }
@@ -291,7 +330,10 @@ pub async fn call(
             };
             let asks = [Ask::sampling("reply", &prompt, 100)];
             ask_and(kit, &ctx, name, &asks, request, |answers| {
-                format!("LLM response: {}", inputs::sampling_text(answers.get("reply")))
+                format!(
+                    "LLM response: {}",
+                    inputs::sampling_text(answers.get("reply"))
+                )
             })
             .await
         }
@@ -329,9 +371,16 @@ pub async fn call(
                     "verified": { "type": "boolean", "default": true },
                 },
             });
-            let asks = [Ask::elicitation("answer", "Please review the defaults", schema)];
+            let asks = [Ask::elicitation(
+                "answer",
+                "Please review the defaults",
+                schema,
+            )];
             ask_and(kit, &ctx, name, &asks, request, |answers| {
-                format!("Elicitation completed: {}", elicitation_text(answers.get("answer")))
+                format!(
+                    "Elicitation completed: {}",
+                    elicitation_text(answers.get("answer"))
+                )
             })
             .await
         }
@@ -371,14 +420,16 @@ pub async fn call(
             });
             let asks = [Ask::elicitation("answer", "Please choose", schema)];
             ask_and(kit, &ctx, name, &asks, request, |answers| {
-                format!("Elicitation completed: {}", elicitation_text(answers.get("answer")))
+                format!(
+                    "Elicitation completed: {}",
+                    elicitation_text(answers.get("answer"))
+                )
             })
             .await
         }
-        "json_schema_2020_12_tool" => Ok(text(format!(
-            "Received: {}",
-            Value::Object(args.0.clone())
-        ))),
+        "json_schema_2020_12_tool" => {
+            Ok(text(format!("Received: {}", Value::Object(args.0.clone()))))
+        }
         "test_reconnection" => {
             tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(text("Reconnection test completed"))
@@ -408,9 +459,18 @@ pub async fn call(
             .await
         }
         "test_logging_tool" => {
-            for message in ["first log message", "second log message", "third log message"] {
-                kit.log(&ctx, LoggingLevel::Info, "test_logging_tool", json!(message))
-                    .await;
+            for message in [
+                "first log message",
+                "second log message",
+                "third log message",
+            ] {
+                kit.log(
+                    &ctx,
+                    LoggingLevel::Info,
+                    "test_logging_tool",
+                    json!(message),
+                )
+                .await;
             }
             Ok(text("Logging tool completed"))
         }

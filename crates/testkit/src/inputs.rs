@@ -16,9 +16,7 @@ use std::collections::BTreeMap;
 
 use rmcp::{
     ErrorData as McpError, RoleServer,
-    model::{
-        ClientCapabilities, CustomRequest, InputRequests, InputRequiredResult, ServerRequest,
-    },
+    model::{ClientCapabilities, CustomRequest, InputRequests, InputRequiredResult, ServerRequest},
     service::RequestContext,
 };
 use serde_json::{Map, Value, json};
@@ -98,11 +96,7 @@ pub struct Carried {
 }
 
 /// Opens a `requestState` sealed for `subject`; `None` input means a first call.
-pub fn open_state(
-    kit: &Testkit,
-    subject: &str,
-    state: Option<&str>,
-) -> Result<Carried, McpError> {
+pub fn open_state(kit: &Testkit, subject: &str, state: Option<&str>) -> Result<Carried, McpError> {
     let Some(state) = state else {
         return Ok(Carried::default());
     };
@@ -157,6 +151,13 @@ pub async fn gather(
 ) -> Result<Gathered, McpError> {
     let mut answers = carried.answers;
     if !is_modern(ctx) {
+        if kit.shared.legacy_stateless {
+            return Err(McpError::invalid_request(
+                "this tool sends a server-to-client request, which a legacy client can only \
+                 answer within a session: run palisade-testkit http without --stateless",
+                None,
+            ));
+        }
         for ask in asks {
             let answer = peer_request(ctx, ask.method, ask.params.clone()).await?;
             answers.insert(ask.key.to_owned(), answer);

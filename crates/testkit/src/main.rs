@@ -41,7 +41,11 @@ const LOOPBACK_ORIGINS: [&str; 6] = [
 ];
 
 #[derive(Debug, Parser)]
-#[command(name = "palisade-testkit", version, about = "Test upstream MCP server (both eras, stdio and HTTP)")]
+#[command(
+    name = "palisade-testkit",
+    version,
+    about = "Test upstream MCP server (both eras, stdio and HTTP)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve_stdio() -> anyhow::Result<()> {
-    let kit = Testkit::new(Shared::new(Mode::Stdio));
+    let kit = Testkit::new(Shared::new(Mode::Stdio, false));
     let running = kit
         .serve(rmcp::transport::stdio())
         .await
@@ -110,7 +114,7 @@ async fn serve_http(
     json_response: bool,
     allow_any_host: bool,
 ) -> anyhow::Result<()> {
-    let shared = Shared::new(Mode::Http);
+    let shared = Shared::new(Mode::Http, stateless);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(!stateless)
         .with_json_response(json_response);
@@ -119,7 +123,9 @@ async fn serve_http(
     } else {
         // rmcp checks Host against loopback names by default but leaves
         // Origin unchecked unless given an allowlist.
-        config.with_allowed_origins(LOOPBACK_ORIGINS).enforce_origin_validation()
+        config
+            .with_allowed_origins(LOOPBACK_ORIGINS)
+            .enforce_origin_validation()
     };
     let ct = config.cancellation_token.clone();
     let service = StreamableHttpService::new(

@@ -47,6 +47,9 @@ pub enum ListChange {
 /// Process-wide state shared by every handler instance.
 pub struct Shared {
     pub mode: Mode,
+    /// HTTP `--stateless`: legacy clients have no session, so they cannot
+    /// answer server→client requests (their reply POST would be refused).
+    pub legacy_stateless: bool,
     /// Whether the dynamic `extra` tool is currently listed (`toggle_tool`).
     pub extra_tool: AtomicBool,
     /// Whether the dynamic `test_extra_prompt` is listed (`test_trigger_prompt_change`).
@@ -57,10 +60,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(mode: Mode) -> Arc<Self> {
+    pub fn new(mode: Mode, legacy_stateless: bool) -> Arc<Self> {
         let (changes, _) = broadcast::channel(64);
         Arc::new(Self {
             mode,
+            legacy_stateless,
             extra_tool: AtomicBool::new(false),
             extra_prompt: AtomicBool::new(false),
             changes,
@@ -208,14 +212,11 @@ impl ServerHandler for Testkit {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        from_json(json!({ "resultType": "complete", "tools": tools::list(&self.shared) }))
+        Ok(ListToolsResult::with_all_items(tools::list(&self.shared)))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools::list(&self.shared)
-            .into_iter()
-            .find(|tool| tool.get("name").and_then(Value::as_str) == Some(name))
-            .and_then(|tool| serde_json::from_value(tool).ok())
+        tools::find(&self.shared, name)
     }
 
     async fn call_tool(

@@ -8,7 +8,7 @@
 
 use std::{
     io::{Read, Seek, SeekFrom, Write},
-    sync::atomic::Ordering,
+    sync::{LazyLock, atomic::Ordering},
     time::Duration,
 };
 
@@ -16,7 +16,7 @@ use rmcp::{
     ErrorData as McpError, RoleServer,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
-        LoggingLevel, ProgressNotificationParam,
+        LoggingLevel, ProgressNotificationParam, Tool,
     },
     service::RequestContext,
 };
@@ -49,8 +49,56 @@ pub fn def(name: &str, description: &str, properties: Value, required: &[&str]) 
     })
 }
 
-/// Every tool, gateway tools first, then the conformance fixtures.
-pub fn list(shared: &Shared) -> Vec<Value> {
+/// The static tools, parsed once: `tools/list` and the per-POST schema
+/// lookup rmcp does for `Mcp-Param-*` validation only clone `Arc`s.
+static STATIC_TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
+    definitions()
+        .into_iter()
+        .filter_map(|definition| match serde_json::from_value(definition) {
+            Ok(tool) => Some(tool),
+            Err(error) => {
+                tracing::error!(%error, "tool definition does not parse; skipped");
+                None
+            }
+        })
+        .collect()
+});
+
+/// The dynamic tool `toggle_tool` adds and removes.
+static EXTRA_TOOL: LazyLock<Option<Tool>> = LazyLock::new(|| {
+    serde_json::from_value(def(
+        "extra",
+        "Listed while toggle_tool has added it",
+        json!({}),
+        &[],
+    ))
+    .ok()
+});
+
+/// Every listed tool in a fixed order: gateway tools, conformance fixtures,
+/// then `extra` while it is toggled on.
+pub fn list(shared: &Shared) -> Vec<Tool> {
+    let mut tools = STATIC_TOOLS.clone();
+    if shared.extra_tool.load(Ordering::SeqCst) {
+        tools.extend(EXTRA_TOOL.clone());
+    }
+    tools
+}
+
+/// The listed tool called `name`, if any.
+pub fn find(shared: &Shared, name: &str) -> Option<Tool> {
+    if name == "extra" {
+        return shared
+            .extra_tool
+            .load(Ordering::SeqCst)
+            .then(|| EXTRA_TOOL.clone())
+            .flatten();
+    }
+    STATIC_TOOLS.iter().find(|tool| tool.name == name).cloned()
+}
+
+/// Static tool definitions: gateway tools first, then the conformance fixtures.
+fn definitions() -> Vec<Value> {
     let mut tools = vec![
         def(
             "echo",
@@ -117,12 +165,7 @@ pub fn list(shared: &Shared) -> Vec<Value> {
             json!({}),
             &[],
         ),
-        def(
-            "error_result",
-            "Returns an isError result",
-            json!({}),
-            &[],
-        ),
+        def("error_result", "Returns an isError result", json!({}), &[]),
         def(
             "slow",
             "Sleeps `ms` milliseconds; stops early when cancelled",
@@ -172,15 +215,7 @@ pub fn list(shared: &Shared) -> Vec<Value> {
             &[],
         ),
     ];
-    if shared.extra_tool.load(Ordering::SeqCst) {
-        tools.push(def(
-            "extra",
-            "Listed while toggle_tool has added it",
-            json!({}),
-            &[],
-        ));
-    }
-    tools.extend(conformance::list(shared));
+    tools.extend(conformance::definitions());
     tools
 }
 
@@ -226,9 +261,9 @@ impl Args<'_> {
 
     pub fn uint(&self, name: &str) -> Result<u64, String> {
         match self.0.get(name) {
-            Some(value) => value.as_u64().ok_or_else(|| {
-                format!("argument '{name}' must be a non-negative integer")
-            }),
+            Some(value) => value
+                .as_u64()
+                .ok_or_else(|| format!("argument '{name}' must be a non-negative integer")),
             None => Err(format!("missing required argument '{name}'")),
         }
     }
@@ -325,7 +360,9 @@ pub async fn call(
         "whoami" => {
             let meta = serde_json::to_value(&ctx.meta).unwrap_or_else(|_| json!({}));
             let tenant = std::env::var("TENANT_ID").ok();
-            Ok(text(json!({ "meta": meta, "tenant_env": tenant }).to_string()))
+            Ok(text(
+                json!({ "meta": meta, "tenant_env": tenant }).to_string(),
+            ))
         }
         "count" => count().await,
         "toggle_tool" => {
@@ -504,4 +541,38 @@ async fn count() -> Result<CallToolResponse, String> {
     .map_err(|error| format!("count task failed: {error}"))?
     .map_err(|error| format!("count file: {error}"))?;
     Ok(text(counted.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_parses_and_names_are_unique_and_valid() {
+        assert_eq!(STATIC_TOOLS.len(), definitions().len());
+        assert!(EXTRA_TOOL.is_some());
+        let mut names: Vec<&str> = STATIC_TOOLS.iter().map(|tool| tool.name.as_ref()).collect();
+        assert!(names.iter().all(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        }));
+        assert!(STATIC_TOOLS.iter().all(|tool| tool.description.is_some()));
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "duplicate tool names");
+    }
+
+    #[test]
+    fn extra_is_listed_and_found_only_while_toggled() {
+        let shared = Shared::new(Mode::Stdio, false);
+        assert!(find(&shared, "extra").is_none());
+        assert!(toggle(&shared.extra_tool));
+        assert_eq!(list(&shared).last().map(|t| t.name.as_ref()), Some("extra"));
+        assert!(find(&shared, "extra").is_some());
+        assert!(find(&shared, "echo").is_some());
+        assert!(find(&shared, "nope").is_none());
+    }
 }
