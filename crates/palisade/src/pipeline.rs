@@ -88,6 +88,8 @@ pub struct Forward {
     collecting: Option<Collecting>,
     started: Instant,
     done: bool,
+    /// The HTTP status the modern era gives the final message (some errors are 400 / 404).
+    status: u16,
 }
 
 struct Collecting {
@@ -241,6 +243,7 @@ pub async fn forward(
         collecting: None,
         started,
         done: false,
+        status: 200,
     })
 }
 
@@ -464,6 +467,11 @@ impl Forward {
         Some(obj.to_raw())
     }
 
+    /// The HTTP status for the final message when it is sent as a plain JSON response.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
     /// How long the call may take upstream, which is also how long it may stay parked.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.upstream.config.call_timeout_ms)
@@ -494,10 +502,15 @@ impl Forward {
                 };
                 (jsonrpc::result(&self.client_id, &result), counted)
             }
-            Ok(Err(error)) => (
-                jsonrpc::error_raw(Some(&self.client_id), error.get()),
-                metrics::Outcome::RpcError,
-            ),
+            Ok(Err(error)) => {
+                if self.era == Era::Modern {
+                    self.status = modern_status(error.get());
+                }
+                (
+                    jsonrpc::error_raw(Some(&self.client_id), error.get()),
+                    metrics::Outcome::RpcError,
+                )
+            }
             Err(e) => {
                 let counted = match e {
                     UpstreamError::Timeout { .. } => metrics::Outcome::Timeout,
@@ -593,6 +606,22 @@ impl Drop for Forward {
         if let Some(session) = &self.session {
             session.untrack_call(&self.client_id);
         }
+    }
+}
+
+/// The modern era carries some JSON-RPC errors in the HTTP status too.
+fn modern_status(error: &str) -> u16 {
+    let code = serde_json::from_str::<serde_json::Value>(error)
+        .ok()
+        .and_then(|v| v["code"].as_i64());
+    match code.map(ErrorCode) {
+        Some(ErrorCode::METHOD_NOT_FOUND) => 404,
+        Some(
+            ErrorCode::HEADER_MISMATCH
+            | ErrorCode::MISSING_CLIENT_CAPABILITY
+            | ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ) => 400,
+        _ => 200,
     }
 }
 

@@ -563,3 +563,24 @@ async fn http_upstream_in_either_era() {
         assert_eq!(text(m.response()), "m", "{protocol}: {:?}", m.messages);
     }
 }
+
+#[tokio::test]
+async fn modern_upstream_errors_keep_their_http_status() {
+    let gw = one_kit("protocol = \"modern\"").await;
+    // No sampling capability declared: the upstream refuses with -32021, which is a 400.
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"q"},
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
+    let a = gw
+        .post(
+            Some(gw.key("acme")),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "kit__sampling"),
+            ],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{:?}", a.messages);
+    assert_eq!(a.response()["error"]["code"], -32021);
+}

@@ -149,7 +149,10 @@ async fn respond(
 /// JSON if the first thing the upstream sends is the response; otherwise SSE.
 async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -> Response {
     match fwd.next().await {
-        Some(Out::Final(body)) => json(StatusCode::OK, body),
+        Some(Out::Final(body)) => json(
+            StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK),
+            body,
+        ),
         Some(Out::Park { body, state }) => {
             park(gw, state, fwd, subject);
             json(StatusCode::OK, body)
