@@ -8,8 +8,6 @@
 pub const MODERN: &str = "2026-07-28";
 /// The newest revision with `initialize` and sessions.
 pub const LATEST_LEGACY: &str = "2025-11-25";
-/// What a legacy client that sends no `MCP-Protocol-Version` header is assumed to speak.
-pub const DEFAULT_LEGACY: &str = "2025-03-26";
 /// Legacy revisions the gateway accepts from clients, newest first.
 pub const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// Every revision the gateway speaks, newest first.

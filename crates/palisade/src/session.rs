@@ -202,25 +202,6 @@ impl Sessions {
         Some(session)
     }
 
-    /// Every session of a tenant (for notices from its upstreams).
-    pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|s| &*s.tenant == tenant)
-            .cloned()
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Closes sessions idle for longer than the limit; returns how many.
     pub fn reap_idle(&self) -> usize {
         let now = self.now();
