@@ -69,6 +69,8 @@ pub enum CallError {
     Timeout,
     /// The peer closed (stdio child exited): no further calls are possible.
     Closed,
+    /// Open loop: a call due in the window was never sent, the target being too far behind.
+    Unsent,
     /// An HTTP status other than 200.
     Status(u16),
     /// A JSON-RPC error response.
@@ -84,6 +86,7 @@ impl CallError {
             CallError::Transport(_) => "transport".into(),
             CallError::Timeout => "timeout".into(),
             CallError::Closed => "closed".into(),
+            CallError::Unsent => "unsent".into(),
             CallError::Status(s) => format!("http {s}"),
             CallError::JsonRpc(code, _) => format!("jsonrpc {code}"),
             CallError::Bad(_) => "bad response".into(),
@@ -105,6 +108,10 @@ impl fmt::Display for CallError {
             CallError::Transport(e) => write!(f, "transport error: {e}"),
             CallError::Timeout => write!(f, "timed out"),
             CallError::Closed => write!(f, "peer closed"),
+            CallError::Unsent => write!(
+                f,
+                "not sent: the target fell behind the requested rate by the end of the window"
+            ),
             CallError::Status(s) => write!(f, "HTTP status {s}"),
             CallError::JsonRpc(code, msg) => write!(f, "JSON-RPC error {code}: {msg}"),
             CallError::Bad(why) => write!(f, "unexpected response: {why}"),

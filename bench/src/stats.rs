@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -24,6 +26,8 @@ pub struct Tally {
     pub errors: BTreeMap<String, u64>,
     /// The first few error messages.
     pub messages: Vec<String>,
+    /// When the last measured call finished.
+    pub last_done: Option<Instant>,
 }
 
 impl Default for Tally {
@@ -40,7 +44,13 @@ impl Tally {
                 .expect("constant histogram bounds are valid"),
             errors: BTreeMap::new(),
             messages: Vec::new(),
+            last_done: None,
         }
+    }
+
+    /// Notes when a measured call finished.
+    pub fn done(&mut self, at: Instant) {
+        self.last_done = self.last_done.max(Some(at));
     }
 
     /// Records one successful call.
@@ -75,6 +85,7 @@ impl Tally {
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_default() += n;
         }
+        self.last_done = self.last_done.max(other.last_done);
         for msg in &other.messages {
             if self.messages.len() < KEPT_MESSAGES && !self.messages.contains(msg) {
                 self.messages.push(msg.clone());

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,8 +102,10 @@ async fn read_loop(stdout: ChildStdout, pending: Arc<Pending>, closed: Arc<Atomi
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        let mut bounded = (&mut reader).take(MAX_LINE as u64 + 1);
+        match bounded.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
+            // A line without end: the framing is lost, treat the child as gone.
             Ok(_) if line.len() > MAX_LINE => break,
             Ok(_) => {}
         }

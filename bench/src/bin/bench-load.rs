@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use palisade_bench::driver::{Caller, Plan, drive};
+use palisade_bench::driver::{Caller, Plan, drive, pacers};
 use palisade_bench::http_client::{self, Config, Connection, HttpCaller, Session, Target};
 use palisade_bench::mcp::{CallError, Era};
 use palisade_bench::procstat::{self, Memory, Watched};
@@ -218,10 +218,11 @@ async fn measure<C: Caller + Send + 'static>(
             .map(|rate| Duration::from_secs_f64(cli.sessions as f64 / rate)),
         sessions: cli.sessions,
     };
+    let due_times = pacers(&plan).context("cannot start the pacer thread")?;
     let tasks: Vec<_> = callers
         .into_iter()
-        .enumerate()
-        .map(|(idx, mut caller)| tokio::spawn(async move { drive(plan, idx, &mut caller).await }))
+        .zip(due_times)
+        .map(|(mut caller, due)| tokio::spawn(async move { drive(plan, &mut caller, due).await }))
         .collect();
 
     sleep_until(start).await;
@@ -235,10 +236,12 @@ async fn measure<C: Caller + Send + 'static>(
     for task in tasks {
         tally.merge(&task.await.context("a session task failed")?);
     }
-    let window = match plan.end {
-        Some(end) => end - start,
-        None => start.elapsed(),
-    };
+    // The window runs to the end of the plan, or to the last measured answer if that came later
+    // (closed loop: the calls in flight at the end; open loop: a target that fell behind).
+    let planned = plan.end.map_or(Duration::ZERO, |end| end - start);
+    let window = tally.last_done.map_or(planned, |done| {
+        planned.max(done.saturating_duration_since(start))
+    });
     let cpu_after = cpu_after.unwrap_or_else(|| read_cpu(&watched));
     let processes = watched
         .into_iter()
