@@ -23,6 +23,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Threads that run requests (default: one per CPU).
+    #[arg(long, global = true, env = "PALISADE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
