@@ -55,9 +55,12 @@ pub async fn request(
         }
     };
     match method {
-        "initialize" => initialize(gw, principal, caller.tenant, &req).await,
+        // 2026-07-28 removed the handshake and ping: unknown methods there, like any other.
+        "initialize" if caller.era == Era::Legacy => {
+            initialize(gw, principal, caller.tenant, &req).await
+        }
         "server/discover" => Reply::Message(discover(gw, caller.tenant, id).await),
-        "ping" => Reply::Message(result(caller, id, RawObject::default())),
+        "ping" if caller.era == Era::Legacy => Reply::Message(jsonrpc::result(id, "{}")),
         "tools/list" => list(gw, caller, id, params, ListKind::Tools).await,
         "prompts/list" => list(gw, caller, id, params, ListKind::Prompts).await,
         "resources/list" => list(gw, caller, id, params, ListKind::Resources).await,
@@ -155,13 +158,6 @@ pub async fn response(caller: &Caller<'_>, resp: Response) {
         }
         None => tracing::debug!("client answered an unknown server request; dropped"),
     }
-}
-
-fn result(caller: &Caller<'_>, id: &Id, mut obj: RawObject) -> Vec<u8> {
-    if caller.era == Era::Modern {
-        complete_modern_result(&mut obj, false);
-    }
-    jsonrpc::result(id, &obj.to_json())
 }
 
 async fn initialize(
@@ -432,6 +428,16 @@ pub fn check_modern(
             None,
         ));
     };
+    // A header that disagrees with the body is a mismatch before it is anything else.
+    if let Some(h) = headers.protocol_version
+        && h != version
+    {
+        return Err(bad(
+            ErrorCode::HEADER_MISMATCH,
+            "the MCP-Protocol-Version header must equal params._meta protocolVersion",
+            None,
+        ));
+    }
     if Era::of_version(&version) != Some(Era::Modern) {
         return Err(bad(
             ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
@@ -439,10 +445,10 @@ pub fn check_modern(
             Some(json!({ "supported": era::ALL_VERSIONS, "requested": version })),
         ));
     }
-    if headers.protocol_version != Some(version.as_str()) {
+    if headers.protocol_version.is_none() {
         return Err(bad(
             ErrorCode::HEADER_MISMATCH,
-            "the MCP-Protocol-Version header must equal params._meta protocolVersion",
+            "the MCP-Protocol-Version header is required in protocol version 2026-07-28",
             None,
         ));
     }

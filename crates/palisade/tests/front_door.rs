@@ -293,6 +293,46 @@ async fn modern_era_checks_headers_against_the_body() {
             .contains(&json!("2026-07-28"))
     );
 
+    // Header and body disagree: a mismatch, whatever the body's version is.
+    let v999 = json!({"io.modelcontextprotocol/protocolVersion":"v999.0.0","io.modelcontextprotocol/clientCapabilities":{}});
+    let a = gw
+        .post(
+            Some(&key),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+            ],
+            body("tools/list", json!({"_meta": v999})),
+        )
+        .await;
+    assert_eq!((a.status, code(&a)), (400, -32020), "{:?}", a.messages);
+    // Both unsupported: -32022, for this request id, naming what was asked for.
+    let a = gw
+        .post(
+            Some(&key),
+            &[
+                ("mcp-protocol-version", "v999.0.0"),
+                ("mcp-method", "tools/list"),
+            ],
+            body("tools/list", json!({"_meta": v999})),
+        )
+        .await;
+    assert_eq!((a.status, code(&a)), (400, -32022), "{:?}", a.messages);
+    assert_eq!(a.response()["id"], 7);
+    assert_eq!(a.response()["error"]["data"]["requested"], "v999.0.0");
+    // The handshake and ping do not exist in 2026-07-28.
+    for method in ["initialize", "ping"] {
+        let a = gw
+            .modern("acme", 3, method, json!({"protocolVersion": "2025-11-25"}))
+            .await;
+        assert_eq!(
+            (a.status, code(&a)),
+            (404, -32601),
+            "{method}: {:?}",
+            a.messages
+        );
+    }
+
     let a = gw.modern("acme", 2, "no/such", json!({})).await;
     assert_eq!((a.status, code(&a)), (404, -32601));
 

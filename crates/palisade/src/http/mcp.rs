@@ -450,27 +450,36 @@ fn accepts(headers: &HeaderMap, mime: &str) -> bool {
 /// names the modern version is modern, and anything else is a legacy client that predates the
 /// header (2025-03-26).
 fn detect_era(headers: &HeaderMap, msg: &Message) -> Result<Era, Response> {
-    if let Some(v) = header_str(headers, mcp_header::PROTOCOL_VERSION) {
-        return match Era::of_version(v) {
-            Some(era) => Ok(era),
-            None => Err(rpc_error_data(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
-                &format!("unsupported MCP-Protocol-Version `{v}`"),
-                serde_json::json!({ "supported": era::ALL_VERSIONS }),
-            )),
-        };
-    }
     let params = match msg {
         Message::Request(r) => r.params.as_deref(),
         Message::Notification(n) => n.params.as_deref(),
         Message::Response(_) => None,
     };
-    let modern = params
+    let meta_version = params
         .and_then(|p| RawObject::parse(p.get()))
         .and_then(|o| o.get_object("_meta"))
         .is_some_and(|m| m.get(meta::PROTOCOL_VERSION).is_some());
-    Ok(if modern { Era::Modern } else { Era::Legacy })
+    match header_str(headers, mcp_header::PROTOCOL_VERSION) {
+        Some(v) => match Era::of_version(v) {
+            Some(era) => Ok(era),
+            // A modern-shaped request: its own checks name the exact problem.
+            None if meta_version => Ok(Era::Modern),
+            None => Err(json(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(
+                    msg.request_id(),
+                    ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    &format!("unsupported MCP-Protocol-Version `{v}`"),
+                    Some(&serde_json::json!({ "supported": era::ALL_VERSIONS, "requested": v })),
+                ),
+            )),
+        },
+        None => Ok(if meta_version {
+            Era::Modern
+        } else {
+            Era::Legacy
+        }),
+    }
 }
 
 fn session_of(
@@ -512,15 +521,6 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 
 fn rpc_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     json(status, jsonrpc::error(None, code, message, None))
-}
-
-fn rpc_error_data(
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-    data: serde_json::Value,
-) -> Response {
-    json(status, jsonrpc::error(None, code, message, Some(&data)))
 }
 
 fn method_not_allowed(message: &str) -> Response {

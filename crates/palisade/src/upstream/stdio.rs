@@ -26,6 +26,8 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const MAX_STDERR_LINE: usize = 4096;
 /// Messages queued for the child's stdin before callers are refused (it is not reading).
 const STDIN_QUEUE: usize = 1024;
+/// Bytes gathered into one write to the child's stdin.
+const MAX_BATCH: usize = 256 * 1024;
 
 /// The reading half of a freshly spawned child, handed to [`StdioTransport::start_reader`].
 pub struct Inbox {
@@ -73,10 +75,23 @@ impl StdioTransport {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
         tokio::spawn(async move {
             let mut stdin = stdin;
-            while let Some(mut bytes) = rx.recv().await {
-                bytes.push(b'\n');
-                if stdin.write_all(&bytes).await.is_err() || stdin.flush().await.is_err() {
+            let mut batch = Vec::with_capacity(8192);
+            while let Some(first) = rx.recv().await {
+                // Everything already queued goes out in one write: under load that is one
+                // syscall and one wake-up of the child for many calls.
+                batch.clear();
+                batch.extend_from_slice(&first);
+                batch.push(b'\n');
+                while batch.len() < MAX_BATCH {
+                    let Ok(next) = rx.try_recv() else { break };
+                    batch.extend_from_slice(&next);
+                    batch.push(b'\n');
+                }
+                if stdin.write_all(&batch).await.is_err() || stdin.flush().await.is_err() {
                     break;
+                }
+                if batch.capacity() > 4 * MAX_BATCH {
+                    batch = Vec::with_capacity(8192);
                 }
             }
             // Dropping stdin closes the pipe: the MCP way of asking a stdio server to exit.
