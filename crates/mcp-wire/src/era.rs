@@ -34,6 +34,7 @@ pub mod meta {
     pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
     pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
     pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
     pub const PROGRESS_TOKEN: &str = "progressToken";
     /// The prefix of every key the modern era reserves; the gateway owns these per hop.
     pub const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";

@@ -189,7 +189,14 @@ async fn initialize(
     if let Some(instructions) = instructions {
         body["instructions"] = Value::String(instructions);
     }
-    let session = gw.sessions.create(principal, version);
+    let capabilities = req
+        .params
+        .as_ref()
+        .and_then(|p| RawObject::parse(p.get()))
+        .and_then(|o| o.get("capabilities").map(ToOwned::to_owned))
+        .filter(|c| c.get().starts_with('{'))
+        .unwrap_or_else(|| RawObject::default().to_raw());
+    let session = gw.sessions.create(principal, version, capabilities);
     Reply::Initialized {
         body: jsonrpc::result(&req.id, &body.to_string()),
         session: session.id.clone(),

@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mcp_wire::era::meta;
 use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Id, RawObject};
 use rand::RngCore;
@@ -90,6 +91,11 @@ pub struct Forward {
     done: bool,
     /// The HTTP status the modern era gives the final message (some errors are 400 / 404).
     status: u16,
+    /// A modern client's declared capabilities (what it can be asked for).
+    client_caps: Option<serde_json::Value>,
+    /// The lowest log severity the client wants; `None`: no log messages (a modern client
+    /// that did not opt in).
+    log_min: Option<u64>,
 }
 
 struct Collecting {
@@ -199,6 +205,32 @@ pub async fn forward(
     };
     let upstream = target.upstream.clone();
 
+    // 2. What the client can take, in either era. A legacy client's session answers for it;
+    // the upstream hop gets it in `_meta` when it speaks the modern era.
+    let client_meta = params.get_object("_meta").unwrap_or_default();
+    let (client_caps, log_min) = match &caller.session {
+        Some(session) => {
+            let rank = session.log_level.load(std::sync::atomic::Ordering::Relaxed);
+            let mut m = client_meta;
+            m.set_raw(
+                meta::CLIENT_CAPABILITIES,
+                session.client_capabilities.clone(),
+            );
+            m.set_str(meta::LOG_LEVEL, session::log_name(rank));
+            params.set_object("_meta", &m);
+            (None, Some(rank))
+        }
+        None => {
+            let caps = client_meta
+                .get(meta::CLIENT_CAPABILITIES)
+                .and_then(|c| serde_json::from_str(c.get()).ok());
+            let level = client_meta
+                .get_str(meta::LOG_LEVEL)
+                .map(|l| session::log_rank(&l));
+            (caps, level)
+        }
+    };
+
     // 3. Send it upstream.
     let route = Route::Client {
         tenant: tenant.id.clone(),
@@ -244,6 +276,8 @@ pub async fn forward(
         started,
         done: false,
         status: 200,
+        client_caps,
+        log_min,
     })
 }
 
@@ -333,7 +367,7 @@ impl Forward {
                             params.as_ref().map(|p| p.get()),
                         )));
                     }
-                    _ => return Some(self.park(upstream_id, &method, params.as_deref())),
+                    _ => return Some(self.park(upstream_id, &method, params.as_deref()).await),
                 },
                 Step::Done(Ok(Ok(result)))
                     if self.era == Era::Legacy
@@ -354,10 +388,43 @@ impl Forward {
     }
 
     /// Modern client, upstream asks for input mid-call: answer with an `InputRequiredResult`
-    /// whose `requestState` names this call, which the transport then parks.
-    fn park(&mut self, upstream_id: Id, method: &str, params: Option<&RawValue>) -> Out {
+    /// whose `requestState` names this call, which the transport then parks. A request the
+    /// client did not declare the capability for ends the call with -32021, as the spec has a
+    /// server do.
+    async fn park(&mut self, upstream_id: Id, method: &str, params: Option<&RawValue>) -> Out {
+        let needed = match method {
+            "sampling/createMessage" => Some("sampling"),
+            "elicitation/create" => Some("elicitation"),
+            "roots/list" => Some("roots"),
+            _ => None,
+        };
+        let declared = |cap: &str| {
+            self.client_caps
+                .as_ref()
+                .is_some_and(|c| c.get(cap).is_some())
+        };
+        if let Some(cap) = needed.filter(|cap| !declared(cap)) {
+            let refusal = jsonrpc::error_object(
+                ErrorCode::MISSING_CLIENT_CAPABILITY,
+                "Missing required client capability",
+                None,
+            );
+            if let Ok(raw) = RawValue::from_string(refusal) {
+                self.upstream.respond(&upstream_id, Err(&raw)).await;
+            }
+            self.done = true;
+            self.status = 400;
+            let data = serde_json::json!({ "requiredCapabilities": { cap: {} } });
+            return Out::Final(jsonrpc::error(
+                Some(&self.client_id),
+                ErrorCode::MISSING_CLIENT_CAPABILITY,
+                "Missing required client capability",
+                Some(&data),
+            ));
+        }
         let key = format!("palisade-{}", self.parked_inputs.len() + 1);
         self.parked_inputs.push((key.clone(), upstream_id));
+        self.upstream.set_waiting_on_client(self.handle.id(), true);
         let mut token = [0u8; 32];
         rand::rng().fill_bytes(&mut token);
         let state = format!("{PARK_PREFIX}{}", hex::encode(token));
@@ -478,10 +545,9 @@ impl Forward {
     }
 
     fn below_log_level(&self, params: Option<&RawValue>) -> bool {
-        let Some(session) = &self.session else {
-            return false;
+        let Some(min) = self.log_min else {
+            return true;
         };
-        let min = session.log_level.load(std::sync::atomic::Ordering::Relaxed);
         let level = params
             .and_then(|p| RawObject::parse(p.get()))
             .and_then(|o| o.get_str("level"))
@@ -503,11 +569,15 @@ impl Forward {
                 (jsonrpc::result(&self.client_id, &result), counted)
             }
             Ok(Err(error)) => {
-                if self.era == Era::Modern {
-                    self.status = modern_status(error.get());
-                }
+                let error = if self.era == Era::Modern {
+                    let error = modern_error(&error);
+                    self.status = modern_status(&error);
+                    error
+                } else {
+                    error.get().to_owned()
+                };
                 (
-                    jsonrpc::error_raw(Some(&self.client_id), error.get()),
+                    jsonrpc::error_raw(Some(&self.client_id), &error),
                     metrics::Outcome::RpcError,
                 )
             }
@@ -606,6 +676,19 @@ impl Drop for Forward {
         if let Some(session) = &self.session {
             session.untrack_call(&self.client_id);
         }
+    }
+}
+
+/// A legacy upstream's error in modern terms: resource-not-found became -32602.
+fn modern_error(error: &RawValue) -> String {
+    match RawObject::parse(error.get()) {
+        Some(mut obj) if obj.get("code").map(RawValue::get) == Some("-32002") => {
+            if let Ok(code) = RawValue::from_string(ErrorCode::INVALID_PARAMS.0.to_string()) {
+                obj.set_raw("code", code);
+            }
+            obj.to_json()
+        }
+        _ => error.get().to_owned(),
     }
 }
 
@@ -718,6 +801,7 @@ impl Parked {
                 }
             }
         }
+        fwd.upstream.set_waiting_on_client(fwd.handle.id(), false);
         fwd.client_id = id.clone();
         Ok(fwd)
     }

@@ -40,6 +40,8 @@ pub struct Session {
     pub tenant: Arc<str>,
     pub subject: Arc<str>,
     pub protocol_version: String,
+    /// What the client declared at `initialize`, passed on to modern upstreams.
+    pub client_capabilities: Box<serde_json::value::RawValue>,
     last_seen: AtomicU64,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub log_level: AtomicU64,
@@ -147,7 +149,12 @@ impl Sessions {
         self.epoch.elapsed().as_secs()
     }
 
-    pub fn create(&self, principal: &Principal, protocol_version: &str) -> Arc<Session> {
+    pub fn create(
+        &self,
+        principal: &Principal,
+        protocol_version: &str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+    ) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -158,6 +165,7 @@ impl Sessions {
             tenant: principal.tenant.clone(),
             subject: principal.subject.clone(),
             protocol_version: protocol_version.to_owned(),
+            client_capabilities,
             last_seen: AtomicU64::new(self.now()),
             log_level: AtomicU64::new(0),
             subscriptions: Mutex::new(HashSet::new()),
@@ -236,18 +244,25 @@ impl Sessions {
 }
 
 /// RFC 5424 severities as MCP names them, lowest first.
+const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// The name of a severity rank.
+pub fn log_name(rank: u64) -> &'static str {
+    LOG_LEVELS.get(rank as usize).copied().unwrap_or("debug")
+}
+
+/// The rank of a severity name (unknown names rank as `info`).
 pub fn log_rank(level: &str) -> u64 {
-    match level {
-        "debug" => 0,
-        "info" => 1,
-        "notice" => 2,
-        "warning" => 3,
-        "error" => 4,
-        "critical" => 5,
-        "alert" => 6,
-        "emergency" => 7,
-        _ => 1,
-    }
+    LOG_LEVELS.iter().position(|l| *l == level).unwrap_or(1) as u64
 }
 
 #[cfg(test)]
@@ -263,11 +278,15 @@ mod tests {
         }
     }
 
+    fn caps() -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string("{}".into()).unwrap()
+    }
+
     #[test]
     fn sessions_are_bound_to_their_principal() {
         let sessions = Sessions::new(Duration::from_secs(60), Arc::new(Metrics::new()));
         let a = principal("acme", "key:1");
-        let s = sessions.create(&a, "2025-11-25");
+        let s = sessions.create(&a, "2025-11-25", caps());
         assert!(s.id.len() >= 43);
         assert!(sessions.get(&s.id, &a).is_ok());
         assert_eq!(
@@ -285,7 +304,7 @@ mod tests {
     #[test]
     fn idle_sessions_are_reaped() {
         let sessions = Sessions::new(Duration::from_secs(0), Arc::new(Metrics::new()));
-        let s = sessions.create(&principal("acme", "k"), "2025-11-25");
+        let s = sessions.create(&principal("acme", "k"), "2025-11-25", caps());
         s.last_seen.store(0, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(sessions.reap_idle(), 1);

@@ -270,6 +270,16 @@ impl Inner {
             };
         }
         if !status.is_success() {
+            // The modern era answers some JSON-RPC errors with 4xx; the error itself is the
+            // answer then, not the status.
+            let json = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if let (Some(id), true) = (call, json && status.is_client_error()) {
+                self.read_messages(up, link, resp, Some(id)).await?;
+            }
             return Err(format!("HTTP {status}"));
         }
         let Some(id) = call else { return Ok(()) };

@@ -141,6 +141,9 @@ struct CachedList {
 
 struct PendingCall {
     route: Route,
+    /// Parked: waiting for a modern client to come back with input; not a candidate owner of
+    /// messages the upstream sends on its own.
+    waiting_on_client: bool,
     events: mpsc::Sender<CallEvent>,
     done: oneshot::Sender<Outcome>,
     client_progress_token: Option<Box<RawValue>>,
@@ -224,6 +227,10 @@ pub enum Step {
 }
 
 impl CallHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The next event, or the outcome. Past the deadline the call is cancelled upstream.
     pub async fn next(&mut self) -> Step {
         if self.finished {
@@ -373,6 +380,7 @@ impl Upstream {
             id,
             PendingCall {
                 route,
+                waiting_on_client: false,
                 events: events_tx,
                 done: done_tx,
                 client_progress_token,
@@ -424,6 +432,13 @@ impl Upstream {
                 }
             }
             Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call),
+        }
+    }
+
+    /// Marks a call as parked (or no longer parked) while its client is away.
+    pub fn set_waiting_on_client(&self, id: u64, waiting: bool) {
+        if let Some(call) = self.lock_calls().get_mut(&id) {
+            call.waiting_on_client = waiting;
         }
     }
 
@@ -808,6 +823,7 @@ impl Upstream {
             id,
             PendingCall {
                 route: Route::Internal,
+                waiting_on_client: false,
                 events: events_tx,
                 done: done_tx,
                 client_progress_token: None,
@@ -860,7 +876,7 @@ fn attribute(calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<u
     }
     let mut owner: Option<(&Route, u64)> = None;
     for (id, call) in calls {
-        if call.route == Route::Internal {
+        if call.route == Route::Internal || call.waiting_on_client {
             continue;
         }
         match owner {
@@ -891,8 +907,10 @@ fn prepare_params(
     let mut meta_obj = params.get_object("_meta");
     let mut client_token = None;
     let mut client_caps = None;
+    let mut log_level = None;
     if let Some(m) = meta_obj.as_mut() {
         client_caps = m.remove(meta::CLIENT_CAPABILITIES);
+        log_level = m.remove(meta::LOG_LEVEL);
         client_token = m.remove(meta::PROGRESS_TOKEN);
         if client_token.is_some()
             && let Ok(raw) = RawValue::from_string(id.to_string())
@@ -904,12 +922,15 @@ fn prepare_params(
     if era == Era::Modern {
         let m = meta_obj.get_or_insert_with(RawObject::default);
         m.set_str(meta::PROTOCOL_VERSION, version);
-        // A modern client's own capabilities tell the upstream what it may ask for; for a
-        // legacy client the gateway bridges input requests itself, so it offers its own.
+        // The client's own capabilities and log level (the pipeline fills them in for legacy
+        // clients from their session) tell the upstream what it may ask for and send.
         let caps = client_caps
             .or_else(|| RawValue::from_string(handshake::CLIENT_CAPABILITIES.to_owned()).ok());
         if let Some(caps) = caps {
             m.set_raw(meta::CLIENT_CAPABILITIES, caps);
+        }
+        if let Some(level) = log_level {
+            m.set_raw(meta::LOG_LEVEL, level);
         }
         if let Ok(info) = RawValue::from_string(handshake::client_info()) {
             m.set_raw(meta::CLIENT_INFO, info);
