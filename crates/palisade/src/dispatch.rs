@@ -72,23 +72,31 @@ pub async fn request(
         "resources/read" => forward(Addressing::Resource).await,
         "completion/complete" => forward(Addressing::CompletionRef).await,
         "resources/subscribe" | "resources/unsubscribe" if caller.era == Era::Legacy => {
-            if let (Some(session), Some(uri)) = (
-                &caller.session,
-                params
-                    .and_then(|p| RawObject::parse(p.get()))
-                    .and_then(|o| o.get_str("uri")),
-            ) {
+            let uri = params
+                .and_then(|p| RawObject::parse(p.get()))
+                .and_then(|o| o.get_str("uri"));
+            if let (Some(session), Some(uri)) = (&caller.session, &uri) {
                 let mut subs = session
                     .subscriptions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 if method == "resources/subscribe" {
-                    subs.insert(uri);
+                    subs.insert(uri.clone());
                 } else {
-                    subs.remove(&uri);
+                    subs.remove(uri);
                 }
             }
-            forward(Addressing::Resource).await
+            // 2026-07-28 has no resources/subscribe: a modern upstream's subscriptions are the
+            // gateway's business, so it acknowledges them itself.
+            let modern_target = uri
+                .as_deref()
+                .and_then(|u| catalog::resolve_uri(caller.tenant, u))
+                .is_some_and(|t| t.upstream.era() == Some(Era::Modern));
+            if modern_target {
+                Reply::Message(jsonrpc::result(id, "{}"))
+            } else {
+                forward(Addressing::Resource).await
+            }
         }
         "logging/setLevel" if caller.era == Era::Legacy => {
             let level = params

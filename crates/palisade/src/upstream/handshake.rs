@@ -1,10 +1,15 @@
 //! The gateway as an MCP client: the handshake that opens a link, in the upstream's era.
 //!
 //! Legacy upstreams get `initialize` + `notifications/initialized`; modern ones `server/discover`.
-//! With `protocol = "auto"` the gateway tries `initialize` first (every legacy server needs it and
-//! dual-era servers accept it) and falls back to `server/discover` when the method is unknown.
+//! With `protocol = "auto"` the gateway asks `server/discover` first: a server that speaks both
+//! eras is then spoken to in the modern one, which keeps modern clients' multi-round input
+//! requests intact (legacy clients are bridged either way). Any failure of that attempt (an
+//! error, no answer, or a server that dies of an unknown request before `initialize`) makes the
+//! upstream legacy for good, so an old server costs at most one restart.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use mcp_wire::era::{self, meta};
 use mcp_wire::{Era, ErrorCode};
@@ -56,15 +61,35 @@ pub fn provisional() -> &'static UpstreamInfo {
     })
 }
 
+/// How long `auto` waits for `server/discover` before trying `initialize`.
+const DISCOVER_PROBE: Duration = Duration::from_secs(2);
+
 pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
     match up.config.protocol {
         UpstreamProtocol::Legacy => initialize(up, link).await?.map_err(|e| e.to_string()),
-        UpstreamProtocol::Modern => discover(up, link).await,
-        UpstreamProtocol::Auto => match initialize(up, link).await? {
-            Ok(info) => Ok(info),
-            Err(code) if code == ErrorCode::METHOD_NOT_FOUND.0 => discover(up, link).await,
-            Err(code) => Err(format!("initialize failed with error {code}")),
-        },
+        UpstreamProtocol::Modern => discover(up, link, None).await,
+        UpstreamProtocol::Auto if up.legacy_only.load(Ordering::Relaxed) => legacy(up, link).await,
+        UpstreamProtocol::Auto => {
+            // Marked first: if the probe kills the server, the restart goes straight to legacy.
+            up.legacy_only.store(true, Ordering::Relaxed);
+            match discover(up, link, Some(DISCOVER_PROBE)).await {
+                Ok(info) => {
+                    up.legacy_only.store(false, Ordering::Relaxed);
+                    Ok(info)
+                }
+                Err(reason) => {
+                    tracing::info!(server = %up.name, %reason, "upstream does not speak 2026-07-28; using the legacy era");
+                    legacy(up, link).await
+                }
+            }
+        }
+    }
+}
+
+async fn legacy(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+    match initialize(up, link).await? {
+        Ok(info) => Ok(info),
+        Err(code) => Err(format!("initialize failed with error {code}")),
     }
 }
 
@@ -79,7 +104,7 @@ async fn initialize(
         CLIENT_CAPABILITIES,
         client_info()
     );
-    let result = match up.request_on(link, "initialize", &params).await {
+    let result = match up.request_on(link, "initialize", &params, None).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => return Ok(Err(error_code(error.get()))),
         Err(e) => return Err(describe(e)),
@@ -102,7 +127,11 @@ async fn initialize(
     }))
 }
 
-async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+async fn discover(
+    up: &Arc<Upstream>,
+    link: &Arc<Link>,
+    probe: Option<Duration>,
+) -> Result<UpstreamInfo, String> {
     let params = format!(
         r#"{{"_meta":{{"{}":"{}","{}":{},"{}":{}}}}}"#,
         meta::PROTOCOL_VERSION,
@@ -112,7 +141,7 @@ async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, 
         meta::CLIENT_INFO,
         client_info()
     );
-    let result = match up.request_on(link, "server/discover", &params).await {
+    let result = match up.request_on(link, "server/discover", &params, probe).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
             return Err(format!(

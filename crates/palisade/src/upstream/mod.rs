@@ -197,6 +197,8 @@ impl Link {
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: config::Server,
+    /// Set when `protocol = "auto"` found the upstream does not speak 2026-07-28.
+    legacy_only: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     next_link: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
@@ -279,6 +281,7 @@ impl Upstream {
         Arc::new(Upstream {
             name: config.name.as_str().into(),
             config,
+            legacy_only: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             next_link: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
@@ -305,6 +308,14 @@ impl Upstream {
     /// The handshake result of the current link, waiting for one up to `wait`.
     pub async fn info(self: &Arc<Self>, wait: Duration) -> Result<UpstreamInfo, UpstreamError> {
         Ok(self.link(wait).await?.info().clone())
+    }
+
+    /// The era of the live link, if there is one.
+    pub fn era(&self) -> Option<Era> {
+        match &*self.readiness.borrow() {
+            Readiness::Ready(link) => Some(link.info().era),
+            _ => None,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -521,6 +532,9 @@ impl Upstream {
                 self.invalidate(ListKind::ResourceTemplates);
             }
             let _ = self.notices.send(Notice::ListChanged(kind));
+            return;
+        }
+        if method == "notifications/subscriptions/acknowledged" {
             return;
         }
         if method == "notifications/resources/updated" {
@@ -808,14 +822,23 @@ impl Upstream {
                 return Err(e);
             }
         }
-        if let Transport::Http(t) = &link.transport {
-            t.open_listen_stream(self.clone(), link.clone());
+        match (&link.transport, link.info().era) {
+            (_, Era::Modern) => self.listen_for_changes(&link),
+            (Transport::Http(t), Era::Legacy) => t.open_listen_stream(self.clone(), link.clone()),
+            _ => {}
         }
         Ok(link)
     }
 
     /// Sends a request on a given link and waits for its outcome (handshake use).
-    async fn request_on(self: &Arc<Self>, link: &Arc<Link>, method: &str, params: &str) -> Outcome {
+    /// Sends a request on a given link and waits for its outcome, at most `within` (handshake).
+    async fn request_on(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        method: &str,
+        params: &str,
+        within: Option<Duration>,
+    ) -> Outcome {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, _events) = mpsc::channel(1);
         let (done_tx, done) = oneshot::channel();
@@ -836,13 +859,59 @@ impl Upstream {
             jsonrpc::request(&Id::number(id), method, Some(params)),
             Some(id),
         );
-        tokio::select! {
-            r = done => r.unwrap_or_else(|_| Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() })),
-            _ = link.closed.cancelled() => {
-                self.lock_calls().remove(&id);
-                Err(UpstreamError::Lost { server: self.name.clone(), reason: link.reason() })
+        let limit = within.unwrap_or(Duration::from_secs(24 * 3600));
+        let lost = |reason: String| UpstreamError::Lost {
+            server: self.name.clone(),
+            reason,
+        };
+        let outcome = tokio::select! {
+            r = done => r.unwrap_or_else(|_| Err(lost(link.reason()))),
+            _ = link.closed.cancelled() => Err(lost(link.reason())),
+            _ = tokio::time::sleep(limit) => Err(UpstreamError::Timeout { server: self.name.clone(), ms: limit.as_millis() as u64 }),
+        };
+        self.lock_calls().remove(&id);
+        outcome
+    }
+
+    /// For a modern upstream: keeps a `subscriptions/listen` open so list changes invalidate the
+    /// cache and reach clients, as `list_changed` notifications do for legacy upstreams.
+    fn listen_for_changes(self: &Arc<Self>, link: &Arc<Link>) {
+        let me = self.clone();
+        let link = link.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            while !link.closed.is_cancelled() {
+                let mut params = RawObject::default();
+                if let Ok(filter) = RawValue::from_string(
+                    r#"{"toolsListChanged":true,"promptsListChanged":true,"resourcesListChanged":true}"#.into(),
+                ) {
+                    params.set_raw("notifications", filter);
+                }
+                let Ok(mut handle) =
+                    me.call_on(&link, "subscriptions/listen", Some(params), Route::Internal)
+                else {
+                    return;
+                };
+                handle.deadline =
+                    tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+                let refused = loop {
+                    match handle.next().await {
+                        Step::Event(_) => continue,
+                        Step::Done(Ok(Err(_))) => break true,
+                        Step::Done(_) => break false,
+                    }
+                };
+                if refused {
+                    tracing::info!(server = %me.name, "upstream refused subscriptions/listen; list changes will not be noticed");
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = link.closed.cancelled() => return,
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
             }
-        }
+        });
     }
 
     fn notify_on(self: &Arc<Self>, link: &Arc<Link>, method: &str, params: Option<&str>) {
