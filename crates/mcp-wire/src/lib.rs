@@ -10,6 +10,7 @@
 
 pub mod era;
 pub mod jsonrpc;
+pub mod param_headers;
 pub mod raw;
 pub mod sse;
 

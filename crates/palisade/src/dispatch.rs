@@ -51,6 +51,9 @@ pub async fn request(
     let forward = |addressing| async move {
         match pipeline::forward(gw, caller, id, method, params, addressing).await {
             Ok(fwd) => Reply::Call(Box::new(fwd)),
+            Err(error) if caller.era == Era::Modern => {
+                Reply::Status(pipeline::modern_status_of(&error), error)
+            }
             Err(error) => Reply::Message(error),
         }
     };

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc::{self, ErrorCode};
+use mcp_wire::param_headers;
 use mcp_wire::{Era, Id, RawObject};
 use rand::RngCore;
 use serde_json::value::RawValue;
@@ -34,6 +35,8 @@ pub struct Caller<'a> {
     pub subject: Arc<str>,
     pub era: Era,
     pub session: Option<Arc<Session>>,
+    /// Modern era: the request's `Mcp-Param-*` headers, by lowercase suffix.
+    pub param_headers: Vec<(String, String)>,
 }
 
 /// How a request addresses its upstream.
@@ -146,6 +149,9 @@ pub async fn forward(
                 .await
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
             let label = metric_label(target.upstream, kind, &target.name);
+            if addressing == Addressing::Tool && caller.era == Era::Modern {
+                check_param_headers(caller, &target, &params, id).await?;
+            }
             params.set_str("name", &target.name);
             (target, label)
         }
@@ -279,6 +285,30 @@ pub async fn forward(
         client_caps,
         log_min,
     })
+}
+
+/// The modern era's `Mcp-Param-*` headers must agree with the arguments they mirror.
+async fn check_param_headers(
+    caller: &Caller<'_>,
+    target: &Target<'_>,
+    params: &RawObject,
+    id: &Id,
+) -> Result<(), Vec<u8>> {
+    let annotated = target.upstream.header_params(&target.name).await;
+    if annotated.is_empty() {
+        return Ok(());
+    }
+    let args = params.get_object("arguments");
+    let header = |suffix: &str| {
+        let suffix = suffix.to_ascii_lowercase();
+        caller
+            .param_headers
+            .iter()
+            .find(|(k, _)| *k == suffix)
+            .map(|(_, v)| v.as_str())
+    };
+    param_headers::check(&annotated, args.as_ref(), header)
+        .map_err(|problem| jsonrpc::error(Some(id), ErrorCode::HEADER_MISMATCH, &problem, None))
 }
 
 /// Tool names become metric labels only when the upstream listed them (bounded cardinality).
@@ -690,6 +720,14 @@ fn modern_error(error: &RawValue) -> String {
         }
         _ => error.get().to_owned(),
     }
+}
+
+/// The HTTP status of a complete error message in the modern era.
+pub fn modern_status_of(message: &[u8]) -> u16 {
+    serde_json::from_slice::<serde_json::Value>(message)
+        .ok()
+        .map(|m| modern_status(&m["error"].to_string()))
+        .unwrap_or(200)
 }
 
 /// The modern era carries some JSON-RPC errors in the HTTP status too.

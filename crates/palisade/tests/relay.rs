@@ -593,3 +593,64 @@ async fn modern_upstream_errors_keep_their_http_status() {
     assert_eq!(a.status, 400, "{:?}", a.messages);
     assert_eq!(a.response()["error"]["code"], -32021);
 }
+
+#[tokio::test]
+async fn mcp_param_headers_are_checked_and_sent_upstream() {
+    let (web, url) = testkit_http();
+    let _web = Reap(web);
+    let server =
+        http_server("web", &url).replace("[servers.http]", "protocol = \"modern\"\n[servers.http]");
+    let gw = Gw::start(
+        &server,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["web"],
+            namespacing: false,
+        }],
+    );
+    gw.ready().await;
+    let key = gw.key("acme").to_owned();
+    let call = |region: &str| {
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_custom_header","arguments":{"region":region},
+            "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}})
+        .to_string()
+    };
+    let base = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "test_custom_header"),
+    ];
+    let with = |v: &'static str| {
+        let mut h = base.to_vec();
+        h.push(("mcp-param-region", v));
+        h
+    };
+    // Matching header (literal, then Base64): accepted, and the upstream (which checks the
+    // header it receives) answers, so the gateway sent it on.
+    let a = gw
+        .post(Some(&key), &with("us-west1"), call("us-west1"))
+        .await;
+    assert_eq!(text(a.response()), "region=us-west1", "{:?}", a.messages);
+    let a = gw
+        .post(
+            Some(&key),
+            &with("=?base64?dXMtd2VzdDE=?="),
+            call("us-west1"),
+        )
+        .await;
+    assert_eq!(text(a.response()), "region=us-west1", "{:?}", a.messages);
+    // Missing, mismatched or malformed: 400 / -32020 from the gateway itself.
+    for headers in [
+        base.to_vec(),
+        with("eu-central1"),
+        with("=?base64?dXMtd2VzdDE?="),
+    ] {
+        let a = gw.post(Some(&key), &headers, call("us-west1")).await;
+        assert_eq!(
+            (a.status, a.response()["error"]["code"].as_i64()),
+            (400, Some(-32020)),
+            "{headers:?}: {:?}",
+            a.messages
+        );
+    }
+}

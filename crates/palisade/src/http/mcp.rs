@@ -88,6 +88,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
             subject: principal.subject.clone(),
             era,
             session: None,
+            param_headers: param_headers(&headers),
         };
         return respond(&gw, &principal, &caller, msg).await;
     }
@@ -106,6 +107,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         subject: principal.subject.clone(),
         era,
         session,
+        param_headers: Vec::new(),
     };
     respond(&gw, &principal, &caller, msg).await
 }
@@ -503,6 +505,17 @@ fn session_of(
             "session not found: it ended or expired; send initialize again",
         )
     })
+}
+
+/// The `Mcp-Param-*` headers, by lowercase suffix.
+fn param_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let suffix = name.as_str().strip_prefix(mcp_header::PARAM_PREFIX)?;
+            Some((suffix.to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use mcp_wire::era::header;
-use mcp_wire::{Era, Message, RawObject, sse};
+use mcp_wire::{Era, Message, RawObject, param_headers, sse};
 use tokio::task::AbortHandle;
 
 use super::{Link, Upstream, UpstreamError};
@@ -186,7 +186,7 @@ enum ListenEnd {
 }
 
 impl Inner {
-    fn request_headers(&self, link: &Link, bytes: &[u8]) -> HeaderMap {
+    fn request_headers(&self, up: &Upstream, link: &Link, bytes: &[u8]) -> HeaderMap {
         let mut h = self.headers.clone();
         if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
             h.insert(header::SESSION_ID, s);
@@ -216,14 +216,14 @@ impl Inner {
                 if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
                     h.insert(header::METHOD, v);
                 }
-                let name = mcp_wire::era::name_field(&req.method).and_then(|field| {
-                    req.params
-                        .as_ref()
-                        .and_then(|p| RawObject::parse(p.get()))
-                        .and_then(|o| o.get_str(field))
-                });
-                if let Some(v) = name.and_then(|n| HeaderValue::try_from(n).ok()) {
+                let params = req.params.as_ref().and_then(|p| RawObject::parse(p.get()));
+                let name = mcp_wire::era::name_field(&req.method)
+                    .and_then(|field| params.as_ref().and_then(|o| o.get_str(field)));
+                if let Some(v) = name.as_deref().and_then(|n| HeaderValue::try_from(n).ok()) {
                     h.insert(header::NAME, v);
+                }
+                if let (Some(tool), "tools/call") = (&name, req.method.as_str()) {
+                    add_param_headers(&mut h, &up.cached_header_params(tool), params.as_ref());
                 }
             }
         } else if handshake_done
@@ -241,7 +241,7 @@ impl Inner {
         bytes: Vec<u8>,
         call: Option<u64>,
     ) -> Result<(), String> {
-        let headers = self.request_headers(link, &bytes);
+        let headers = self.request_headers(up, link, &bytes);
         let resp = self
             .client
             .post(self.url.clone())
@@ -336,7 +336,7 @@ impl Inner {
     }
 
     async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
-        let mut headers = self.request_headers(link, b"");
+        let mut headers = self.request_headers(up, link, b"");
         headers.insert(
             http::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
@@ -356,6 +356,28 @@ impl Inner {
         }
         self.read_messages(up, link, resp, None).await?;
         Ok(ListenEnd::Ended)
+    }
+}
+
+/// As a client of a modern upstream, mirror annotated arguments into `Mcp-Param-*` headers.
+fn add_param_headers(
+    h: &mut HeaderMap,
+    params: &[param_headers::HeaderParam],
+    body: Option<&RawObject>,
+) {
+    let args = body.and_then(|b| b.get_object("arguments"));
+    for p in params {
+        let value = args
+            .as_ref()
+            .and_then(|a| a.get(&p.property))
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok());
+        let encoded = value.as_ref().and_then(param_headers::encode);
+        let name = HeaderName::try_from(format!("{}{}", header::PARAM_PREFIX, p.header));
+        if let (Some(encoded), Ok(name)) = (encoded, name)
+            && let Ok(v) = HeaderValue::try_from(encoded)
+        {
+            h.insert(name, v);
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc;
+use mcp_wire::param_headers::{self, HeaderParam};
 use mcp_wire::{Era, Id, Message, RawObject};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -137,6 +138,8 @@ impl ListKind {
 struct CachedList {
     items: Arc<Vec<Box<RawValue>>>,
     names: std::collections::HashSet<String>,
+    /// Tools only: the `x-mcp-header` annotations of the tools that have any.
+    header_params: HashMap<String, Vec<HeaderParam>>,
 }
 
 struct PendingCall {
@@ -699,19 +702,50 @@ impl Upstream {
             } else {
                 "uri"
             };
-            let names = items
-                .iter()
-                .filter_map(|i| RawObject::parse(i.get()).and_then(|o| o.get_str(key)))
-                .collect();
+            let mut names = std::collections::HashSet::new();
+            let mut header_params = HashMap::new();
+            for item in items.iter() {
+                let Some(name) = RawObject::parse(item.get()).and_then(|o| o.get_str(key)) else {
+                    continue;
+                };
+                if kind == ListKind::Tools && item.get().contains("x-mcp-header") {
+                    header_params.insert(name.clone(), param_headers::annotations(item.get()));
+                }
+                names.insert(name);
+            }
             self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
                 kind,
                 CachedList {
                     items: items.clone(),
                     names,
+                    header_params,
                 },
             );
         }
         Ok(items)
+    }
+
+    /// The `x-mcp-header` annotations of a tool, from the cached tool list only.
+    pub fn cached_header_params(&self, tool: &str) -> Vec<HeaderParam> {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ListKind::Tools)
+            .and_then(|l| l.header_params.get(tool).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The `x-mcp-header` annotations of a tool, listing the tools first if they are not cached.
+    pub async fn header_params(self: &Arc<Self>, tool: &str) -> Vec<HeaderParam> {
+        let cached = self
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&ListKind::Tools);
+        if !cached {
+            let _ = self.list(ListKind::Tools).await;
+        }
+        self.cached_header_params(tool)
     }
 
     /// Whether the cached list of `kind` holds `name`.
