@@ -142,11 +142,13 @@ pepper_file = "$CONF/pepper"
 
 [[servers]]
 name = "echo"
+protocol = "$ERA"
 [servers.http]
 url = "$ECHO_URL"
 
 [[servers]]
 name = "echostdio"
+protocol = "$ERA"
 [servers.stdio]
 command = "$BIN/bench-echo"
 args = ["stdio"]
