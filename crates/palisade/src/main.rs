@@ -6,11 +6,16 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = palisade::cli::Cli::parse();
     palisade::cli::init_logging(&cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match cli.worker_threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(n) = cli.worker_threads {
-        builder.worker_threads(n.max(1));
-    }
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {

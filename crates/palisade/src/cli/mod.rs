@@ -23,7 +23,8 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// Threads that run requests (default: one per CPU).
+    /// Threads that run requests (default: one per CPU). 0 runs everything on one thread, which
+    /// costs the least CPU per call on small hosts (see bench/README.md).
     #[arg(long, global = true, env = "PALISADE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     #[command(subcommand)]
