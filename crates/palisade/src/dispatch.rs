@@ -356,6 +356,10 @@ pub fn relay_to_session(
     let namespacing = tenant.namespacing;
     let session = session.clone();
     relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
+        Notice::ForSession {
+            session: owner,
+            message,
+        } => (owner.as_ref() == session.id.as_ref()).then(|| message.to_vec()),
         Notice::ListChanged(kind) => kind
             .changed_notification()
             .map(|m| jsonrpc::notification(m, None)),

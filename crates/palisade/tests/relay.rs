@@ -654,3 +654,69 @@ async fn mcp_param_headers_are_checked_and_sent_upstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn logs_that_trail_the_result_reach_the_session_not_another() {
+    // A legacy HTTP upstream sends logs on its own GET stream, which races its POST response:
+    // a log that arrives after the result goes to the session's GET stream, never lost.
+    let (web, url) = testkit_http();
+    let _web = Reap(web);
+    let server =
+        http_server("web", &url).replace("[servers.http]", "protocol = \"legacy\"\n[servers.http]");
+    let gw = Gw::start(
+        &server,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["web"],
+            namespacing: false,
+        }],
+    );
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    let get = gw
+        .http
+        .get(&gw.mcp)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {}", s.key))
+        .header("mcp-session-id", &s.session)
+        .send()
+        .await
+        .unwrap();
+    let mut on_get = get.bytes_stream();
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    let rounds = 20;
+    let mut on_post = 0;
+    for i in 0..rounds {
+        let a = s
+            .call(
+                i + 1,
+                "log",
+                json!({"message": format!("line {i}"), "level": "info"}),
+            )
+            .await;
+        on_post += a
+            .messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .count();
+    }
+    let mut on_stream = 0;
+    while on_post + on_stream < rounds as usize {
+        let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(3), on_get.next()).await
+        else {
+            break;
+        };
+        decoder.push(&chunk);
+        while let Some(ev) = decoder.next_event().unwrap() {
+            let msg: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+            if msg["method"] == "notifications/message" {
+                on_stream += 1;
+            }
+        }
+    }
+    assert_eq!(
+        on_post + on_stream,
+        rounds as usize,
+        "{on_post} on the calls' streams, {on_stream} on the GET stream"
+    );
+}

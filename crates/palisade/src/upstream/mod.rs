@@ -84,7 +84,15 @@ pub enum Route {
 #[derive(Clone, Debug)]
 pub enum Notice {
     ListChanged(ListKind),
-    ResourceUpdated { uri: String, params: String },
+    ResourceUpdated {
+        uri: String,
+        params: String,
+    },
+    /// A message for one legacy session's GET stream: it trailed the session's last call.
+    ForSession {
+        session: Arc<str>,
+        message: Arc<[u8]>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -205,6 +213,8 @@ pub struct Upstream {
     next_id: AtomicU64,
     next_link: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
+    /// Client calls that finished within [`TRAILING`], newest last.
+    recent: Mutex<std::collections::VecDeque<(Instant, Route)>>,
     readiness: watch::Sender<Readiness>,
     notices: broadcast::Sender<Notice>,
     lists: Mutex<HashMap<ListKind, CachedList>>,
@@ -288,6 +298,7 @@ impl Upstream {
             next_id: AtomicU64::new(1),
             next_link: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             readiness,
             notices,
             lists: Mutex::new(HashMap::new()),
@@ -478,13 +489,35 @@ impl Upstream {
     }
 
     fn finish(&self, id: u64, outcome: Outcome) {
-        if let Some(call) = self.lock_calls().remove(&id) {
-            if matches!(call.route, Route::Client { .. }) {
-                let secs = (now_micros().saturating_sub(call.started)) as f64 / 1e6;
-                self.metrics.upstream_latency(&self.name, secs);
+        let Some(call) = self.lock_calls().remove(&id) else {
+            return;
+        };
+        if matches!(call.route, Route::Client { .. }) {
+            let secs = (now_micros().saturating_sub(call.started)) as f64 / 1e6;
+            self.metrics.upstream_latency(&self.name, secs);
+            let now = Instant::now();
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            while recent
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > TRAILING)
+                || recent.len() >= 256
+            {
+                recent.pop_front();
             }
-            let _ = call.done.send(outcome);
+            recent.push_back((now, call.route.clone()));
         }
+        let _ = call.done.send(outcome);
+    }
+
+    /// Who owns a message the upstream sent on its own (see [`owner`]).
+    fn owner_of(&self, calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<Owner> {
+        let now = Instant::now();
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let trailing = recent
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= TRAILING)
+            .map(|(_, r)| r);
+        owner(calls, origin, trailing)
     }
 
     /// Fails every call that was in flight on a link that is gone.
@@ -574,16 +607,29 @@ impl Upstream {
             }
             return;
         }
-        // Logs and anything else: only to the one call that can own it.
+        // Logs and anything else: only to the one client session that can own it.
         let calls = self.lock_calls();
-        if let Some(id) = attribute(&calls, origin) {
-            if let Some(call) = calls.get(&id) {
-                let _ = call
-                    .events
-                    .try_send(CallEvent::Notification { method, params });
+        match self.owner_of(&calls, origin) {
+            Some(Owner::Call(id)) => {
+                if let Some(call) = calls.get(&id) {
+                    let _ = call
+                        .events
+                        .try_send(CallEvent::Notification { method, params });
+                }
             }
-        } else {
-            tracing::debug!(server = %self.name, %method, "notification not attributable to one client call; dropped");
+            Some(Owner::Session(Route::Client {
+                session: Some(session),
+                ..
+            })) => {
+                let message = jsonrpc::notification(&method, params.as_ref().map(|p| p.get()));
+                let _ = self.notices.send(Notice::ForSession {
+                    session,
+                    message: message.into(),
+                });
+            }
+            _ => {
+                tracing::debug!(server = %self.name, %method, "notification not attributable to one client session; dropped");
+            }
         }
     }
 
@@ -594,9 +640,8 @@ impl Upstream {
         }
         let delivered = {
             let calls = self.lock_calls();
-            attribute(&calls, origin)
-                .and_then(|id| calls.get(&id))
-                .map(|call| {
+            match self.owner_of(&calls, origin) {
+                Some(Owner::Call(id)) => calls.get(&id).is_some_and(|call| {
                     call.events
                         .try_send(CallEvent::Request {
                             upstream_id: req.id.clone(),
@@ -604,19 +649,27 @@ impl Upstream {
                             params: req.params,
                         })
                         .is_ok()
-                })
-                .unwrap_or(false)
+                }),
+                _ => false,
+            }
         };
-        if !delivered {
+        if delivered {
+            return;
+        }
+        let reply = if req.method == "roots/list" {
+            // Asked outside any call (e.g. right after the handshake): the gateway, the
+            // upstream's one client, exposes no roots of its own.
+            jsonrpc::result(&req.id, r#"{"roots":[]}"#)
+        } else {
             tracing::warn!(server = %self.name, method = %req.method, "server request not attributable to one client call; refused");
-            let err = jsonrpc::error(
+            jsonrpc::error(
                 Some(&req.id),
                 jsonrpc::ErrorCode::INTERNAL_ERROR,
                 "the gateway could not attribute this request to exactly one client call in flight",
                 None,
-            );
-            self.send(link, err, None);
-        }
+            )
+        };
+        self.send(link, reply, None);
     }
 
     // ---- list cache ------------------------------------------------------------------------
@@ -972,29 +1025,55 @@ struct ListPage {
     next_cursor: Option<String>,
 }
 
-/// The call that should receive a message the upstream sent on its own.
-fn attribute(calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<u64> {
+/// How long a finished call still counts when attributing messages the upstream sends on its
+/// own: they may trail the response on another stream (an HTTP upstream's GET stream).
+const TRAILING: Duration = Duration::from_millis(250);
+
+/// Who receives a message the upstream sent on its own.
+#[derive(Debug, PartialEq)]
+enum Owner {
+    /// The call in flight it belongs to.
+    Call(u64),
+    /// The session whose call just finished.
+    Session(Route),
+}
+
+/// The one client session among the calls in flight and those that just finished; `None` when
+/// there are several (a message is never guessed to belong to one of them). Calls parked for a
+/// modern client's input are not candidates.
+fn owner<'r>(
+    calls: &HashMap<u64, PendingCall>,
+    origin: Option<u64>,
+    trailing: impl Iterator<Item = &'r Route>,
+) -> Option<Owner> {
     if let Some(id) = origin {
-        return calls.contains_key(&id).then_some(id);
+        return calls.contains_key(&id).then_some(Owner::Call(id));
     }
-    let mut owner: Option<(&Route, u64)> = None;
+    let mut route: Option<&Route> = None;
+    let mut newest: Option<u64> = None;
     for (id, call) in calls {
         if call.route == Route::Internal || call.waiting_on_client {
             continue;
         }
-        match owner {
-            None => owner = Some((&call.route, *id)),
-            Some((route, newest)) => {
-                if route != &call.route {
-                    return None;
-                }
-                if *id > newest {
-                    owner = Some((route, *id));
-                }
-            }
+        if route.is_some_and(|r| r != &call.route) {
+            return None;
+        }
+        route = Some(&call.route);
+        newest = newest.max(Some(*id));
+    }
+    let mut owner_route = route.cloned();
+    for r in trailing {
+        match &owner_route {
+            Some(o) if o != r => return None,
+            Some(_) => {}
+            None => owner_route = Some(r.clone()),
         }
     }
-    owner.map(|(_, id)| id)
+    match (owner_route, newest) {
+        (Some(_), Some(id)) => Some(Owner::Call(id)),
+        (Some(route), None) => Some(Owner::Session(route)),
+        _ => None,
+    }
 }
 
 /// Rewrites the gateway-owned parts of a request's params: the progress token becomes the
@@ -1089,6 +1168,55 @@ mod tests {
             text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#),
             "{text}"
         );
+    }
+
+    fn pending(route: Route) -> PendingCall {
+        let (events, _) = mpsc::channel(1);
+        let (done, _) = oneshot::channel();
+        PendingCall {
+            route,
+            waiting_on_client: false,
+            events,
+            done,
+            client_progress_token: None,
+            link: 1,
+            started: 0,
+        }
+    }
+
+    #[test]
+    fn unsolicited_messages_have_at_most_one_owner() {
+        let a = Route::Client {
+            tenant: "acme".into(),
+            session: Some("s-a".into()),
+        };
+        let b = Route::Client {
+            tenant: "globex".into(),
+            session: Some("s-b".into()),
+        };
+        let mut calls = HashMap::new();
+        calls.insert(1, pending(a.clone()));
+        calls.insert(2, pending(a.clone()));
+        assert_eq!(
+            owner(&calls, None, [].iter()),
+            Some(Owner::Call(2)),
+            "newest call of the one session"
+        );
+        // A call of another session that just finished makes it ambiguous: dropped, not leaked.
+        assert_eq!(owner(&calls, None, [b.clone()].iter()), None);
+        calls.insert(3, pending(b.clone()));
+        assert_eq!(owner(&calls, None, [].iter()), None);
+        assert_eq!(
+            owner(&calls, Some(3), [].iter()),
+            Some(Owner::Call(3)),
+            "the stream it came on decides"
+        );
+        // Nothing in flight: the session whose call just ended gets it on its GET stream.
+        assert_eq!(
+            owner(&HashMap::new(), None, [a.clone(), a.clone()].iter()),
+            Some(Owner::Session(a))
+        );
+        assert_eq!(owner(&HashMap::new(), None, [].iter()), None);
     }
 
     #[test]
