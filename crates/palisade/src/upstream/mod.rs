@@ -509,8 +509,19 @@ impl Upstream {
         let _ = call.done.send(outcome);
     }
 
-    /// Who owns a message the upstream sent on its own (see [`owner`]).
-    fn owner_of(&self, calls: &HashMap<u64, PendingCall>, origin: Option<u64>) -> Option<Owner> {
+    /// Who owns a message the upstream sent on its own (see [`owner`]). A child's stdout is one
+    /// ordered stream, so a call's messages always precede its response there; only an HTTP
+    /// upstream's separate GET stream can deliver them after it, so only there do calls that
+    /// just finished count.
+    fn owner_of(
+        &self,
+        link: &Link,
+        calls: &HashMap<u64, PendingCall>,
+        origin: Option<u64>,
+    ) -> Option<Owner> {
+        if matches!(link.transport, Transport::Stdio(_)) {
+            return owner(calls, origin, std::iter::empty());
+        }
         let now = Instant::now();
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let trailing = recent
@@ -550,12 +561,18 @@ impl Upstream {
                 };
                 self.finish(id, Ok(resp.outcome));
             }
-            Message::Notification(n) => self.on_notification(n.method, n.params, origin),
+            Message::Notification(n) => self.on_notification(link, n.method, n.params, origin),
             Message::Request(req) => self.on_request(link, req, origin),
         }
     }
 
-    fn on_notification(&self, method: String, params: Option<Box<RawValue>>, origin: Option<u64>) {
+    fn on_notification(
+        &self,
+        link: &Link,
+        method: String,
+        params: Option<Box<RawValue>>,
+        origin: Option<u64>,
+    ) {
         let kind = match method.as_str() {
             "notifications/tools/list_changed" => Some(ListKind::Tools),
             "notifications/prompts/list_changed" => Some(ListKind::Prompts),
@@ -609,7 +626,7 @@ impl Upstream {
         }
         // Logs and anything else: only to the one client session that can own it.
         let calls = self.lock_calls();
-        match self.owner_of(&calls, origin) {
+        match self.owner_of(link, &calls, origin) {
             Some(Owner::Call(id)) => {
                 if let Some(call) = calls.get(&id) {
                     let _ = call
@@ -640,7 +657,7 @@ impl Upstream {
         }
         let delivered = {
             let calls = self.lock_calls();
-            match self.owner_of(&calls, origin) {
+            match self.owner_of(link, &calls, origin) {
                 Some(Owner::Call(id)) => calls.get(&id).is_some_and(|call| {
                     call.events
                         .try_send(CallEvent::Request {
