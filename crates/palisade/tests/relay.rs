@@ -515,21 +515,7 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
 #[tokio::test]
 async fn http_upstream_in_either_era() {
     for protocol in ["legacy", "modern"] {
-        let (web, url) = testkit_http();
-        let _web = Reap(web);
-        let server = http_server("web", &url).replace(
-            "[servers.http]",
-            &format!("protocol = \"{protocol}\"\n[servers.http]"),
-        );
-        let gw = Gw::start(
-            &server,
-            &[TenantSpec {
-                id: "acme",
-                servers: &["web"],
-                namespacing: true,
-            }],
-        );
-        gw.ready().await;
+        let (gw, _web) = acme_on_web(protocol, true).await;
         assert!(
             gw.log().contains(if protocol == "modern" {
                 "Modern"
@@ -596,19 +582,7 @@ async fn modern_upstream_errors_keep_their_http_status() {
 
 #[tokio::test]
 async fn mcp_param_headers_are_checked_and_sent_upstream() {
-    let (web, url) = testkit_http();
-    let _web = Reap(web);
-    let server =
-        http_server("web", &url).replace("[servers.http]", "protocol = \"modern\"\n[servers.http]");
-    let gw = Gw::start(
-        &server,
-        &[TenantSpec {
-            id: "acme",
-            servers: &["web"],
-            namespacing: false,
-        }],
-    );
-    gw.ready().await;
+    let (gw, _web) = acme_on_web("modern", false).await;
     let key = gw.key("acme").to_owned();
     let call = |region: &str| {
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_custom_header","arguments":{"region":region},
@@ -659,19 +633,7 @@ async fn mcp_param_headers_are_checked_and_sent_upstream() {
 async fn logs_that_trail_the_result_reach_the_session_not_another() {
     // A legacy HTTP upstream sends logs on its own GET stream, which races its POST response:
     // a log that arrives after the result goes to the session's GET stream, never lost.
-    let (web, url) = testkit_http();
-    let _web = Reap(web);
-    let server =
-        http_server("web", &url).replace("[servers.http]", "protocol = \"legacy\"\n[servers.http]");
-    let gw = Gw::start(
-        &server,
-        &[TenantSpec {
-            id: "acme",
-            servers: &["web"],
-            namespacing: false,
-        }],
-    );
-    gw.ready().await;
+    let (gw, _web) = acme_on_web("legacy", false).await;
     let s = gw.legacy("acme").await;
     let get = gw
         .http

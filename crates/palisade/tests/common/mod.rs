@@ -454,6 +454,27 @@ pub fn testkit_http() -> (Child, String) {
     (child, url)
 }
 
+/// A ready gateway in front of `palisade-testkit http` (server `web`, spoken to in `protocol`),
+/// with tenant `acme` on it. Keep the returned [`Reap`] alive as long as the gateway.
+pub async fn acme_on_web(protocol: &str, namespacing: bool) -> (Gw, Reap) {
+    let (web, url) = testkit_http();
+    let web = Reap(web);
+    let server = http_server("web", &url).replace(
+        "[servers.http]",
+        &format!("protocol = \"{protocol}\"\n[servers.http]"),
+    );
+    let gw = Gw::start(
+        &server,
+        &[TenantSpec {
+            id: "acme",
+            servers: &["web"],
+            namespacing,
+        }],
+    );
+    gw.ready().await;
+    (gw, web)
+}
+
 /// Kills a child on drop.
 pub struct Reap(pub Child);
 
