@@ -682,3 +682,28 @@ async fn logs_that_trail_the_result_reach_the_session_not_another() {
         "{on_post} on the calls' streams, {on_stream} on the GET stream"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_withdrawing_its_request_names_the_clients_id() {
+    let gw = one_kit("protocol = \"legacy\"").await;
+    let s = gw.legacy("acme").await;
+    let a = s
+        .call(1, "kit__withdrawn_request", json!({"ms": 200}))
+        .await;
+    let asked = a
+        .messages
+        .iter()
+        .find(|m| m["method"] == "sampling/createMessage")
+        .expect("the request reached the client");
+    let cancelled = a
+        .messages
+        .iter()
+        .find(|m| m["method"] == "notifications/cancelled")
+        .expect("the withdrawal reached the client");
+    assert_eq!(
+        cancelled["params"]["requestId"], asked["id"],
+        "{:?}",
+        a.messages
+    );
+    assert_eq!(text(a.response()), "withdrawn");
+}

@@ -165,6 +165,12 @@ fn definitions() -> Vec<Value> {
             json!({}),
             &[],
         ),
+        def(
+            "withdrawn_request",
+            "Asks the client for a sampling reply, then withdraws the request (notifications/cancelled) after `ms`",
+            json!({ "ms": { "type": "integer", "minimum": 0 } }),
+            &[],
+        ),
         def("error_result", "Returns an isError result", json!({}), &[]),
         def(
             "slow",
@@ -325,6 +331,10 @@ pub async fn call(
         "sampling" => return sampling(kit, &ctx, &request, &args).await,
         "elicitation" => return elicitation(kit, &ctx, &request, &args).await,
         "roots" => return roots(kit, &ctx, &request).await,
+        "withdrawn_request" => match args.uint_or("ms", 200) {
+            Ok(ms) => withdrawn_request(&ctx, ms).await,
+            Err(error) => Err(error),
+        },
         "error_result" => Ok(failure("something failed")),
         "slow" => match args.uint("ms") {
             Ok(ms) => {
@@ -439,6 +449,33 @@ async fn log(
         .map_err(|_| format!("unknown log level '{level_name}'"))?;
     kit.log(ctx, level, "testkit", json!(message)).await;
     Ok(text("logged"))
+}
+
+/// Sends a sampling request and cancels it: the client must see the cancellation name the
+/// request it received (legacy era; 2026-07-28 has no server→client requests).
+async fn withdrawn_request(
+    ctx: &RequestContext<RoleServer>,
+    ms: u64,
+) -> Result<CallToolResponse, String> {
+    let params = json!({
+        "messages": [{ "role": "user", "content": { "type": "text", "text": "never mind" } }],
+        "maxTokens": 10,
+    });
+    let request = rmcp::model::ServerRequest::CustomRequest(rmcp::model::CustomRequest::new(
+        "sampling/createMessage",
+        Some(params),
+    ));
+    let handle = ctx
+        .peer
+        .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+        .await
+        .map_err(|error| format!("sampling/createMessage could not be sent: {error}"))?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    handle
+        .cancel(Some("withdrawn by the test upstream".into()))
+        .await
+        .map_err(|error| format!("cancelling failed: {error}"))?;
+    Ok(text("withdrawn"))
 }
 
 async fn sampling(
