@@ -2,13 +2,17 @@
 //! `prompts/get`, and the other requests that go to exactly one upstream).
 //!
 //! Read top to bottom, [`forward`] is the whole story of a call:
+//!   0. a retry carrying a `requestState` the gateway issued resumes its parked call ([`Parked`]);
 //!   1. resolve the target: which of the tenant's upstreams, under which original name
-//!      (a name outside the tenant's servers is an unknown tool, -32602);
-//!   2. rewrite only what the gateway owns (the name; ids and progress tokens in `upstream`);
-//!   3. send it upstream and relay what comes back, in order, ending with the response.
+//!      (a name outside the tenant's servers is an unknown tool, -32602), and for a modern
+//!      client check its `Mcp-Param-*` headers against the arguments;
+//!   2. say what the client can take (capabilities, log level) for the upstream hop;
+//!   3. send it upstream; [`Forward::next`] then relays what comes back, in order, ending with
+//!      the response, and bridges input requests between the eras.
 //!
-//! Authorization, rate limits, bulkheads, breakers and the audit record slot in between 1 and 3,
-//! each in its own module, in that order.
+//! Only what the gateway owns is rewritten here (the name or URI); ids, progress tokens and the
+//! era's `_meta` keys are the upstream module's. Authorization, rate limits, bulkheads,
+//! breakers and the audit record slot in between 2 and 3, each in its own module, in that order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

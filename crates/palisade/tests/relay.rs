@@ -707,3 +707,45 @@ async fn an_upstream_withdrawing_its_request_names_the_clients_id() {
     );
     assert_eq!(text(a.response()), "withdrawn");
 }
+
+#[tokio::test]
+async fn names_longer_than_64_characters_are_shortened_and_still_reach_their_tool() {
+    let server = "a-server-name-of-thirty-two-char";
+    assert_eq!(server.len(), 32);
+    let gw = Gw::start(
+        &stdio_server(server, "protocol = \"legacy\""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &[server],
+            namespacing: true,
+        }],
+    );
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    let tools = names(
+        s.request(1, "tools/list", json!({})).await.response(),
+        "tools",
+        "name",
+    );
+    assert!(tools.iter().all(|n| n.len() <= 64), "{tools:?}");
+    let full = format!("{server}__test_elicitation_sep1034_defaults");
+    assert!(full.len() > 64);
+    let short = tools
+        .iter()
+        .find(|n| n.len() == 64 && n.starts_with(&full[..40]))
+        .expect("a shortened name")
+        .clone();
+    let mut unique = tools.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), tools.len(), "shortened names stay unique");
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name": short, "arguments": {}}});
+    let (asked, final_msg) = call_answering(
+        &s,
+        call,
+        |_| json!({"action": "accept", "content": {"name": "Ada"}}),
+    )
+    .await;
+    assert_eq!(asked, ["elicitation/create"], "{final_msg}");
+    assert!(final_msg.get("result").is_some(), "{final_msg}");
+}
