@@ -135,11 +135,6 @@ impl Gateway {
         });
     }
 
-    /// Whether every upstream has a live link.
-    pub fn ready(&self) -> bool {
-        self.upstreams.iter().all(|u| u.is_ready())
-    }
-
     /// Stops upstreams (killing their processes) and waits for their supervisors.
     pub async fn stop(&self) {
         self.draining.cancel();

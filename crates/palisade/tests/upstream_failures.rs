@@ -139,8 +139,18 @@ async fn one_upstream_down_does_not_fail_the_list() {
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(ready.text().await.unwrap().contains("gone"));
+    // Degraded, not unready: one broken upstream must not take the replica out of service.
+    assert_eq!(ready.status(), 200);
+    let body = ready.text().await.unwrap();
+    assert!(
+        body.starts_with("degraded") && body.contains("gone"),
+        "{body}"
+    );
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"palisade_upstream_up{server="kit"} 1"#)
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,10 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when every upstream has a live link, else 503 naming the ones that do not.
+/// 200 while the gateway can serve: every upstream up (`ready`), or some down (`degraded`,
+/// naming them). 503 only while draining or when no upstream is up at all. One broken upstream
+/// must not take every replica out of a load balancer: its tenants get precise errors, the
+/// others keep being served, and `palisade_upstream_up` says which one.
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
@@ -26,10 +29,16 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         .collect();
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
-    } else {
+    } else if down.len() == gw.upstreams.len() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstreams not ready: {}\n", down.join(", ")),
+            format!("no upstream is up: {}\n", down.join(", ")),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::OK,
+            format!("degraded: upstreams not up: {}\n", down.join(", ")),
         )
             .into_response()
     }

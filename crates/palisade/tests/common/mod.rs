@@ -172,12 +172,12 @@ impl Gw {
         self.child.id()
     }
 
-    /// Waits until `/readyz` says every upstream is up.
+    /// Waits until `/readyz` says every upstream is up (not merely degraded).
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = self.http.get(format!("{}/readyz", self.admin)).send().await
-                && r.status() == 200
+                && r.text().await.is_ok_and(|t| t == "ready\n")
             {
                 return;
             }
