@@ -12,8 +12,10 @@
 //! cannot be attributed is never guessed at: requests get an error, notifications are dropped.
 //! This keeps one tenant's traffic out of another's session (invariant 5).
 
+mod attribution;
 pub mod handshake;
 pub mod http;
+mod lists;
 pub mod stdio;
 
 use std::collections::HashMap;
@@ -23,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc;
-use mcp_wire::param_headers::{self, HeaderParam};
 use mcp_wire::{Era, Id, Message, RawObject};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -31,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::metrics::Metrics;
+use attribution::{Owner, TRAILING, owner};
 pub use handshake::UpstreamInfo;
+use lists::CachedList;
 
 /// Why a call did not get an answer from its upstream. Messages name the upstream and never
 /// include request data.
@@ -140,14 +143,6 @@ impl ListKind {
             ListKind::ResourceTemplates => None,
         }
     }
-}
-
-/// One upstream list, all pages, with the names it holds (for bounded metric labels).
-struct CachedList {
-    items: Arc<Vec<Box<RawValue>>>,
-    names: std::collections::HashSet<String>,
-    /// Tools only: the `x-mcp-header` annotations of the tools that have any.
-    header_params: HashMap<String, Vec<HeaderParam>>,
 }
 
 struct PendingCall {
@@ -689,144 +684,6 @@ impl Upstream {
         self.send(link, reply, None);
     }
 
-    // ---- list cache ------------------------------------------------------------------------
-
-    fn invalidate(&self, kind: ListKind) {
-        self.list_generation.fetch_add(1, Ordering::Relaxed);
-        self.lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&kind);
-    }
-
-    fn invalidate_all(&self) {
-        self.list_generation.fetch_add(1, Ordering::Relaxed);
-        self.lists.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// All items of one list (every page), from the cache or fetched.
-    pub async fn list(
-        self: &Arc<Self>,
-        kind: ListKind,
-    ) -> Result<Arc<Vec<Box<RawValue>>>, UpstreamError> {
-        if let Some(cached) = self
-            .lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&kind)
-        {
-            self.metrics.catalog_cache(&self.name, kind.label(), true);
-            return Ok(cached.items.clone());
-        }
-        self.metrics.catalog_cache(&self.name, kind.label(), false);
-        let generation = self.list_generation.load(Ordering::Relaxed);
-        let link = self
-            .link(Duration::from_millis(self.config.list_timeout_ms))
-            .await?;
-        if !link.info().offers(kind) {
-            return Ok(Arc::new(Vec::new()));
-        }
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _page in 0..100 {
-            let mut params = RawObject::default();
-            if let Some(c) = &cursor {
-                params.set_str("cursor", c);
-            }
-            let mut handle = self.call_on(&link, kind.method(), Some(params), Route::Internal)?;
-            let result = loop {
-                match handle.next().await {
-                    Step::Event(_) => continue,
-                    Step::Done(outcome) => break outcome?,
-                }
-            };
-            let result = result.map_err(|e| UpstreamError::Failed {
-                server: self.name.clone(),
-                reason: format!(
-                    "{} returned an error: {}",
-                    kind.method(),
-                    truncate(e.get(), 200)
-                ),
-            })?;
-            let page: ListPage =
-                serde_json::from_str(result.get()).map_err(|e| UpstreamError::Failed {
-                    server: self.name.clone(),
-                    reason: format!("{} returned a malformed result: {e}", kind.method()),
-                })?;
-            let field = match kind {
-                ListKind::Tools => page.tools,
-                ListKind::Prompts => page.prompts,
-                ListKind::Resources => page.resources,
-                ListKind::ResourceTemplates => page.resource_templates,
-            };
-            items.extend(field.unwrap_or_default());
-            match page.next_cursor {
-                Some(c) if !c.is_empty() => cursor = Some(c),
-                _ => break,
-            }
-        }
-        let items = Arc::new(items);
-        if self.list_generation.load(Ordering::Relaxed) == generation {
-            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) {
-                "name"
-            } else {
-                "uri"
-            };
-            let mut names = std::collections::HashSet::new();
-            let mut header_params = HashMap::new();
-            for item in items.iter() {
-                let Some(name) = RawObject::parse(item.get()).and_then(|o| o.get_str(key)) else {
-                    continue;
-                };
-                if kind == ListKind::Tools && item.get().contains("x-mcp-header") {
-                    header_params.insert(name.clone(), param_headers::annotations(item.get()));
-                }
-                names.insert(name);
-            }
-            self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                kind,
-                CachedList {
-                    items: items.clone(),
-                    names,
-                    header_params,
-                },
-            );
-        }
-        Ok(items)
-    }
-
-    /// The `x-mcp-header` annotations of a tool, from the cached tool list only.
-    pub fn cached_header_params(&self, tool: &str) -> Vec<HeaderParam> {
-        self.lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ListKind::Tools)
-            .and_then(|l| l.header_params.get(tool).cloned())
-            .unwrap_or_default()
-    }
-
-    /// The `x-mcp-header` annotations of a tool, listing the tools first if they are not cached.
-    pub async fn header_params(self: &Arc<Self>, tool: &str) -> Vec<HeaderParam> {
-        let cached = self
-            .lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&ListKind::Tools);
-        if !cached {
-            let _ = self.list(ListKind::Tools).await;
-        }
-        self.cached_header_params(tool)
-    }
-
-    /// Whether the cached list of `kind` holds `name`.
-    pub fn has_listed(&self, kind: ListKind, name: &str) -> bool {
-        self.lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&kind)
-            .is_some_and(|l| l.names.contains(name))
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -1032,67 +889,6 @@ impl Transport {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListPage {
-    tools: Option<Vec<Box<RawValue>>>,
-    prompts: Option<Vec<Box<RawValue>>>,
-    resources: Option<Vec<Box<RawValue>>>,
-    resource_templates: Option<Vec<Box<RawValue>>>,
-    next_cursor: Option<String>,
-}
-
-/// How long a finished call still counts when attributing messages the upstream sends on its
-/// own: they may trail the response on another stream (an HTTP upstream's GET stream).
-const TRAILING: Duration = Duration::from_millis(250);
-
-/// Who receives a message the upstream sent on its own.
-#[derive(Debug, PartialEq)]
-enum Owner {
-    /// The call in flight it belongs to.
-    Call(u64),
-    /// The session whose call just finished.
-    Session(Route),
-}
-
-/// The one client session among the calls in flight and those that just finished; `None` when
-/// there are several (a message is never guessed to belong to one of them). Calls parked for a
-/// modern client's input are not candidates.
-fn owner<'r>(
-    calls: &HashMap<u64, PendingCall>,
-    origin: Option<u64>,
-    trailing: impl Iterator<Item = &'r Route>,
-) -> Option<Owner> {
-    if let Some(id) = origin {
-        return calls.contains_key(&id).then_some(Owner::Call(id));
-    }
-    let mut route: Option<&Route> = None;
-    let mut newest: Option<u64> = None;
-    for (id, call) in calls {
-        if call.route == Route::Internal || call.waiting_on_client {
-            continue;
-        }
-        if route.is_some_and(|r| r != &call.route) {
-            return None;
-        }
-        route = Some(&call.route);
-        newest = newest.max(Some(*id));
-    }
-    let mut owner_route = route.cloned();
-    for r in trailing {
-        match &owner_route {
-            Some(o) if o != r => return None,
-            Some(_) => {}
-            None => owner_route = Some(r.clone()),
-        }
-    }
-    match (owner_route, newest) {
-        (Some(_), Some(id)) => Some(Owner::Call(id)),
-        (Some(route), None) => Some(Owner::Session(route)),
-        _ => None,
-    }
-}
-
 /// Rewrites the gateway-owned parts of a request's params: the progress token becomes the
 /// gateway id, and the era's `_meta` keys are set for the upstream's era. Returns the params
 /// text and the client's original progress token.
@@ -1185,55 +981,6 @@ mod tests {
             text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#),
             "{text}"
         );
-    }
-
-    fn pending(route: Route) -> PendingCall {
-        let (events, _) = mpsc::channel(1);
-        let (done, _) = oneshot::channel();
-        PendingCall {
-            route,
-            waiting_on_client: false,
-            events,
-            done,
-            client_progress_token: None,
-            link: 1,
-            started: 0,
-        }
-    }
-
-    #[test]
-    fn unsolicited_messages_have_at_most_one_owner() {
-        let a = Route::Client {
-            tenant: "acme".into(),
-            session: Some("s-a".into()),
-        };
-        let b = Route::Client {
-            tenant: "globex".into(),
-            session: Some("s-b".into()),
-        };
-        let mut calls = HashMap::new();
-        calls.insert(1, pending(a.clone()));
-        calls.insert(2, pending(a.clone()));
-        assert_eq!(
-            owner(&calls, None, [].iter()),
-            Some(Owner::Call(2)),
-            "newest call of the one session"
-        );
-        // A call of another session that just finished makes it ambiguous: dropped, not leaked.
-        assert_eq!(owner(&calls, None, [b.clone()].iter()), None);
-        calls.insert(3, pending(b.clone()));
-        assert_eq!(owner(&calls, None, [].iter()), None);
-        assert_eq!(
-            owner(&calls, Some(3), [].iter()),
-            Some(Owner::Call(3)),
-            "the stream it came on decides"
-        );
-        // Nothing in flight: the session whose call just ended gets it on its GET stream.
-        assert_eq!(
-            owner(&HashMap::new(), None, [a.clone(), a.clone()].iter()),
-            Some(Owner::Session(a))
-        );
-        assert_eq!(owner(&HashMap::new(), None, [].iter()), None);
     }
 
     #[test]

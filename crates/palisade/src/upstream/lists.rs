@@ -1,0 +1,170 @@
+//! The list cache: every page of an upstream's tools, prompts, resources and templates,
+//! fetched on first use and dropped when the upstream announces a change (or reconnects).
+//! A generation counter keeps a fetch that raced a change from caching stale items.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mcp_wire::RawObject;
+use mcp_wire::param_headers::{self, HeaderParam};
+use serde_json::value::RawValue;
+
+use super::{ListKind, Route, Step, Upstream, UpstreamError, truncate};
+
+/// One upstream list, all pages, with the names it holds (for bounded metric labels).
+pub(super) struct CachedList {
+    items: Arc<Vec<Box<RawValue>>>,
+    names: std::collections::HashSet<String>,
+    /// Tools only: the `x-mcp-header` annotations of the tools that have any.
+    header_params: HashMap<String, Vec<HeaderParam>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    tools: Option<Vec<Box<RawValue>>>,
+    prompts: Option<Vec<Box<RawValue>>>,
+    resources: Option<Vec<Box<RawValue>>>,
+    resource_templates: Option<Vec<Box<RawValue>>>,
+    next_cursor: Option<String>,
+}
+
+impl Upstream {
+    pub(super) fn invalidate(&self, kind: ListKind) {
+        self.list_generation.fetch_add(1, Ordering::Relaxed);
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&kind);
+    }
+
+    pub(super) fn invalidate_all(&self) {
+        self.list_generation.fetch_add(1, Ordering::Relaxed);
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// All items of one list (every page), from the cache or fetched.
+    pub async fn list(
+        self: &Arc<Self>,
+        kind: ListKind,
+    ) -> Result<Arc<Vec<Box<RawValue>>>, UpstreamError> {
+        if let Some(cached) = self
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+        {
+            self.metrics.catalog_cache(&self.name, kind.label(), true);
+            return Ok(cached.items.clone());
+        }
+        self.metrics.catalog_cache(&self.name, kind.label(), false);
+        let generation = self.list_generation.load(Ordering::Relaxed);
+        let link = self
+            .link(Duration::from_millis(self.config.list_timeout_ms))
+            .await?;
+        if !link.info().offers(kind) {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _page in 0..100 {
+            let mut params = RawObject::default();
+            if let Some(c) = &cursor {
+                params.set_str("cursor", c);
+            }
+            let mut handle = self.call_on(&link, kind.method(), Some(params), Route::Internal)?;
+            let result = loop {
+                match handle.next().await {
+                    Step::Event(_) => continue,
+                    Step::Done(outcome) => break outcome?,
+                }
+            };
+            let result = result.map_err(|e| UpstreamError::Failed {
+                server: self.name.clone(),
+                reason: format!(
+                    "{} returned an error: {}",
+                    kind.method(),
+                    truncate(e.get(), 200)
+                ),
+            })?;
+            let page: ListPage =
+                serde_json::from_str(result.get()).map_err(|e| UpstreamError::Failed {
+                    server: self.name.clone(),
+                    reason: format!("{} returned a malformed result: {e}", kind.method()),
+                })?;
+            let field = match kind {
+                ListKind::Tools => page.tools,
+                ListKind::Prompts => page.prompts,
+                ListKind::Resources => page.resources,
+                ListKind::ResourceTemplates => page.resource_templates,
+            };
+            items.extend(field.unwrap_or_default());
+            match page.next_cursor {
+                Some(c) if !c.is_empty() => cursor = Some(c),
+                _ => break,
+            }
+        }
+        let items = Arc::new(items);
+        if self.list_generation.load(Ordering::Relaxed) == generation {
+            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) {
+                "name"
+            } else {
+                "uri"
+            };
+            let mut names = std::collections::HashSet::new();
+            let mut header_params = HashMap::new();
+            for item in items.iter() {
+                let Some(name) = RawObject::parse(item.get()).and_then(|o| o.get_str(key)) else {
+                    continue;
+                };
+                if kind == ListKind::Tools && item.get().contains("x-mcp-header") {
+                    header_params.insert(name.clone(), param_headers::annotations(item.get()));
+                }
+                names.insert(name);
+            }
+            self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                kind,
+                CachedList {
+                    items: items.clone(),
+                    names,
+                    header_params,
+                },
+            );
+        }
+        Ok(items)
+    }
+
+    /// The `x-mcp-header` annotations of a tool, from the cached tool list only.
+    pub fn cached_header_params(&self, tool: &str) -> Vec<HeaderParam> {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ListKind::Tools)
+            .and_then(|l| l.header_params.get(tool).cloned())
+            .unwrap_or_default()
+    }
+
+    /// The `x-mcp-header` annotations of a tool, listing the tools first if they are not cached.
+    pub async fn header_params(self: &Arc<Self>, tool: &str) -> Vec<HeaderParam> {
+        let cached = self
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&ListKind::Tools);
+        if !cached {
+            let _ = self.list(ListKind::Tools).await;
+        }
+        self.cached_header_params(tool)
+    }
+
+    /// Whether the cached list of `kind` holds `name`.
+    pub fn has_listed(&self, kind: ListKind, name: &str) -> bool {
+        self.lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+            .is_some_and(|l| l.names.contains(name))
+    }
+}
