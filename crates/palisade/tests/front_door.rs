@@ -106,6 +106,10 @@ async fn unknown_methods_and_tools() {
         .request(5, "tools/list", json!({"cursor": "forged"}))
         .await;
     assert_eq!(code(&a), -32602);
+    // Names nobody listed never become metric labels: cardinality stays bounded.
+    let m = gw.metrics().await;
+    assert!(!m.contains("no_such_tool"), "{m}");
+    assert!(m.contains(r#"tool="other""#), "{m}");
 }
 
 #[tokio::test]
