@@ -390,9 +390,53 @@ impl Config {
         Ok(())
     }
 
+    /// Checks that need the host, for `palisade check`: each stdio command can be found and run
+    /// with the PATH its child will get. `serve` does not require this (a missing command is an
+    /// upstream that is down, retried with backoff).
+    pub fn check_host(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.servers.iter().enumerate() {
+            let Some(stdio) = &s.stdio else { continue };
+            let path = stdio
+                .env
+                .get("PATH")
+                .map(String::as_str)
+                .unwrap_or(DEFAULT_CHILD_PATH);
+            if find_executable(&stdio.command, path, stdio.cwd.as_deref()).is_none() {
+                return Err(invalid(
+                    format!("servers[{i}].stdio.command"),
+                    format!(
+                        "`{}` is not an executable file, nor found on the child's PATH ({path}); give an absolute path or set PATH in servers[{i}].stdio.env",
+                        stdio.command
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }
+}
+
+/// The PATH a stdio child gets when its config sets none.
+pub const DEFAULT_CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let p = match cwd {
+            Some(dir) if !command.starts_with('/') => dir.join(command),
+            _ => PathBuf::from(command),
+        };
+        return runnable(&p).then_some(p);
+    }
+    path.split(':')
+        .map(|dir| Path::new(dir).join(command))
+        .find(|p| runnable(p))
 }
 
 fn valid_server_name(name: &str) -> bool {
@@ -433,6 +477,21 @@ servers = ["kit"]
         assert_eq!(c.listen.mcp.port(), 8080);
         assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
         assert!(c.tenants[0].namespacing);
+    }
+
+    #[test]
+    fn check_host_finds_commands() {
+        let c = Config::from_toml(&BASE.replace("command = \"true\"", "command = \"sh\"")).unwrap();
+        assert!(c.check_host().is_ok());
+        let c = Config::from_toml(
+            &BASE.replace("command = \"true\"", "command = \"no-such-binary-here\""),
+        )
+        .unwrap();
+        let err = c.check_host().unwrap_err().to_string();
+        assert!(
+            err.contains("servers[0].stdio.command") && err.contains("PATH"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let c = load(&config)?;
+            c.check_host()?;
             if c.tenants.iter().any(|t| !t.keys.is_empty()) {
                 Pepper::from_config(&c).context("auth")?;
             }

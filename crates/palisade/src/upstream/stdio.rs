@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Link, Upstream};
 use crate::config;
 
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const MAX_STDERR_LINE: usize = 4096;
 /// Messages queued for the child's stdin before callers are refused (it is not reading).
 const STDIN_QUEUE: usize = 1024;
@@ -56,7 +55,7 @@ impl StdioTransport {
             .process_group(0)
             .kill_on_drop(true);
         if !cfg.env.contains_key("PATH") {
-            cmd.env("PATH", DEFAULT_PATH);
+            cmd.env("PATH", config::DEFAULT_CHILD_PATH);
         }
         if let Some(cwd) = &cfg.cwd {
             cmd.current_dir(cwd);
