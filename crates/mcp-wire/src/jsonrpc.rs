@@ -30,6 +30,8 @@ impl ErrorCode {
     /// Gateway-specific: the upstream that should answer is unavailable (crashed, down, timed
     /// out). In the implementation-defined server-error range.
     pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32001);
+    /// Gateway-specific: a per-tenant limit (sessions, calls waiting for input) is reached.
+    pub const LIMIT_REACHED: ErrorCode = ErrorCode(-32005);
 }
 
 /// Why bytes are not one acceptable JSON-RPC message.

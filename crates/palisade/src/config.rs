@@ -88,6 +88,13 @@ pub struct Limits {
     /// On shutdown, how long in-flight calls may take to finish.
     #[serde(default = "default_drain")]
     pub shutdown_grace_secs: u64,
+    /// Open legacy sessions per tenant; `initialize` beyond it is refused (429).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions_per_tenant: usize,
+    /// Calls per tenant parked waiting for a modern client's input; beyond it such a call ends
+    /// with an error instead of parking.
+    #[serde(default = "default_max_parked")]
+    pub max_parked_per_tenant: usize,
 }
 
 impl Default for Limits {
@@ -96,6 +103,8 @@ impl Default for Limits {
             max_body_bytes: default_max_body(),
             session_idle_secs: default_session_idle(),
             shutdown_grace_secs: default_drain(),
+            max_sessions_per_tenant: default_max_sessions(),
+            max_parked_per_tenant: default_max_parked(),
         }
     }
 }
@@ -108,6 +117,12 @@ fn default_session_idle() -> u64 {
 }
 fn default_drain() -> u64 {
     10
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+fn default_max_parked() -> usize {
+    1_000
 }
 
 /// Which era the gateway speaks to an upstream.

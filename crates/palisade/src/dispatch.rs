@@ -207,7 +207,25 @@ async fn initialize(
         .and_then(|o| o.get("capabilities").map(ToOwned::to_owned))
         .filter(|c| c.get().starts_with('{'))
         .unwrap_or_else(|| RawObject::default().to_raw());
-    let session = gw.sessions.create(principal, version, capabilities);
+    let session = match gw.sessions.create(principal, version, capabilities) {
+        Ok(session) => session,
+        Err(session::Full(limit)) => {
+            gw.metrics.rejected("session_limit");
+            let data = json!({ "limit": "limits.max_sessions_per_tenant", "value": limit });
+            return Reply::Status(
+                429,
+                jsonrpc::error(
+                    Some(&req.id),
+                    ErrorCode::LIMIT_REACHED,
+                    &format!(
+                        "tenant `{}` already has {limit} open sessions (limits.max_sessions_per_tenant): end unused ones with DELETE, or raise the limit",
+                        tenant.id
+                    ),
+                    Some(&data),
+                ),
+            );
+        }
+    };
     Reply::Initialized {
         body: jsonrpc::result(&req.id, &body.to_string()),
         session: session.id.clone(),

@@ -100,6 +100,7 @@ impl Gateway {
             .collect();
         let sessions = Sessions::new(
             Duration::from_secs(config.limits.session_idle_secs),
+            config.limits.max_sessions_per_tenant,
             metrics.clone(),
         );
         Arc::new(Gateway {

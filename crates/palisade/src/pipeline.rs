@@ -780,22 +780,46 @@ struct ParkedCall {
 }
 
 impl Parked {
-    /// Parks a call; it is dropped after `ttl` unless resumed.
-    pub fn park(self: &Arc<Self>, state: String, fwd: Forward, subject: Arc<str>, ttl: Duration) {
+    /// Parks a call; it is dropped after `ttl` unless resumed. A tenant with `limit` calls
+    /// parked already gets the error message to send instead, and the call is dropped.
+    pub fn park(
+        self: &Arc<Self>,
+        state: String,
+        fwd: Forward,
+        subject: Arc<str>,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<(), Vec<u8>> {
         let tenant = fwd.tenant.clone();
-        self.lock().insert(
-            state.clone(),
-            ParkedCall {
-                fwd,
-                tenant,
-                subject,
-            },
-        );
+        {
+            let mut calls = self.lock();
+            if calls.values().filter(|c| c.tenant == tenant).count() >= limit {
+                let data =
+                    serde_json::json!({ "limit": "limits.max_parked_per_tenant", "value": limit });
+                return Err(jsonrpc::error(
+                    Some(&fwd.client_id),
+                    ErrorCode::LIMIT_REACHED,
+                    &format!(
+                        "tenant `{tenant}` already has {limit} calls waiting for input (limits.max_parked_per_tenant): answer or abandon some first"
+                    ),
+                    Some(&data),
+                ));
+            }
+            calls.insert(
+                state.clone(),
+                ParkedCall {
+                    fwd,
+                    tenant,
+                    subject,
+                },
+            );
+        }
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             me.lock().remove(&state);
         });
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ParkedCall>> {

@@ -123,10 +123,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct Sessions {
     map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    /// Open sessions per tenant, kept under `map`'s write lock.
+    per_tenant: Mutex<HashMap<Arc<str>, usize>>,
+    max_per_tenant: usize,
     idle: Duration,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
+
+/// A tenant already has the most sessions it may open.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full(pub usize);
 
 /// Why a session id was not accepted.
 #[derive(Debug, PartialEq, Eq)]
@@ -136,9 +143,11 @@ pub enum Lookup {
 }
 
 impl Sessions {
-    pub fn new(idle: Duration, metrics: Arc<Metrics>) -> Sessions {
+    pub fn new(idle: Duration, max_per_tenant: usize, metrics: Arc<Metrics>) -> Sessions {
         Sessions {
             map: RwLock::new(HashMap::new()),
+            per_tenant: Mutex::new(HashMap::new()),
+            max_per_tenant,
             idle,
             epoch: Instant::now(),
             metrics,
@@ -154,7 +163,7 @@ impl Sessions {
         principal: &Principal,
         protocol_version: &str,
         client_capabilities: Box<serde_json::value::RawValue>,
-    ) -> Arc<Session> {
+    ) -> Result<Arc<Session>, Full> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -175,12 +184,16 @@ impl Sessions {
             stream: Mutex::new(None),
             closed: CancellationToken::new(),
         });
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, session.clone());
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut counts = lock(&self.per_tenant);
+        let count = counts.entry(principal.tenant.clone()).or_insert(0);
+        if *count >= self.max_per_tenant {
+            return Err(Full(self.max_per_tenant));
+        }
+        *count += 1;
+        map.insert(id, session.clone());
         self.metrics.session_opened();
-        session
+        Ok(session)
     }
 
     /// The session with this id, if it exists and belongs to this principal.
@@ -200,11 +213,18 @@ impl Sessions {
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        let session = self
-            .map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)?;
+        let session = {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let session = map.remove(id)?;
+            let mut counts = lock(&self.per_tenant);
+            if let Some(n) = counts.get_mut(&session.tenant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&session.tenant);
+                }
+            }
+            session
+        };
         session.closed.cancel();
         self.metrics.session_closed();
         Some(session)
@@ -284,9 +304,9 @@ mod tests {
 
     #[test]
     fn sessions_are_bound_to_their_principal() {
-        let sessions = Sessions::new(Duration::from_secs(60), Arc::new(Metrics::new()));
+        let sessions = Sessions::new(Duration::from_secs(60), 10, Arc::new(Metrics::new()));
         let a = principal("acme", "key:1");
-        let s = sessions.create(&a, "2025-11-25", caps());
+        let s = sessions.create(&a, "2025-11-25", caps()).unwrap();
         assert!(s.id.len() >= 43);
         assert!(sessions.get(&s.id, &a).is_ok());
         assert_eq!(
@@ -302,9 +322,34 @@ mod tests {
     }
 
     #[test]
+    fn sessions_per_tenant_are_capped() {
+        let sessions = Sessions::new(Duration::from_secs(60), 2, Arc::new(Metrics::new()));
+        let a = principal("acme", "k");
+        let first = sessions.create(&a, "2025-11-25", caps()).unwrap();
+        sessions.create(&a, "2025-11-25", caps()).unwrap();
+        assert_eq!(
+            sessions.create(&a, "2025-11-25", caps()).err(),
+            Some(Full(2))
+        );
+        assert!(
+            sessions
+                .create(&principal("globex", "k"), "2025-11-25", caps())
+                .is_ok(),
+            "per tenant"
+        );
+        sessions.remove(&first.id);
+        assert!(
+            sessions.create(&a, "2025-11-25", caps()).is_ok(),
+            "a closed session frees its slot"
+        );
+    }
+
+    #[test]
     fn idle_sessions_are_reaped() {
-        let sessions = Sessions::new(Duration::from_secs(0), Arc::new(Metrics::new()));
-        let s = sessions.create(&principal("acme", "k"), "2025-11-25", caps());
+        let sessions = Sessions::new(Duration::from_secs(0), 10, Arc::new(Metrics::new()));
+        let s = sessions
+            .create(&principal("acme", "k"), "2025-11-25", caps())
+            .unwrap();
         s.last_seen.store(0, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(sessions.reap_idle(), 1);

@@ -389,3 +389,56 @@ async fn check_names_the_offending_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
 }
+
+#[tokio::test]
+async fn per_tenant_state_is_capped() {
+    let gw = Gw::start_with(
+        &stdio_server("kit", "protocol = \"legacy\""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+        "[limits]\nmax_sessions_per_tenant = 2\nmax_parked_per_tenant = 1\n",
+    );
+    gw.ready().await;
+    let first = gw.legacy("acme").await;
+    let _second = gw.legacy("acme").await;
+    let init = json!({"jsonrpc":"2.0","id":9,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let a = gw.post(Some(gw.key("acme")), &[], init.to_string()).await;
+    assert_eq!((a.status, code(&a)), (429, -32005), "{:?}", a.messages);
+    assert!(
+        a.response()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_sessions_per_tenant")
+    );
+    // Ending a session frees its slot.
+    let r = gw
+        .http
+        .delete(&gw.mcp)
+        .header("authorization", format!("Bearer {}", first.key))
+        .header("mcp-session-id", &first.session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        gw.post(Some(gw.key("acme")), &[], init.to_string())
+            .await
+            .status,
+        200
+    );
+
+    // Calls parked waiting for a modern client's input are capped too.
+    let sampling = json!({"name": "kit__sampling", "arguments": {"prompt": "q"}});
+    let parked = gw.modern("acme", 1, "tools/call", sampling.clone()).await;
+    assert_eq!(parked.response()["result"]["resultType"], "input_required");
+    let refused = gw.modern("acme", 2, "tools/call", sampling).await;
+    assert_eq!(
+        (refused.status, code(&refused)),
+        (429, -32005),
+        "{:?}",
+        refused.messages
+    );
+}

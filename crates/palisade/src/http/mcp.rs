@@ -155,10 +155,10 @@ async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -
             StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK),
             body,
         ),
-        Some(Out::Park { body, state }) => {
-            park(gw, state, fwd, subject);
-            json(StatusCode::OK, body)
-        }
+        Some(Out::Park { body, state }) => match park(gw, state, fwd, subject) {
+            Ok(()) => json(StatusCode::OK, body),
+            Err(refusal) => json(StatusCode::TOO_MANY_REQUESTS, refusal),
+        },
         Some(Out::Message(first)) => {
             // Calls in flight are not cut off by draining: shutdown gives them the grace period.
             let gw = gw.clone();
@@ -175,10 +175,10 @@ async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -
                         tokio::select! {
                             out = fwd.next() => match out {
                                 Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, Some(fwd)))),
-                                Some(Out::Park { body, state }) => {
-                                    park(&gw, state, fwd, subject);
-                                    Some((event(&body), (None, None)))
-                                }
+                                Some(Out::Park { body, state }) => match park(&gw, state, fwd, subject) {
+                                    Ok(()) => Some((event(&body), (None, None))),
+                                    Err(refusal) => Some((event(&refusal), (None, None))),
+                                },
                                 Some(Out::Cancelled) | None => None,
                             },
                             _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, Some(fwd)))),
@@ -192,9 +192,14 @@ async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -
     }
 }
 
-fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) {
+/// Parks a call waiting for input; `Err` is the error to send instead when the tenant has
+/// too many parked already (the call is then dropped, which cancels it upstream).
+fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) -> Result<(), Vec<u8>> {
     let ttl = fwd.timeout();
-    gw.parked.park(state, fwd, subject, ttl);
+    let limit = gw.config.limits.max_parked_per_tenant;
+    gw.parked
+        .park(state, fwd, subject, ttl, limit)
+        .inspect_err(|_| gw.metrics.rejected("parked_limit"))
 }
 
 fn event(message: &[u8]) -> Bytes {
