@@ -22,6 +22,9 @@ use crate::pipeline::{self, Addressing, Caller, Forward, complete_modern_result}
 use crate::session::{self, Awaiting, Session};
 use crate::upstream::{ListKind, Notice, Upstream};
 
+/// Resource subscriptions one legacy session may hold (per-session state stays bounded).
+const MAX_SUBSCRIPTIONS: usize = 1024;
+
 /// What the transport sends back.
 pub enum Reply {
     /// One JSON-RPC message (HTTP 200).
@@ -84,6 +87,17 @@ pub async fn request(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 if method == "resources/subscribe" {
+                    if subs.len() >= MAX_SUBSCRIPTIONS && !subs.contains(uri) {
+                        let msg = format!(
+                            "a session may hold at most {MAX_SUBSCRIPTIONS} resource subscriptions; unsubscribe from some first"
+                        );
+                        return Reply::Message(jsonrpc::error(
+                            Some(id),
+                            ErrorCode::LIMIT_REACHED,
+                            &msg,
+                            None,
+                        ));
+                    }
                     subs.insert(uri.clone());
                 } else {
                     subs.remove(uri);

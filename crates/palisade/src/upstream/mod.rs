@@ -490,6 +490,9 @@ impl Upstream {
         if matches!(call.route, Route::Client { .. }) {
             let secs = (now_micros().saturating_sub(call.started)) as f64 / 1e6;
             self.metrics.upstream_latency(&self.name, secs);
+        }
+        // Only an HTTP upstream's GET stream can deliver messages after the response.
+        if matches!(call.route, Route::Client { .. }) && self.config.http.is_some() {
             let now = Instant::now();
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             while recent
