@@ -442,3 +442,19 @@ async fn per_tenant_state_is_capped() {
         refused.messages
     );
 }
+
+#[tokio::test]
+async fn the_example_config_checks() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/palisade.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["check", "--config", example])
+        .env("PALISADE_PEPPER", "p".repeat(48))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 servers, 2 tenants)"));
+}
