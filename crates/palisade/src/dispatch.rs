@@ -1,8 +1,8 @@
 //! Dispatch: what each MCP method means at the gateway.
 //!
-//! Some methods are answered here (the lifecycle: `initialize`, `server/discover`, `ping`,
-//! `logging/setLevel`), lists go to the [`catalog`], and calls that reach one upstream go
-//! through the [`pipeline`]. Notifications and responses from the client are routed back to
+//! Some methods are answered here (the legacy lifecycle: `initialize`, `ping`,
+//! `logging/setLevel`; the modern one: `server/discover`, `subscriptions/listen`), lists go to
+//! the [`catalog`], and calls that reach one upstream go through the [`pipeline`]. Notifications and responses from the client are routed back to
 //! the upstream and call they belong to. Nothing here knows about HTTP beyond the status codes
 //! the modern era assigns to some errors.
 

@@ -8,9 +8,10 @@
 //!
 //! Messages an upstream sends on its own (progress, logs, sampling/elicitation/roots requests)
 //! are routed to the one call that caused them: by the HTTP stream they came on, by progress
-//! token, or, on stdio, when all calls in flight belong to one client session. A message that
-//! cannot be attributed is never guessed at: requests get an error, notifications are dropped.
-//! This keeps one tenant's traffic out of another's session (invariant 5).
+//! token, or when all candidate calls belong to one client session ([`attribution`]). A message
+//! that cannot be attributed is never guessed at: requests get an error (`roots/list` an empty
+//! list), notifications are dropped. This keeps one tenant's traffic out of another's session
+//! (invariant 5). The list cache is in [`lists`].
 
 mod attribution;
 pub mod handshake;
