@@ -8,10 +8,10 @@
 //!
 //! Messages an upstream sends on its own (progress, logs, sampling/elicitation/roots requests)
 //! are routed to the one call that caused them: by the HTTP stream they came on, by progress
-//! token, or when all candidate calls belong to one client session ([`attribution`]). A message
+//! token, or when all candidate calls belong to one client session (module `attribution`). A message
 //! that cannot be attributed is never guessed at: requests get an error (`roots/list` an empty
 //! list), notifications are dropped. This keeps one tenant's traffic out of another's session
-//! (invariant 5). The list cache is in [`lists`].
+//! (invariant 5). The list cache is in module `lists`.
 
 mod attribution;
 pub mod handshake;
