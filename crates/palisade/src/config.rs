@@ -47,6 +47,13 @@ pub struct Listen {
     /// MCP listener binds a non-loopback address, list the names clients use to reach it, or `*`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// A client must send its request headers within this time, or the connection is closed
+    /// (slow-header clients cannot hold connections open).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Open connections to the MCP listener at most; further clients wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Listen {
@@ -56,8 +63,17 @@ impl Default for Listen {
             admin: default_admin_addr(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            header_read_timeout_ms: default_header_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_mcp_addr() -> SocketAddr {
@@ -269,6 +285,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.header_read_timeout_ms == 0 || self.listen.max_connections == 0 {
+            return Err(invalid(
+                "listen",
+                "header_read_timeout_ms and max_connections must be greater than 0",
+            ));
+        }
         if self.limits.max_body_bytes < 1024 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
         }

@@ -458,3 +458,58 @@ async fn the_example_config_checks() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 servers, 2 tenants)"));
 }
+
+#[tokio::test]
+async fn slow_clients_and_connection_floods_are_bounded() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gw::start_full(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+        "",
+        "header_read_timeout_ms = 1000\nmax_connections = 2\n",
+    );
+    gw.ready().await;
+    let addr = gw
+        .mcp
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+
+    // Headers that never finish: the connection is closed after the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a slow-header client is disconnected");
+
+    // Two connections held open fill the listener; a third client waits until one goes (the
+    // held ones send nothing, so the 1 s header timeout would free them too, later than this).
+    let hold1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let hold2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let third = gw.post(Some(gw.key("acme")), &[], ping);
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "served while the listener was full"
+    );
+    drop(hold1);
+    drop(hold2);
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot freed");
+    assert_eq!(
+        answer.status, 400,
+        "a legacy ping without a session: answered, not dropped"
+    );
+}

@@ -1,4 +1,6 @@
 //! The HTTP side: the MCP endpoint and the admin listener, and how they start and stop.
+//! The MCP listener bounds what any client can hold before it is even authenticated: a
+//! header-read timeout and a cap on open connections.
 //!
 //! Layers, outermost first, are visible in [`mcp::post`]: Origin/Host check → Accept and
 //! Content-Type → authentication → body limit → parse → era detection and header checks →
@@ -13,7 +15,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Listen;
 
 use crate::gateway::Gateway;
 
@@ -29,6 +39,58 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         .with_state(gw)
+}
+
+/// Serves the MCP endpoint until `drain` fires, then waits for open connections to finish.
+/// Unlike `axum::serve`, it bounds what a client can hold: request headers must arrive within
+/// `listen.header_read_timeout_ms`, and at most `listen.max_connections` connections are open
+/// (beyond that, clients wait in the kernel's accept queue).
+async fn serve_mcp(
+    listener: TcpListener,
+    router: Router,
+    drain: CancellationToken,
+    listen: &Listen,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(listen.header_read_timeout_ms));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(listen.max_connections));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = drain.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// The bound listeners (ports may have been 0 in the config).
@@ -64,11 +126,15 @@ pub async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
     gw.start();
     let grace = Duration::from_secs(gw.config.limits.shutdown_grace_secs);
     let drain = gw.draining.clone();
-    let mcp = axum::serve(bound.mcp, mcp_router(gw.clone()))
-        .with_graceful_shutdown(drain.clone().cancelled_owned());
+    let mcp = serve_mcp(
+        bound.mcp,
+        mcp_router(gw.clone()),
+        drain.clone(),
+        &gw.config.listen,
+    );
     let admin = axum::serve(bound.admin, admin_router(gw.clone()))
         .with_graceful_shutdown(drain.clone().cancelled_owned());
-    let servers = async { tokio::try_join!(mcp.into_future(), admin.into_future()) };
+    let servers = async { tokio::join!(mcp, admin.into_future()).1 };
     tokio::pin!(servers);
     let result = tokio::select! {
         r = &mut servers => r.map(|_| ()),

@@ -89,11 +89,21 @@ impl Gw {
     }
 
     pub fn start_with(servers: &str, tenants: &[TenantSpec<'_>], extra_top: &str) -> Gw {
+        Gw::start_full(servers, tenants, extra_top, "")
+    }
+
+    /// `extra_top` goes before the `[listen]` table, `listen_extra` inside it.
+    pub fn start_full(
+        servers: &str,
+        tenants: &[TenantSpec<'_>],
+        extra_top: &str,
+        listen_extra: &str,
+    ) -> Gw {
         let dir = tempfile::tempdir().expect("tempdir");
         let pepper = dir.path().join("pepper");
         std::fs::write(&pepper, "p".repeat(48)).expect("pepper");
         let mut toml = format!(
-            "{extra_top}\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[auth]\npepper_file = \"{}\"\n{servers}\n",
+            "{extra_top}\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
             pepper.display()
         );
         let mut keys = Vec::new();
