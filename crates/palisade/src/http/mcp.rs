@@ -457,20 +457,23 @@ fn accepts(headers: &HeaderMap, mime: &str) -> bool {
 /// names the modern version is modern, and anything else is a legacy client that predates the
 /// header (2025-03-26).
 fn detect_era(headers: &HeaderMap, msg: &Message) -> Result<Era, Response> {
-    let params = match msg {
-        Message::Request(r) => r.params.as_deref(),
-        Message::Notification(n) => n.params.as_deref(),
-        Message::Response(_) => None,
+    // Parsing params only matters when the header does not settle the era.
+    let meta_version = || {
+        let params = match msg {
+            Message::Request(r) => r.params.as_deref(),
+            Message::Notification(n) => n.params.as_deref(),
+            Message::Response(_) => None,
+        };
+        params
+            .and_then(|p| RawObject::parse(p.get()))
+            .and_then(|o| o.get_object("_meta"))
+            .is_some_and(|m| m.get(meta::PROTOCOL_VERSION).is_some())
     };
-    let meta_version = params
-        .and_then(|p| RawObject::parse(p.get()))
-        .and_then(|o| o.get_object("_meta"))
-        .is_some_and(|m| m.get(meta::PROTOCOL_VERSION).is_some());
     match header_str(headers, mcp_header::PROTOCOL_VERSION) {
         Some(v) => match Era::of_version(v) {
             Some(era) => Ok(era),
             // A modern-shaped request: its own checks name the exact problem.
-            None if meta_version => Ok(Era::Modern),
+            None if meta_version() => Ok(Era::Modern),
             None => Err(json(
                 StatusCode::BAD_REQUEST,
                 jsonrpc::error(
@@ -481,7 +484,7 @@ fn detect_era(headers: &HeaderMap, msg: &Message) -> Result<Era, Response> {
                 ),
             )),
         },
-        None => Ok(if meta_version {
+        None => Ok(if meta_version() {
             Era::Modern
         } else {
             Era::Legacy
