@@ -81,21 +81,50 @@ impl RawObject {
     }
 
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(
-            2 + self
-                .members
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>(),
-        );
-        out.push('{');
-        for (i, (k, v)) in self.members.iter().enumerate() {
-            if i > 0 {
+        self.write(None)
+    }
+
+    /// The JSON text with member `key` set to raw JSON `value` (replaced in place, or appended),
+    /// or left out when `value` is `None`; `self` is unchanged, so nothing is copied twice.
+    pub fn to_json_with(&self, key: &str, value: Option<&str>) -> String {
+        self.write(Some((key, value)))
+    }
+
+    fn write(&self, replace: Option<(&str, Option<&str>)>) -> String {
+        let extra = replace
+            .and_then(|(k, v)| v.map(|v| k.len() + v.len() + 4))
+            .unwrap_or(0);
+        let size: usize = self
+            .members
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = String::with_capacity(2 + size + extra);
+        let mut first = true;
+        let mut member = |out: &mut String, k: &str, v: &str| {
+            if !first {
                 out.push(',');
             }
+            first = false;
             out.push_str(&serde_json::to_string(k).unwrap_or_default());
             out.push(':');
-            out.push_str(v.get());
+            out.push_str(v);
+        };
+        out.push('{');
+        let mut replaced = false;
+        for (k, v) in &self.members {
+            match replace {
+                Some((key, value)) if key == k => {
+                    replaced = true;
+                    if let Some(value) = value {
+                        member(&mut out, k, value);
+                    }
+                }
+                _ => member(&mut out, k, v.get()),
+            }
+        }
+        if let (Some((key, Some(value))), false) = (replace, replaced) {
+            member(&mut out, key, value);
         }
         out.push('}');
         out
@@ -146,6 +175,21 @@ mod tests {
             o.to_json(),
             r#"{"name":"b","arguments":{"z":1,  "y":[2]},"new":"v"}"#
         );
+    }
+
+    #[test]
+    fn to_json_with_replaces_appends_or_drops_one_member() {
+        let o = RawObject::parse(r#"{"a":1,"_meta":{"x":1},"b":[2]}"#).unwrap();
+        assert_eq!(
+            o.to_json_with("_meta", Some("{}")),
+            r#"{"a":1,"_meta":{},"b":[2]}"#
+        );
+        assert_eq!(o.to_json_with("_meta", None), r#"{"a":1,"b":[2]}"#);
+        assert_eq!(
+            o.to_json_with("c", Some("3")),
+            r#"{"a":1,"_meta":{"x":1},"b":[2],"c":3}"#
+        );
+        assert_eq!(o.to_json(), r#"{"a":1,"_meta":{"x":1},"b":[2]}"#);
     }
 
     #[test]

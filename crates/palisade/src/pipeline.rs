@@ -31,7 +31,9 @@ use crate::catalog::{self, Target};
 use crate::gateway::{Gateway, Tenant};
 use crate::metrics;
 use crate::session::{self, Awaiting, ClientAnswer, Session};
-use crate::upstream::{CallEvent, CallHandle, ListKind, Route, Step, Upstream, UpstreamError};
+use crate::upstream::{
+    CallEvent, CallHandle, ClientDefaults, ListKind, Route, Step, Upstream, UpstreamError,
+};
 
 /// Who is making a call, as dispatch knows them.
 pub struct Caller<'a> {
@@ -99,7 +101,7 @@ pub struct Forward {
     /// The HTTP status the modern era gives the final message (some errors are 400 / 404).
     status: u16,
     /// A modern client's declared capabilities (what it can be asked for).
-    client_caps: Option<serde_json::Value>,
+    client_caps: Option<Box<RawValue>>,
     /// The lowest log severity the client wants; `None`: no log messages (a modern client
     /// that did not opt in).
     log_min: Option<u64>,
@@ -215,29 +217,21 @@ pub async fn forward(
     };
     let upstream = target.upstream.clone();
 
-    // 2. What the client can take, in either era. A legacy client's session answers for it;
-    // the upstream hop gets it in `_meta` when it speaks the modern era.
-    let client_meta = params.get_object("_meta").unwrap_or_default();
+    // 2. What the client can take. A modern client says it in each request's `_meta`, which
+    // travels on; a legacy client said it once, and its session answers for it (the upstream
+    // layer puts that in `_meta` only when the upstream speaks the modern era).
     let (client_caps, log_min) = match &caller.session {
-        Some(session) => {
-            let rank = session.log_level.load(std::sync::atomic::Ordering::Relaxed);
-            let mut m = client_meta;
-            m.set_raw(
-                meta::CLIENT_CAPABILITIES,
-                session.client_capabilities.clone(),
-            );
-            m.set_str(meta::LOG_LEVEL, session::log_name(rank));
-            params.set_object("_meta", &m);
-            (None, Some(rank))
-        }
+        Some(session) => (
+            None,
+            Some(session.log_level.load(std::sync::atomic::Ordering::Relaxed)),
+        ),
         None => {
-            let caps = client_meta
-                .get(meta::CLIENT_CAPABILITIES)
-                .and_then(|c| serde_json::from_str(c.get()).ok());
-            let level = client_meta
-                .get_str(meta::LOG_LEVEL)
-                .map(|l| session::log_rank(&l));
-            (caps, level)
+            let m = params.get_object("_meta").unwrap_or_default();
+            let caps = m.get(meta::CLIENT_CAPABILITIES).map(ToOwned::to_owned);
+            (
+                caps,
+                m.get_str(meta::LOG_LEVEL).map(|l| session::log_rank(&l)),
+            )
         }
     };
 
@@ -247,7 +241,8 @@ pub async fn forward(
         session: caller.session.as_ref().map(|s| s.id.clone()),
     };
     let started = Instant::now();
-    let handle = match upstream.call(method, Some(params.clone()), route).await {
+    let defaults = client_defaults(caller.session.as_deref());
+    let handle = match upstream.call(method, Some(&params), route, defaults).await {
         Ok(h) => h,
         Err(e) => {
             gw.metrics.call(
@@ -313,6 +308,16 @@ async fn check_param_headers(
     };
     param_headers::check(&annotated, args.as_ref(), header)
         .map_err(|problem| jsonrpc::error(Some(id), ErrorCode::HEADER_MISMATCH, &problem, None))
+}
+
+/// What a legacy session declared at `initialize`, for an upstream hop in the modern era.
+fn client_defaults(session: Option<&Session>) -> ClientDefaults<'_> {
+    session.map_or_else(ClientDefaults::default, |s| ClientDefaults {
+        capabilities: Some(&s.client_capabilities),
+        log_level: Some(session::log_name(
+            s.log_level.load(std::sync::atomic::Ordering::Relaxed),
+        )),
+    })
 }
 
 /// Tool names become metric labels only when the upstream listed them (bounded cardinality).
@@ -435,6 +440,7 @@ impl Forward {
         let declared = |cap: &str| {
             self.client_caps
                 .as_ref()
+                .and_then(|c| RawObject::parse(c.get()))
                 .is_some_and(|c| c.get(cap).is_some())
         };
         if let Some(cap) = needed.filter(|cap| !declared(cap)) {
@@ -543,7 +549,12 @@ impl Forward {
         }
         match self
             .upstream
-            .call(&self.method, Some(params), self.route.clone())
+            .call(
+                &self.method,
+                Some(&params),
+                self.route.clone(),
+                client_defaults(self.session.as_deref()),
+            )
             .await
         {
             Ok(handle) => {

@@ -11,7 +11,7 @@ use mcp_wire::RawObject;
 use mcp_wire::param_headers::{self, HeaderParam};
 use serde_json::value::RawValue;
 
-use super::{ListKind, Route, Step, Upstream, UpstreamError, truncate};
+use super::{ClientDefaults, ListKind, Route, Step, Upstream, UpstreamError, truncate};
 
 /// One upstream list, all pages, with the names it holds (for bounded metric labels).
 pub(super) struct CachedList {
@@ -74,7 +74,13 @@ impl Upstream {
             if let Some(c) = &cursor {
                 params.set_str("cursor", c);
             }
-            let mut handle = self.call_on(&link, kind.method(), Some(params), Route::Internal)?;
+            let mut handle = self.call_on(
+                &link,
+                kind.method(),
+                Some(&params),
+                Route::Internal,
+                ClientDefaults::default(),
+            )?;
             let result = loop {
                 match handle.next().await {
                     Step::Event(_) => continue,

@@ -84,6 +84,14 @@ pub enum Route {
     },
 }
 
+/// What a client that sends no per-request `_meta` (a legacy session) declared once, for an
+/// upstream that speaks the modern era and wants it on every request. Unused on a legacy hop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientDefaults<'a> {
+    pub capabilities: Option<&'a RawValue>,
+    pub log_level: Option<&'static str>,
+}
+
 /// Events every client of this upstream may care about.
 #[derive(Clone, Debug)]
 pub enum Notice {
@@ -376,24 +384,27 @@ impl Upstream {
     pub async fn call(
         self: &Arc<Self>,
         method: &str,
-        params: Option<RawObject>,
+        params: Option<&RawObject>,
         route: Route,
+        defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
         let wait = Duration::from_millis(self.config.connect_timeout_ms);
         let link = self.link(wait).await?;
-        self.call_on(&link, method, params, route)
+        self.call_on(&link, method, params, route, defaults)
     }
 
     fn call_on(
         self: &Arc<Self>,
         link: &Arc<Link>,
         method: &str,
-        params: Option<RawObject>,
+        params: Option<&RawObject>,
         route: Route,
+        defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = link.info();
         let (params, client_progress_token) =
-            prepare_params(params, id, link.info().era, &link.info().protocol_version);
+            prepare_params(params, id, info.era, &info.protocol_version, defaults);
         let bytes = jsonrpc::request(&Id::number(id), method, Some(&params));
         let (events_tx, events) = mpsc::channel(64);
         let (done_tx, done) = oneshot::channel();
@@ -852,9 +863,13 @@ impl Upstream {
                 ) {
                     params.set_raw("notifications", filter);
                 }
-                let Ok(mut handle) =
-                    me.call_on(&link, "subscriptions/listen", Some(params), Route::Internal)
-                else {
+                let Ok(mut handle) = me.call_on(
+                    &link,
+                    "subscriptions/listen",
+                    Some(&params),
+                    Route::Internal,
+                    ClientDefaults::default(),
+                ) else {
                     return;
                 };
                 handle.deadline =
@@ -894,16 +909,16 @@ impl Transport {
 }
 
 /// Rewrites the gateway-owned parts of a request's params: the progress token becomes the
-/// gateway id, and the era's `_meta` keys are set for the upstream's era. Returns the params
-/// text and the client's original progress token.
+/// gateway id, and the era's `_meta` keys are set for the upstream's era (from the client's
+/// own `_meta`, else `defaults`). Returns the params text and the client's progress token.
 fn prepare_params(
-    params: Option<RawObject>,
+    params: Option<&RawObject>,
     id: u64,
     era: Era,
     version: &str,
+    defaults: ClientDefaults<'_>,
 ) -> (String, Option<Box<RawValue>>) {
-    let mut params = params.unwrap_or_default();
-    let mut meta_obj = params.get_object("_meta");
+    let mut meta_obj = params.and_then(|p| p.get_object("_meta"));
     let mut client_token = None;
     let mut client_caps = None;
     let mut log_level = None;
@@ -921,27 +936,29 @@ fn prepare_params(
     if era == Era::Modern {
         let m = meta_obj.get_or_insert_with(RawObject::default);
         m.set_str(meta::PROTOCOL_VERSION, version);
-        // The client's own capabilities and log level (the pipeline fills them in for legacy
-        // clients from their session) tell the upstream what it may ask for and send.
+        // The client's capabilities and log level tell the upstream what it may ask for and
+        // send; without any, the gateway's own (it bridges input requests itself).
         let caps = client_caps
+            .or_else(|| defaults.capabilities.map(ToOwned::to_owned))
             .or_else(|| RawValue::from_string(handshake::CLIENT_CAPABILITIES.to_owned()).ok());
         if let Some(caps) = caps {
             m.set_raw(meta::CLIENT_CAPABILITIES, caps);
         }
-        if let Some(level) = log_level {
-            m.set_raw(meta::LOG_LEVEL, level);
+        match (log_level, defaults.log_level) {
+            (Some(level), _) => m.set_raw(meta::LOG_LEVEL, level),
+            (None, Some(level)) => m.set_str(meta::LOG_LEVEL, level),
+            (None, None) => {}
         }
         if let Ok(info) = RawValue::from_string(handshake::client_info()) {
             m.set_raw(meta::CLIENT_INFO, info);
         }
     }
-    match meta_obj {
-        Some(m) if !m.is_empty() => params.set_object("_meta", &m),
-        _ => {
-            params.remove("_meta");
-        }
-    }
-    (params.to_json(), client_token)
+    let meta_json = meta_obj.filter(|m| !m.is_empty()).map(|m| m.to_json());
+    let text = match params {
+        Some(p) => p.to_json_with("_meta", meta_json.as_deref()),
+        None => RawObject::default().to_json_with("_meta", meta_json.as_deref()),
+    };
+    (text, client_token)
 }
 
 /// 100 ms doubling to 30 s, with ±25% jitter so a fleet does not restart in lockstep.
@@ -974,13 +991,32 @@ mod tests {
     #[test]
     fn progress_token_swapped_and_era_keys_set() {
         let p = RawObject::parse(r#"{"name":"x","_meta":{"progressToken":"abc","io.modelcontextprotocol/protocolVersion":"2026-07-28","k":1},"arguments":{"a":1}}"#).unwrap();
-        let (text, token) = prepare_params(Some(p), 42, Era::Legacy, "2025-11-25");
+        let (text, token) = prepare_params(
+            Some(&p),
+            42,
+            Era::Legacy,
+            "2025-11-25",
+            ClientDefaults::default(),
+        );
         assert_eq!(token.unwrap().get(), "\"abc\"");
         assert_eq!(
             text,
             r#"{"name":"x","_meta":{"k":1,"progressToken":42},"arguments":{"a":1}}"#
         );
-        let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28");
+        let caps = RawValue::from_string(r#"{"sampling":{}}"#.into()).unwrap();
+        let defaults = ClientDefaults {
+            capabilities: Some(&caps),
+            log_level: Some("warning"),
+        };
+        let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28", defaults);
+        assert!(
+            text.contains(r#""io.modelcontextprotocol/clientCapabilities":{"sampling":{}}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""io.modelcontextprotocol/logLevel":"warning""#),
+            "{text}"
+        );
         assert!(
             text.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#),
             "{text}"
