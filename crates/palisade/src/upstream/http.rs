@@ -16,7 +16,7 @@ use mcp_wire::era::header;
 use mcp_wire::{Era, Message, RawObject, param_headers, sse};
 use tokio::task::AbortHandle;
 
-use super::{Link, Upstream, UpstreamError};
+use super::{Link, Outgoing, Upstream, UpstreamError};
 use crate::config;
 
 /// Largest message (JSON body or SSE event) accepted from an HTTP upstream.
@@ -69,12 +69,20 @@ impl HttpTransport {
 
     /// POSTs one message. For a request (`call` set), the response stream is read and its
     /// messages delivered with the call as their origin.
-    pub fn send(&self, up: Arc<Upstream>, link: Arc<Link>, bytes: Vec<u8>, call: Option<u64>) {
+    pub fn send(
+        &self,
+        up: Arc<Upstream>,
+        link: Arc<Link>,
+        bytes: Vec<u8>,
+        call: Option<u64>,
+        request: Option<Outgoing<'_>>,
+    ) {
+        let headers = self.inner.request_headers(&up, &link, request);
         let inner = self.inner.clone();
         let mut inflight = inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let task_inner = inner.clone();
         let task = tokio::spawn(async move {
-            if let Err(reason) = task_inner.exchange(&up, &link, bytes, call).await {
+            if let Err(reason) = task_inner.exchange(&up, &link, headers, bytes, call).await {
                 if let Some(id) = call {
                     up.finish(
                         id,
@@ -186,44 +194,37 @@ enum ListenEnd {
 }
 
 impl Inner {
-    fn request_headers(&self, up: &Upstream, link: &Link, bytes: &[u8]) -> HeaderMap {
+    fn request_headers(
+        &self,
+        up: &Upstream,
+        link: &Link,
+        request: Option<Outgoing<'_>>,
+    ) -> HeaderMap {
         let mut h = self.headers.clone();
         if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
             h.insert(header::SESSION_ID, s);
         }
         let handshake_done = link.info.get().is_some();
-        let era = link.info().era;
         // Modern requests repeat their method and name in headers; the handshake's
         // `server/discover` is modern before the link knows its era.
-        let request = if era == Era::Modern || !handshake_done {
-            match Message::parse(bytes) {
-                Ok(Message::Request(req)) => Some(req),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        let modern = era == Era::Modern && handshake_done
-            || request
-                .as_ref()
-                .is_some_and(|r| r.method == "server/discover");
+        let modern = handshake_done && link.info().era == Era::Modern
+            || request.is_some_and(|r| r.method == "server/discover");
         if modern {
             h.insert(
                 header::PROTOCOL_VERSION,
                 HeaderValue::from_static(mcp_wire::era::MODERN),
             );
-            if let Some(req) = &request {
-                if let Ok(v) = HeaderValue::try_from(req.method.as_str()) {
+            if let Some(req) = request {
+                if let Ok(v) = HeaderValue::try_from(req.method) {
                     h.insert(header::METHOD, v);
                 }
-                let params = req.params.as_ref().and_then(|p| RawObject::parse(p.get()));
-                let name = mcp_wire::era::name_field(&req.method)
-                    .and_then(|field| params.as_ref().and_then(|o| o.get_str(field)));
+                let name = mcp_wire::era::name_field(req.method)
+                    .and_then(|field| req.params.and_then(|o| o.get_str(field)));
                 if let Some(v) = name.as_deref().and_then(|n| HeaderValue::try_from(n).ok()) {
                     h.insert(header::NAME, v);
                 }
-                if let (Some(tool), "tools/call") = (&name, req.method.as_str()) {
-                    add_param_headers(&mut h, &up.cached_header_params(tool), params.as_ref());
+                if let (Some(tool), "tools/call") = (&name, req.method) {
+                    add_param_headers(&mut h, &up.cached_header_params(tool), req.params);
                 }
             }
         } else if handshake_done
@@ -238,10 +239,10 @@ impl Inner {
         &self,
         up: &Arc<Upstream>,
         link: &Arc<Link>,
+        headers: HeaderMap,
         bytes: Vec<u8>,
         call: Option<u64>,
     ) -> Result<(), String> {
-        let headers = self.request_headers(up, link, &bytes);
         let resp = self
             .client
             .post(self.url.clone())
@@ -336,7 +337,7 @@ impl Inner {
     }
 
     async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
-        let mut headers = self.request_headers(up, link, b"");
+        let mut headers = self.request_headers(up, link, None);
         headers.insert(
             http::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),

@@ -84,6 +84,13 @@ pub enum Route {
     },
 }
 
+/// A request on its way upstream: its method, and its params as the gateway holds them.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub params: Option<&'a RawObject>,
+}
+
 /// What a client that sends no per-request `_meta` (a legacy session) declared once, for an
 /// upstream that speaks the modern era and wants it on every request. Unused on a legacy hop.
 #[derive(Clone, Copy, Debug, Default)]
@@ -403,9 +410,9 @@ impl Upstream {
     ) -> Result<CallHandle, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let info = link.info();
-        let (params, client_progress_token) =
+        let (text, client_progress_token) =
             prepare_params(params, id, info.era, &info.protocol_version, defaults);
-        let bytes = jsonrpc::request(&Id::number(id), method, Some(&params));
+        let bytes = jsonrpc::request(&Id::number(id), method, Some(&text));
         let (events_tx, events) = mpsc::channel(64);
         let (done_tx, done) = oneshot::channel();
         self.lock_calls().insert(
@@ -429,7 +436,7 @@ impl Upstream {
                 + Duration::from_millis(self.config.call_timeout_ms),
             finished: false,
         };
-        self.send(link, bytes, Some(id));
+        self.send(link, bytes, Some(id), Some(Outgoing { method, params }));
         Ok(handle)
     }
 
@@ -444,11 +451,19 @@ impl Upstream {
             Err(error) => jsonrpc::error_raw(Some(upstream_id), error.get()),
         };
         if let Ok(link) = self.link(Duration::from_millis(100)).await {
-            self.send(&link, bytes, None);
+            self.send(&link, bytes, None, None);
         }
     }
 
-    fn send(self: &Arc<Self>, link: &Arc<Link>, bytes: Vec<u8>, call: Option<u64>) {
+    /// Sends one message on a link. `request` says what a request is, for transports that
+    /// repeat it outside the body (HTTP headers in the modern era); `call` is its gateway id.
+    fn send(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        bytes: Vec<u8>,
+        call: Option<u64>,
+        request: Option<Outgoing<'_>>,
+    ) {
         match &link.transport {
             Transport::Stdio(t) => {
                 if !t.send(bytes)
@@ -463,7 +478,7 @@ impl Upstream {
                     );
                 }
             }
-            Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call),
+            Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call, request),
         }
     }
 
@@ -486,7 +501,7 @@ impl Upstream {
             if let Transport::Http(t) = &link.transport {
                 t.abort(id);
             }
-            self.send(link, bytes, None);
+            self.send(link, bytes, None, None);
         }
     }
 
@@ -662,7 +677,7 @@ impl Upstream {
 
     fn on_request(self: &Arc<Self>, link: &Arc<Link>, req: jsonrpc::Request, origin: Option<u64>) {
         if req.method == "ping" {
-            self.send(link, jsonrpc::result(&req.id, "{}"), None);
+            self.send(link, jsonrpc::result(&req.id, "{}"), None, None);
             return;
         }
         let delivered = {
@@ -696,7 +711,7 @@ impl Upstream {
                 None,
             )
         };
-        self.send(link, reply, None);
+        self.send(link, reply, None, None);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -830,10 +845,15 @@ impl Upstream {
                 started: now_micros(),
             },
         );
+        let request = Outgoing {
+            method,
+            params: None,
+        };
         self.send(
             link,
             jsonrpc::request(&Id::number(id), method, Some(params)),
             Some(id),
+            Some(request),
         );
         let limit = within.unwrap_or(Duration::from_secs(24 * 3600));
         let lost = |reason: String| UpstreamError::Lost {
@@ -895,7 +915,7 @@ impl Upstream {
     }
 
     fn notify_on(self: &Arc<Self>, link: &Arc<Link>, method: &str, params: Option<&str>) {
-        self.send(link, jsonrpc::notification(method, params), None);
+        self.send(link, jsonrpc::notification(method, params), None, None);
     }
 }
 
