@@ -397,15 +397,7 @@ async fn list_changed_reaches_listeners(protocol: &str) {
     assert!(!before.contains(&"kit__extra".to_owned()));
 
     // A legacy GET stream, and a modern subscriptions/listen stream.
-    let get = gw
-        .http
-        .get(&gw.mcp)
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {}", s.key))
-        .header("mcp-session-id", &s.session)
-        .send()
-        .await
-        .unwrap();
+    let get = s.open_get_stream().await;
     assert_eq!(get.status(), 200);
     let listen = gw
         .http
@@ -649,15 +641,7 @@ async fn every_log_of_a_legacy_http_upstream_reaches_the_session() {
     // test; the race itself is too rare to provoke here.)
     let (gw, _web) = acme_on_web("legacy", false).await;
     let s = gw.legacy("acme").await;
-    let get = gw
-        .http
-        .get(&gw.mcp)
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {}", s.key))
-        .header("mcp-session-id", &s.session)
-        .send()
-        .await
-        .unwrap();
+    let get = s.open_get_stream().await;
     let mut on_get = get.bytes_stream();
     let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
     let rounds = 20;

@@ -422,6 +422,19 @@ impl Legacy<'_> {
             .await
     }
 
+    /// Opens the session's GET stream (messages not tied to a request).
+    pub async fn open_get_stream(&self) -> reqwest::Response {
+        self.gw
+            .http
+            .get(&self.gw.mcp)
+            .header("accept", "text/event-stream")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("mcp-session-id", &self.session)
+            .send()
+            .await
+            .expect("GET stream")
+    }
+
     /// Starts a POST and returns the raw response, for streaming reads.
     pub async fn start(&self, msg: Value) -> reqwest::Response {
         self.gw
