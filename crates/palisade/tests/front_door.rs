@@ -6,31 +6,13 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn one_tenant() -> Gw {
-    Gw::start(
-        &stdio_server("kit", ""),
-        &[
-            TenantSpec {
-                id: "acme",
-                servers: &["kit"],
-                namespacing: true,
-            },
-            TenantSpec {
-                id: "globex",
-                servers: &["kit"],
-                namespacing: true,
-            },
-        ],
-    )
-}
-
 fn code(a: &Answer) -> i64 {
     a.response()["error"]["code"].as_i64().unwrap_or(0)
 }
 
 #[tokio::test]
 async fn malformed_requests_get_precise_errors() {
-    let gw = one_tenant();
+    let gw = two_tenants_on_kit("");
     gw.ready().await;
     let key = gw.key("acme").to_owned();
 
@@ -78,7 +60,7 @@ async fn malformed_requests_get_precise_errors() {
 
 #[tokio::test]
 async fn unknown_methods_and_tools() {
-    let gw = one_tenant();
+    let gw = two_tenants_on_kit("");
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let a = s.request(1, "no/such", json!({})).await;
@@ -114,7 +96,7 @@ async fn unknown_methods_and_tools() {
 
 #[tokio::test]
 async fn headers_and_credentials() {
-    let gw = one_tenant();
+    let gw = two_tenants_on_kit("");
     let key = gw.key("acme").to_owned();
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
@@ -184,7 +166,7 @@ async fn headers_and_credentials() {
 
 #[tokio::test]
 async fn session_is_bound_to_its_principal() {
-    let gw = one_tenant();
+    let gw = two_tenants_on_kit("");
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
@@ -224,7 +206,7 @@ async fn session_is_bound_to_its_principal() {
 
 #[tokio::test]
 async fn modern_era_checks_headers_against_the_body() {
-    let gw = one_tenant();
+    let gw = two_tenants_on_kit("");
     gw.ready().await;
     let key = gw.key("acme").to_owned();
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});

@@ -271,21 +271,7 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
 #[tokio::test]
 async fn modern_client_answers_input_requests_of_either_era_upstream() {
     for protocol in ["legacy", "modern"] {
-        let gw = Gw::start(
-            &stdio_server("kit", &format!("protocol = \"{protocol}\"")),
-            &[
-                TenantSpec {
-                    id: "acme",
-                    servers: &["kit"],
-                    namespacing: true,
-                },
-                TenantSpec {
-                    id: "globex",
-                    servers: &["kit"],
-                    namespacing: true,
-                },
-            ],
-        );
+        let gw = two_tenants_on_kit(&format!("protocol = \"{protocol}\""));
         gw.ready().await;
         let first = gw
             .modern(

@@ -67,6 +67,26 @@ pub async fn acme_on_kit(servers: &str) -> Gw {
     gw
 }
 
+/// A gateway with one stdio testkit server `kit` (its extra TOML keys given) shared by two
+/// tenants, `acme` and `globex`, both with namespacing. Not yet waited for.
+pub fn two_tenants_on_kit(extra: &str) -> Gw {
+    Gw::start(
+        &stdio_server("kit", extra),
+        &[
+            TenantSpec {
+                id: "acme",
+                servers: &["kit"],
+                namespacing: true,
+            },
+            TenantSpec {
+                id: "globex",
+                servers: &["kit"],
+                namespacing: true,
+            },
+        ],
+    )
+}
+
 pub struct TenantSpec<'a> {
     pub id: &'a str,
     pub servers: &'a [&'a str],
