@@ -5,7 +5,8 @@
 //! namespacing on, tool and prompt names become `<server>__<name>` (always, so names do not
 //! change when a server is added) and resource URIs `<server>+<uri>`; a name longer than 64
 //! characters is shortened with a hash and kept in a reverse map. The same rules run backwards
-//! to find the upstream and original name of a call.
+//! to find the upstream and original name of a call. Tools the tenant's policy denies are left
+//! out of `tools/list`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::MAX_NAME_LEN;
-use crate::gateway::Tenant;
+use crate::registry::Tenant;
 use crate::upstream::{ListKind, Upstream};
 
 /// Items per page of a merged list.
@@ -153,14 +154,27 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
                 continue;
             }
         };
+        let filtered = kind == ListKind::Tools && !tenant.policy.allows_all_tools();
         for item in items.iter() {
-            if !tenant.namespacing {
+            if !tenant.namespacing && !filtered {
                 merged.push(item.clone());
                 continue;
             }
             let Some(mut obj) = RawObject::parse(item.get()) else {
                 continue;
             };
+            if filtered {
+                let allowed = obj
+                    .get_str("name")
+                    .is_some_and(|n| tenant.policy.allows_tool(&upstream.name, &n));
+                if !allowed {
+                    continue;
+                }
+                if !tenant.namespacing {
+                    merged.push(item.clone());
+                    continue;
+                }
+            }
             let (field, rewritten) = match kind {
                 ListKind::Tools | ListKind::Prompts => {
                     let Some(name) = obj.get_str("name") else {

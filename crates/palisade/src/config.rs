@@ -25,6 +25,12 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub storage: Storage,
+    /// OAuth 2.1 resource server: which issuers' access tokens are accepted.
+    pub oauth: Option<palisade_oauth::OAuthConfig>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
@@ -92,6 +98,42 @@ pub struct Auth {
     pub pepper_env: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The registry database: `sqlite://PATH` or `postgres://…`. Default: a SQLite file,
+    /// `palisade.db` in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the gateway keeps its files; relative paths are relative to the config file.
+    /// Default: `palisade-data` next to the config file.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Who may use the admin API (`/admin/v1` on the admin listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Admin API keys as `hmac-sha256:<hex>`, like tenant keys (`palisade key new`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// An access token from a configured issuer with this scope may use the admin API.
+    #[serde(default = "default_admin_scope")]
+    pub scope: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            keys: Vec::new(),
+            scope: default_admin_scope(),
+        }
+    }
+}
+
+fn default_admin_scope() -> String {
+    "palisade:admin".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -152,7 +194,7 @@ pub enum UpstreamProtocol {
     Modern,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Unique, `[a-z0-9_-]`, no `__` (it separates server and tool in namespaced names).
@@ -182,7 +224,7 @@ fn default_list_timeout() -> u64 {
     5_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stdio {
     pub command: String,
@@ -202,7 +244,7 @@ fn default_max_line() -> usize {
     16 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub url: String,
@@ -211,11 +253,15 @@ pub struct Http {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A tenant declared in the config. It is reconciled into the registry store at start and on
+/// every reload; removing it from the file deletes it. Tenants created through the admin API
+/// or the CLI live only in the store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// A slug: `[a-z0-9-]`, 1–63 characters.
     pub id: String,
+    pub display_name: Option<String>,
     /// Names of the servers this tenant may use.
     pub servers: Vec<String>,
     /// Prefix tool and prompt names with `<server>__` and resource URIs with `<server>+`.
@@ -225,6 +271,11 @@ pub struct Tenant {
     /// API keys as `hmac-sha256:<hex>` = HMAC-SHA256(pepper, key); see `palisade key new`.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Scopes the keys above carry.
+    #[serde(default)]
+    pub key_scopes: Vec<String>,
+    /// The tenant's tool policy; when absent, the one set through the admin API (if any) stays.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 fn yes() -> bool {
@@ -411,11 +462,39 @@ impl Config {
                 }
             }
         }
-        let any_keys = self.tenants.iter().any(|t| !t.keys.is_empty());
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Some(p) = &t.policy {
+                p.validate()
+                    .map_err(|e| invalid(format!("tenants[{i}].policy"), e))?;
+            }
+        }
+        for k in &self.admin.keys {
+            if crate::auth::apikey::parse_stored_hash(k).is_none() {
+                return Err(invalid(
+                    "admin.keys",
+                    "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
+                ));
+            }
+        }
+        if let Some(o) = &self.oauth {
+            o.validate().map_err(|e| invalid("oauth", e))?;
+        }
+        if let Some(url) = &self.storage.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "storage.database_url",
+                "use sqlite://PATH or postgres://USER@HOST/DB",
+            ));
+        }
+        let any_keys =
+            self.tenants.iter().any(|t| !t.keys.is_empty()) || !self.admin.keys.is_empty();
         if any_keys && self.auth.pepper_file.is_none() && self.auth.pepper_env.is_none() {
             return Err(invalid(
                 "auth",
-                "tenants have API keys but no pepper is configured: set auth.pepper_file or auth.pepper_env",
+                "API keys are configured but no pepper is: set auth.pepper_file or auth.pepper_env",
             ));
         }
         if !self.listen.mcp.ip().is_loopback() && self.listen.allowed_hosts.is_empty() {
@@ -454,6 +533,22 @@ impl Config {
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }
+
+    /// The registry database URL: the configured one, or a SQLite file in the data directory
+    /// (relative to `base`, the config file's directory).
+    pub fn database_url(&self, base: &Path) -> String {
+        match &self.storage.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let dir = self
+                    .storage
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("palisade-data"));
+                format!("sqlite://{}", base.join(dir).join("palisade.db").display())
+            }
+        }
+    }
 }
 
 /// The PATH a stdio child gets when its config sets none.
@@ -476,7 +571,7 @@ fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> Option<Path
         .find(|p| runnable(p))
 }
 
-fn valid_server_name(name: &str) -> bool {
+pub fn valid_server_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()
@@ -485,7 +580,7 @@ fn valid_server_name(name: &str) -> bool {
         && !name.ends_with('_')
 }
 
-fn valid_tenant_id(id: &str) -> bool {
+pub fn valid_tenant_id(id: &str) -> bool {
     (1..=63).contains(&id.len())
         && id
             .bytes()

@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::auth::Principal;
 use crate::catalog;
-use crate::gateway::{Gateway, Tenant};
-use crate::pipeline::{self, Addressing, Caller, Forward, complete_modern_result};
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Addressing, Caller, Forward, Refusal, complete_modern_result};
+use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
 use crate::upstream::{ListKind, Notice, Upstream};
 
@@ -39,6 +40,8 @@ pub enum Reply {
     Stream(mpsc::Receiver<Vec<u8>>),
     /// An error the modern era puts in the HTTP status as well.
     Status(u16, Vec<u8>),
+    /// The caller lacks scopes (HTTP 403 with an `insufficient_scope` challenge).
+    InsufficientScope { scopes: String, body: Vec<u8> },
 }
 
 /// Handles one client request.
@@ -54,10 +57,13 @@ pub async fn request(
     let forward = |addressing| async move {
         match pipeline::forward(gw, caller, id, method, params, addressing).await {
             Ok(fwd) => Reply::Call(Box::new(fwd)),
-            Err(error) if caller.era == Era::Modern => {
+            Err(Refusal::InsufficientScope { scopes, body }) => {
+                Reply::InsufficientScope { scopes, body }
+            }
+            Err(Refusal::Error(error)) if caller.era == Era::Modern => {
                 Reply::Status(pipeline::modern_status_of(&error), error)
             }
-            Err(error) => Reply::Message(error),
+            Err(Refusal::Error(error)) => Reply::Message(error),
         }
     };
     match method {
@@ -431,12 +437,14 @@ where
         let tx = tx.clone();
         let render = render.clone();
         let draining = gw.draining.clone();
+        let tenant_closed = tenant.closed.clone();
         tokio::spawn(async move {
             loop {
                 let notice = tokio::select! {
                     n = notices.recv() => n,
                     _ = tx.closed() => return,
                     _ = draining.cancelled() => return,
+                    _ = tenant_closed.cancelled() => return,
                 };
                 match notice {
                     Ok(notice) => {

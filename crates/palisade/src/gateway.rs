@@ -1,41 +1,60 @@
-//! The gateway's shared state, built once from the config: the authenticator, the upstreams
-//! and their supervisors, each tenant's view of them, the sessions and the metrics.
-//! Request handling borrows it; nothing here knows about HTTP.
+//! The gateway's shared state: the config in force, the registry cache and the store behind
+//! it, the authenticator, the running upstreams, the sessions and the metrics. Request handling
+//! borrows it; nothing here knows about HTTP.
+//!
+//! Change flows one way: the store (written by the admin API, the CLI, or config
+//! reconciliation) bumps its revision; a background task polls it every
+//! [`REFRESH_EVERY`] and rebuilds the [`Registry`], then ends the sessions it no longer admits.
+//! So a suspension or revocation reaches open sessions within a second, on every replica that
+//! shares the store. A config reload ([`Gateway::reload`]) restarts only the upstreams whose
+//! settings changed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use palisade_oauth::Verifier;
+use palisade_store::{Declared, NewKey, NewTenant, Source, Status, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::Parked;
+use crate::registry::Registry;
 use crate::session::Sessions;
 use crate::upstream::Upstream;
 
-/// What one tenant may reach.
-pub struct Tenant {
-    pub id: Arc<str>,
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Whether names are prefixed with their server (see [`crate::catalog`]).
-    pub namespacing: bool,
+/// How often the store's revision is polled.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// How often API keys' last-use times are written.
+const LAST_USED_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("registry store: {0}")]
+    Store(#[from] StoreError),
+    #[error("[oauth]: {0}")]
+    OAuth(String),
 }
 
-impl Tenant {
-    pub fn upstream(&self, server: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| &*u.name == server)
-    }
+/// A running upstream and what stops it.
+struct Running {
+    upstream: Arc<Upstream>,
+    stop: CancellationToken,
+    supervisor: Option<JoinHandle<()>>,
 }
 
 pub struct Gateway {
-    pub config: Config,
-    pub auth: Box<dyn Authenticator>,
-    pub upstreams: Vec<Arc<Upstream>>,
-    pub tenants: HashMap<Arc<str>, Tenant>,
+    config: ArcSwap<Config>,
+    pub store: Store,
+    pub auth: Authenticator,
+    registry: ArcSwap<Registry>,
+    running: Mutex<HashMap<Arc<str>, Running>>,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -45,11 +64,22 @@ pub struct Gateway {
     pub draining: CancellationToken,
     /// Cancelled last: upstream links close and processes stop.
     pub stopping: CancellationToken,
-    supervisors: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    http_client: reqwest::Client,
+    /// Stops the JWKS refresh of the verifier in force.
+    verifier_stop: Mutex<CancellationToken>,
+    /// One reload or refresh at a time.
+    changing: tokio::sync::Mutex<()>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Gateway {
-    pub fn new(config: Config, auth: Box<dyn Authenticator>) -> Arc<Gateway> {
+    /// Builds the gateway: reconciles the config's tenants into the store and loads the
+    /// registry. Nothing runs until [`Gateway::start`].
+    pub async fn open(
+        config: Config,
+        pepper: Pepper,
+        store: Store,
+    ) -> Result<Arc<Gateway>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let stopping = CancellationToken::new();
         // No ambient proxy for upstreams: an operator names each upstream's URL explicitly,
@@ -61,90 +91,274 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        let upstreams: Vec<Arc<Upstream>> = config
-            .servers
-            .iter()
-            .map(|s| {
-                Upstream::new(
-                    s.clone(),
-                    metrics.clone(),
-                    stopping.clone(),
-                    http_client.clone(),
-                )
-            })
-            .collect();
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| {
-                let id: Arc<str> = t.id.as_str().into();
-                let ups = t
-                    .servers
-                    .iter()
-                    .filter_map(|name| {
-                        upstreams
-                            .iter()
-                            .find(|u| &*u.name == name.as_str())
-                            .cloned()
-                    })
-                    .collect();
-                (
-                    id.clone(),
-                    Tenant {
-                        id,
-                        upstreams: ups,
-                        namespacing: t.namespacing,
-                    },
-                )
-            })
-            .collect();
+        let verifier = build_verifier(&config, &http_client)?;
         let sessions = Sessions::new(
             Duration::from_secs(config.limits.session_idle_secs),
             config.limits.max_sessions_per_tenant,
             metrics.clone(),
         );
-        Arc::new(Gateway {
-            config,
-            auth,
-            upstreams,
-            tenants,
+        let gw = Arc::new(Gateway {
+            auth: Authenticator::new(pepper, verifier),
+            config: ArcSwap::from_pointee(config.clone()),
+            store,
+            registry: ArcSwap::from_pointee(Registry::default()),
+            running: Mutex::new(HashMap::new()),
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
             metrics,
             draining: CancellationToken::new(),
             stopping,
-            supervisors: std::sync::Mutex::new(Vec::new()),
-        })
+            http_client,
+            verifier_stop: Mutex::new(CancellationToken::new()),
+            changing: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        gw.sync_upstreams(&config);
+        gw.store.reconcile(&declared(&config)).await?;
+        gw.refresh(true).await?;
+        Ok(gw)
     }
 
-    /// Starts every upstream's supervisor and the session reaper.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The registry snapshot in force.
+    pub fn registry(&self) -> arc_swap::Guard<Arc<Registry>> {
+        self.registry.load()
+    }
+
+    /// The running upstreams, by name.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut ups: Vec<Arc<Upstream>> = lock(&self.running)
+            .values()
+            .map(|r| r.upstream.clone())
+            .collect();
+        ups.sort_by(|a, b| a.name.cmp(&b.name));
+        ups
+    }
+
+    /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping,
+    /// registry refresh, last-use flushing.
     pub fn start(self: &Arc<Self>) {
-        let mut sups = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
-        for u in &self.upstreams {
-            sups.push(u.start());
+        for r in lock(&self.running).values_mut() {
+            if r.supervisor.is_none() {
+                r.supervisor = Some(r.upstream.start());
+            }
         }
+        self.start_verifier(self.auth.oauth());
         let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let refresher = tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(REFRESH_EVERY);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut reap = tokio::time::interval(Duration::from_secs(30));
+            let mut flush = tokio::time::interval(LAST_USED_EVERY);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { me.sessions.reap_idle(); }
+                    _ = refresh.tick() => {
+                        if let Err(e) = me.refresh(false).await {
+                            me.metrics.registry_refresh_failed();
+                            tracing::warn!(error = %e, "registry refresh failed; serving the last snapshot");
+                        }
+                    }
+                    _ = reap.tick() => { me.sessions.reap_idle(); }
+                    _ = flush.tick() => me.flush_last_used().await,
                     _ = me.draining.cancelled() => return,
                 }
             }
         });
+        lock(&self.tasks).push(refresher);
+    }
+
+    /// Reloads the registry if the store changed (or always, with `force`), then ends the
+    /// sessions the new registry no longer admits.
+    pub async fn refresh(&self, force: bool) -> Result<(), GatewayError> {
+        let _one = self.changing.lock().await;
+        if !force && self.store.revision().await? == self.registry.load().revision {
+            return Ok(());
+        }
+        let snapshot = self.store.snapshot().await?;
+        self.rebuild(snapshot);
+        Ok(())
+    }
+
+    fn rebuild(&self, snapshot: palisade_store::Snapshot) {
+        let upstreams: HashMap<Arc<str>, Arc<Upstream>> = lock(&self.running)
+            .iter()
+            .map(|(k, r)| (k.clone(), r.upstream.clone()))
+            .collect();
+        let old = self.registry.load_full();
+        let new = Arc::new(Registry::build(snapshot, &upstreams, &old));
+        self.registry.store(new.clone());
+        let closed = self.sessions.close_where(|s| {
+            let tenant_ok = new
+                .tenant(&s.tenant)
+                .is_some_and(|t| t.status == Status::Active);
+            let key_ok = s.key.as_deref().is_none_or(|k| new.key_is_live(k));
+            !(tenant_ok && key_ok)
+        });
+        if closed > 0 {
+            tracing::info!(
+                sessions = closed,
+                "ended sessions of suspended or deleted tenants and revoked keys"
+            );
+        }
+    }
+
+    /// Applies a new, already validated config: upstreams whose settings changed restart,
+    /// declared tenants are reconciled into the store, the OAuth issuers are replaced. Listen
+    /// addresses and limits other than per-call ones take effect at the next restart.
+    pub async fn reload(&self, config: Config) -> Result<(), GatewayError> {
+        let verifier = build_verifier(&config, &self.http_client)?;
+        self.store.reconcile(&declared(&config)).await?;
+        let old = self.config();
+        if old.listen.mcp != config.listen.mcp || old.listen.admin != config.listen.admin {
+            tracing::warn!("listen addresses changed: they take effect at the next restart");
+        }
+        self.sync_upstreams(&config);
+        if self.started() {
+            self.start_verifier(verifier.clone());
+        }
+        self.auth.set_oauth(verifier);
+        self.config.store(Arc::new(config));
+        self.refresh(true).await?;
+        self.start_supervisors();
+        Ok(())
+    }
+
+    /// Makes the running upstreams match the config: new ones are created (and started if the
+    /// gateway runs), changed or removed ones stopped.
+    fn sync_upstreams(&self, config: &Config) {
+        let mut running = lock(&self.running);
+        running.retain(|name, r| {
+            let keep = config.server(name).is_some_and(|s| *s == r.upstream.config);
+            if !keep {
+                tracing::info!(server = %name, "upstream removed or changed: stopping it");
+                r.stop.cancel();
+            }
+            keep
+        });
+        for server in &config.servers {
+            if running.contains_key(server.name.as_str()) {
+                continue;
+            }
+            let stop = self.stopping.child_token();
+            let upstream = Upstream::new(
+                server.clone(),
+                self.metrics.clone(),
+                stop.clone(),
+                self.http_client.clone(),
+            );
+            running.insert(
+                upstream.name.clone(),
+                Running {
+                    upstream,
+                    stop,
+                    supervisor: None,
+                },
+            );
+        }
+    }
+
+    fn started(&self) -> bool {
+        !lock(&self.tasks).is_empty()
+    }
+
+    /// Fetches the issuers' keys and keeps them fresh; the previous verifier's refresh stops.
+    fn start_verifier(&self, verifier: Option<Arc<Verifier>>) {
+        let stop = self.stopping.child_token();
+        lock(&self.verifier_stop).cancel();
+        *lock(&self.verifier_stop) = stop.clone();
+        if let Some(v) = verifier {
+            tokio::spawn(async move {
+                v.start(stop).await;
+            });
+        }
+    }
+
+    fn start_supervisors(&self) {
+        if !self.started() {
+            return; // `start` will
+        }
+        for r in lock(&self.running).values_mut() {
+            if r.supervisor.is_none() {
+                r.supervisor = Some(r.upstream.start());
+            }
+        }
+    }
+
+    async fn flush_last_used(&self) {
+        let batch = self.auth.take_last_used();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_last_used(&batch).await {
+            tracing::warn!(error = %e, keys = batch.len(), "cannot record API keys' last use");
+        }
     }
 
     /// Stops upstreams (killing their processes) and waits for their supervisors.
     pub async fn stop(&self) {
         self.draining.cancel();
         self.sessions.close_all();
+        self.flush_last_used().await;
         self.stopping.cancel();
-        let sups: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
+        let sups: Vec<JoinHandle<()>> = lock(&self.running)
+            .values_mut()
+            .filter_map(|r| r.supervisor.take())
+            .collect();
         for s in sups {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }
     }
+}
+
+fn build_verifier(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<Option<Arc<Verifier>>, GatewayError> {
+    match &config.oauth {
+        None => Ok(None),
+        Some(o) => Verifier::new(o.clone(), http.clone())
+            .map(|v| Some(Arc::new(v)))
+            .map_err(|e| GatewayError::OAuth(e.to_string())),
+    }
+}
+
+/// The config's tenants, as the store reconciles them.
+pub fn declared(config: &Config) -> Vec<Declared> {
+    config
+        .tenants
+        .iter()
+        .map(|t| Declared {
+            tenant: NewTenant {
+                id: t.id.clone(),
+                display_name: t.display_name.clone().unwrap_or_else(|| t.id.clone()),
+                servers: t.servers.clone(),
+                namespacing: t.namespacing,
+                limits: serde_json::json!({}),
+                source: Source::Config,
+            },
+            keys: t
+                .keys
+                .iter()
+                .filter_map(|k| parse_stored_hash(k))
+                .map(|hash| NewKey {
+                    id: config_key_id(&hash),
+                    tenant_id: t.id.clone(),
+                    name: "declared in the config".into(),
+                    hash,
+                    scopes: t.key_scopes.clone(),
+                    source: Source::Config,
+                    expires_at: None,
+                })
+                .collect(),
+            policy: t.policy.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

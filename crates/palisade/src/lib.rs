@@ -1,8 +1,10 @@
 //! Palisade: a multi-tenant gateway for the Model Context Protocol.
 //!
 //! The path of one request, module by module: [`http`] (the front door: Origin/Host, body limit,
-//! era detection) → [`auth`] (credentials → [`auth::Principal`]) → [`session`] (legacy era) →
-//! [`dispatch`] (lifecycle answered here, lists to the [`catalog`], calls to the [`pipeline`]) →
+//! era detection) → [`auth`] (credentials → [`auth::Principal`], checked against the
+//! [`registry`], an in-memory cache of the registry store) → [`session`] (legacy era) →
+//! [`dispatch`] (lifecycle answered here, lists to the [`catalog`], calls to the [`pipeline`],
+//! which asks the [`policy`] first) →
 //! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way.
 //! `ARCHITECTURE.md` is the map.
 
@@ -14,6 +16,9 @@ pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod onboarding;
 pub mod pipeline;
+pub mod policy;
+pub mod registry;
 pub mod session;
 pub mod upstream;

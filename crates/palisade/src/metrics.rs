@@ -84,6 +84,13 @@ pub struct Metrics {
     up: Family<ServerLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
     list_failures: Family<ListLabels, Counter>,
+    config_reloads: Family<OutcomeOnly, Counter>,
+    registry_refresh_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeOnly {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,9 +163,23 @@ impl Metrics {
             "List fan-outs served without an upstream that failed or was too slow",
             list_failures.clone(),
         );
+        let config_reloads = Family::<OutcomeOnly, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome: applied, or rejected (the old config keeps serving)",
+            config_reloads.clone(),
+        );
+        let registry_refresh_failures = Counter::default();
+        registry.register(
+            "registry_refresh_failures",
+            "Failed reads of the registry store (the last snapshot keeps serving)",
+            registry_refresh_failures.clone(),
+        );
         Metrics {
             registry,
             list_failures,
+            config_reloads,
+            registry_refresh_failures,
             call_seconds,
             calls,
             upstream_seconds,
@@ -234,6 +255,17 @@ impl Metrics {
         self.rejections
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// A config reload: `applied` or `rejected`.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&OutcomeOnly { outcome })
+            .inc();
+    }
+
+    pub fn registry_refresh_failed(&self) {
+        self.registry_refresh_failures.inc();
     }
 
     pub fn list_skipped(&self, server: &str, list: &'static str) {

@@ -4,15 +4,18 @@
 //! Read top to bottom, [`forward`] is the whole story of a call:
 //!   0. a retry carrying a `requestState` the gateway issued resumes its parked call ([`Parked`]);
 //!   1. resolve the target: which of the tenant's upstreams, under which original name
-//!      (a name outside the tenant's servers is an unknown tool, -32602), and for a modern
-//!      client check its `Mcp-Param-*` headers against the arguments;
+//!      (a name outside the tenant's servers is an unknown tool, -32602); authorize a tool
+//!      call against the tenant's [`Policy`](crate::policy::Policy) (a denied tool is refused,
+//!      missing scopes are a 403 `insufficient_scope` so the client can step up); and for a
+//!      modern client check its `Mcp-Param-*` headers against the arguments;
 //!   2. say what the client can take (capabilities, log level) for the upstream hop;
 //!   3. send it upstream; [`Forward::next`] then relays what comes back, in order, ending with
 //!      the response, and bridges input requests between the eras.
 //!
 //! Only what the gateway owns is rewritten here (the name or URI); ids, progress tokens and the
 //! era's `_meta` keys are the upstream module's. Authorization, rate limits, bulkheads,
-//! breakers and the audit record slot in between 2 and 3, each in its own module, in that order.
+//! //! Rate limits, bulkheads, breakers and the audit record slot in between 2 and 3, each in its
+//! own module, in that order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,8 +31,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, Target};
-use crate::gateway::{Gateway, Tenant};
+use crate::gateway::Gateway;
 use crate::metrics;
+use crate::policy::Denied;
+use crate::registry::Tenant;
 use crate::session::{self, Awaiting, ClientAnswer, Session};
 use crate::upstream::{
     CallEvent, CallHandle, ClientDefaults, ListKind, Route, Step, Upstream, UpstreamError,
@@ -39,6 +44,8 @@ use crate::upstream::{
 pub struct Caller<'a> {
     pub tenant: &'a Tenant,
     pub subject: Arc<str>,
+    /// The principal's scopes, for the tenant's tool policy.
+    pub scopes: Arc<[String]>,
     pub era: Era,
     pub session: Option<Arc<Session>>,
     /// Modern era: the request's `Mcp-Param-*` headers, by lowercase suffix.
@@ -112,8 +119,22 @@ struct Collecting {
     request_state: Option<Box<RawValue>>,
 }
 
-/// Forwards one request to the upstream that owns its target. Errors come back as the
-/// complete JSON-RPC error message for the client.
+/// Why a call was not forwarded.
+pub enum Refusal {
+    /// The complete JSON-RPC error message for the client.
+    Error(Vec<u8>),
+    /// The caller lacks these scopes (space-separated): HTTP 403 `insufficient_scope`, with
+    /// the error message as the body.
+    InsufficientScope { scopes: String, body: Vec<u8> },
+}
+
+impl From<Vec<u8>> for Refusal {
+    fn from(error: Vec<u8>) -> Refusal {
+        Refusal::Error(error)
+    }
+}
+
+/// Forwards one request to the upstream that owns its target.
 pub async fn forward(
     gw: &Gateway,
     caller: &Caller<'_>,
@@ -121,7 +142,7 @@ pub async fn forward(
     method: &str,
     params: Option<&RawValue>,
     addressing: Addressing,
-) -> Result<Forward, Vec<u8>> {
+) -> Result<Forward, Refusal> {
     let invalid = |msg: &str| jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, msg, None);
     let mut params = match params {
         Some(p) => RawObject::parse(p.get()).ok_or_else(|| invalid("params must be an object"))?,
@@ -131,7 +152,7 @@ pub async fn forward(
         .get_str("requestState")
         .filter(|s| s.starts_with(PARK_PREFIX))
     {
-        return gw.parked.resume(caller, id, &state, &params).await;
+        return Ok(gw.parked.resume(caller, id, &state, &params).await?);
     }
 
     // 1. Resolve the target.
@@ -155,8 +176,11 @@ pub async fn forward(
                 .await
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
             let label = metric_label(target.upstream, kind, &target.name);
-            if addressing == Addressing::Tool && caller.era == Era::Modern {
-                check_param_headers(caller, &target, &params, id).await?;
+            if addressing == Addressing::Tool {
+                authorize(gw, caller, &target, &name, id)?;
+                if caller.era == Era::Modern {
+                    check_param_headers(caller, &target, &params, id).await?;
+                }
             }
             params.set_str("name", &target.name);
             (target, label)
@@ -205,9 +229,9 @@ pub async fn forward(
                     })
                 }
                 _ => {
-                    return Err(invalid(
-                        "params.ref.type must be ref/prompt or ref/resource",
-                    ));
+                    return Err(
+                        invalid("params.ref.type must be ref/prompt or ref/resource").into(),
+                    );
                 }
             }
             .ok_or_else(|| invalid("unknown completion reference"))?;
@@ -252,7 +276,7 @@ pub async fn forward(
                 metrics::Outcome::Unavailable,
                 started.elapsed().as_secs_f64(),
             );
-            return Err(upstream_error(id, &e));
+            return Err(upstream_error(id, &e).into());
         }
     };
     let cancel = caller.session.as_ref().map(|s| s.track_call(id));
@@ -284,6 +308,49 @@ pub async fn forward(
         client_caps,
         log_min,
     })
+}
+
+/// The tenant's policy on a tool call. `exposed` is the name the client used.
+fn authorize(
+    gw: &Gateway,
+    caller: &Caller<'_>,
+    target: &Target<'_>,
+    exposed: &str,
+    id: &Id,
+) -> Result<(), Refusal> {
+    let verdict =
+        caller
+            .tenant
+            .policy
+            .check_call(&target.upstream.name, &target.name, &caller.scopes);
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(Denied::Tool) => {
+            gw.metrics.rejected("policy");
+            let msg = format!("tool `{exposed}` is not allowed by the tenant's policy");
+            Err(Refusal::Error(jsonrpc::error(
+                Some(id),
+                ErrorCode::INVALID_PARAMS,
+                &msg,
+                None,
+            )))
+        }
+        Err(Denied::Scopes(scopes)) => {
+            gw.metrics.rejected("insufficient_scope");
+            let msg = format!(
+                "insufficient scope: tool `{exposed}` needs the scopes `{scopes}`; obtain a token or key that carries them"
+            );
+            let body = jsonrpc::error(
+                Some(id),
+                ErrorCode::INVALID_REQUEST,
+                &msg,
+                Some(
+                    &serde_json::json!({ "requiredScopes": scopes.split(' ').collect::<Vec<_>>() }),
+                ),
+            );
+            Err(Refusal::InsufficientScope { scopes, body })
+        }
+    }
 }
 
 /// The modern era's `Mcp-Param-*` headers must agree with the arguments they mirror.

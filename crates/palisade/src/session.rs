@@ -17,7 +17,7 @@ use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Principal;
+use crate::auth::{AuthMethod, Principal};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -39,6 +39,10 @@ pub struct Session {
     pub id: Arc<str>,
     pub tenant: Arc<str>,
     pub subject: Arc<str>,
+    /// The API key that opened it, so revoking the key ends the session.
+    pub key: Option<Arc<str>>,
+    /// Unix milliseconds.
+    pub opened_at: i64,
     pub protocol_version: String,
     /// What the client declared at `initialize`, passed on to modern upstreams.
     pub client_capabilities: Box<serde_json::value::RawValue>,
@@ -173,6 +177,11 @@ impl Sessions {
             id: id.clone(),
             tenant: principal.tenant.clone(),
             subject: principal.subject.clone(),
+            key: match principal.method {
+                AuthMethod::ApiKey => principal.credential.clone(),
+                AuthMethod::Jwt => None,
+            },
+            opened_at: crate::auth::now_ms(),
             protocol_version: protocol_version.to_owned(),
             client_capabilities,
             last_seen: AtomicU64::new(self.now()),
@@ -234,32 +243,51 @@ impl Sessions {
     pub fn reap_idle(&self) -> usize {
         let now = self.now();
         let idle = self.idle.as_secs();
-        let expired: Vec<Arc<str>> = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle)
-            .map(|s| s.id.clone())
-            .collect();
-        for id in &expired {
-            self.remove(id);
-        }
-        expired.len()
+        self.close_where(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle)
     }
 
     /// Ends every session (shutdown).
     pub fn close_all(&self) {
-        let all: Vec<Arc<str>> = self
+        self.close_where(|_| true);
+    }
+
+    /// Ends the sessions `doomed` picks; returns how many.
+    pub fn close_where(&self, doomed: impl Fn(&Session) -> bool) -> usize {
+        let ids: Vec<Arc<str>> = self
             .map
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
+            .values()
+            .filter(|s| doomed(s))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            self.remove(id);
+        }
+        ids.len()
+    }
+
+    /// A tenant's open sessions.
+    pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
+        let mut list: Vec<Arc<Session>> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| &*s.tenant == tenant)
             .cloned()
             .collect();
-        for id in all {
-            self.remove(&id);
-        }
+        list.sort_by_key(|s| s.opened_at);
+        list
+    }
+}
+
+impl Session {
+    /// A public handle for the session: the id itself is a bearer capability (with the
+    /// principal's credentials) and is never shown, so admins see a digest of it.
+    pub fn handle(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(self.id.as_bytes())[..8])
     }
 }
 
@@ -288,13 +316,15 @@ pub fn log_rank(level: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthMethod;
 
     fn principal(tenant: &str, subject: &str) -> Principal {
         Principal {
             tenant: tenant.into(),
             subject: subject.into(),
             method: AuthMethod::ApiKey,
+            scopes: Arc::from(Vec::new()),
+            credential: Some("pal_test".into()),
+            expires_at: None,
         }
     }
 

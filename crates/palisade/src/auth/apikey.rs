@@ -1,19 +1,19 @@
-//! Static API keys: `pal_` + 43 base64url characters (256 random bits), stored only as
-//! HMAC-SHA256 under a server pepper. A presented key is hashed and compared in constant time;
-//! the plain key exists only in the response that created it.
+//! API keys: `pal_` + 43 base64url characters (256 random bits), stored only as HMAC-SHA256
+//! under a server pepper. A presented key is hashed and compared in constant time; the plain key
+//! exists only in the response that created it. Its first characters (the key id, e.g.
+//! `pal_AbCd1234`) identify it in lists and logs without revealing it.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
-use super::{AuthError, AuthMethod, Authenticator, Principal, bearer};
 use crate::config::Config;
+
+/// Every API key starts with this; access tokens (JWTs) never do.
+pub const KEY_PREFIX: &str = "pal_";
 
 const PREFIX: &str = "hmac-sha256:";
 const MIN_PEPPER: usize = 32;
@@ -103,9 +103,19 @@ pub fn generate_key() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!(
-        "pal_{}",
+        "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
+}
+
+/// The public id of a key: its first 8 random characters after the prefix (48 of 256 bits).
+pub fn key_id(key: &str) -> String {
+    key.chars().take(KEY_PREFIX.len() + 8).collect()
+}
+
+/// The id of a key declared in the config, where only its hash is known.
+pub fn config_key_id(hash: &[u8; 32]) -> String {
+    format!("cfg_{}", hex::encode(&hash[..6]))
 }
 
 /// Parses `hmac-sha256:<64 hex>` into the hash bytes.
@@ -115,96 +125,28 @@ pub fn parse_stored_hash(s: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-/// The keys of every tenant, indexed by hash.
-pub struct ApiKeys {
-    pepper: Pepper,
-    by_hash: HashMap<[u8; 32], Arc<str>>,
-}
-
-impl ApiKeys {
-    pub fn from_config(config: &Config, pepper: Pepper) -> ApiKeys {
-        let mut by_hash = HashMap::new();
-        for tenant in &config.tenants {
-            let id: Arc<str> = tenant.id.as_str().into();
-            for stored in &tenant.keys {
-                if let Some(hash) = parse_stored_hash(stored) {
-                    by_hash.insert(hash, id.clone());
-                }
-            }
-        }
-        ApiKeys { pepper, by_hash }
-    }
-}
-
-impl Authenticator for ApiKeys {
-    fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, AuthError> {
-        let key = bearer(authorization.ok_or(AuthError::Missing)?)?;
-        let hash = self.pepper.hash(key);
-        // The map is keyed by an HMAC the caller cannot steer, so the lookup leaks nothing
-        // useful; the final comparison is constant-time regardless.
-        let (stored, tenant) = self
-            .by_hash
-            .get_key_value(&hash)
-            .ok_or(AuthError::Invalid)?;
-        if !bool::from(stored.ct_eq(&hash)) {
-            return Err(AuthError::Invalid);
-        }
-        Ok(Principal {
-            tenant: tenant.clone(),
-            subject: format!("key:{}", hex::encode(&hash[..6])).into(),
-            method: AuthMethod::ApiKey,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn keys_for(pepper: &Pepper, key: &str) -> ApiKeys {
-        let toml = format!(
-            r#"
-[auth]
-pepper_env = "UNUSED"
-[[servers]]
-name = "kit"
-[servers.stdio]
-command = "true"
-[[tenants]]
-id = "acme"
-servers = ["kit"]
-keys = ["{}"]
-"#,
-            pepper.stored_hash(key)
-        );
-        let config = Config::from_toml(&toml).unwrap();
-        ApiKeys::from_config(&config, Pepper::new(pepper.0.clone()).unwrap())
-    }
-
     #[test]
-    fn key_round_trip() {
-        let pepper = Pepper::random();
+    fn keys_are_long_random_and_identifiable() {
         let key = generate_key();
-        assert!(key.starts_with("pal_") && key.len() == 4 + 43);
-        let keys = keys_for(&pepper, &key);
-        let p = keys
-            .authenticate(Some(format!("Bearer {key}").as_bytes()))
-            .unwrap();
-        assert_eq!(&*p.tenant, "acme");
-        assert!(p.subject.starts_with("key:"));
-        assert_eq!(
-            keys.authenticate(Some(b"Bearer pal_wrong")).unwrap_err(),
-            AuthError::Invalid
-        );
-        assert_eq!(keys.authenticate(None).unwrap_err(), AuthError::Missing);
+        assert!(key.starts_with(KEY_PREFIX) && key.len() == KEY_PREFIX.len() + 43);
+        assert_ne!(key, generate_key());
+        let id = key_id(&key);
+        assert!(key.starts_with(&id) && id.len() == KEY_PREFIX.len() + 8);
     }
 
     #[test]
     fn another_pepper_does_not_match() {
         let key = generate_key();
-        let keys = keys_for(&Pepper::random(), &key);
-        let other = Pepper::random();
-        assert_ne!(other.stored_hash(&key), keys.pepper.stored_hash(&key));
+        let (a, b) = (Pepper::random(), Pepper::random());
+        assert_ne!(a.stored_hash(&key), b.stored_hash(&key));
+        assert_eq!(
+            parse_stored_hash(&a.stored_hash(&key)),
+            Some(a.hash(key.as_bytes()))
+        );
     }
 
     #[test]

@@ -18,9 +18,12 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
             testkit.display()
         );
     }
+    // A fresh pepper, keys and registry for every run: nothing outlives the demo.
     let pepper = Pepper::random();
     let acme_key = generate_key();
     let globex_key = generate_key();
+    let admin_key = generate_key();
+    let data_dir = std::env::temp_dir().join(format!("palisade-demo-{}", std::process::id()));
     let toml = format!(
         r#"
 [listen]
@@ -29,6 +32,9 @@ admin = "127.0.0.1:{admin_port}"
 
 [auth]
 pepper_env = "PALISADE_DEMO_PEPPER_UNUSED"
+
+[admin]
+keys = ["{admin}"]
 
 [[servers]]
 name = "kit"
@@ -49,10 +55,12 @@ keys = ["{globex}"]
         testkit = testkit.display(),
         acme = pepper.stored_hash(&acme_key),
         globex = pepper.stored_hash(&globex_key),
+        admin = pepper.stored_hash(&admin_key),
     );
     let config = Config::from_toml(&toml)?;
     let url = format!("http://127.0.0.1:{port}/mcp");
-    super::serve_with(config, pepper, |_| {
+    let database_url = format!("sqlite://{}", data_dir.join("palisade.db").display());
+    let served = super::serve_with_pepper(config, pepper, &database_url, None, |_| {
         println!();
         println!("Palisade demo: tenants acme and globex share the upstream `kit` (palisade-testkit over stdio).");
         println!("Tool names are namespaced: kit__echo, kit__add, kit__progress, …\n");
@@ -60,7 +68,11 @@ keys = ["{globex}"]
             println!("  {tenant}: API key {key}");
             println!("    python3 examples/mcp_client.py --url {url} --key {key} --call kit__echo '{{\"message\":\"hello from {tenant}\"}}'");
         }
+        println!("\n  admin API (tenants, keys, policies): admin key {admin_key}");
+        println!("    curl -H 'Authorization: Bearer {admin_key}' http://127.0.0.1:{admin_port}/admin/v1/tenants");
         println!("\n  (the client needs `pip install mcp`; metrics at http://127.0.0.1:{admin_port}/metrics; ctrl-c stops)\n");
     })
-    .await
+    .await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    served
 }

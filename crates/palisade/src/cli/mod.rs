@@ -1,6 +1,10 @@
-//! The `palisade` command line: `serve`, `check`, `demo`, `key new`.
+//! The `palisade` command line: `serve`, `check`, `demo`, and onboarding (`tenant`, `key`,
+//! `policy`), which writes to the registry store the config names — a running gateway picks
+//! the change up within a second.
 
 pub mod demo;
+mod onboard;
+mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,10 +12,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::auth::apikey::{ApiKeys, Pepper, generate_key};
+use crate::auth::apikey::Pepper;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::http::{self, Bound};
+pub use onboard::{KeyCommand, PolicyCommand, StoreArgs, TenantCommand};
 
 #[derive(Parser)]
 #[command(
@@ -33,10 +38,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the gateway.
+    /// Run the gateway. SIGHUP or a change to the config file reloads it.
     Serve {
-        #[arg(long, short, env = "PALISADE_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Validate a config file and exit.
     Check {
@@ -52,20 +57,20 @@ pub enum Command {
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
     },
-    /// API keys.
+    /// Tenants in the registry store.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// API keys: issued into the registry store, or made for the config file.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
     },
-}
-
-#[derive(Subcommand)]
-pub enum KeyCommand {
-    /// Create a key: prints it once, and the line to put in the tenant's `keys`.
-    New {
-        /// The config whose pepper hashes the key.
-        #[arg(long, short)]
-        config: PathBuf,
+    /// A tenant's tool policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
 }
 
@@ -84,14 +89,16 @@ pub fn init_logging(format: &str) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = load(&config)?;
-            serve(config).await
+        Command::Serve { store } => {
+            let config = load(&store.config)?;
+            let url = store.database_url(&config);
+            let path = store.config.clone();
+            serve_with(config, &url, Some(path), |_| {}).await
         }
         Command::Check { config } => {
             let c = load(&config)?;
             c.check_host()?;
-            if c.tenants.iter().any(|t| !t.keys.is_empty()) {
+            if c.tenants.iter().any(|t| !t.keys.is_empty()) || !c.admin.keys.is_empty() {
                 Pepper::from_config(&c).context("auth")?;
             }
             println!(
@@ -103,19 +110,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { port, admin_port } => demo::run(port, admin_port).await,
-        Command::Key {
-            command: KeyCommand::New { config },
-        } => {
-            let c = load(&config)?;
-            let pepper = Pepper::from_config(&c).context("auth")?;
-            let key = generate_key();
-            println!("API key (shown once, give it to the client): {key}");
-            println!(
-                "add to the tenant's keys:                    \"{}\"",
-                pepper.stored_hash(&key)
-            );
-            Ok(())
-        }
+        Command::Tenant { command } => onboard::tenant(command).await,
+        Command::Key { command } => onboard::key(command).await,
+        Command::Policy { command } => onboard::policy(command).await,
     }
 }
 
@@ -123,35 +120,68 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// Builds the gateway from a config and serves until SIGTERM or ctrl-c.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let pepper = match Pepper::from_config(&config) {
-        Ok(p) => p,
-        Err(e) if config.tenants.iter().all(|t| t.keys.is_empty()) => {
-            tracing::warn!("{e}; no tenant has API keys, so nobody can authenticate");
-            Pepper::random()
+/// The pepper the config names. Without one, API keys cannot be checked: a random pepper is
+/// used so that nothing matches, and the gateway says so.
+pub fn pepper_or_random(config: &Config) -> anyhow::Result<Pepper> {
+    match Pepper::from_config(config) {
+        Ok(p) => Ok(p),
+        Err(e)
+            if config.tenants.iter().all(|t| t.keys.is_empty()) && config.admin.keys.is_empty() =>
+        {
+            tracing::warn!("{e}; API keys cannot be used until a pepper is configured");
+            Ok(Pepper::random())
         }
-        Err(e) => return Err(e).context("auth"),
-    };
-    serve_with(config, pepper, |_| {}).await
+        Err(e) => Err(e).context("auth"),
+    }
 }
 
-/// Serves with a given pepper; `on_bound` sees the bound addresses before serving starts.
+/// Opens the registry store at `url`, creating a SQLite file's directory if needed.
+pub async fn open_store(url: &str) -> anyhow::Result<palisade_store::Store> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    palisade_store::Store::open(url)
+        .await
+        .context("cannot open the registry store")
+}
+
+/// Builds the gateway and serves until SIGTERM or ctrl-c; with a config path, SIGHUP and
+/// changes to the file reload it. `on_bound` sees the bound addresses before serving starts.
 pub async fn serve_with(
     config: Config,
-    pepper: Pepper,
+    database_url: &str,
+    config_path: Option<PathBuf>,
     on_bound: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
-    let auth = Box::new(ApiKeys::from_config(&config, pepper));
+    let pepper = pepper_or_random(&config)?;
+    serve_with_pepper(config, pepper, database_url, config_path, on_bound).await
+}
+
+/// [`serve_with`] with a given pepper (the demo makes its own).
+pub async fn serve_with_pepper(
+    config: Config,
+    pepper: Pepper,
+    database_url: &str,
+    config_path: Option<PathBuf>,
+    on_bound: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
+    let store = open_store(database_url).await?;
     let bound = Bound::bind(config.listen.mcp, config.listen.admin).await?;
-    let gw = Gateway::new(config, auth);
+    let gw = Gateway::open(config, pepper, store).await?;
     let mcp_addr = bound.mcp.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     on_bound(&bound);
     // One machine-readable line, for scripts and tests that bind port 0.
     println!("palisade listening mcp=http://{mcp_addr}/mcp admin=http://{admin_addr}");
-    tracing::info!(%mcp_addr, %admin_addr, upstreams = gw.upstreams.len(), tenants = gw.tenants.len(), "serving");
+    tracing::info!(%mcp_addr, %admin_addr, upstreams = gw.upstreams().len(), tenants = gw.registry().tenants().count(), "serving");
     spawn_signal_handler(gw.clone());
+    if let Some(path) = config_path {
+        reload::spawn(gw.clone(), path);
+    }
     http::serve(gw, bound).await?;
     tracing::info!("stopped");
     Ok(())

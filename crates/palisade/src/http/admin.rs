@@ -21,15 +21,15 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let down: Vec<&str> = gw
-        .upstreams
+    let upstreams = gw.upstreams();
+    let down: Vec<&str> = upstreams
         .iter()
         .filter(|u| !u.is_ready())
         .map(|u| &*u.name)
         .collect();
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
-    } else if down.len() == gw.upstreams.len() {
+    } else if down.len() == upstreams.len() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no upstream is up: {}\n", down.join(", ")),

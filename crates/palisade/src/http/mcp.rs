@@ -26,24 +26,26 @@ use tokio::sync::mpsc;
 
 use crate::auth::{AuthError, Principal};
 use crate::dispatch::{self, ModernHeaders, Reply};
-use crate::gateway::{Gateway, Tenant};
+use crate::gateway::Gateway;
 use crate::pipeline::{Caller, Forward, Out};
+use crate::registry::Tenant;
 use crate::session::Session;
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 
 pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let (principal, tenant) = match gates(&gw, &headers, Need::Post) {
+    let (principal, tenant) = match gates(&gw, &headers, Need::Post).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let bytes = match axum::body::to_bytes(body, gw.config.limits.max_body_bytes).await {
+    let tenant = &*tenant;
+    let bytes = match axum::body::to_bytes(body, gw.config().limits.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
             gw.metrics.rejected("body_too_large");
             let msg = format!(
                 "request body exceeds the limit of {} bytes (limits.max_body_bytes)",
-                gw.config.limits.max_body_bytes
+                gw.config().limits.max_body_bytes
             );
             return rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,6 +88,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         let caller = Caller {
             tenant,
             subject: principal.subject.clone(),
+            scopes: principal.scopes.clone(),
             era,
             session: None,
             param_headers: param_headers(&headers),
@@ -105,6 +108,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     let caller = Caller {
         tenant,
         subject: principal.subject.clone(),
+        scopes: principal.scopes.clone(),
         era,
         session,
         param_headers: Vec::new(),
@@ -136,6 +140,13 @@ async fn respond(
             body,
         ),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
+        Reply::InsufficientScope { scopes, body } => {
+            let mut r = json(StatusCode::FORBIDDEN, body);
+            if let Some(v) = challenge(gw, Some("insufficient_scope"), Some(&scopes)) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            r
+        }
         Reply::Initialized { body, session } => {
             let mut r = json(StatusCode::OK, body);
             if let Ok(v) = HeaderValue::from_str(&session) {
@@ -196,7 +207,7 @@ async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -
 /// too many parked already (the call is then dropped, which cancels it upstream).
 fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) -> Result<(), Vec<u8>> {
     let ttl = fwd.timeout();
-    let limit = gw.config.limits.max_parked_per_tenant;
+    let limit = gw.config().limits.max_parked_per_tenant;
     gw.parked
         .park(state, fwd, subject, ttl, limit)
         .inspect_err(|_| gw.metrics.rejected("parked_limit"))
@@ -247,7 +258,7 @@ fn sse_response(
 
 /// GET: the legacy era's stream for messages not tied to a request.
 pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (principal, tenant) = match gates(&gw, &headers, Need::Get) {
+    let (principal, tenant) = match gates(&gw, &headers, Need::Get).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -267,13 +278,13 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             "this session already has an open GET stream",
         );
     };
-    dispatch::relay_to_session(&gw, tenant, &session, tx);
+    dispatch::relay_to_session(&gw, &tenant, &session, tx);
     sse_response(&gw, rx, Some(session))
 }
 
 /// DELETE: ends a legacy session.
 pub async fn delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (principal, _tenant) = match gates(&gw, &headers, Need::Delete) {
+    let (principal, _tenant) = match gates(&gw, &headers, Need::Delete).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -300,11 +311,11 @@ enum Need {
 }
 
 /// Origin/Host, Accept, Content-Type and authentication; the principal and its tenant.
-fn gates<'g>(
-    gw: &'g Gateway,
+async fn gates(
+    gw: &Gateway,
     headers: &HeaderMap,
     need: Need,
-) -> Result<(Principal, &'g Tenant), Response> {
+) -> Result<(Principal, Arc<Tenant>), Response> {
     if let Err(problem) = check_origin_and_host(gw, headers) {
         gw.metrics.rejected("origin");
         return Err(rpc_error(
@@ -349,48 +360,70 @@ fn gates<'g>(
         }
         Need::Delete => {}
     }
-    let principal = gw
-        .auth
+    let registry = gw.registry();
+    gw.auth
         .authenticate(
+            &registry,
             headers
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
         )
-        .map_err(|e| unauthorized(gw, &e))?;
-    let tenant = gw.tenants.get(&principal.tenant).ok_or_else(|| {
-        rpc_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::INVALID_REQUEST,
-            "the credentials' tenant is not configured on this gateway",
-        )
-    })?;
-    Ok((principal, tenant))
+        .await
+        .map_err(|e| refused(gw, &e))
 }
 
-fn unauthorized(gw: &Gateway, e: &AuthError) -> Response {
-    gw.metrics.rejected("unauthenticated");
-    let mut r = rpc_error(
-        StatusCode::UNAUTHORIZED,
-        ErrorCode::INVALID_REQUEST,
-        &e.to_string(),
-    );
-    let challenge = match e {
-        AuthError::Missing => "Bearer realm=\"palisade\"",
-        AuthError::Malformed | AuthError::Invalid => {
-            "Bearer realm=\"palisade\", error=\"invalid_token\""
-        }
+/// The answer to credentials that were not accepted: 401 with a challenge that tells an OAuth
+/// client where to start, 403 for a known caller who may not pass, 503 when tokens cannot be
+/// checked at all (failing closed).
+fn refused(gw: &Gateway, e: &AuthError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    gw.metrics.rejected(match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        _ => "auth_unavailable",
+    });
+    let mut r = rpc_error(status, ErrorCode::INVALID_REQUEST, &e.to_string());
+    let scopes = match e {
+        AuthError::InsufficientScope(s) => Some(s.clone()),
+        _ => None,
     };
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
-    );
+    let wants_challenge = status == StatusCode::UNAUTHORIZED || scopes.is_some();
+    if wants_challenge && let Some(v) = challenge(gw, e.challenge_error(), scopes.as_deref()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
     r
+}
+
+/// `WWW-Authenticate: Bearer …` per RFC 6750 and RFC 9728: the protected resource metadata
+/// URL and the scopes needed (the configured required scopes unless `scopes` says otherwise).
+fn challenge(gw: &Gateway, error: Option<&str>, scopes: Option<&str>) -> Option<HeaderValue> {
+    let mut parts = vec![r#"Bearer realm="palisade""#.to_owned()];
+    if let Some(e) = error {
+        parts.push(format!(r#"error="{e}""#));
+    }
+    if let Some(oauth) = gw.auth.oauth() {
+        let config = oauth.config();
+        parts.push(format!(
+            r#"resource_metadata="{}""#,
+            super::metadata::metadata_url(&config.resource)
+        ));
+        let scope = scopes
+            .map(str::to_owned)
+            .unwrap_or_else(|| config.required_scopes.join(" "));
+        if !scope.is_empty() {
+            parts.push(format!(r#"scope="{scope}""#));
+        }
+    } else if let Some(s) = scopes {
+        parts.push(format!(r#"scope="{s}""#));
+    }
+    HeaderValue::from_str(&parts.join(", ")).ok()
 }
 
 /// DNS-rebinding protection: a browser's Origin must be loopback or listed, and the Host must be
 /// a loopback name or listed.
 fn check_origin_and_host(gw: &Gateway, headers: &HeaderMap) -> Result<(), String> {
-    let listen = &gw.config.listen;
+    let config = gw.config();
+    let listen = &config.listen;
     if let Some(origin) = header_str(headers, header::ORIGIN.as_str()) {
         let listed = listen
             .allowed_origins

@@ -7,7 +7,9 @@
 //! session → dispatch.
 
 pub mod admin;
+pub mod admin_api;
 pub mod mcp;
+pub mod metadata;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,14 @@ use crate::gateway::Gateway;
 pub fn mcp_router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/mcp", get(mcp::get).post(mcp::post).delete(mcp::delete))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*resource}",
+            get(metadata::protected_resource),
+        )
         .with_state(gw)
 }
 
@@ -38,6 +48,7 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+        .merge(admin_api::routes())
         .with_state(gw)
 }
 
@@ -124,13 +135,14 @@ impl Bound {
 /// then stops the upstreams.
 pub async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
     gw.start();
-    let grace = Duration::from_secs(gw.config.limits.shutdown_grace_secs);
+    let config = gw.config();
+    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
     let drain = gw.draining.clone();
     let mcp = serve_mcp(
         bound.mcp,
         mcp_router(gw.clone()),
         drain.clone(),
-        &gw.config.listen,
+        &config.listen,
     );
     let admin = axum::serve(bound.admin, admin_router(gw.clone()))
         .with_graceful_shutdown(drain.clone().cancelled_owned());

@@ -1,0 +1,424 @@
+//! The admin API, `/admin/v1` on the admin listener: tenants, keys, policies and sessions.
+//!
+//! Every route needs an admin credential: an admin API key (`[admin] keys`) or an access token
+//! from a configured issuer carrying the admin scope. Tenant credentials are never admin
+//! credentials. Writes go to the registry store through [`Onboarding`], then this replica
+//! refreshes at once (others within a second). Errors are `{"error": {"code", "message"}}`.
+//! `openapi.json` describes it all.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::auth::apikey::parse_stored_hash;
+use crate::auth::bearer;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::onboarding::{CreateTenant, IssueKey, OnboardError, Onboarding, UpdateTenant};
+use crate::policy::Policy;
+
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/admin/v1/openapi.json", get(openapi))
+        .route("/admin/v1/tenants", get(list_tenants).post(create_tenant))
+        .route(
+            "/admin/v1/tenants/{tenant}",
+            get(get_tenant).patch(update_tenant).delete(delete_tenant),
+        )
+        .route("/admin/v1/tenants/{tenant}/suspend", post(suspend))
+        .route("/admin/v1/tenants/{tenant}/resume", post(resume))
+        .route(
+            "/admin/v1/tenants/{tenant}/keys",
+            get(list_keys).post(issue_key),
+        )
+        .route("/admin/v1/tenants/{tenant}/keys/{key}", delete(revoke_key))
+        .route(
+            "/admin/v1/tenants/{tenant}/policy",
+            get(get_policy).put(put_policy),
+        )
+        .route("/admin/v1/tenants/{tenant}/sessions", get(list_sessions))
+        .route(
+            "/admin/v1/tenants/{tenant}/sessions/{session}",
+            delete(revoke_session),
+        )
+}
+
+/// A finished admin response.
+type Answer = Result<Response, Response>;
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({ "error": { "code": code, "message": message } }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn ok(status: StatusCode, body: Value) -> Answer {
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
+}
+
+fn failed(e: OnboardError) -> Response {
+    let code = match &e {
+        OnboardError::Invalid(_) => "invalid",
+        OnboardError::NotFound(_) => "not_found",
+        OnboardError::Conflict(_) => "conflict",
+        OnboardError::Store(_) => "store_unavailable",
+    };
+    if let OnboardError::Store(inner) = &e {
+        tracing::error!(error = %inner, "admin API: registry store failed");
+    }
+    error(e.status(), code, &e.to_string())
+}
+
+/// Checks the admin credential; the refusal is the finished response.
+async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
+    let deny = |status: u16, msg: &str| {
+        let mut r = error(status, "unauthorized", msg);
+        if status == 401 {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="palisade-admin""#),
+            );
+        }
+        r
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        deny(
+            401,
+            "the admin API needs `Authorization: Bearer <admin key or token>`",
+        )
+    })?;
+    let credential = bearer(value.as_bytes()).map_err(|e| deny(401, &e.to_string()))?;
+    let config = gw.config();
+    let hash = gw.auth.pepper().hash(credential);
+    let mut is_admin_key = false;
+    for stored in config
+        .admin
+        .keys
+        .iter()
+        .filter_map(|k| parse_stored_hash(k))
+    {
+        is_admin_key |= bool::from(stored.ct_eq(&hash));
+    }
+    if is_admin_key {
+        return Ok(());
+    }
+    if let Some(verifier) = gw.auth.oauth()
+        && !credential.starts_with(crate::auth::apikey::KEY_PREFIX.as_bytes())
+    {
+        let token =
+            std::str::from_utf8(credential).map_err(|_| deny(401, "invalid credentials"))?;
+        return match verifier.verify(token).await {
+            Ok(claims) if claims.scopes.iter().any(|s| *s == config.admin.scope) => Ok(()),
+            Ok(_) => Err(deny(
+                403,
+                &format!("the token lacks the admin scope `{}`", config.admin.scope),
+            )),
+            Err(e) if e.is_unavailable() => Err(deny(503, &e.to_string())),
+            Err(e) => Err(deny(401, &format!("invalid access token: {e}"))),
+        };
+    }
+    Err(deny(401, "invalid credentials: not an admin key"))
+}
+
+/// Authenticates, then runs `op` with the onboarding operations; after a write the registry
+/// is refreshed so the change is in force when the response is sent.
+async fn with_admin<F, Fut>(gw: &Arc<Gateway>, headers: &HeaderMap, write: bool, op: F) -> Response
+where
+    F: FnOnce(Arc<Gateway>) -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    if let Err(r) = admin(gw, headers).await {
+        return r;
+    }
+    let answer = op(gw.clone()).await;
+    if write
+        && answer.is_ok()
+        && let Err(e) = gw.refresh(true).await
+    {
+        tracing::warn!(error = %e, "registry refresh after an admin write failed; it will be retried");
+    }
+    answer.unwrap_or_else(|r| r)
+}
+
+fn ops<'a>(gw: &'a Gateway, config: &'a Config) -> Onboarding<'a> {
+    Onboarding {
+        store: &gw.store,
+        config,
+        pepper: gw.auth.pepper(),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| error(400, "invalid", &format!("request body: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("admin_openapi.json"),
+    )
+        .into_response()
+}
+
+async fn list_tenants(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let list = gw
+            .store
+            .list_tenants()
+            .await
+            .map_err(|e| failed(e.into()))?;
+        ok(StatusCode::OK, json!({ "tenants": to_json(&list) }))
+    })
+    .await
+}
+
+async fn create_tenant(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let req: CreateTenant = parse(&body)?;
+        let config = gw.config();
+        let t = ops(&gw, &config).create_tenant(req).await.map_err(failed)?;
+        ok(StatusCode::CREATED, to_json(&t))
+    })
+    .await
+}
+
+async fn get_tenant(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let config = gw.config();
+        let t = ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+        ok(StatusCode::OK, to_json(&t))
+    })
+    .await
+}
+
+async fn update_tenant(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let req: UpdateTenant = parse(&body)?;
+        let config = gw.config();
+        let t = ops(&gw, &config)
+            .update_tenant(&tenant, req)
+            .await
+            .map_err(failed)?;
+        ok(StatusCode::OK, to_json(&t))
+    })
+    .await
+}
+
+async fn delete_tenant(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let config = gw.config();
+        ops(&gw, &config)
+            .delete_tenant(&tenant)
+            .await
+            .map_err(failed)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    reason: Option<String>,
+}
+
+async fn suspend(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let req: SuspendBody = parse(&body)?;
+        let config = gw.config();
+        let t = ops(&gw, &config)
+            .suspend(&tenant, req.reason.as_deref())
+            .await
+            .map_err(failed)?;
+        ok(StatusCode::OK, to_json(&t))
+    })
+    .await
+}
+
+async fn resume(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let config = gw.config();
+        let t = ops(&gw, &config).resume(&tenant).await.map_err(failed)?;
+        ok(StatusCode::OK, to_json(&t))
+    })
+    .await
+}
+
+async fn list_keys(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let config = gw.config();
+        ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+        let keys = gw
+            .store
+            .list_keys(&tenant)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        ok(StatusCode::OK, json!({ "keys": to_json(&keys) }))
+    })
+    .await
+}
+
+async fn issue_key(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let req: IssueKey = parse(&body)?;
+        let config = gw.config();
+        let issued = ops(&gw, &config)
+            .issue_key(&tenant, req)
+            .await
+            .map_err(failed)?;
+        let mut body = to_json(&issued.record);
+        body["key"] = Value::String(issued.key);
+        ok(StatusCode::CREATED, body)
+    })
+    .await
+}
+
+async fn revoke_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((tenant, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let record = gw
+            .store
+            .revoke_key(&tenant, &key)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        ok(StatusCode::OK, to_json(&record))
+    })
+    .await
+}
+
+async fn get_policy(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let config = gw.config();
+        let policy = ops(&gw, &config).policy(&tenant).await.map_err(failed)?;
+        ok(StatusCode::OK, to_json(&policy))
+    })
+    .await
+}
+
+async fn put_policy(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_admin(&gw, &headers, true, |gw| async move {
+        let policy: Policy = parse(&body)?;
+        let config = gw.config();
+        ops(&gw, &config)
+            .set_policy(&tenant, &policy)
+            .await
+            .map_err(failed)?;
+        ok(StatusCode::OK, to_json(&policy))
+    })
+    .await
+}
+
+async fn list_sessions(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let config = gw.config();
+        ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+        let sessions: Vec<Value> = gw
+            .sessions
+            .of_tenant(&tenant)
+            .iter()
+            .map(|s| {
+                json!({
+                    "handle": s.handle(),
+                    "subject": &*s.subject,
+                    "protocol_version": s.protocol_version,
+                    "opened_at": s.opened_at,
+                })
+            })
+            .collect();
+        ok(StatusCode::OK, json!({ "sessions": sessions }))
+    })
+    .await
+}
+
+async fn revoke_session(
+    State(gw): State<Arc<Gateway>>,
+    Path((tenant, handle)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    with_admin(&gw, &headers, false, |gw| async move {
+        let session = gw
+            .sessions
+            .of_tenant(&tenant)
+            .into_iter()
+            .find(|s| s.handle() == handle)
+            .ok_or_else(|| {
+                error(
+                    404,
+                    "not_found",
+                    &format!("tenant `{tenant}` has no session `{handle}` on this replica"),
+                )
+            })?;
+        gw.sessions.remove(&session.id);
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+}
