@@ -33,6 +33,7 @@ impl From<StoreError> for OnboardError {
         match e {
             StoreError::NotFound { .. } => OnboardError::NotFound(e.to_string()),
             StoreError::Conflict { .. } => OnboardError::Conflict(e.to_string()),
+            StoreError::Invalid(_) => OnboardError::Invalid(e.to_string()),
             other => OnboardError::Store(other),
         }
     }

@@ -18,6 +18,16 @@ use serde_json::{Value, json};
 
 pub const ACCEPT: &str = "application/json, text/event-stream";
 
+/// The pepper every test gateway uses.
+pub const PEPPER: &str = "pppppppppppppppppppppppppppppppppppppppppppppppp";
+
+/// The config form of an API key under [`PEPPER`].
+pub fn stored_hash(key: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PEPPER.as_bytes()).expect("hmac");
+    mac.update(key.as_bytes());
+    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_palisade"))
         .parent()
@@ -99,6 +109,9 @@ pub struct Gw {
     pub admin: String,
     pub keys: Vec<(String, String)>,
     pub log: Arc<Mutex<String>>,
+    /// The config file and the text first written to it.
+    pub config: PathBuf,
+    pub toml: String,
     _dir: tempfile::TempDir,
     pub http: reqwest::Client,
 }
@@ -121,7 +134,7 @@ impl Gw {
     ) -> Gw {
         let dir = tempfile::tempdir().expect("tempdir");
         let pepper = dir.path().join("pepper");
-        std::fs::write(&pepper, "p".repeat(48)).expect("pepper");
+        std::fs::write(&pepper, PEPPER).expect("pepper");
         let mut toml = format!(
             "{extra_top}\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
             pepper.display()
@@ -129,13 +142,10 @@ impl Gw {
         let mut keys = Vec::new();
         for (i, t) in tenants.iter().enumerate() {
             let key = format!("pal_test_key_{}_{i}_{}", t.id, "k".repeat(32));
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice("p".repeat(48).as_bytes())
-                .expect("hmac");
-            mac.update(key.as_bytes());
-            let hash = hex::encode(mac.finalize().into_bytes());
+            let hash = stored_hash(&key);
             let servers: Vec<String> = t.servers.iter().map(|s| format!("\"{s}\"")).collect();
             toml.push_str(&format!(
-                "[[tenants]]\nid = \"{}\"\nservers = [{}]\nnamespacing = {}\nkeys = [\"hmac-sha256:{hash}\"]\n",
+                "[[tenants]]\nid = \"{}\"\nservers = [{}]\nnamespacing = {}\nkeys = [\"{hash}\"]\n",
                 t.id,
                 servers.join(", "),
                 t.namespacing
@@ -143,7 +153,7 @@ impl Gw {
             keys.push((t.id.to_owned(), key));
         }
         let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, toml).expect("config");
+        std::fs::write(&config, &toml).expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&config)
@@ -184,9 +194,45 @@ impl Gw {
             admin,
             keys,
             log,
+            config,
+            toml,
             _dir: dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Runs the `palisade` CLI against this gateway's config (and so its registry store).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run palisade")
+    }
+
+    /// An admin API request: status and JSON body (`Null` when empty).
+    pub async fn admin_api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.admin));
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = req.send().await.expect("admin request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub fn key(&self, tenant: &str) -> &str {
@@ -366,7 +412,12 @@ impl Gw {
     }
 
     pub async fn legacy(&self, tenant: &str) -> Legacy<'_> {
-        let key = self.key(tenant).to_owned();
+        self.legacy_as(self.key(tenant)).await
+    }
+
+    /// A legacy session opened with any key.
+    pub async fn legacy_as(&self, key: &str) -> Legacy<'_> {
+        let key = key.to_owned();
         let a = self
             .post(
                 Some(&key),
