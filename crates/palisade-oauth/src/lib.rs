@@ -21,6 +21,9 @@ mod error;
 mod jwks;
 mod verifier;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use config::{IssuerConfig, OAuthConfig, SUPPORTED_ALGORITHMS};
 pub use error::{ConfigError, TokenError};
 pub use verifier::{Claims, Verifier};

@@ -1,26 +1,10 @@
 //! End-to-end checks of the verifier against a real local authorization server (metadata + JWKS
 //! over HTTP) with keys generated per test.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
-    RSA_PSS_SHA256,
-};
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use palisade_oauth::testing::{Idp, TestKey, b64, hs256_token, now, unsigned_token};
 use palisade_oauth::{Claims, IssuerConfig, OAuthConfig, TokenError, Verifier};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -29,315 +13,6 @@ const RESOURCE: &str = "https://gateway.example/mcp";
 const SUB: &str = "user-7f3a9c-subject";
 const TENANT: &str = "tenant-acme-42";
 const JTI: &str = "jti-5e1d-unique";
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keys
-
-#[derive(Clone)]
-enum Signer {
-    Ec(Arc<Vec<u8>>),
-    Ed(Arc<Vec<u8>>),
-    Rsa(Arc<RsaKeyPair>),
-}
-
-#[derive(Clone)]
-struct TestKey {
-    kid: String,
-    alg: &'static str,
-    jwk: Value,
-    signer: Signer,
-}
-
-fn shared_rsa() -> Arc<RsaKeyPair> {
-    static KEY: OnceLock<Arc<RsaKeyPair>> = OnceLock::new();
-    KEY.get_or_init(|| Arc::new(RsaKeyPair::generate(KeySize::Rsa2048).unwrap()))
-        .clone()
-}
-
-impl TestKey {
-    fn es256(kid: &str) -> TestKey {
-        let doc =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
-        let point = pair.public_key().as_ref();
-        assert_eq!(point.len(), 65);
-        assert_eq!(point[0], 4);
-        TestKey {
-            kid: kid.into(),
-            alg: "ES256",
-            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-                        "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
-            signer: Signer::Ec(Arc::new(doc.as_ref().to_vec())),
-        }
-    }
-
-    fn eddsa(kid: &str) -> TestKey {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
-        TestKey {
-            kid: kid.into(),
-            alg: "EdDSA",
-            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
-                        "x": b64(pair.public_key().as_ref())}),
-            signer: Signer::Ed(Arc::new(doc.as_ref().to_vec())),
-        }
-    }
-
-    /// RSA keys share one generated key pair (generation is slow); the JWK names `alg` only when
-    /// `with_alg`.
-    fn rsa(kid: &str, alg: &'static str, with_alg: bool) -> TestKey {
-        let pair = shared_rsa();
-        let public = pair.public_key();
-        let mut jwk = json!({"kty": "RSA", "kid": kid,
-            "n": b64(public.modulus().big_endian_without_leading_zero()),
-            "e": b64(public.exponent().big_endian_without_leading_zero())});
-        if with_alg {
-            jwk["alg"] = json!(alg);
-        }
-        TestKey {
-            kid: kid.into(),
-            alg,
-            jwk,
-            signer: Signer::Rsa(pair),
-        }
-    }
-
-    /// A token built by jsonwebtoken's own encoder (EC/Ed) or by hand (RSA).
-    fn token(&self, claims: &Value) -> String {
-        match &self.signer {
-            Signer::Ec(der) => {
-                let mut h = Header::new(Algorithm::ES256);
-                h.kid = Some(self.kid.clone());
-                jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(der)).unwrap()
-            }
-            Signer::Ed(der) => {
-                let mut h = Header::new(Algorithm::EdDSA);
-                h.kid = Some(self.kid.clone());
-                jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(der)).unwrap()
-            }
-            Signer::Rsa(_) => self.sign_with(
-                &json!({"alg": self.alg, "typ": "JWT", "kid": self.kid}),
-                claims,
-            ),
-        }
-    }
-
-    /// A token with an arbitrary header, signed with this key under this key's algorithm.
-    fn sign_with(&self, header: &Value, claims: &Value) -> String {
-        let msg = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        format!("{msg}.{}", self.signature(msg.as_bytes()))
-    }
-
-    fn signature(&self, msg: &[u8]) -> String {
-        match &self.signer {
-            Signer::Ec(der) => {
-                jsonwebtoken::crypto::sign(msg, &EncodingKey::from_ec_der(der), Algorithm::ES256)
-                    .unwrap()
-            }
-            Signer::Ed(der) => {
-                jsonwebtoken::crypto::sign(msg, &EncodingKey::from_ed_der(der), Algorithm::EdDSA)
-                    .unwrap()
-            }
-            Signer::Rsa(pair) => {
-                let mut sig = vec![0; pair.public_modulus_len()];
-                let padding: &'static dyn aws_lc_rs::signature::RsaEncoding = if self.alg == "PS256"
-                {
-                    &RSA_PSS_SHA256
-                } else {
-                    &RSA_PKCS1_SHA256
-                };
-                pair.sign(padding, &SystemRandom::new(), msg, &mut sig)
-                    .unwrap();
-                b64(&sig)
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A local authorization server: metadata at `/.well-known/oauth-authorization-server[/<path>]`,
-// JWKS at `/jwks` and `/<path>/jwks`. Issuers are `<base>` and `<base>/<path>`.
-
-#[derive(Default)]
-struct IdpState {
-    base: OnceLock<String>,
-    jwks: Mutex<HashMap<String, Vec<Value>>>,
-    jwks_fetches: Mutex<HashMap<String, usize>>,
-    metadata_fetches: AtomicUsize,
-    down: AtomicBool,
-}
-
-struct Idp {
-    base: String,
-    state: Arc<IdpState>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-fn json_response(v: Value) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "public, max-age=600"),
-        ],
-        v.to_string(),
-    )
-        .into_response()
-}
-
-fn metadata(s: &IdpState, path: &str) -> Response {
-    if s.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    s.metadata_fetches.fetch_add(1, Ordering::SeqCst);
-    let base = s.base.get().unwrap();
-    if !s.jwks.lock().unwrap().contains_key(path) {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let (issuer, jwks_uri) = if path.is_empty() {
-        (base.clone(), format!("{base}/jwks"))
-    } else {
-        (format!("{base}/{path}"), format!("{base}/{path}/jwks"))
-    };
-    json_response(json!({"issuer": issuer, "jwks_uri": jwks_uri,
-                         "response_types_supported": ["code"]}))
-}
-
-fn jwks(s: &IdpState, path: &str) -> Response {
-    if s.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    *s.jwks_fetches
-        .lock()
-        .unwrap()
-        .entry(path.to_owned())
-        .or_default() += 1;
-    match s.jwks.lock().unwrap().get(path) {
-        Some(keys) => json_response(json!({ "keys": keys })),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-impl Idp {
-    async fn start() -> Idp {
-        let state = Arc::new(IdpState::default());
-        let app =
-            Router::new()
-                .route(
-                    "/.well-known/oauth-authorization-server",
-                    get(|State(s): State<Arc<IdpState>>| async move { metadata(&s, "") }),
-                )
-                .route(
-                    "/.well-known/oauth-authorization-server/{path}",
-                    get(
-                        |State(s): State<Arc<IdpState>>, Path(p): Path<String>| async move {
-                            metadata(&s, &p)
-                        },
-                    ),
-                )
-                .route(
-                    "/jwks",
-                    get(|State(s): State<Arc<IdpState>>| async move { jwks(&s, "") }),
-                )
-                .route(
-                    "/{path}/jwks",
-                    get(
-                        |State(s): State<Arc<IdpState>>, Path(p): Path<String>| async move {
-                            jwks(&s, &p)
-                        },
-                    ),
-                )
-                .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let base = format!("http://{addr}");
-        state.base.set(base.clone()).unwrap();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Idp {
-            base,
-            state,
-            server,
-        }
-    }
-
-    fn issuer(&self, path: &str) -> String {
-        if path.is_empty() {
-            self.base.clone()
-        } else {
-            format!("{}/{path}", self.base)
-        }
-    }
-
-    fn set_keys(&self, path: &str, keys: &[&TestKey]) {
-        let jwks: Vec<Value> = keys.iter().map(|k| k.jwk.clone()).collect();
-        self.state
-            .jwks
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), jwks);
-    }
-
-    fn set_raw_keys(&self, path: &str, keys: Vec<Value>) {
-        self.state
-            .jwks
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), keys);
-    }
-
-    fn add_key(&self, path: &str, key: &TestKey) {
-        self.state
-            .jwks
-            .lock()
-            .unwrap()
-            .entry(path.to_owned())
-            .or_default()
-            .push(key.jwk.clone());
-    }
-
-    fn jwks_fetches(&self, path: &str) -> usize {
-        self.state
-            .jwks_fetches
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn total_fetches(&self) -> usize {
-        self.state
-            .jwks_fetches
-            .lock()
-            .unwrap()
-            .values()
-            .sum::<usize>()
-            + self.state.metadata_fetches.load(Ordering::SeqCst)
-    }
-
-    fn stop(&self) {
-        self.state.down.store(true, Ordering::SeqCst);
-        self.server.abort();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -453,10 +128,10 @@ async fn rsa_tokens_and_issuer_per_tenant() {
     idp.set_keys("", &[&rs, &ps]);
     let mut cfg = IssuerConfig::new(idp.issuer(""));
     cfg.tenant = Some("acme-by-issuer".into());
-    cfg.jwks_uri = Some(format!("{}/jwks", idp.base));
+    cfg.jwks_uri = Some(format!("{}/jwks", idp.base()));
     let v = started(oauth(vec![cfg])).await;
     assert_eq!(
-        idp.state.metadata_fetches.load(Ordering::SeqCst),
+        idp.metadata_fetches(),
         0,
         "jwks_uri configured: no discovery"
     );
@@ -580,33 +255,18 @@ async fn alg_none_and_hs256_are_refused() {
     let key = TestKey::es256("k");
     idp.set_keys("", &[&key]);
     let v = started(oauth(vec![issuer_cfg(&idp.issuer(""))])).await;
-    let payload = b64(claims_for(&idp.issuer("")).to_string().as_bytes());
+    let claims = claims_for(&idp.issuer(""));
 
     for alg in ["none", "None", "NONE"] {
-        let header = b64(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes());
-        let token = format!("{header}.{payload}.");
+        let token = unsigned_token(&json!({"alg": alg, "typ": "JWT"}), &claims);
         assert_eq!(expect_err(&v, &token, &[]).await, TokenError::Algorithm);
     }
 
     // HS256 "signed" with the issuer's public key, as published (the classic key-confusion attack),
     // both over the JWK text and over the raw EC point.
-    let point = {
-        let x = URL_SAFE_NO_PAD
-            .decode(key.jwk["x"].as_str().unwrap())
-            .unwrap();
-        let y = URL_SAFE_NO_PAD
-            .decode(key.jwk["y"].as_str().unwrap())
-            .unwrap();
-        [&[4u8][..], &x, &y].concat()
-    };
-    for secret in [key.jwk.to_string().into_bytes(), point] {
-        let header = b64(json!({"alg": "HS256", "typ": "JWT", "kid": "k"})
-            .to_string()
-            .as_bytes());
-        let msg = format!("{header}.{payload}");
-        let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
-        let tag = aws_lc_rs::hmac::sign(&mac_key, msg.as_bytes());
-        let token = format!("{msg}.{}", b64(tag.as_ref()));
+    for secret in [key.jwk.to_string().into_bytes(), key.public_bytes()] {
+        let header = json!({"alg": "HS256", "typ": "JWT", "kid": "k"});
+        let token = hs256_token(&secret, &header, &claims);
         assert_eq!(expect_err(&v, &token, &[]).await, TokenError::Algorithm);
     }
 }
@@ -942,15 +602,11 @@ async fn unusable_jwks_entries_are_skipped() {
     let c = claims_for(&idp.issuer(""));
     v.verify(&key.token(&c)).await.unwrap();
     // HS256 under the symmetric entry's kid is refused on the algorithm already.
-    let header = b64(json!({"alg": "HS256", "kid": "hmac"})
-        .to_string()
-        .as_bytes());
-    let msg = format!("{header}.{}", b64(c.to_string().as_bytes()));
-    let mac = aws_lc_rs::hmac::sign(
-        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"secret-secret-secret"),
-        msg.as_bytes(),
+    let token = hs256_token(
+        b"secret-secret-secret",
+        &json!({"alg": "HS256", "kid": "hmac"}),
+        &c,
     );
-    let token = format!("{msg}.{}", b64(mac.as_ref()));
     assert_eq!(expect_err(&v, &token, &[]).await, TokenError::Algorithm);
 }
 
@@ -1008,7 +664,7 @@ async fn background_refresh_runs_keeps_keys_on_failure_and_stops_on_cancel() {
     assert!(fetched >= 3, "periodic refresh ran {fetched} times");
 
     // The server fails from now on: the keys already fetched stay in use.
-    idp.state.down.store(true, Ordering::SeqCst);
+    idp.set_down(true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut c = claims_for(&idp.issuer(""));
     c["jti"] = json!("fresh-token-after-outage");
