@@ -152,7 +152,7 @@ impl Gateway {
         let refresher = tokio::spawn(async move {
             let mut refresh = tokio::time::interval(REFRESH_EVERY);
             refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut reap = tokio::time::interval(Duration::from_secs(30));
+            let mut reap = tokio::time::interval(Duration::from_secs(5));
             let mut flush = tokio::time::interval(LAST_USED_EVERY);
             loop {
                 tokio::select! {

@@ -43,6 +43,8 @@ pub struct Session {
     pub key: Option<Arc<str>>,
     /// Unix milliseconds.
     pub opened_at: i64,
+    /// When the credential that opened it expires (unix seconds): the session ends then.
+    expires_at: Option<i64>,
     pub protocol_version: String,
     /// What the client declared at `initialize`, passed on to modern upstreams.
     pub client_capabilities: Box<serde_json::value::RawValue>,
@@ -182,6 +184,7 @@ impl Sessions {
                 AuthMethod::Jwt => None,
             },
             opened_at: crate::auth::now_ms(),
+            expires_at: principal.expires_at,
             protocol_version: protocol_version.to_owned(),
             client_capabilities,
             last_seen: AtomicU64::new(self.now()),
@@ -239,11 +242,16 @@ impl Sessions {
         Some(session)
     }
 
-    /// Closes sessions idle for longer than the limit; returns how many.
+    /// Closes sessions idle for longer than the limit, or whose credential has expired;
+    /// returns how many.
     pub fn reap_idle(&self) -> usize {
         let now = self.now();
         let idle = self.idle.as_secs();
-        self.close_where(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle)
+        let wall = crate::auth::now_ms() / 1000;
+        self.close_where(|s| {
+            now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
+                || s.expires_at.is_some_and(|at| at <= wall)
+        })
     }
 
     /// Ends every session (shutdown).
@@ -384,5 +392,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(sessions.reap_idle(), 1);
         assert!(s.closed.is_cancelled());
+    }
+
+    #[test]
+    fn sessions_end_when_their_credential_expires() {
+        let sessions = Sessions::new(Duration::from_secs(3600), 10, Arc::new(Metrics::new()));
+        let now = crate::auth::now_ms() / 1000;
+        let mut expired = principal("acme", "a");
+        expired.expires_at = Some(now - 1);
+        let mut valid = principal("acme", "b");
+        valid.expires_at = Some(now + 3600);
+        let e = sessions.create(&expired, "2025-11-25", caps()).unwrap();
+        let v = sessions.create(&valid, "2025-11-25", caps()).unwrap();
+        assert_eq!(sessions.reap_idle(), 1);
+        assert!(e.closed.is_cancelled() && !v.closed.is_cancelled());
     }
 }

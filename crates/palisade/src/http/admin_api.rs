@@ -1,10 +1,14 @@
 //! The admin API, `/admin/v1` on the admin listener: tenants, keys, policies and sessions.
 //!
-//! Every route needs an admin credential: an admin API key (`[admin] keys`) or an access token
-//! from a configured issuer carrying the admin scope. Tenant credentials are never admin
-//! credentials. Writes go to the registry store through [`Onboarding`], then this replica
-//! refreshes at once (others within a second). Errors are `{"error": {"code", "message"}}`.
-//! `openapi.json` describes it all.
+//! Every route but the OpenAPI document needs an admin credential: an admin API key
+//! (`[admin] keys`) or an access token from a configured issuer carrying the admin scope.
+//! Tenant credentials are never admin credentials; [`gate`] checks them before any route runs.
+//! Writes go to the registry store through [`Onboarding`], then this replica refreshes at once
+//! (others within a second). Errors are `{"error": {"code", "message"}}`; `openapi.json`
+//! describes it all.
+
+// Handlers return the finished error `Response` as their `Err` (see `http::mcp`).
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
@@ -25,9 +29,8 @@ use crate::gateway::Gateway;
 use crate::onboarding::{CreateTenant, IssueKey, OnboardError, Onboarding, UpdateTenant};
 use crate::policy::Policy;
 
-pub fn routes() -> Router<Arc<Gateway>> {
+pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     Router::new()
-        .route("/admin/v1/openapi.json", get(openapi))
         .route("/admin/v1/tenants", get(list_tenants).post(create_tenant))
         .route(
             "/admin/v1/tenants/{tenant}",
@@ -49,6 +52,30 @@ pub fn routes() -> Router<Arc<Gateway>> {
             "/admin/v1/tenants/{tenant}/sessions/{session}",
             delete(revoke_session),
         )
+        .layer(axum::middleware::from_fn_with_state(gw, gate))
+        .route("/admin/v1/openapi.json", get(openapi))
+}
+
+/// Every admin route but the OpenAPI document: the credential is checked first, and after a
+/// successful write the registry is refreshed, so the change is in force when the response is
+/// sent.
+async fn gate(
+    State(gw): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(r) = admin(&gw, request.headers()).await {
+        return r;
+    }
+    let write = request.method() != axum::http::Method::GET;
+    let response = next.run(request).await;
+    if write
+        && response.status().is_success()
+        && let Err(e) = gw.refresh(true).await
+    {
+        tracing::warn!(error = %e, "registry refresh after an admin write failed; it will be retried");
+    }
+    response
 }
 
 /// A finished admin response.
@@ -133,26 +160,6 @@ async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
     Err(deny(401, "invalid credentials: not an admin key"))
 }
 
-/// Authenticates, then runs `op` with the onboarding operations; after a write the registry
-/// is refreshed so the change is in force when the response is sent.
-async fn with_admin<F, Fut>(gw: &Arc<Gateway>, headers: &HeaderMap, write: bool, op: F) -> Response
-where
-    F: FnOnce(Arc<Gateway>) -> Fut,
-    Fut: std::future::Future<Output = Answer>,
-{
-    if let Err(r) = admin(gw, headers).await {
-        return r;
-    }
-    let answer = op(gw.clone()).await;
-    if write
-        && answer.is_ok()
-        && let Err(e) = gw.refresh(true).await
-    {
-        tracing::warn!(error = %e, "registry refresh after an admin write failed; it will be retried");
-    }
-    answer.unwrap_or_else(|r| r)
-}
-
 fn ops<'a>(gw: &'a Gateway, config: &'a Config) -> Onboarding<'a> {
     Onboarding {
         store: &gw.store,
@@ -178,77 +185,49 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn list_tenants(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let list = gw
-            .store
-            .list_tenants()
-            .await
-            .map_err(|e| failed(e.into()))?;
-        ok(StatusCode::OK, json!({ "tenants": to_json(&list) }))
-    })
-    .await
+async fn list_tenants(State(gw): State<Arc<Gateway>>) -> Answer {
+    let list = gw
+        .store
+        .list_tenants()
+        .await
+        .map_err(|e| failed(e.into()))?;
+    ok(StatusCode::OK, json!({ "tenants": to_json(&list) }))
 }
 
-async fn create_tenant(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let req: CreateTenant = parse(&body)?;
-        let config = gw.config();
-        let t = ops(&gw, &config).create_tenant(req).await.map_err(failed)?;
-        ok(StatusCode::CREATED, to_json(&t))
-    })
-    .await
+async fn create_tenant(State(gw): State<Arc<Gateway>>, body: Bytes) -> Answer {
+    let req: CreateTenant = parse(&body)?;
+    let config = gw.config();
+    let t = ops(&gw, &config).create_tenant(req).await.map_err(failed)?;
+    ok(StatusCode::CREATED, to_json(&t))
 }
 
-async fn get_tenant(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let config = gw.config();
-        let t = ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
-        ok(StatusCode::OK, to_json(&t))
-    })
-    .await
+async fn get_tenant(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    let t = ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+    ok(StatusCode::OK, to_json(&t))
 }
 
 async fn update_tenant(
     State(gw): State<Arc<Gateway>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let req: UpdateTenant = parse(&body)?;
-        let config = gw.config();
-        let t = ops(&gw, &config)
-            .update_tenant(&tenant, req)
-            .await
-            .map_err(failed)?;
-        ok(StatusCode::OK, to_json(&t))
-    })
-    .await
+) -> Answer {
+    let req: UpdateTenant = parse(&body)?;
+    let config = gw.config();
+    let t = ops(&gw, &config)
+        .update_tenant(&tenant, req)
+        .await
+        .map_err(failed)?;
+    ok(StatusCode::OK, to_json(&t))
 }
 
-async fn delete_tenant(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let config = gw.config();
-        ops(&gw, &config)
-            .delete_tenant(&tenant)
-            .await
-            .map_err(failed)?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    })
-    .await
+async fn delete_tenant(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    ops(&gw, &config)
+        .delete_tenant(&tenant)
+        .await
+        .map_err(failed)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -260,165 +239,117 @@ struct SuspendBody {
 async fn suspend(
     State(gw): State<Arc<Gateway>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let req: SuspendBody = parse(&body)?;
-        let config = gw.config();
-        let t = ops(&gw, &config)
-            .suspend(&tenant, req.reason.as_deref())
-            .await
-            .map_err(failed)?;
-        ok(StatusCode::OK, to_json(&t))
-    })
-    .await
+) -> Answer {
+    let req: SuspendBody = parse(&body)?;
+    let config = gw.config();
+    let t = ops(&gw, &config)
+        .suspend(&tenant, req.reason.as_deref())
+        .await
+        .map_err(failed)?;
+    ok(StatusCode::OK, to_json(&t))
 }
 
-async fn resume(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let config = gw.config();
-        let t = ops(&gw, &config).resume(&tenant).await.map_err(failed)?;
-        ok(StatusCode::OK, to_json(&t))
-    })
-    .await
+async fn resume(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    let t = ops(&gw, &config).resume(&tenant).await.map_err(failed)?;
+    ok(StatusCode::OK, to_json(&t))
 }
 
-async fn list_keys(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let config = gw.config();
-        ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
-        let keys = gw
-            .store
-            .list_keys(&tenant)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        ok(StatusCode::OK, json!({ "keys": to_json(&keys) }))
-    })
-    .await
+async fn list_keys(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+    let keys = gw
+        .store
+        .list_keys(&tenant)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    ok(StatusCode::OK, json!({ "keys": to_json(&keys) }))
 }
 
 async fn issue_key(
     State(gw): State<Arc<Gateway>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let req: IssueKey = parse(&body)?;
-        let config = gw.config();
-        let issued = ops(&gw, &config)
-            .issue_key(&tenant, req)
-            .await
-            .map_err(failed)?;
-        let mut body = to_json(&issued.record);
-        body["key"] = Value::String(issued.key);
-        ok(StatusCode::CREATED, body)
-    })
-    .await
+) -> Answer {
+    let req: IssueKey = parse(&body)?;
+    let config = gw.config();
+    let issued = ops(&gw, &config)
+        .issue_key(&tenant, req)
+        .await
+        .map_err(failed)?;
+    let mut body = to_json(&issued.record);
+    body["key"] = Value::String(issued.key);
+    ok(StatusCode::CREATED, body)
 }
 
 async fn revoke_key(
     State(gw): State<Arc<Gateway>>,
     Path((tenant, key)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let record = gw
-            .store
-            .revoke_key(&tenant, &key)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        ok(StatusCode::OK, to_json(&record))
-    })
-    .await
+) -> Answer {
+    let record = gw
+        .store
+        .revoke_key(&tenant, &key)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    ok(StatusCode::OK, to_json(&record))
 }
 
-async fn get_policy(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let config = gw.config();
-        let policy = ops(&gw, &config).policy(&tenant).await.map_err(failed)?;
-        ok(StatusCode::OK, to_json(&policy))
-    })
-    .await
+async fn get_policy(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    let policy = ops(&gw, &config).policy(&tenant).await.map_err(failed)?;
+    ok(StatusCode::OK, to_json(&policy))
 }
 
 async fn put_policy(
     State(gw): State<Arc<Gateway>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    with_admin(&gw, &headers, true, |gw| async move {
-        let policy: Policy = parse(&body)?;
-        let config = gw.config();
-        ops(&gw, &config)
-            .set_policy(&tenant, &policy)
-            .await
-            .map_err(failed)?;
-        ok(StatusCode::OK, to_json(&policy))
-    })
-    .await
+) -> Answer {
+    let policy: Policy = parse(&body)?;
+    let config = gw.config();
+    ops(&gw, &config)
+        .set_policy(&tenant, &policy)
+        .await
+        .map_err(failed)?;
+    ok(StatusCode::OK, to_json(&policy))
 }
 
-async fn list_sessions(
-    State(gw): State<Arc<Gateway>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let config = gw.config();
-        ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
-        let sessions: Vec<Value> = gw
-            .sessions
-            .of_tenant(&tenant)
-            .iter()
-            .map(|s| {
-                json!({
-                    "handle": s.handle(),
-                    "subject": &*s.subject,
-                    "protocol_version": s.protocol_version,
-                    "opened_at": s.opened_at,
-                })
+async fn list_sessions(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let config = gw.config();
+    ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
+    let sessions: Vec<Value> = gw
+        .sessions
+        .of_tenant(&tenant)
+        .iter()
+        .map(|s| {
+            json!({
+                "handle": s.handle(),
+                "subject": &*s.subject,
+                "protocol_version": s.protocol_version,
+                "opened_at": s.opened_at,
             })
-            .collect();
-        ok(StatusCode::OK, json!({ "sessions": sessions }))
-    })
-    .await
+        })
+        .collect();
+    ok(StatusCode::OK, json!({ "sessions": sessions }))
 }
 
 async fn revoke_session(
     State(gw): State<Arc<Gateway>>,
     Path((tenant, handle)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    with_admin(&gw, &headers, false, |gw| async move {
-        let session = gw
-            .sessions
-            .of_tenant(&tenant)
-            .into_iter()
-            .find(|s| s.handle() == handle)
-            .ok_or_else(|| {
-                error(
-                    404,
-                    "not_found",
-                    &format!("tenant `{tenant}` has no session `{handle}` on this replica"),
-                )
-            })?;
-        gw.sessions.remove(&session.id);
-        Ok(StatusCode::NO_CONTENT.into_response())
-    })
-    .await
+) -> Answer {
+    let session = gw
+        .sessions
+        .of_tenant(&tenant)
+        .into_iter()
+        .find(|s| s.handle() == handle)
+        .ok_or_else(|| {
+            error(
+                404,
+                "not_found",
+                &format!("tenant `{tenant}` has no session `{handle}` on this replica"),
+            )
+        })?;
+    gw.sessions.remove(&session.id);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

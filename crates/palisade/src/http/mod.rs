@@ -48,7 +48,7 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
-        .merge(admin_api::routes())
+        .merge(admin_api::routes(gw.clone()))
         .with_state(gw)
 }
 
