@@ -65,8 +65,9 @@ pub enum AuthError {
     NoTenant,
     #[error("the credentials' tenant is not known to this gateway")]
     UnknownTenant,
-    #[error("tenant `{tenant}` is suspended: {reason}")]
-    Suspended { tenant: Arc<str>, reason: String },
+    // The tenant's id is not repeated: it may come from a token, and errors echo nothing of it.
+    #[error("the tenant is suspended: {reason}")]
+    Suspended { reason: String },
     #[error("insufficient scope: this request needs the scopes `{0}`")]
     InsufficientScope(String),
 }
@@ -245,7 +246,6 @@ fn admitted(registry: &Registry, id: &str) -> Result<Arc<Tenant>, AuthError> {
     let tenant = registry.tenant(id).ok_or(AuthError::UnknownTenant)?;
     if let Some(reason) = tenant.suspension() {
         return Err(AuthError::Suspended {
-            tenant: tenant.id.clone(),
             reason: reason.to_owned(),
         });
     }
