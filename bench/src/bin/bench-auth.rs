@@ -1,9 +1,12 @@
 //! bench-auth: what authentication adds to each request, in process.
 //!
 //! Builds a registry of `--tenants` tenants with one API key each in a real store (SQLite in a
-//! temp dir), then times [`Authenticator::authenticate`] per request, which is all the front
-//! door does beyond a no-auth gateway: the header parse, the key's HMAC, the cached lookup,
-//! the tenant check. Prints percentiles in microseconds as one JSON object.
+//! temp dir), and a real OAuth verifier whose issuer (a local identity provider serving its
+//! metadata and JWKS over HTTP) signs ES256 access tokens. Then times
+//! [`Authenticator::authenticate`] per request, which is all the front door does beyond a
+//! no-auth gateway (the baseline: reading the header): for an API key (its HMAC, the cached
+//! lookup, the tenant check), for a token seen before (the verified-token cache), and for a new
+//! token each time (the signature check). Prints percentiles in microseconds as one JSON object.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -16,6 +19,8 @@ use palisade::auth::apikey::Pepper;
 use palisade::config::Config;
 use palisade::onboarding::{CreateTenant, IssueKey, Onboarding};
 use palisade::registry::Registry;
+use palisade_oauth::testing::{Idp, TestKey, now};
+use palisade_oauth::{IssuerConfig, OAuthConfig, Verifier};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -71,7 +76,36 @@ async fn main() -> anyhow::Result<()> {
         &HashMap::new(),
         &Registry::default(),
     );
-    let auth = Authenticator::new(Pepper::new(pepper_bytes)?, None);
+
+    let idp = Idp::start().await;
+    let signing = TestKey::es256("bench-key");
+    idp.set_keys("", &[&signing]);
+    let resource = "https://gateway.bench/mcp";
+    let mut oauth = OAuthConfig::new(
+        resource,
+        vec![IssuerConfig {
+            tenant_claim: Some("/tenant_id".into()),
+            ..IssuerConfig::new(idp.issuer(""))
+        }],
+    );
+    oauth.scopes_supported = vec!["mcp".into()];
+    oauth.required_scopes = vec!["mcp".into()];
+    let verifier = std::sync::Arc::new(Verifier::new(oauth, reqwest::Client::new())?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _refresh = verifier.start(stop.clone()).await;
+    let claims = |jti: usize| {
+        json!({
+            "iss": idp.issuer(""), "sub": "user-1", "aud": resource, "exp": now() + 3600,
+            "tenant_id": format!("t{}", args.tenants / 2), "scope": "mcp", "jti": jti.to_string(),
+        })
+    };
+    let token_header = format!("Bearer {}", signing.token(&claims(0)));
+    let fresh: Vec<String> = (1..=args.iterations + args.iterations / 10)
+        .map(|i| format!("Bearer {}", signing.token(&claims(i))))
+        .collect();
+    let next_fresh = std::cell::Cell::new(0usize);
+
+    let auth = Authenticator::new(Pepper::new(pepper_bytes)?, Some(verifier));
     let header = format!("Bearer {key}");
 
     let baseline = time(args.iterations, || async {
@@ -84,6 +118,28 @@ async fn main() -> anyhow::Result<()> {
         black_box(r.ok());
     })
     .await;
+    let jwt_cached = time(args.iterations, || async {
+        let r = auth
+            .authenticate(&registry, Some(token_header.as_bytes()))
+            .await;
+        assert!(r.is_ok(), "the token must authenticate: {:?}", r.err());
+        black_box(r.ok());
+    })
+    .await;
+    let jwt_new = time(args.iterations, || {
+        let i = next_fresh.get();
+        next_fresh.set(i + 1);
+        let h = &fresh[i];
+        let auth = &auth;
+        let registry = &registry;
+        async move {
+            let r = auth.authenticate(registry, Some(h.as_bytes())).await;
+            assert!(r.is_ok(), "the token must authenticate: {:?}", r.err());
+            black_box(r.ok());
+        }
+    })
+    .await;
+    stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{}",
@@ -92,6 +148,8 @@ async fn main() -> anyhow::Result<()> {
             "iterations": args.iterations,
             "baseline_us": baseline,
             "api_key_us": api_key,
+            "jwt_cached_us": jwt_cached,
+            "jwt_new_token_us": jwt_new,
         })
     );
     Ok(())
