@@ -549,3 +549,117 @@ async fn config_reload_adds_tenants_and_rejects_bad_configs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two replicas sharing one PostgreSQL registry: what one is told, the other enforces within a
+/// second, on new requests and on open sessions.
+#[tokio::test]
+async fn replicas_share_the_postgres_registry() {
+    use sqlx::{Connection, Executor};
+    let Ok(admin_url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let name = format!("palisade_gw_test_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let storage = format!("[storage]\ndatabase_url = \"{base}/{name}\"\n");
+    let start = || {
+        Gw::start_with(
+            &stdio_server("kit", ""),
+            &[TenantSpec {
+                id: "acme",
+                servers: &["kit"],
+                namespacing: true,
+            }],
+            &format!("{}{storage}", admin_table()),
+        )
+    };
+    let (one, two) = (start(), start());
+    one.ready().await;
+    two.ready().await;
+
+    // A key issued on one replica works on the other within a second.
+    let (status, issued) = one
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/acme/keys",
+            Some(ADMIN_KEY),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string();
+    let usable = time_until(Duration::from_secs(1), async {
+        while two.post(Some(&key), &[], init.clone()).await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        usable.is_some(),
+        "the other replica did not accept the new key within 1 s"
+    );
+
+    // Revoked on one replica: the other's open session ends within a second.
+    let s = two.legacy_as(&key).await;
+    let mut stream = s.open_get_stream().await;
+    let (status, _) = one
+        .admin_api(
+            "DELETE",
+            &format!(
+                "/admin/v1/tenants/acme/keys/{}",
+                issued["id"].as_str().unwrap()
+            ),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ended = time_until(Duration::from_secs(1), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_some(),
+        "the other replica kept the revoked key's stream open"
+    );
+    assert_eq!(s.request(2, "tools/list", json!({})).await.status, 401);
+
+    // Suspended on the second: the first refuses the tenant within a second.
+    let (status, _) = two
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/acme/suspend",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let refused = time_until(Duration::from_secs(1), async {
+        while one
+            .post(Some(one.key("acme")), &[], init.clone())
+            .await
+            .status
+            != 403
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the first replica still served the suspended tenant"
+    );
+
+    drop(one);
+    drop(two);
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .await
+    .unwrap();
+}
