@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 
+TARGET_AUTH_US = 20
 TARGET_P50_US = 150.0
 TARGET_P99_US = 1000.0
 TARGET_THROUGHPUT_RATIO = 0.60
@@ -165,6 +166,44 @@ def main():
     else:
         cell = "pending"
     print(f"| gateway RSS ≤ 30 MB with 1,000 open legacy sessions | {cell} | (same gateway) |")
+    auth_section(directory, res[("http", "gateway", "latency")])
+
+
+def auth_section(directory, key_run):
+    """Authentication: in process against a no-auth baseline, and end to end (API key vs token)."""
+    auth = load(directory, "auth")
+    jwt_run = load(directory, "http-gateway-jwt-latency")
+    print()
+    print("### Authentication")
+    print()
+    if auth:
+        print(f"In process (`bench-auth`, {auth['tenants']} tenants with a key each, "
+              f"{auth['iterations']} requests per case), µs per request:")
+        print()
+        print("| case | p50 | p90 | p99 | added at p50 over no auth |")
+        print("|---|---:|---:|---:|---:|")
+        base = auth["baseline_us"]["p50"]
+        for key, label in (("baseline_us", "no auth (read the header)"),
+                           ("api_key_us", "API key"),
+                           ("jwt_cached_us", "access token, seen before"),
+                           ("jwt_new_token_us", "access token, new (signature check)")):
+            r = auth[key]
+            print(f"| {label} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['p50'] - base:+.2f} |")
+        print()
+        for key, label in (("api_key_us", "API key"), ("jwt_cached_us", "access token (cached)")):
+            added = auth[key]["p50"] - base
+            print(f"- target: authentication with a cached key adds ≤ {TARGET_AUTH_US} µs at p50, "
+                  f"{label}: {added:+.2f} µs {check(added <= TARGET_AUTH_US)}")
+    else:
+        print("In process: pending (no auth.json).")
+    if key_run and jwt_run and lat(key_run, "p50") is not None and lat(jwt_run, "p50") is not None:
+        gk, gj = proc(key_run, "gateway") or {}, proc(jwt_run, "gateway") or {}
+        print()
+        print("End to end through the gateway, HTTP upstream, latency run: "
+              f"API key p50 {fmt(lat(key_run, 'p50'))} / p99 {fmt(lat(key_run, 'p99'))} µs, "
+              f"gateway CPU {fmt(gk.get('cpu_us_per_call'))} µs/call; "
+              f"access token p50 {fmt(lat(jwt_run, 'p50'))} / p99 {fmt(lat(jwt_run, 'p99'))} µs, "
+              f"gateway CPU {fmt(gj.get('cpu_us_per_call'))} µs/call.")
 
 
 if __name__ == "__main__":

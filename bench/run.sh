@@ -7,6 +7,9 @@
 #   latency    open loop at RATE calls/s in total (paced, no coordinated omission)
 #   saturated  closed loop (each session calls again as soon as it is answered)
 #   hold       HOLD legacy sessions kept open on the gateway, for its RSS
+#   jwt        the HTTP latency run again through the gateway, authenticated with an OAuth access
+#              token (ES256, from a local issuer, bench-idp) instead of an API key
+#   auth       bench-auth: authentication per request in process, against a no-auth baseline
 # The gateway part runs only when target/release/palisade exists.
 #
 # Environment: DURATION=10 WARMUP=2 SESSIONS=16 RATE=2000 HOLD=1000 ERA=legacy
@@ -129,8 +132,18 @@ if [[ -x $GATEWAY ]]; then
     PEPPER=$(openssl rand -hex 32)
     printf '%s' "$PEPPER" >"$CONF/pepper"
     chmod 600 "$CONF/pepper"
-    KEY_HTTP="pk_bench_$(openssl rand -hex 16)"
-    KEY_STDIO="pk_benchstdio_$(openssl rand -hex 16)"
+    KEY_HTTP="pal_bench_$(openssl rand -hex 16)"
+    KEY_STDIO="pal_benchstdio_$(openssl rand -hex 16)"
+    # An OAuth issuer, so that the same tenant can also be reached with an access token.
+    RESOURCE="http://127.0.0.1:$GW_PORT/mcp"
+    start_bg "" "$OUT/idp.out" "$BIN/bench-idp" --tenant bench --resource "$RESOURCE"
+    for _ in $(seq 100); do
+        grep -q '^issuer=' "$OUT/idp.out" && break
+        sleep 0.05
+    done
+    ISSUER=$(sed -n 's/^issuer=\([^ ]*\) .*/\1/p' "$OUT/idp.out")
+    TOKEN=$(sed -n 's/.* token=//p' "$OUT/idp.out")
+    [[ -n $ISSUER && -n $TOKEN ]] || { log "bench-idp did not start"; exit 1; }
     hmac() { printf '%s' "$1" | openssl dgst -sha256 -hmac "$PEPPER" | awk '{print $NF}'; }
     cat >"$CONF/palisade.toml" <<EOF
 [listen]
@@ -139,6 +152,15 @@ admin = "127.0.0.1:$ADMIN_PORT"
 
 [auth]
 pepper_file = "$CONF/pepper"
+
+[oauth]
+resource = "$RESOURCE"
+scopes_supported = ["mcp"]
+required_scopes = ["mcp"]
+
+[[oauth.issuers]]
+issuer = "$ISSUER"
+tenant_claim = "/tenant_id"
 
 [[servers]]
 name = "echo"
@@ -188,6 +210,8 @@ EOF
         --rate "$RATE" --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
     load http-gateway-saturated --url "$GW_URL" -H "Authorization: Bearer $KEY_HTTP" \
         --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
+    load http-gateway-jwt-latency --url "$GW_URL" -H "Authorization: Bearer $TOKEN" \
+        --rate "$RATE" --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
 
     # One call starts the gateway's stdio upstream, so its pid can be watched too.
     "$BIN/bench-load" --url "$GW_URL" -H "Authorization: Bearer $KEY_STDIO" --era "$ERA" \
@@ -210,6 +234,9 @@ EOF
 else
     log "no $GATEWAY: gateway rows stay pending"
 fi
+
+log "auth: bench-auth (in process, 1000 tenants)"
+pin "${GW_CPUS:-}" "$BIN/bench-auth" >"$OUT/auth.json" || log "auth: bench-auth failed"
 
 python3 "$ROOT/bench/report.py" "$OUT" | tee "$OUT/results.md"
 log "raw results in $OUT"

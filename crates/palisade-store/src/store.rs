@@ -99,13 +99,19 @@ impl Store {
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         let options = match backend {
             Backend::Postgres => options.max_connections(10),
-            Backend::Sqlite => options.max_connections(4).after_connect(|conn, _meta| {
+            // SQLite has one writer at a time anyway; each connection costs a worker thread and
+            // its page cache in the gateway's memory.
+            Backend::Sqlite => options.max_connections(2).after_connect(|conn, _meta| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA foreign_keys = ON")
                         .execute(&mut *conn)
                         .await?;
                     // How long a writer waits for another before failing with "busy".
                     sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    // The registry is small: 512 KiB of page cache per connection is plenty.
+                    sqlx::query("PRAGMA cache_size = -512")
                         .execute(&mut *conn)
                         .await?;
                     Ok(())
