@@ -13,6 +13,7 @@
 # The gateway part runs only when target/release/palisade exists.
 #
 # Environment: DURATION=10 WARMUP=2 SESSIONS=16 RATE=2000 HOLD=1000 ERA=legacy
+#   OAUTH=1 (0: no issuer and no access-token run, for a gateway built before OAuth support)
 #   GATEWAY=target/release/palisade (the gateway binary to start)
 #   GW_PORT=18080 ADMIN_PORT=19090 OUT=<dir for the JSON results>
 #   LOAD_CPUS / GW_CPUS / ECHO_CPUS: pin that process with `taskset -c` (unset: no pinning).
@@ -26,6 +27,7 @@ SESSIONS=${SESSIONS:-16}
 RATE=${RATE:-2000}
 HOLD=${HOLD:-1000}
 ERA=${ERA:-legacy}
+OAUTH=${OAUTH:-1}
 GW_PORT=${GW_PORT:-18080}
 ADMIN_PORT=${ADMIN_PORT:-19090}
 OUT=${OUT:-$(mktemp -d /tmp/palisade-bench.XXXXXX)}
@@ -135,15 +137,26 @@ if [[ -x $GATEWAY ]]; then
     KEY_HTTP="pal_bench_$(openssl rand -hex 16)"
     KEY_STDIO="pal_benchstdio_$(openssl rand -hex 16)"
     # An OAuth issuer, so that the same tenant can also be reached with an access token.
-    RESOURCE="http://127.0.0.1:$GW_PORT/mcp"
-    start_bg "" "$OUT/idp.out" "$BIN/bench-idp" --tenant bench --resource "$RESOURCE"
-    for _ in $(seq 100); do
-        grep -q '^issuer=' "$OUT/idp.out" && break
-        sleep 0.05
-    done
-    ISSUER=$(sed -n 's/^issuer=\([^ ]*\) .*/\1/p' "$OUT/idp.out")
-    TOKEN=$(sed -n 's/.* token=//p' "$OUT/idp.out")
-    [[ -n $ISSUER && -n $TOKEN ]] || { log "bench-idp did not start"; exit 1; }
+    OAUTH_TABLE=
+    if [[ $OAUTH == 1 ]]; then
+        RESOURCE="http://127.0.0.1:$GW_PORT/mcp"
+        start_bg "" "$OUT/idp.out" "$BIN/bench-idp" --tenant bench --resource "$RESOURCE"
+        for _ in $(seq 100); do
+            grep -q '^issuer=' "$OUT/idp.out" && break
+            sleep 0.05
+        done
+        ISSUER=$(sed -n 's/^issuer=\([^ ]*\) .*/\1/p' "$OUT/idp.out")
+        TOKEN=$(sed -n 's/.* token=//p' "$OUT/idp.out")
+        [[ -n $ISSUER && -n $TOKEN ]] || { log "bench-idp did not start"; exit 1; }
+        OAUTH_TABLE="[oauth]
+resource = \"$RESOURCE\"
+scopes_supported = [\"mcp\"]
+required_scopes = [\"mcp\"]
+
+[[oauth.issuers]]
+issuer = \"$ISSUER\"
+tenant_claim = \"/tenant_id\""
+    fi
     hmac() { printf '%s' "$1" | openssl dgst -sha256 -hmac "$PEPPER" | awk '{print $NF}'; }
     cat >"$CONF/palisade.toml" <<EOF
 [listen]
@@ -153,14 +166,7 @@ admin = "127.0.0.1:$ADMIN_PORT"
 [auth]
 pepper_file = "$CONF/pepper"
 
-[oauth]
-resource = "$RESOURCE"
-scopes_supported = ["mcp"]
-required_scopes = ["mcp"]
-
-[[oauth.issuers]]
-issuer = "$ISSUER"
-tenant_claim = "/tenant_id"
+$OAUTH_TABLE
 
 [[servers]]
 name = "echo"
@@ -210,8 +216,10 @@ EOF
         --rate "$RATE" --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
     load http-gateway-saturated --url "$GW_URL" -H "Authorization: Bearer $KEY_HTTP" \
         --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
-    load http-gateway-jwt-latency --url "$GW_URL" -H "Authorization: Bearer $TOKEN" \
-        --rate "$RATE" --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
+    if [[ $OAUTH == 1 ]]; then
+        load http-gateway-jwt-latency --url "$GW_URL" -H "Authorization: Bearer $TOKEN" \
+            --rate "$RATE" --pid "gateway=$GW_PID" --pid "upstream=$ECHO_PID"
+    fi
 
     # One call starts the gateway's stdio upstream, so its pid can be watched too.
     "$BIN/bench-load" --url "$GW_URL" -H "Authorization: Bearer $KEY_STDIO" --era "$ERA" \
