@@ -93,8 +93,8 @@ def run_gateway(work: Path):
 
     pepper = secrets.token_hex(32).encode()
     (work / "pepper").write_bytes(pepper + b"\n")
-    acme_key = "acme-" + secrets.token_urlsafe(24)
-    globex_key = "globex-" + secrets.token_urlsafe(24)
+    acme_key = "pal_acme_" + secrets.token_urlsafe(32)
+    globex_key = "pal_globex_" + secrets.token_urlsafe(32)
     config = work / "palisade.toml"
     config.write_text(
         f"""

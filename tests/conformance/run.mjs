@@ -298,7 +298,7 @@ async function main() {
     { id: 'kit-stdio-modern', server: 'kit_modern' },
     { id: 'kit-http-modern', server: 'kit_http_modern' },
     { id: 'everything', server: 'everything' },
-  ].map((t) => ({ ...t, key: `${t.id}-${randomBytes(16).toString('hex')}` }));
+  ].map((t) => ({ ...t, key: `pal_${t.id}_${randomBytes(32).toString('hex')}` }));
   const hash = (key) => 'hmac-sha256:' + createHmac('sha256', pepper).update(key).digest('hex');
   const config = `
 [listen]

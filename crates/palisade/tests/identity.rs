@@ -261,6 +261,33 @@ async fn expired_keys_are_refused() {
     );
 }
 
+/// Last use is written in batches (every 10 s, and at shutdown), never per call.
+#[tokio::test]
+async fn key_use_is_recorded_in_batches() {
+    let mut gw = acme_with_admin("").await;
+    let s = gw.legacy("acme").await;
+    s.request(1, "tools/list", json!({})).await;
+    let listed = |gw: &Gw| {
+        let out = gw.cli(&["key", "list", "acme"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        listed(&gw).contains("last_used_at=never"),
+        "written per call"
+    );
+    assert_eq!(gw.terminate(), Some(0));
+    let after = listed(&gw);
+    assert!(
+        !after.contains("last_used_at=never") && after.contains("last_used_at=1"),
+        "{after}"
+    );
+}
+
 #[tokio::test]
 async fn policy_hides_denied_tools_and_requires_scopes() {
     let gw = acme_with_admin("").await;

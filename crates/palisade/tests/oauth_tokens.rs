@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Answer, Gw, TenantSpec, stdio_server, text};
+use common::{Answer, Gw, text};
 use palisade_oauth::testing::{Idp, TestKey, b64, hs256_token, now, unsigned_token};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -42,22 +42,7 @@ roles_claim = "/roles"
 
 /// A ready gateway with tenants `acme` and `globex` on server `kit`, trusting `issuer`.
 async fn gateway(issuer: &str) -> Gw {
-    let gw = Gw::start_with(
-        &stdio_server("kit", ""),
-        &[
-            TenantSpec {
-                id: "acme",
-                servers: &["kit"],
-                namespacing: true,
-            },
-            TenantSpec {
-                id: "globex",
-                servers: &["kit"],
-                namespacing: true,
-            },
-        ],
-        &oauth_table(issuer),
-    );
+    let gw = common::two_tenants_on_kit_with("", &oauth_table(issuer));
     gw.ready().await;
     gw
 }

@@ -53,7 +53,9 @@ pub enum AuthError {
     InvalidKey,
     #[error("invalid credentials: the API key has expired; issue a new one")]
     ExpiredKey,
-    #[error("invalid credentials: this gateway accepts API keys only (no [oauth] configured)")]
+    #[error(
+        "invalid credentials: not an API key (those start with `pal_`), and this gateway accepts no access tokens (no [oauth] configured)"
+    )]
     NoOAuth,
     #[error("invalid access token: {0}")]
     Token(TokenError),

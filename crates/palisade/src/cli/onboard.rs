@@ -267,12 +267,14 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                 } else {
                     "live"
                 };
+                let time = |t: Option<i64>| t.map_or("never".into(), |t| t.to_string());
                 println!(
-                    "{}\t{state}\t{}\tscopes={}\texpires_at={}",
+                    "{}\t{state}\t{}\tscopes={}\texpires_at={}\tlast_used_at={}",
                     k.id,
                     k.name,
                     k.scopes.join(","),
-                    k.expires_at.map_or("never".into(), |t| t.to_string())
+                    time(k.expires_at),
+                    time(k.last_used_at)
                 );
             }
             Ok(())

@@ -80,7 +80,12 @@ pub async fn acme_on_kit(servers: &str) -> Gw {
 /// A gateway with one stdio testkit server `kit` (its extra TOML keys given) shared by two
 /// tenants, `acme` and `globex`, both with namespacing. Not yet waited for.
 pub fn two_tenants_on_kit(extra: &str) -> Gw {
-    Gw::start(
+    two_tenants_on_kit_with(extra, "")
+}
+
+/// [`two_tenants_on_kit`] with `extra_top` TOML before the `[listen]` table.
+pub fn two_tenants_on_kit_with(extra: &str, extra_top: &str) -> Gw {
+    Gw::start_with(
         &stdio_server("kit", extra),
         &[
             TenantSpec {
@@ -94,6 +99,7 @@ pub fn two_tenants_on_kit(extra: &str) -> Gw {
                 namespacing: true,
             },
         ],
+        extra_top,
     )
 }
 

@@ -42,7 +42,7 @@ export async function startGateway() {
   const dir = mkdtempSync(join(tmpdir(), 'palisade-ts-'));
   const pepper = randomBytes(32).toString('hex');
   writeFileSync(join(dir, 'pepper'), pepper + '\n');
-  const key = 'acme-' + randomBytes(18).toString('base64url');
+  const key = 'pal_acme_' + randomBytes(32).toString('base64url');
   writeFileSync(join(dir, 'palisade.toml'), `
 [listen]
 mcp = "127.0.0.1:0"
