@@ -415,6 +415,7 @@ impl Config {
             }
         }
         let mut tenant_ids = HashSet::new();
+        let mut key_hashes = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let key = format!("tenants[{i}]");
             if !valid_tenant_id(&t.id) {
@@ -454,10 +455,16 @@ impl Config {
                 ));
             }
             for k in &t.keys {
-                if crate::auth::apikey::parse_stored_hash(k).is_none() {
+                let Some(hash) = crate::auth::apikey::parse_stored_hash(k) else {
                     return Err(invalid(
                         format!("{key}.keys"),
                         "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
+                    ));
+                };
+                if !key_hashes.insert(hash) {
+                    return Err(invalid(
+                        format!("{key}.keys"),
+                        "this key is listed twice in the config (a key belongs to exactly one tenant)",
                     ));
                 }
             }
@@ -469,10 +476,16 @@ impl Config {
             }
         }
         for k in &self.admin.keys {
-            if crate::auth::apikey::parse_stored_hash(k).is_none() {
+            let Some(hash) = crate::auth::apikey::parse_stored_hash(k) else {
                 return Err(invalid(
                     "admin.keys",
                     "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
+                ));
+            };
+            if key_hashes.contains(&hash) {
+                return Err(invalid(
+                    "admin.keys",
+                    "an admin key is also a tenant's key; give the admin API a key of its own",
                 ));
             }
         }
@@ -647,6 +660,15 @@ servers = ["kit"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("servers[0].name"), "{err}");
+        let twice = format!(
+            "{BASE}keys = [\"hmac-sha256:{0}\", \"hmac-sha256:{0}\"]\n",
+            "ab".repeat(32)
+        );
+        let err = Config::from_toml(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("tenants[0].keys") && err.contains("twice"),
+            "{err}"
+        );
         let err = Config::from_toml(&format!("{BASE}keys = [\"plain-key\"]\n"))
             .unwrap_err()
             .to_string();
