@@ -194,6 +194,18 @@ pub enum UpstreamProtocol {
     Modern,
 }
 
+/// Where a server's calls run (ARCHITECTURE §5).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// One instance serves every tenant.
+    #[default]
+    Shared,
+    /// Each tenant gets its own instance, started from this server's settings as a template
+    /// (`${tenant.id}`, `${secret:NAME}`), on first use, in its own working directory.
+    Dedicated,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
@@ -203,6 +215,12 @@ pub struct Server {
     pub http: Option<Http>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub placement: Placement,
+    /// Dedicated placement: a tenant's instance idle this long is stopped (started again on
+    /// the next call); 0 keeps it running.
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: u64,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,
@@ -212,6 +230,10 @@ pub struct Server {
     /// How long a list fan-out waits for this server before serving the others without it.
     #[serde(default = "default_list_timeout")]
     pub list_timeout_ms: u64,
+}
+
+fn default_idle_secs() -> u64 {
+    300
 }
 
 fn default_call_timeout() -> u64 {
@@ -276,6 +298,20 @@ pub struct Tenant {
     pub key_scopes: Vec<String>,
     /// The tenant's tool policy; when absent, the one set through the admin API (if any) stays.
     pub policy: Option<crate::policy::Policy>,
+    /// Secrets for its dedicated servers' templates (`${secret:NAME}`), read from the gateway
+    /// host when an instance starts: `NAME = { env = "VAR" }` or `NAME = { file = "/path" }`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+/// Where a tenant's secret is read from. The value never appears in the config, logs or errors.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// An environment variable of the gateway process.
+    pub env: Option<String>,
+    /// A file on the gateway host (one trailing newline is dropped).
+    pub file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -410,6 +446,21 @@ impl Config {
                     }
                 }
             }
+            let templated =
+                crate::upstream::template::fields(s).try_fold(false, |any, (field, text)| {
+                    crate::upstream::template::check(text)
+                        .map(|has| any || has)
+                        .map_err(|e| invalid(format!("{key}.{field}"), e))
+                })?;
+            if templated && s.placement == Placement::Shared {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "server `{}` uses ${{…}} placeholders, which only a dedicated server can fill: set placement = \"dedicated\"",
+                        s.name
+                    ),
+                ));
+            }
             if s.call_timeout_ms == 0 || s.connect_timeout_ms == 0 || s.list_timeout_ms == 0 {
                 return Err(invalid(key, "timeouts must be greater than 0"));
             }
@@ -470,6 +521,20 @@ impl Config {
             }
         }
         for (i, t) in self.tenants.iter().enumerate() {
+            for (name, source) in &t.secrets {
+                if !crate::upstream::template::valid_secret_name(name) {
+                    return Err(invalid(
+                        format!("tenants[{i}].secrets"),
+                        format!("`{name}` is not a valid secret name: use [A-Za-z0-9_-]"),
+                    ));
+                }
+                if source.env.is_some() == source.file.is_some() {
+                    return Err(invalid(
+                        format!("tenants[{i}].secrets.{name}"),
+                        "give exactly one of env = \"VAR\" or file = \"/path\"",
+                    ));
+                }
+            }
             if let Some(p) = &t.policy {
                 p.validate()
                     .map_err(|e| invalid(format!("tenants[{i}].policy"), e))?;
@@ -547,21 +612,34 @@ impl Config {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// The registry database URL: the configured one, or a SQLite file in the data directory
-    /// (relative to `base`, the config file's directory).
-    pub fn database_url(&self, base: &Path) -> String {
-        match &self.storage.database_url {
+    /// Where the gateway keeps its state, relative paths resolved against `base` (the config
+    /// file's directory): the data directory, and the registry database (the configured URL,
+    /// or a SQLite file in the data directory).
+    pub fn data_paths(&self, base: &Path) -> DataPaths {
+        let data_dir = base.join(
+            self.storage
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("palisade-data")),
+        );
+        let database_url = match &self.storage.database_url {
             Some(url) => url.clone(),
-            None => {
-                let dir = self
-                    .storage
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("palisade-data"));
-                format!("sqlite://{}", base.join(dir).join("palisade.db").display())
-            }
+            None => format!("sqlite://{}", data_dir.join("palisade.db").display()),
+        };
+        DataPaths {
+            database_url,
+            data_dir,
         }
     }
+}
+
+/// Where the gateway keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPaths {
+    /// The registry store: `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// Tenants' working directories live under `tenants/`.
+    pub data_dir: PathBuf,
 }
 
 /// The PATH a stdio child gets when its config sets none.

@@ -8,26 +8,33 @@
 //! So a suspension or revocation reaches open sessions within a second, on every replica that
 //! shares the store. A config reload ([`Gateway::reload`]) restarts only the upstreams whose
 //! settings changed.
+//!
+//! Upstreams come in two placements (ARCHITECTURE §5): shared ones run for every tenant and
+//! follow the config; a dedicated server gets one instance per active tenant, which follows the
+//! registry: created with the tenant's entry, started on its first call, stopped when idle, and
+//! stopped for good when the tenant is suspended or deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use palisade_oauth::Verifier;
-use palisade_store::{Declared, NewKey, NewTenant, Source, Status, Store, StoreError};
+use palisade_store::{
+    Declared, NewKey, NewTenant, Source, Status, Store, StoreError, Tenant as StoredTenant,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
-use crate::config::Config;
+use crate::config::{Config, Placement};
 use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
 use crate::session::Sessions;
-use crate::upstream::Upstream;
+use crate::upstream::{TenantContext, Upstream};
 
 /// How often the store's revision is polled.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
@@ -42,6 +49,9 @@ pub enum GatewayError {
     OAuth(String),
 }
 
+/// A tenant's own instance of a dedicated server: (tenant, server).
+type InstanceKey = (Arc<str>, Arc<str>);
+
 /// A running upstream and what stops it.
 struct Running {
     upstream: Arc<Upstream>,
@@ -54,7 +64,14 @@ pub struct Gateway {
     pub store: Store,
     pub auth: Authenticator,
     registry: ArcSwap<Registry>,
+    /// Shared upstreams, by server name.
     running: Mutex<HashMap<Arc<str>, Running>>,
+    /// Tenants' own instances of dedicated servers, by (tenant, server): created with the
+    /// registry entry of an active tenant, started on first use, stopped when the tenant is
+    /// suspended or deleted or the server's settings change.
+    dedicated: Mutex<HashMap<InstanceKey, Running>>,
+    /// Tenants' working directories live under `<data_dir>/tenants/`.
+    data_dir: std::path::PathBuf,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -79,6 +96,7 @@ impl Gateway {
         config: Config,
         pepper: Pepper,
         store: Store,
+        data_dir: std::path::PathBuf,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let stopping = CancellationToken::new();
@@ -103,6 +121,8 @@ impl Gateway {
             store,
             registry: ArcSwap::from_pointee(Registry::default()),
             running: Mutex::new(HashMap::new()),
+            dedicated: Mutex::new(HashMap::new()),
+            data_dir,
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
@@ -142,11 +162,8 @@ impl Gateway {
     /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping,
     /// registry refresh, last-use flushing.
     pub fn start(self: &Arc<Self>) {
-        for r in lock(&self.running).values_mut() {
-            if r.supervisor.is_none() {
-                r.supervisor = Some(r.upstream.start());
-            }
-        }
+        start_all(&mut lock(&self.running));
+        start_all(&mut lock(&self.dedicated));
         self.start_verifier(self.auth.oauth());
         let me = self.clone();
         let refresher = tokio::spawn(async move {
@@ -184,12 +201,76 @@ impl Gateway {
     }
 
     fn rebuild(&self, snapshot: palisade_store::Snapshot) {
-        let upstreams: HashMap<Arc<str>, Arc<Upstream>> = lock(&self.running)
+        let config = self.config();
+        let shared: HashMap<Arc<str>, Arc<Upstream>> = lock(&self.running)
             .iter()
             .map(|(k, r)| (k.clone(), r.upstream.clone()))
             .collect();
+        let started = self.started();
+        let mut dedicated = lock(&self.dedicated);
+        let mut in_use = HashSet::new();
+        let mut resolve = |t: &StoredTenant, server: &str| -> Option<Arc<Upstream>> {
+            let cfg = config.server(server)?;
+            if cfg.placement == Placement::Shared {
+                return shared.get(server).cloned();
+            }
+            // A suspended tenant has no processes.
+            if t.status != Status::Active {
+                return None;
+            }
+            let ctx = TenantContext {
+                tenant: t.id.as_str().into(),
+                secrets: config
+                    .tenants
+                    .iter()
+                    .find(|d| d.id == t.id)
+                    .map(|d| d.secrets.clone())
+                    .unwrap_or_default(),
+                workdir: self.data_dir.join("tenants").join(&t.id).join(server),
+            };
+            let key: InstanceKey = (ctx.tenant.clone(), server.into());
+            let current = dedicated.get(&key).is_some_and(|r| {
+                r.upstream.config == *cfg && r.upstream.tenant.as_ref() == Some(&ctx)
+            });
+            if !current {
+                if let Some(old) = dedicated.remove(&key) {
+                    old.stop.cancel();
+                }
+                let stop = self.stopping.child_token();
+                let upstream = Upstream::dedicated(
+                    cfg.clone(),
+                    ctx,
+                    self.metrics.clone(),
+                    stop.clone(),
+                    self.http_client.clone(),
+                );
+                // The supervisor waits for the first call before starting a process.
+                let supervisor = started.then(|| upstream.start());
+                dedicated.insert(
+                    key.clone(),
+                    Running {
+                        upstream,
+                        stop,
+                        supervisor,
+                    },
+                );
+            }
+            let upstream = dedicated.get(&key).map(|r| r.upstream.clone());
+            in_use.insert(key);
+            upstream
+        };
         let old = self.registry.load_full();
-        let new = Arc::new(Registry::build(snapshot, &upstreams, &old));
+        let new = Arc::new(Registry::build(snapshot, &mut resolve, &old));
+        // Instances of tenants that are gone, suspended, or no longer placed there stop now.
+        dedicated.retain(|key, r| {
+            let keep = in_use.contains(key);
+            if !keep {
+                tracing::info!(tenant = %key.0, server = %key.1, "stopping the tenant's instance");
+                r.stop.cancel();
+            }
+            keep
+        });
+        drop(dedicated);
         self.registry.store(new.clone());
         let closed = self.sessions.close_where(|s| {
             let tenant_ok = new
@@ -227,19 +308,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// Makes the running upstreams match the config: new ones are created (and started if the
-    /// gateway runs), changed or removed ones stopped.
+    /// Makes the running shared upstreams match the config: new ones are created (and started
+    /// if the gateway runs), changed or removed ones stopped. (Dedicated instances follow the
+    /// registry: see [`Gateway::rebuild`].)
     fn sync_upstreams(&self, config: &Config) {
         let mut running = lock(&self.running);
         running.retain(|name, r| {
-            let keep = config.server(name).is_some_and(|s| *s == r.upstream.config);
+            let keep = config
+                .server(name)
+                .is_some_and(|s| *s == r.upstream.config && s.placement == Placement::Shared);
             if !keep {
                 tracing::info!(server = %name, "upstream removed or changed: stopping it");
                 r.stop.cancel();
             }
             keep
         });
-        for server in &config.servers {
+        let shared = config
+            .servers
+            .iter()
+            .filter(|s| s.placement == Placement::Shared);
+        for server in shared {
             if running.contains_key(server.name.as_str()) {
                 continue;
             }
@@ -281,11 +369,7 @@ impl Gateway {
         if !self.started() {
             return; // `start` will
         }
-        for r in lock(&self.running).values_mut() {
-            if r.supervisor.is_none() {
-                r.supervisor = Some(r.upstream.start());
-            }
-        }
+        start_all(&mut lock(&self.running));
     }
 
     async fn flush_last_used(&self) {
@@ -306,6 +390,7 @@ impl Gateway {
         self.stopping.cancel();
         let sups: Vec<JoinHandle<()>> = lock(&self.running)
             .values_mut()
+            .chain(lock(&self.dedicated).values_mut())
             .filter_map(|r| r.supervisor.take())
             .collect();
         for s in sups {
@@ -357,6 +442,15 @@ pub fn declared(config: &Config) -> Vec<Declared> {
             policy: t.policy.as_ref().and_then(|p| serde_json::to_value(p).ok()),
         })
         .collect()
+}
+
+/// Starts the supervisors that are not running yet.
+fn start_all<K>(instances: &mut HashMap<K, Running>) {
+    for r in instances.values_mut() {
+        if r.supervisor.is_none() {
+            r.supervisor = Some(r.upstream.start());
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

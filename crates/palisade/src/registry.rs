@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use palisade_store::{Snapshot, Status};
+use palisade_store::{Snapshot, Status, Tenant as StoredTenant};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::apikey::KEY_PREFIX;
@@ -68,11 +68,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry from a snapshot, resolving server names against the running
-    /// upstreams. `previous` hands over the close tokens of tenants that stay active.
+    /// Builds the registry from a snapshot; `resolve` names the upstream instance that serves
+    /// a tenant's server (shared, or the tenant's own), if it runs. `previous` hands over the
+    /// close tokens of tenants that stay active.
     pub fn build(
         snapshot: Snapshot,
-        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+        resolve: &mut dyn FnMut(&StoredTenant, &str) -> Option<Arc<Upstream>>,
         previous: &Registry,
     ) -> Registry {
         let mut policies: HashMap<String, serde_json::Value> =
@@ -95,7 +96,7 @@ impl Registry {
                 .servers
                 .iter()
                 .filter(|s| policy.allows_server(s))
-                .filter_map(|s| upstreams.get(s.as_str()).cloned())
+                .filter_map(|s| resolve(&t, s))
                 .collect();
             let id: Arc<str> = t.id.as_str().into();
             let closed = match previous.tenants.get(&id) {

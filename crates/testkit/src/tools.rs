@@ -204,7 +204,7 @@ fn definitions() -> Vec<Value> {
         ),
         def(
             "whoami",
-            "Returns the request _meta and the TENANT_ID environment variable",
+            "Returns the request _meta, the TENANT_ID environment variable, and the process's pid, working directory and whole environment",
             json!({}),
             &[],
         ),
@@ -370,8 +370,21 @@ pub async fn call(
         "whoami" => {
             let meta = serde_json::to_value(&ctx.meta).unwrap_or_else(|_| json!({}));
             let tenant = std::env::var("TENANT_ID").ok();
+            let env: serde_json::Map<String, Value> = std::env::vars()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
             Ok(text(
-                json!({ "meta": meta, "tenant_env": tenant }).to_string(),
+                json!({
+                    "meta": meta,
+                    "tenant_env": tenant,
+                    "pid": std::process::id(),
+                    "cwd": cwd,
+                    "env": env,
+                })
+                .to_string(),
             ))
         }
         "count" => count().await,

@@ -59,8 +59,11 @@ keys = ["{globex}"]
     );
     let config = Config::from_toml(&toml)?;
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let database_url = format!("sqlite://{}", data_dir.join("palisade.db").display());
-    let served = super::serve_with_pepper(config, pepper, &database_url, None, |_| {
+    let paths = crate::config::DataPaths {
+        database_url: format!("sqlite://{}", data_dir.join("palisade.db").display()),
+        data_dir: data_dir.clone(),
+    };
+    let served = super::serve_with_pepper(config, pepper, &paths, None, |_| {
         println!();
         println!("Palisade demo: tenants acme and globex share the upstream `kit` (palisade-testkit over stdio).");
         println!("Tool names are namespaced: kit__echo, kit__add, kit__progress, …\n");

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::auth::apikey::Pepper;
-use crate::config::Config;
+use crate::config::{Config, DataPaths};
 use crate::gateway::Gateway;
 use crate::http::{self, Bound};
 pub use onboard::{KeyCommand, PolicyCommand, StoreArgs, TenantCommand};
@@ -91,9 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { store } => {
             let config = load(&store.config)?;
-            let url = store.database_url(&config);
+            let paths = store.paths(&config);
             let path = store.config.clone();
-            serve_with(config, &url, Some(path), |_| {}).await
+            serve_with(config, &paths, Some(path), |_| {}).await
         }
         Command::Check { config } => {
             let c = load(&config)?;
@@ -153,25 +153,25 @@ pub async fn open_store(url: &str) -> anyhow::Result<palisade_store::Store> {
 /// changes to the file reload it. `on_bound` sees the bound addresses before serving starts.
 pub async fn serve_with(
     config: Config,
-    database_url: &str,
+    paths: &DataPaths,
     config_path: Option<PathBuf>,
     on_bound: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
     let pepper = pepper_or_random(&config)?;
-    serve_with_pepper(config, pepper, database_url, config_path, on_bound).await
+    serve_with_pepper(config, pepper, paths, config_path, on_bound).await
 }
 
 /// [`serve_with`] with a given pepper (the demo makes its own).
 pub async fn serve_with_pepper(
     config: Config,
     pepper: Pepper,
-    database_url: &str,
+    paths: &DataPaths,
     config_path: Option<PathBuf>,
     on_bound: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
-    let store = open_store(database_url).await?;
+    let store = open_store(&paths.database_url).await?;
     let bound = Bound::bind(config.listen.mcp, config.listen.admin).await?;
-    let gw = Gateway::open(config, pepper, store).await?;
+    let gw = Gateway::open(config, pepper, store, paths.data_dir.clone()).await?;
     let mcp_addr = bound.mcp.local_addr()?;
     let admin_addr = bound.admin.local_addr()?;
     on_bound(&bound);

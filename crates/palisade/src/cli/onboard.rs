@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use palisade_store::Store;
 
 use crate::auth::apikey::{Pepper, generate_key};
-use crate::config::Config;
+use crate::config::{Config, DataPaths};
 use crate::onboarding::{CreateTenant, IssueKey, Onboarding};
 use crate::policy::Policy;
 
@@ -25,16 +25,19 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub fn database_url(&self, config: &Config) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| config.database_url(self.config.parent().unwrap_or(Path::new("."))))
+    /// The config's data paths, with `--database-url` taking precedence.
+    pub fn paths(&self, config: &Config) -> DataPaths {
+        let mut paths = config.data_paths(self.config.parent().unwrap_or(Path::new(".")));
+        if let Some(url) = &self.database_url {
+            paths.database_url = url.clone();
+        }
+        paths
     }
 
     async fn open(&self) -> anyhow::Result<Opened> {
         let config = Config::load(&self.config)?;
         let pepper = super::pepper_or_random(&config)?;
-        let store = super::open_store(&self.database_url(&config)).await?;
+        let store = super::open_store(&self.paths(&config).database_url).await?;
         Ok(Opened {
             config,
             pepper,

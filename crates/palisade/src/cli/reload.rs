@@ -51,7 +51,7 @@ async fn reload(gw: &Gateway, path: &Path) {
             return;
         }
     };
-    if config.database_url(Path::new("")) != gw.config().database_url(Path::new("")) {
+    if config.data_paths(Path::new("")) != gw.config().data_paths(Path::new("")) {
         tracing::warn!("storage settings changed: they take effect at the next restart");
     }
     match gw.reload(config).await {

@@ -18,6 +18,7 @@ pub mod handshake;
 pub mod http;
 mod lists;
 pub mod stdio;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 use attribution::{Owner, TRAILING, owner};
 pub use handshake::UpstreamInfo;
 use lists::CachedList;
+pub use template::TenantContext;
 
 /// Why a call did not get an answer from its upstream. Messages name the upstream and never
 /// include request data.
@@ -177,6 +179,8 @@ enum Readiness {
     Starting,
     Ready(Arc<Link>),
     Down(String),
+    /// An on-demand instance with no process: it starts on the next use.
+    Idle,
     Stopped,
 }
 
@@ -233,6 +237,23 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     http_client: reqwest::Client,
+    /// Dedicated placement: the tenant whose instance this is, and its template's context.
+    pub tenant: Option<TenantContext>,
+    /// How metrics and logs name this instance: the server, or `server/tenant`.
+    label: Arc<str>,
+    /// On-demand instances (dedicated placement) start on first use and stop when idle.
+    on_demand: Option<OnDemand>,
+}
+
+/// Lazy start and idle stop of a dedicated instance.
+struct OnDemand {
+    /// Stop after this long without use; `None` keeps it running once started.
+    idle: Option<Duration>,
+    wanted: std::sync::atomic::AtomicBool,
+    demand: tokio::sync::Notify,
+    /// Last use, in milliseconds since `epoch`.
+    last_used: AtomicU64,
+    epoch: Instant,
 }
 
 /// The client side of one call in flight. Dropping it before the outcome cancels the call
@@ -294,15 +315,52 @@ impl Drop for CallHandle {
 }
 
 impl Upstream {
+    /// A shared instance: one for every tenant, kept running.
     pub fn new(
         config: config::Server,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
+        Upstream::build(config, None, metrics, shutdown, http_client)
+    }
+
+    /// A tenant's own instance of a dedicated server: started on first use from the server's
+    /// template filled for the tenant, stopped after `idle_secs` without use.
+    pub fn dedicated(
+        config: config::Server,
+        tenant: TenantContext,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        http_client: reqwest::Client,
+    ) -> Arc<Upstream> {
+        Upstream::build(config, Some(tenant), metrics, shutdown, http_client)
+    }
+
+    fn build(
+        config: config::Server,
+        tenant: Option<TenantContext>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        http_client: reqwest::Client,
+    ) -> Arc<Upstream> {
         let (readiness, _) = watch::channel(Readiness::Starting);
         let (notices, _) = broadcast::channel(64);
+        let label: Arc<str> = match &tenant {
+            Some(t) => format!("{}/{}", config.name, t.tenant).into(),
+            None => config.name.as_str().into(),
+        };
+        let on_demand = tenant.as_ref().map(|_| OnDemand {
+            idle: (config.idle_secs > 0).then(|| Duration::from_secs(config.idle_secs)),
+            wanted: std::sync::atomic::AtomicBool::new(false),
+            demand: tokio::sync::Notify::new(),
+            last_used: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
         Arc::new(Upstream {
+            tenant,
+            label,
+            on_demand,
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
@@ -348,6 +406,21 @@ impl Upstream {
     }
 
     async fn link(&self, wait: Duration) -> Result<Arc<Link>, UpstreamError> {
+        if let Some(od) = &self.on_demand {
+            od.last_used
+                .store(od.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            od.wanted.store(true, Ordering::Release);
+            match &*self.readiness.borrow() {
+                Readiness::Ready(_) => {}
+                // A tenant's own instance that is down is restarting with backoff: its calls
+                // fail at once with the reason rather than queueing behind a crash loop.
+                Readiness::Down(reason) => {
+                    return Err(self.unavailable(format!("{reason}; restarting with backoff")));
+                }
+                // One stored permit wakes the supervisor, however many callers ask.
+                _ => od.demand.notify_one(),
+            }
+        }
         let mut rx = self.readiness.subscribe();
         let waited = tokio::time::timeout(wait, async {
             loop {
@@ -356,7 +429,11 @@ impl Upstream {
                     Readiness::Stopped => {
                         return Err("the gateway is shutting down".to_string());
                     }
-                    Readiness::Starting | Readiness::Down(_) => {}
+                    // A tenant's own instance that failed to start says why at once.
+                    Readiness::Down(reason) if self.on_demand.is_some() => {
+                        return Err(reason.clone());
+                    }
+                    Readiness::Starting | Readiness::Down(_) | Readiness::Idle => {}
                 }
                 if rx.changed().await.is_err() {
                     return Err("the gateway is shutting down".to_string());
@@ -726,6 +803,15 @@ impl Upstream {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            if let Some(od) = &self.on_demand
+                && !od.wanted.load(Ordering::Acquire)
+            {
+                self.readiness.send_replace(Readiness::Idle);
+                tokio::select! {
+                    _ = od.demand.notified() => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+            }
             self.readiness.send_replace(Readiness::Starting);
             let started = Instant::now();
             let generation = self.next_link.fetch_add(1, Ordering::Relaxed);
@@ -736,19 +822,39 @@ impl Upstream {
             let reason = tokio::select! {
                 r = connect => match r {
                     Ok(Ok(link)) => {
-                        tracing::info!(server = %self.name, era = ?link.info().era, version = %link.info().protocol_version, "upstream connected");
+                        tracing::info!(server = %self.label, era = ?link.info().era, version = %link.info().protocol_version, "upstream connected");
                         self.invalidate_all();
-                        self.metrics.upstream_up(&self.name, true);
+                        self.metrics.upstream_up(&self.label, true);
                         self.readiness.send_replace(Readiness::Ready(link.clone()));
                         for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
                             let _ = self.notices.send(Notice::ListChanged(kind));
                         }
-                        tokio::select! {
-                            _ = link.closed.cancelled() => {}
-                            _ = self.shutdown.cancelled() => link.close("the gateway is shutting down".into()),
-                        }
-                        self.metrics.upstream_up(&self.name, false);
+                        let idled = tokio::select! {
+                            _ = link.closed.cancelled() => false,
+                            _ = self.shutdown.cancelled() => {
+                                link.close("the gateway is shutting down".into());
+                                false
+                            }
+                            _ = self.idle() => {
+                                link.close("stopped after being idle".into());
+                                true
+                            }
+                        };
+                        self.metrics.upstream_up(&self.label, false);
                         let reason = link.reason();
+                        if idled {
+                            // Idle first, then not wanted: a caller from now on leaves a
+                            // permit that starts the instance again.
+                            self.readiness.send_replace(Readiness::Idle);
+                            if let Some(od) = &self.on_demand {
+                                od.wanted.store(false, Ordering::Release);
+                            }
+                            self.fail_calls_on(generation, &reason);
+                            link.transport.stop().await;
+                            tracing::info!(server = %self.label, "idle instance stopped");
+                            attempt = 0;
+                            continue;
+                        }
                         self.readiness.send_replace(Readiness::Down(reason.clone()));
                         self.fail_calls_on(generation, &reason);
                         link.transport.stop().await;
@@ -766,10 +872,10 @@ impl Upstream {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            self.metrics.upstream_restart(&self.name);
+            self.metrics.upstream_restart(&self.label);
             let delay = backoff(attempt);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(server = %self.name, %reason, retry_in_ms = delay.as_millis() as u64, "upstream down");
+            tracing::warn!(server = %self.label, %reason, retry_in_ms = delay.as_millis() as u64, "upstream down");
             self.readiness.send_replace(Readiness::Down(reason));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -779,13 +885,57 @@ impl Upstream {
         self.readiness.send_replace(Readiness::Stopped);
     }
 
+    /// Resolves when an on-demand instance has had no client call in flight and no use for
+    /// its idle time; never for a shared one.
+    async fn idle(&self) {
+        let Some((od, idle)) = self
+            .on_demand
+            .as_ref()
+            .and_then(|od| od.idle.map(|i| (od, i)))
+        else {
+            return std::future::pending().await;
+        };
+        let mut tick = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        loop {
+            tick.tick().await;
+            let now = od.epoch.elapsed().as_millis() as u64;
+            let unused_for = now.saturating_sub(od.last_used.load(Ordering::Relaxed));
+            // The gateway's own long-lived calls (its `subscriptions/listen`) are not use.
+            let busy = self
+                .lock_calls()
+                .values()
+                .any(|c| matches!(c.route, Route::Client { .. }));
+            if unused_for >= idle.as_millis() as u64 && !busy {
+                return;
+            }
+        }
+    }
+
     /// Opens a transport and performs the MCP handshake on it.
     async fn connect(self: &Arc<Self>, generation: u64) -> Result<Arc<Link>, String> {
         let (transport, inbox) = if let Some(stdio) = &self.config.stdio {
+            let filled;
+            let stdio = match &self.tenant {
+                Some(ctx) => {
+                    filled = template::stdio_for(stdio, ctx)?;
+                    &filled
+                }
+                None => stdio,
+            };
             let (t, inbox) =
                 stdio::StdioTransport::spawn(&self.name, stdio).map_err(|e| e.to_string())?;
             (Transport::Stdio(t), Some(inbox))
         } else if let Some(http) = &self.config.http {
+            let filled;
+            let http = match &self.tenant {
+                Some(ctx) => {
+                    filled = template::http_for(http, ctx)?;
+                    &filled
+                }
+                None => http,
+            };
             (
                 Transport::Http(http::HttpTransport::new(self.http_client.clone(), http)?),
                 None,

@@ -1,0 +1,263 @@
+//! Templates of dedicated servers: `${tenant.id}` and `${secret:NAME}` in a server's command,
+//! args, env values, cwd, URL and header values, filled for one tenant each time its instance
+//! starts.
+//!
+//! Secret values are read from the gateway host at that moment (so a rotated file is picked up
+//! by the next start) and exist only in the child's command line or environment: errors name
+//! the secret, never its value. A stdio instance runs in its tenant's working directory unless
+//! the template names another.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Http, SecretSource, Server, Stdio};
+
+/// What a template is filled with for one tenant.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantContext {
+    pub tenant: Arc<str>,
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `<data>/tenants/<tenant>/<server>`, created before the instance starts.
+    pub workdir: PathBuf,
+}
+
+impl std::fmt::Debug for TenantContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantContext")
+            .field("tenant", &self.tenant)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("workdir", &self.workdir)
+            .finish()
+    }
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    TenantId,
+    Secret(&'a str),
+}
+
+/// Splits a template into text and placeholders.
+fn parse(text: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        pieces.push(Piece::Text(&rest[..start]));
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in `{text}`"))?;
+        let name = &after[..end];
+        pieces.push(match name {
+            "tenant.id" => Piece::TenantId,
+            _ => match name.strip_prefix("secret:") {
+                Some(secret) if valid_secret_name(secret) => Piece::Secret(secret),
+                _ => {
+                    return Err(format!(
+                        "unknown placeholder `${{{name}}}`: use ${{tenant.id}} or ${{secret:NAME}}"
+                    ));
+                }
+            },
+        });
+        rest = &after[end + 1..];
+    }
+    pieces.push(Piece::Text(rest));
+    Ok(pieces)
+}
+
+/// Checks a template; `true` if it has placeholders.
+pub fn check(text: &str) -> Result<bool, String> {
+    Ok(parse(text)?.iter().any(|p| !matches!(p, Piece::Text(_))))
+}
+
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every templated field of a server, with its config key (for errors).
+pub fn fields(s: &Server) -> impl Iterator<Item = (String, &str)> {
+    let mut out: Vec<(String, &str)> = Vec::new();
+    if let Some(stdio) = &s.stdio {
+        out.push(("stdio.command".into(), &stdio.command));
+        for (i, a) in stdio.args.iter().enumerate() {
+            out.push((format!("stdio.args[{i}]"), a));
+        }
+        for (k, v) in &stdio.env {
+            out.push((format!("stdio.env.{k}"), v));
+        }
+        if let Some(cwd) = stdio.cwd.as_ref().and_then(|c| c.to_str()) {
+            out.push(("stdio.cwd".into(), cwd));
+        }
+    }
+    if let Some(http) = &s.http {
+        out.push(("http.url".into(), &http.url));
+        for (k, v) in &http.headers {
+            out.push((format!("http.headers.{k}"), v));
+        }
+    }
+    out.into_iter()
+}
+
+/// Fills a template for a tenant.
+pub fn render(text: &str, ctx: &TenantContext) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for piece in parse(text)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::TenantId => out.push_str(&ctx.tenant),
+            Piece::Secret(name) => out.push_str(&secret(ctx, name)?),
+        }
+    }
+    Ok(out)
+}
+
+fn secret(ctx: &TenantContext, name: &str) -> Result<String, String> {
+    let source = ctx.secrets.get(name).ok_or_else(|| {
+        format!(
+            "tenant `{}` has no secret `{name}`: add it under [tenants.secrets]",
+            ctx.tenant
+        )
+    })?;
+    let value = match (&source.env, &source.file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            format!(
+                "secret `{name}` of tenant `{}`: environment variable {var} is not set",
+                ctx.tenant
+            )
+        })?,
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "secret `{name}` of tenant `{}`: cannot read {}: {}",
+                ctx.tenant,
+                path.display(),
+                e.kind()
+            )
+        })?,
+        (None, None) => return Err(format!("secret `{name}` has no source")),
+    };
+    Ok(value
+        .strip_suffix('\n')
+        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+        .unwrap_or(&value)
+        .to_owned())
+}
+
+/// A stdio template filled for a tenant; it runs in the tenant's working directory unless the
+/// template names one.
+pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext) -> Result<Stdio, String> {
+    let cwd = match &cfg.cwd {
+        Some(c) => PathBuf::from(render(&c.to_string_lossy(), ctx)?),
+        None => ctx.workdir.clone(),
+    };
+    std::fs::create_dir_all(&cwd)
+        .map_err(|e| format!("cannot create the working directory {}: {e}", cwd.display()))?;
+    Ok(Stdio {
+        command: render(&cfg.command, ctx)?,
+        args: cfg
+            .args
+            .iter()
+            .map(|a| render(a, ctx))
+            .collect::<Result<_, _>>()?,
+        env: cfg
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), render(v, ctx)?)))
+            .collect::<Result<_, String>>()?,
+        cwd: Some(cwd),
+        max_line_bytes: cfg.max_line_bytes,
+    })
+}
+
+/// An HTTP template filled for a tenant (a per-tenant URL, e.g. one pod per tenant).
+pub fn http_for(cfg: &Http, ctx: &TenantContext) -> Result<Http, String> {
+    Ok(Http {
+        url: render(&cfg.url, ctx)?,
+        headers: cfg
+            .headers
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), render(v, ctx)?)))
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dir: &std::path::Path) -> TenantContext {
+        let mut secrets = BTreeMap::new();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        secrets.insert(
+            "token".into(),
+            SecretSource {
+                env: None,
+                file: Some(file),
+            },
+        );
+        secrets.insert(
+            "missing_env".into(),
+            SecretSource {
+                env: Some("PALISADE_TEST_SURELY_UNSET_VAR".into()),
+                file: None,
+            },
+        );
+        TenantContext {
+            tenant: "acme".into(),
+            secrets,
+            workdir: dir.join("tenants/acme/kit"),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(dir.path());
+        assert_eq!(
+            render("--tenant=${tenant.id} ${secret:token}!", &c).unwrap(),
+            "--tenant=acme s3cret!"
+        );
+        assert_eq!(render("plain", &c).unwrap(), "plain");
+    }
+
+    #[test]
+    fn errors_name_the_secret_not_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(dir.path());
+        let e = render("${secret:nope}", &c).unwrap_err();
+        assert!(e.contains("nope") && e.contains("[tenants.secrets]"), "{e}");
+        let e = render("${secret:missing_env}", &c).unwrap_err();
+        assert!(e.contains("PALISADE_TEST_SURELY_UNSET_VAR"), "{e}");
+        assert!(
+            check("${tenant.name}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(check("${tenant.id").unwrap_err().contains("closing"));
+        assert!(!check("no placeholders").unwrap());
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn stdio_runs_in_the_tenant_workdir() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(dir.path());
+        let cfg = Stdio {
+            command: "/bin/server".into(),
+            args: vec!["${tenant.id}".into()],
+            env: [("TOKEN".to_owned(), "${secret:token}".to_owned())].into(),
+            cwd: None,
+            max_line_bytes: 1024,
+        };
+        let filled = stdio_for(&cfg, &c).unwrap();
+        assert_eq!(filled.args, ["acme"]);
+        assert_eq!(filled.env["TOKEN"], "s3cret");
+        assert_eq!(filled.cwd.as_deref(), Some(c.workdir.as_path()));
+        assert!(c.workdir.is_dir());
+    }
+}

@@ -1,0 +1,228 @@
+//! Dedicated placement through the real gateway: each tenant's own instance of a server,
+//! started from the template on first use, in its own working directory with exactly the
+//! configured environment; stopped when idle, when the tenant is suspended, and restarted after
+//! a crash without disturbing other tenants.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gw, alive, children_of, stored_hash, testkit};
+use serde_json::{Value, json};
+
+const ACME_KEY: &str = "pal_dedicated_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const GLOBEX_KEY: &str = "pal_dedicated_globex_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// A gateway whose server `kit` is dedicated (with `server_extra` keys), and tenants `acme`
+/// and `globex`, each with a `token` secret read from a file.
+async fn dedicated(server_extra: &str) -> (Gw, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let mut tenants = String::new();
+    for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
+        let file = secrets.path().join(id);
+        std::fs::write(&file, format!("{id}-secret\n")).unwrap();
+        tenants.push_str(&format!(
+            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n[tenants.secrets]\ntoken = {{ file = \"{}\" }}\n",
+            stored_hash(key),
+            file.display()
+        ));
+    }
+    let server = format!(
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n{server_extra}\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ TENANT_ID = \"${{tenant.id}}\", TOKEN = \"${{secret:token}}\" }}\n",
+        testkit().display()
+    );
+    let gw = Gw::start_with(&server, &[], &tenants);
+    wait_healthy(&gw).await;
+    (gw, secrets)
+}
+
+/// `/readyz` concerns shared upstreams; with only dedicated ones, wait for the listener.
+async fn wait_healthy(gw: &Gw) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .http
+        .get(format!("{}/healthz", gw.admin))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "gateway not up: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The instance's answer to `whoami`: pid, cwd and environment.
+async fn whoami(gw: &Gw, key: &str) -> Value {
+    let s = gw.legacy_as(key).await;
+    let a = s.call(1, "whoami", json!({})).await;
+    let text = common::text(a.response());
+    serde_json::from_str(text).unwrap_or_else(|_| panic!("whoami: {:?}", a.messages))
+}
+
+fn pid_of(who: &Value) -> u32 {
+    who["pid"].as_u64().expect("pid") as u32
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_tenant_gets_its_own_instance_on_first_use() {
+    let (gw, _secrets) = dedicated("").await;
+    assert!(
+        children_of(gw.pid()).is_empty(),
+        "no process before first use"
+    );
+
+    let acme = whoami(&gw, ACME_KEY).await;
+    let acme_pid = pid_of(&acme);
+    assert_eq!(children_of(gw.pid()), vec![acme_pid]);
+    assert!(
+        acme["cwd"].as_str().unwrap().ends_with("tenants/acme/kit"),
+        "{acme}"
+    );
+    // Exactly the configured environment (and the default PATH): nothing of the gateway's.
+    assert_eq!(
+        acme["env"],
+        json!({
+            "TENANT_ID": "acme",
+            "TOKEN": "acme-secret",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        })
+    );
+
+    let globex = whoami(&gw, GLOBEX_KEY).await;
+    assert_ne!(pid_of(&globex), acme_pid);
+    assert_eq!(globex["env"]["TOKEN"], "globex-secret");
+    assert!(
+        globex["cwd"]
+            .as_str()
+            .unwrap()
+            .ends_with("tenants/globex/kit")
+    );
+    let mut kids = children_of(gw.pid());
+    kids.sort();
+    let mut want = vec![acme_pid, pid_of(&globex)];
+    want.sort();
+    assert_eq!(kids, want);
+
+    // Many sessions of one tenant share its instance.
+    assert_eq!(pid_of(&whoami(&gw, ACME_KEY).await), acme_pid);
+}
+
+#[tokio::test]
+async fn idle_instances_stop_and_start_again() {
+    let (gw, _secrets) = dedicated("idle_secs = 1").await;
+    let first = pid_of(&whoami(&gw, ACME_KEY).await);
+    assert!(alive(first));
+    wait_until("the idle instance stops", Duration::from_secs(5), || {
+        !alive(first)
+    })
+    .await;
+    assert!(children_of(gw.pid()).is_empty());
+    let second = pid_of(&whoami(&gw, ACME_KEY).await);
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn suspending_a_tenant_stops_its_instance_only() {
+    let (gw, _secrets) = dedicated("").await;
+    let acme = pid_of(&whoami(&gw, ACME_KEY).await);
+    let globex = pid_of(&whoami(&gw, GLOBEX_KEY).await);
+    let out = gw.cli(&["tenant", "suspend", "acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the suspended tenant's process stops",
+        Duration::from_secs(2),
+        || !alive(acme),
+    )
+    .await;
+    assert!(alive(globex));
+    assert_eq!(pid_of(&whoami(&gw, GLOBEX_KEY).await), globex);
+}
+
+#[tokio::test]
+async fn a_killed_instance_fails_its_call_only_and_restarts() {
+    let (gw, _secrets) = dedicated("").await;
+    let acme = pid_of(&whoami(&gw, ACME_KEY).await);
+    let globex_session = gw.legacy_as(GLOBEX_KEY).await;
+    let acme_session = gw.legacy_as(ACME_KEY).await;
+
+    let slow = acme_session.call(1, "slow", json!({"ms": 3000}));
+    let others = async {
+        let mut ok = 0;
+        for i in 0..20 {
+            let a = globex_session
+                .call(100 + i, "echo", json!({"message": "still here"}))
+                .await;
+            if common::text(a.response()) == "still here" {
+                ok += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ok
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(acme as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (slow, ok, ()) = tokio::join!(slow, others, kill);
+    let error = &slow.response()["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "the killed call must get an error: {:?}",
+        slow.messages
+    );
+    assert_eq!(ok, 20, "every call of the other tenant succeeds");
+
+    // The next call of that tenant runs on a new process (after the restart backoff).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = acme_session
+            .call(2, "echo", json!({"message": "again"}))
+            .await;
+        if common::text(a.response()) == "again" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart: {:?}", a.messages);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(pid_of(&whoami(&gw, ACME_KEY).await), acme);
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_named_and_its_value_never_shown() {
+    let (gw, secrets) = dedicated("").await;
+    std::fs::remove_file(secrets.path().join("acme")).unwrap();
+    let s = gw.legacy_as(ACME_KEY).await;
+    let a = s.call(1, "echo", json!({"message": "x"})).await;
+    let msg = a.response()["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("secret `token`") && msg.contains("acme"),
+        "{:?}",
+        a.messages
+    );
+    // A crash loop answers at once while backing off, instead of queueing calls behind it.
+    let started = Instant::now();
+    let a = s.call(2, "echo", json!({"message": "x"})).await;
+    assert!(a.response()["error"].is_object());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!gw.log().contains("globex-secret"));
+}
