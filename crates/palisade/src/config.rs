@@ -221,6 +221,14 @@ pub struct Server {
     /// the next call); 0 keeps it running.
     #[serde(default = "default_idle_secs")]
     pub idle_secs: u64,
+    /// Dedicated placement: replace a tenant's process after it served this many calls
+    /// (0: never), once no call is in flight.
+    #[serde(default)]
+    pub max_calls_per_process: u64,
+    /// Dedicated placement: replace a tenant's process after this many seconds (0: never),
+    /// once no call is in flight.
+    #[serde(default)]
+    pub max_age_secs: u64,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,

@@ -159,6 +159,29 @@ impl Gateway {
         ups
     }
 
+    /// A tenant's own instances (dedicated servers), by server name.
+    pub fn instances_of(&self, tenant: &str) -> Vec<Arc<Upstream>> {
+        let mut list: Vec<Arc<Upstream>> = lock(&self.dedicated)
+            .iter()
+            .filter(|((t, _), _)| &**t == tenant)
+            .map(|(_, r)| r.upstream.clone())
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Updates the gauges of tenants' instances by server and state (at each scrape).
+    pub fn observe_instances(&self) {
+        let mut census: HashMap<(String, &'static str), i64> = HashMap::new();
+        for r in lock(&self.dedicated).values() {
+            let state = r.upstream.state();
+            *census
+                .entry((r.upstream.name.to_string(), state))
+                .or_default() += 1;
+        }
+        self.metrics.instances_observed(&census);
+    }
+
     /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping,
     /// registry refresh, last-use flushing.
     pub fn start(self: &Arc<Self>) {

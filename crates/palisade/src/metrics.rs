@@ -4,6 +4,8 @@
 //! listed them (anything else is `other`), outcomes and reasons from fixed sets. No label ever
 //! carries a session id, a credential or request data (invariant 4).
 
+use std::collections::HashMap;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -86,6 +88,16 @@ pub struct Metrics {
     list_failures: Family<ListLabels, Counter>,
     config_reloads: Family<OutcomeOnly, Counter>,
     registry_refresh_failures: Counter,
+    instance_starts: Family<ServerLabels, Counter>,
+    instance_crashes: Family<ServerLabels, Counter>,
+    instance_start_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    instances: Family<InstanceLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    server: String,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,9 +187,40 @@ impl Metrics {
             "Failed reads of the registry store (the last snapshot keeps serving)",
             registry_refresh_failures.clone(),
         );
+        let instance_starts = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "dedicated_starts",
+            "Tenants' own instances started (spawn and handshake succeeded), by server",
+            instance_starts.clone(),
+        );
+        let instance_crashes = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "dedicated_crashes",
+            "Tenants' own instances that exited or failed unasked, by server",
+            instance_crashes.clone(),
+        );
+        let instance_start_seconds =
+            Family::<ServerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "dedicated_start_seconds",
+            "Time from spawn to a finished MCP handshake of a tenant's own instance",
+            instance_start_seconds.clone(),
+        );
+        let instances = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "dedicated_instances",
+            "Tenants' own instances by server and state (idle: no process)",
+            instances.clone(),
+        );
         Metrics {
             registry,
             list_failures,
+            instance_starts,
+            instance_crashes,
+            instance_start_seconds,
+            instances,
             config_reloads,
             registry_refresh_failures,
             call_seconds,
@@ -262,6 +305,39 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&OutcomeOnly { outcome })
             .inc();
+    }
+
+    /// A tenant's instance finished its handshake `seconds` after its spawn began.
+    pub fn instance_started(&self, server: &str, seconds: f64) {
+        let labels = ServerLabels {
+            server: server.to_owned(),
+        };
+        self.instance_starts.get_or_create(&labels).inc();
+        self.instance_start_seconds
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    pub fn instance_crashed(&self, server: &str) {
+        self.instance_crashes
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the instance gauges from a census of (server, state) → count; states absent from
+    /// it read 0.
+    pub fn instances_observed(&self, census: &HashMap<(String, &'static str), i64>) {
+        self.instances.clear();
+        for ((server, state), n) in census {
+            self.instances
+                .get_or_create(&InstanceLabels {
+                    server: server.clone(),
+                    state,
+                })
+                .set(*n);
+        }
     }
 
     pub fn registry_refresh_failed(&self) {

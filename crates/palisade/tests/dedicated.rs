@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 
 const ACME_KEY: &str = "pal_dedicated_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const GLOBEX_KEY: &str = "pal_dedicated_globex_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const ADMIN_KEY: &str = "pal_dedicated_admin_key_ccccccccccccccccccccccccccccccccc";
 
 /// A gateway whose server `kit` is dedicated (with `server_extra` keys), and tenants `acme`
 /// and `globex`, each with a `token` secret read from a file.
 async fn dedicated(server_extra: &str) -> (Gw, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
-    let mut tenants = String::new();
+    let mut tenants = format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(ADMIN_KEY));
     for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
         let file = secrets.path().join(id);
         std::fs::write(&file, format!("{id}-secret\n")).unwrap();
@@ -225,4 +226,120 @@ async fn a_missing_secret_is_named_and_its_value_never_shown() {
         started.elapsed()
     );
     assert!(!gw.log().contains("globex-secret"));
+}
+
+#[tokio::test]
+async fn operators_list_restart_and_drain_instances() {
+    let (gw, _secrets) = dedicated("").await;
+    let first = pid_of(&whoami(&gw, ACME_KEY).await);
+
+    let (status, body) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/processes",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let p = &body["processes"][0];
+    assert_eq!(p["server"], "kit");
+    assert_eq!(p["state"], "ready");
+    assert_eq!(p["pid"], first);
+    assert!(
+        p["calls"].as_u64().unwrap() >= 1 && p["rss_kib"].as_u64().unwrap() > 0,
+        "{p}"
+    );
+
+    // The CLI goes through the admin API of the running gateway.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(args)
+            .arg("--config")
+            .arg(&gw.config)
+            .arg("--admin-url")
+            .arg(&gw.admin)
+            .env("PALISADE_ADMIN_KEY", ADMIN_KEY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["process", "list", "acme"]);
+    assert!(
+        listed.contains("kit\tready") && listed.contains(&format!("pid={first}")),
+        "{listed}"
+    );
+
+    cli(&["process", "restart", "acme", "--server", "kit"]);
+    wait_until(
+        "the restarted process is gone",
+        Duration::from_secs(3),
+        || !alive(first),
+    )
+    .await;
+    let second = pid_of(&whoami(&gw, ACME_KEY).await);
+    assert_ne!(second, first);
+
+    let (status, _) = gw
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/acme/processes/drain",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_until("the drained process stops", Duration::from_secs(3), || {
+        !alive(second)
+    })
+    .await;
+    let (_, body) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/processes",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(body["processes"][0]["state"], "idle");
+    // acme's drained instance and globex's never-started one.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_dedicated_instances{server="kit",state="idle"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"palisade_dedicated_starts_total{server="kit"} 2"#));
+
+    let (status, _) = gw
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/acme/processes/restart",
+            Some(ADMIN_KEY),
+            Some(json!({"server": "nope"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn processes_are_recycled_after_max_calls() {
+    let (gw, _secrets) = dedicated("max_calls_per_process = 3").await;
+    let s = gw.legacy_as(ACME_KEY).await;
+    let mut pids = Vec::new();
+    for i in 0..8 {
+        let a = s.call(i, "whoami", json!({})).await;
+        let who: Value = serde_json::from_str(common::text(a.response())).unwrap();
+        pids.push(pid_of(&who));
+        // The supervisor notices between calls.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let distinct: std::collections::HashSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 2, "never recycled: {pids:?}");
+    let first_run = pids.iter().take_while(|p| **p == pids[0]).count();
+    assert!(first_run <= 3, "served more than 3 calls: {pids:?}");
 }

@@ -4,6 +4,7 @@
 
 pub mod demo;
 mod onboard;
+mod process;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// A tenant's own server instances (dedicated placement), in the running gateway.
+    Process {
+        #[command(subcommand)]
+        command: process::ProcessCommand,
+    },
 }
 
 pub fn init_logging(format: &str) {
@@ -113,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant { command } => onboard::tenant(command).await,
         Command::Key { command } => onboard::key(command).await,
         Command::Policy { command } => onboard::policy(command).await,
+        Command::Process { command } => process::run(command).await,
     }
 }
 

@@ -45,6 +45,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.observe_instances();
     (
         [(
             header::CONTENT_TYPE,

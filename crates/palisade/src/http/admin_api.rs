@@ -52,6 +52,15 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
             "/admin/v1/tenants/{tenant}/sessions/{session}",
             delete(revoke_session),
         )
+        .route("/admin/v1/tenants/{tenant}/processes", get(list_processes))
+        .route(
+            "/admin/v1/tenants/{tenant}/processes/restart",
+            post(restart_processes),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/processes/drain",
+            post(drain_processes),
+        )
         .layer(axum::middleware::from_fn_with_state(gw, gate))
         .route("/admin/v1/openapi.json", get(openapi))
 }
@@ -352,4 +361,68 @@ async fn revoke_session(
         })?;
     gw.sessions.remove(&session.id);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Which of a tenant's instances an operation concerns: all, or one server's.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InstanceFilter {
+    server: Option<String>,
+}
+
+/// The tenant's instances that `filter` selects; 404 when it names none.
+async fn instances(
+    gw: &Gateway,
+    tenant: &str,
+    filter: &InstanceFilter,
+) -> Result<Vec<Arc<crate::upstream::Upstream>>, Response> {
+    let config = gw.config();
+    ops(gw, &config).tenant(tenant).await.map_err(failed)?;
+    let list: Vec<_> = gw
+        .instances_of(tenant)
+        .into_iter()
+        .filter(|u| filter.server.as_deref().is_none_or(|s| *u.name == *s))
+        .collect();
+    if let (Some(server), true) = (&filter.server, list.is_empty()) {
+        return Err(error(
+            404,
+            "not_found",
+            &format!("tenant `{tenant}` has no instance of server `{server}` (is it dedicated?)"),
+        ));
+    }
+    Ok(list)
+}
+
+async fn list_processes(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let list = instances(&gw, &tenant, &InstanceFilter::default()).await?;
+    let processes: Vec<Value> = list.iter().map(|u| to_json(&u.status())).collect();
+    ok(StatusCode::OK, json!({ "processes": processes }))
+}
+
+async fn restart_processes(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let filter: InstanceFilter = parse(&body)?;
+    let list = instances(&gw, &tenant, &filter).await?;
+    for u in &list {
+        u.restart();
+    }
+    let servers: Vec<&str> = list.iter().map(|u| &*u.name).collect();
+    ok(StatusCode::ACCEPTED, json!({ "restarting": servers }))
+}
+
+async fn drain_processes(
+    State(gw): State<Arc<Gateway>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let filter: InstanceFilter = parse(&body)?;
+    let list = instances(&gw, &tenant, &filter).await?;
+    for u in &list {
+        u.drain();
+    }
+    let servers: Vec<&str> = list.iter().map(|u| &*u.name).collect();
+    ok(StatusCode::ACCEPTED, json!({ "draining": servers }))
 }

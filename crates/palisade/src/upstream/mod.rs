@@ -192,6 +192,9 @@ pub struct Link {
     transport: Transport,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
+    started: Instant,
+    /// Client calls sent on this link (for recycling and the process list).
+    calls: AtomicU64,
 }
 
 enum Transport {
@@ -254,6 +257,56 @@ struct OnDemand {
     /// Last use, in milliseconds since `epoch`.
     last_used: AtomicU64,
     epoch: Instant,
+    /// Set by an operator: restart now, or stop once no call is in flight.
+    restart: std::sync::atomic::AtomicBool,
+    drain: std::sync::atomic::AtomicBool,
+    poke: tokio::sync::Notify,
+}
+
+/// Why a healthy on-demand instance is stopped by its supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retire {
+    /// Unused for its idle time: stop until the next call.
+    Idle,
+    /// An operator drained it: stop once no call is in flight, until the next call.
+    Drain,
+    /// It served its calls or reached its age: replace it now.
+    Recycle,
+    /// An operator restarted it: replace it now.
+    Restart,
+}
+
+impl Retire {
+    fn reason(self) -> &'static str {
+        match self {
+            Retire::Idle => "stopped after being idle",
+            Retire::Drain => "drained by an operator",
+            Retire::Recycle => "recycled (max_calls_per_process or max_age_secs)",
+            Retire::Restart => "restarted by an operator",
+        }
+    }
+}
+
+/// An instance as the admin API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceStatus {
+    pub server: Arc<str>,
+    /// `idle` (no process), `starting`, `ready`, `down` (restarting with backoff) or `stopped`.
+    pub state: &'static str,
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+    /// Client calls served by the current process.
+    pub calls: u64,
+    pub rss_kib: Option<u64>,
+}
+
+/// A process's resident memory, from `/proc/PID/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The client side of one call in flight. Dropping it before the outcome cancels the call
@@ -356,6 +409,9 @@ impl Upstream {
             demand: tokio::sync::Notify::new(),
             last_used: AtomicU64::new(0),
             epoch: Instant::now(),
+            restart: std::sync::atomic::AtomicBool::new(false),
+            drain: std::sync::atomic::AtomicBool::new(false),
+            poke: tokio::sync::Notify::new(),
         });
         Arc::new(Upstream {
             tenant,
@@ -410,6 +466,7 @@ impl Upstream {
             od.last_used
                 .store(od.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             od.wanted.store(true, Ordering::Release);
+            od.drain.store(false, Ordering::Release);
             match &*self.readiness.borrow() {
                 Readiness::Ready(_) => {}
                 // A tenant's own instance that is down is restarting with backoff: its calls
@@ -486,6 +543,9 @@ impl Upstream {
         defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if matches!(route, Route::Client { .. }) {
+            link.calls.fetch_add(1, Ordering::Relaxed);
+        }
         let info = link.info();
         let (text, client_progress_token) =
             prepare_params(params, id, info.era, &info.protocol_version, defaults);
@@ -594,6 +654,12 @@ impl Upstream {
         if matches!(call.route, Route::Client { .. }) {
             let secs = (now_micros().saturating_sub(call.started)) as f64 / 1e6;
             self.metrics.upstream_latency(&self.name, secs);
+            // A finished call may make the instance due for recycling or done draining.
+            if let Some(od) = &self.on_demand
+                && (self.config.max_calls_per_process > 0 || od.drain.load(Ordering::Relaxed))
+            {
+                od.poke.notify_one();
+            }
         }
         // Only an HTTP upstream's GET stream can deliver messages after the response.
         if matches!(call.route, Route::Client { .. }) && self.config.http.is_some() {
@@ -823,35 +889,43 @@ impl Upstream {
                 r = connect => match r {
                     Ok(Ok(link)) => {
                         tracing::info!(server = %self.label, era = ?link.info().era, version = %link.info().protocol_version, "upstream connected");
+                        if self.on_demand.is_some() {
+                            self.metrics
+                                .instance_started(&self.name, started.elapsed().as_secs_f64());
+                        }
                         self.invalidate_all();
                         self.metrics.upstream_up(&self.label, true);
                         self.readiness.send_replace(Readiness::Ready(link.clone()));
                         for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
                             let _ = self.notices.send(Notice::ListChanged(kind));
                         }
-                        let idled = tokio::select! {
-                            _ = link.closed.cancelled() => false,
+                        let retired = tokio::select! {
+                            _ = link.closed.cancelled() => None,
                             _ = self.shutdown.cancelled() => {
                                 link.close("the gateway is shutting down".into());
-                                false
+                                None
                             }
-                            _ = self.idle() => {
-                                link.close("stopped after being idle".into());
-                                true
+                            why = self.retire(&link) => {
+                                link.close(why.reason().into());
+                                Some(why)
                             }
                         };
                         self.metrics.upstream_up(&self.label, false);
                         let reason = link.reason();
-                        if idled {
-                            // Idle first, then not wanted: a caller from now on leaves a
-                            // permit that starts the instance again.
-                            self.readiness.send_replace(Readiness::Idle);
-                            if let Some(od) = &self.on_demand {
-                                od.wanted.store(false, Ordering::Release);
+                        if let Some(why) = retired {
+                            if matches!(why, Retire::Idle | Retire::Drain) {
+                                // Idle first, then not wanted: a caller from now on leaves a
+                                // permit that starts the instance again.
+                                self.readiness.send_replace(Readiness::Idle);
+                                if let Some(od) = &self.on_demand {
+                                    od.wanted.store(false, Ordering::Release);
+                                }
+                            } else {
+                                self.readiness.send_replace(Readiness::Starting);
                             }
                             self.fail_calls_on(generation, &reason);
                             link.transport.stop().await;
-                            tracing::info!(server = %self.label, "idle instance stopped");
+                            tracing::info!(server = %self.label, %reason, "instance stopped");
                             attempt = 0;
                             continue;
                         }
@@ -873,6 +947,9 @@ impl Upstream {
                 break;
             }
             self.metrics.upstream_restart(&self.label);
+            if self.on_demand.is_some() {
+                self.metrics.instance_crashed(&self.name);
+            }
             let delay = backoff(attempt);
             attempt = attempt.saturating_add(1);
             tracing::warn!(server = %self.label, %reason, retry_in_ms = delay.as_millis() as u64, "upstream down");
@@ -885,31 +962,101 @@ impl Upstream {
         self.readiness.send_replace(Readiness::Stopped);
     }
 
-    /// Resolves when an on-demand instance has had no client call in flight and no use for
-    /// its idle time; never for a shared one.
-    async fn idle(&self) {
-        let Some((od, idle)) = self
-            .on_demand
-            .as_ref()
-            .and_then(|od| od.idle.map(|i| (od, i)))
-        else {
+    /// Resolves when a healthy on-demand instance should stop: an operator's restart at once;
+    /// otherwise, once no client call is in flight, a drain, a recycle (calls served or age),
+    /// or idleness. Never for a shared instance.
+    async fn retire(&self, link: &Link) -> Retire {
+        let Some(od) = &self.on_demand else {
             return std::future::pending().await;
         };
-        let mut tick = tokio::time::interval(
-            (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-        );
+        let cfg = &self.config;
+        let every = od
+            .idle
+            .map_or(Duration::from_secs(5), |i| i / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
         loop {
-            tick.tick().await;
-            let now = od.epoch.elapsed().as_millis() as u64;
-            let unused_for = now.saturating_sub(od.last_used.load(Ordering::Relaxed));
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = od.poke.notified() => {}
+            }
+            if od.restart.swap(false, Ordering::AcqRel) {
+                return Retire::Restart;
+            }
             // The gateway's own long-lived calls (its `subscriptions/listen`) are not use.
             let busy = self
                 .lock_calls()
                 .values()
                 .any(|c| matches!(c.route, Route::Client { .. }));
-            if unused_for >= idle.as_millis() as u64 && !busy {
-                return;
+            if busy {
+                continue;
             }
+            if od.drain.load(Ordering::Acquire) {
+                return Retire::Drain;
+            }
+            let served = link.calls.load(Ordering::Relaxed);
+            let too_old =
+                cfg.max_age_secs > 0 && link.started.elapsed().as_secs() >= cfg.max_age_secs;
+            if (cfg.max_calls_per_process > 0 && served >= cfg.max_calls_per_process) || too_old {
+                return Retire::Recycle;
+            }
+            let now = od.epoch.elapsed().as_millis() as u64;
+            let unused_for = now.saturating_sub(od.last_used.load(Ordering::Relaxed));
+            if od
+                .idle
+                .is_some_and(|idle| unused_for >= idle.as_millis() as u64)
+            {
+                return Retire::Idle;
+            }
+        }
+    }
+
+    /// An operator's restart: the current process (if any) is replaced now.
+    pub fn restart(&self) {
+        if let Some(od) = &self.on_demand {
+            od.restart.store(true, Ordering::Release);
+            od.poke.notify_one();
+        }
+    }
+
+    /// An operator's drain: the process stops once no call is in flight; the next call starts
+    /// a new one.
+    pub fn drain(&self) {
+        if let Some(od) = &self.on_demand {
+            od.drain.store(true, Ordering::Release);
+            od.poke.notify_one();
+        }
+    }
+
+    /// The instance's state, as the admin API and metrics name it.
+    pub fn state(&self) -> &'static str {
+        match &*self.readiness.borrow() {
+            Readiness::Starting => "starting",
+            Readiness::Ready(_) => "ready",
+            Readiness::Down(_) => "down",
+            Readiness::Idle => "idle",
+            Readiness::Stopped => "stopped",
+        }
+    }
+
+    /// The instance's state, process and calls, for the admin API.
+    pub fn status(&self) -> InstanceStatus {
+        let state = self.state();
+        let link = match &*self.readiness.borrow() {
+            Readiness::Ready(link) => Some(link.clone()),
+            _ => None,
+        };
+        let pid = link.as_ref().and_then(|l| match &l.transport {
+            Transport::Stdio(t) => Some(t.pid()),
+            Transport::Http(_) => None,
+        });
+        InstanceStatus {
+            server: self.name.clone(),
+            state,
+            pid,
+            uptime_secs: link.as_ref().map(|l| l.started.elapsed().as_secs()),
+            calls: link.as_ref().map_or(0, |l| l.calls.load(Ordering::Relaxed)),
+            rss_kib: pid.and_then(rss_kib),
         }
     }
 
@@ -949,6 +1096,8 @@ impl Upstream {
             transport,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            started: Instant::now(),
+            calls: AtomicU64::new(0),
         });
         if let (Transport::Stdio(t), Some(inbox)) = (&link.transport, inbox) {
             t.start_reader(self.clone(), link.clone(), inbox);

@@ -44,6 +44,11 @@ pub struct StdioTransport {
 }
 
 impl StdioTransport {
+    /// The child's pid (it leads its own process group).
+    pub fn pid(&self) -> u32 {
+        self.pgid.as_raw() as u32
+    }
+
     pub fn spawn(name: &Arc<str>, cfg: &config::Stdio) -> std::io::Result<(StdioTransport, Inbox)> {
         let mut cmd = Command::new(&cfg.command);
         cmd.args(&cfg.args)
