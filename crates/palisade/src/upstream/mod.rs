@@ -924,8 +924,13 @@ impl Upstream {
                                 self.readiness.send_replace(Readiness::Starting);
                             }
                             self.fail_calls_on(generation, &reason);
-                            link.transport.stop().await;
-                            tracing::info!(server = %self.label, %reason, "instance stopped");
+                            // The old process gets the graceful stop (stdin closed, then
+                            // signals) in the background: its replacement need not wait.
+                            let label = self.label.clone();
+                            tokio::spawn(async move {
+                                link.transport.stop().await;
+                                tracing::info!(server = %label, %reason, "instance stopped");
+                            });
                             attempt = 0;
                             continue;
                         }
