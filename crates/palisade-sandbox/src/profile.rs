@@ -293,3 +293,70 @@ impl Profile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_table_gets_the_defaults() {
+        let p: Profile = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, Profile::default());
+        assert!(p.enabled && p.seccomp && p.landlock.enabled);
+        assert_eq!(p.rlimits.nofile, 1024);
+        assert_eq!(p.cgroup.pids_max, Some(256));
+        assert_eq!(p.landlock.connect_ports, None);
+        assert!(p.landlock.read_only.contains(&PathBuf::from("/usr")));
+        assert!(p.validate().is_ok());
+    }
+
+    #[test]
+    fn fields_parse_and_unknown_keys_are_refused() {
+        let p: Profile = serde_json::from_str(
+            r#"{"cgroup": {"memory_mb": 64}, "landlock": {"connect_ports": []},
+                "namespaces": {"network": true}, "required": ["landlock", "nonewprivs"]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.cgroup.memory_mb, Some(64));
+        assert_eq!(p.cgroup.pids_max, Some(256));
+        assert_eq!(p.landlock.connect_ports, Some(vec![]));
+        assert!(p.namespaces.network && !p.namespaces.pid);
+        assert_eq!(p.required, vec![Layer::Landlock, Layer::NoNewPrivs]);
+        let err = serde_json::from_str::<Profile>(r#"{"cgroups": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `cgroups`"), "{err}");
+        let err = serde_json::from_str::<Profile>(r#"{"landlock": {"readonly": []}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `readonly`"),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<Profile>(r#"{"required": ["apparmor"]}"#).is_err());
+    }
+
+    #[test]
+    fn validate_names_the_key_at_fault() {
+        let check = |f: fn(&mut Profile)| {
+            let mut p = Profile::default();
+            f(&mut p);
+            p.validate().unwrap_err()
+        };
+        assert!(check(|p| p.rlimits.nofile = 2).contains("rlimits.nofile"));
+        assert!(check(|p| p.cgroup.pids_max = Some(0)).contains("cgroup.pids_max"));
+        assert!(check(|p| p.cgroup.cpu_percent = Some(0)).contains("cgroup.cpu_percent"));
+        assert!(check(|p| p.landlock.read_write = vec!["data".into()]).contains("read_write"));
+        let e = check(|p| {
+            p.seccomp = false;
+            p.required = vec![Layer::Seccomp];
+        });
+        assert!(
+            e.contains("\"seccomp\"") && e.contains("seccomp = false"),
+            "{e}"
+        );
+        let e = check(|p| p.required = vec![Layer::Namespaces]);
+        assert!(e.contains("no namespace"), "{e}");
+        let e = check(|p| {
+            p.enabled = false;
+            p.required = vec![Layer::Rlimits];
+        });
+        assert!(e.contains("sandbox.enabled = false"), "{e}");
+    }
+}
