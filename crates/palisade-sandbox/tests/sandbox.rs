@@ -384,6 +384,36 @@ fn seccomp_refuses_unshare_and_nothing_else_breaks() {
     for want in ["ls_ok", "subshell_ok", "thread_ok"] {
         assert!(out.stdout.contains(want), "{want}: {out:?}");
     }
+    if cfg!(target_arch = "x86_64") {
+        // clone(CLONE_NEWUSER) is refused, clone3 answers ENOSYS (libc falls back to clone),
+        // and the x32 syscall range cannot be used to get around the deny-list.
+        let code = "import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr, args in [('clone', 56, (0x10000000 | 17, 0, 0, 0, 0)), ('clone3', 435, (0, 0)), ('x32', 0x40000000 | 272, (0,))]:
+    r = libc.syscall(nr, *args)
+    if r == 0:
+        os._exit(0)
+    print(name, r, os.strerror(ctypes.get_errno()))";
+        let out = sh(
+            Profile::default(),
+            dir.path(),
+            None,
+            "/usr/bin/python3",
+            code,
+        );
+        assert!(
+            out.stdout.contains("clone -1 Operation not permitted"),
+            "{out:?}"
+        );
+        assert!(
+            out.stdout.contains("clone3 -1 Function not implemented"),
+            "{out:?}"
+        );
+        assert!(
+            out.stdout.contains("x32 -1 Operation not permitted"),
+            "{out:?}"
+        );
+    }
     let p = Profile {
         seccomp: false,
         ..Profile::default()
