@@ -229,6 +229,9 @@ pub struct Server {
     /// once no call is in flight.
     #[serde(default)]
     pub max_age_secs: u64,
+    /// Dedicated stdio servers: the sandbox each tenant's process runs in (`palisade doctor`
+    /// says what this host supports). Absent: no sandbox beyond the clean environment.
+    pub sandbox: Option<palisade_sandbox::Profile>,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,
@@ -460,6 +463,17 @@ impl Config {
                         .map(|has| any || has)
                         .map_err(|e| invalid(format!("{key}.{field}"), e))
                 })?;
+            if let Some(profile) = &s.sandbox {
+                if s.placement != Placement::Dedicated || s.stdio.is_none() {
+                    return Err(invalid(
+                        format!("{key}.sandbox"),
+                        "a sandbox applies to the processes of a dedicated stdio server: set placement = \"dedicated\" and use [servers.stdio]",
+                    ));
+                }
+                profile
+                    .validate()
+                    .map_err(|e| invalid(format!("{key}.sandbox"), e))?;
+            }
             if templated && s.placement == Placement::Shared {
                 return Err(invalid(
                     key,
@@ -653,7 +667,7 @@ pub struct DataPaths {
 /// The PATH a stdio child gets when its config sets none.
 pub const DEFAULT_CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

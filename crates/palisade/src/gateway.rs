@@ -173,13 +173,18 @@ impl Gateway {
     /// Updates the gauges of tenants' instances by server and state (at each scrape).
     pub fn observe_instances(&self) {
         let mut census: HashMap<(String, &'static str), i64> = HashMap::new();
+        let mut sandboxes: HashMap<(String, String), i64> = HashMap::new();
         for r in lock(&self.dedicated).values() {
             let state = r.upstream.state();
-            *census
-                .entry((r.upstream.name.to_string(), state))
-                .or_default() += 1;
+            let server = r.upstream.name.to_string();
+            if state == "ready" {
+                let level = r.upstream.sandbox_level().unwrap_or_else(|| "none".into());
+                *sandboxes.entry((server.clone(), level)).or_default() += 1;
+            }
+            *census.entry((server, state)).or_default() += 1;
         }
         self.metrics.instances_observed(&census);
+        self.metrics.sandboxes_observed(&sandboxes);
     }
 
     /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping,
@@ -419,6 +424,7 @@ impl Gateway {
         for s in sups {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }
+        crate::upstream::sandbox::cleanup();
     }
 }
 

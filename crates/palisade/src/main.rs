@@ -1,9 +1,16 @@
 //! The `palisade` binary: parses the command line, builds the runtime and hands over to
-//! [`palisade::cli`].
+//! [`palisade::cli`]. `palisade sandbox-exec PLAN` (the gateway's own re-exec helper) is handled
+//! first, before any thread starts.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The sandbox helper runs before any thread exists (no runtime, no logging): it applies
+    // the plan to this fresh process and execs the server.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "sandbox-exec") {
+        palisade::cli::sandbox_exec(args.next());
+    }
     let cli = palisade::cli::Cli::parse();
     palisade::cli::init_logging(&cli.log_format);
     let mut builder = match cli.worker_threads {

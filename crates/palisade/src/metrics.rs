@@ -92,6 +92,13 @@ pub struct Metrics {
     instance_crashes: Family<ServerLabels, Counter>,
     instance_start_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
     instances: Family<InstanceLabels, Gauge>,
+    sandboxes: Family<SandboxLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SandboxLabels {
+    server: String,
+    level: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,9 +221,16 @@ impl Metrics {
             "Tenants' own instances by server and state (idle: no process)",
             instances.clone(),
         );
+        let sandboxes = Family::<SandboxLabels, Gauge>::default();
+        registry.register(
+            "dedicated_sandboxed",
+            "Tenants' running processes by server and the sandbox layers they got (none: unsandboxed)",
+            sandboxes.clone(),
+        );
         Metrics {
             registry,
             list_failures,
+            sandboxes,
             instance_starts,
             instance_crashes,
             instance_start_seconds,
@@ -324,6 +338,19 @@ impl Metrics {
                 server: server.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the gauges of running processes by (server, sandbox level).
+    pub fn sandboxes_observed(&self, census: &HashMap<(String, String), i64>) {
+        self.sandboxes.clear();
+        for ((server, level), n) in census {
+            self.sandboxes
+                .get_or_create(&SandboxLabels {
+                    server: server.clone(),
+                    level: level.clone(),
+                })
+                .set(*n);
+        }
     }
 
     /// Sets the instance gauges from a census of (server, state) → count; states absent from

@@ -203,6 +203,24 @@ fn definitions() -> Vec<Value> {
             &[],
         ),
         def(
+            "fs_probe",
+            "Reads (or with write=true, writes) a file and says `ok` or the error: for sandbox tests",
+            json!({ "path": { "type": "string" }, "write": { "type": "boolean" } }),
+            &["path"],
+        ),
+        def(
+            "hog",
+            "Allocates and touches `mb` MiB of memory, then reports it: for memory-limit tests",
+            json!({ "mb": { "type": "integer" } }),
+            &["mb"],
+        ),
+        def(
+            "spawn_children",
+            "Starts up to `n` `sleep 30` children and reports how many started: for pids-limit tests",
+            json!({ "n": { "type": "integer" } }),
+            &["n"],
+        ),
+        def(
             "whoami",
             "Returns the request _meta, the TENANT_ID environment variable, and the process's pid, working directory and whole environment",
             json!({}),
@@ -366,6 +384,55 @@ pub async fn call(
         "garbage" => match kit.shared.mode {
             Mode::Stdio => garbage(),
             Mode::Http => Ok(failure("garbage only applies to stdio mode")),
+        },
+        "fs_probe" => match args.string("path") {
+            Ok(path) => {
+                let write = args
+                    .0
+                    .get("write")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let outcome = if write {
+                    std::fs::write(&path, "probe")
+                } else {
+                    std::fs::read(&path).map(drop)
+                };
+                Ok(text(match outcome {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error: {:?}", e.kind()),
+                }))
+            }
+            Err(error) => Err(error),
+        },
+        "hog" => match args.uint("mb") {
+            Ok(mb) => {
+                let mut v: Vec<u8> = Vec::new();
+                for _ in 0..mb {
+                    // Touch every page so it is really resident.
+                    v.extend(std::iter::repeat_n(1u8, 1 << 20));
+                }
+                Ok(text(format!("allocated {} MiB", v.len() >> 20)))
+            }
+            Err(error) => Err(error),
+        },
+        "spawn_children" => match args.uint("n") {
+            Ok(n) => {
+                let mut started = 0;
+                let mut failure = String::new();
+                for _ in 0..n {
+                    match std::process::Command::new("sleep").arg("30").spawn() {
+                        Ok(_) => started += 1,
+                        Err(e) => {
+                            failure = format!("{:?}", e.kind());
+                            break;
+                        }
+                    }
+                }
+                Ok(text(
+                    json!({ "started": started, "error": failure }).to_string(),
+                ))
+            }
+            Err(error) => Err(error),
         },
         "whoami" => {
             let meta = serde_json::to_value(&ctx.meta).unwrap_or_else(|_| json!({}));

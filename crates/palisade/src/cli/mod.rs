@@ -78,6 +78,29 @@ pub enum Command {
         #[command(subcommand)]
         command: process::ProcessCommand,
     },
+    /// What this host supports for sandboxing dedicated servers, and what each sandboxed
+    /// server of a config would get here.
+    Doctor {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `palisade sandbox-exec PLAN_JSON`: the re-exec helper that sandboxes a dedicated server's
+/// process, then execs it. Never returns.
+pub fn sandbox_exec(plan: Option<std::ffi::OsString>) -> ! {
+    let plan = plan
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .ok_or("missing or not UTF-8; usage: palisade sandbox-exec PLAN_JSON")
+        .and_then(|p| serde_json::from_str(p).map_err(|_| "not a valid plan"));
+    match plan {
+        Ok(plan) => palisade_sandbox::exec(plan),
+        Err(e) => {
+            eprintln!("palisade sandbox: plan: {e}");
+            std::process::exit(palisade_sandbox::EXIT_SANDBOX_FAILED)
+        }
+    }
 }
 
 pub fn init_logging(format: &str) {
@@ -120,6 +143,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key { command } => onboard::key(command).await,
         Command::Policy { command } => onboard::policy(command).await,
         Command::Process { command } => process::run(command).await,
+        Command::Doctor { config } => {
+            let host = crate::upstream::sandbox::host();
+            println!("{}", host.report());
+            if let Some(path) = config {
+                let c = load(&path)?;
+                for s in &c.servers {
+                    let Some(profile) = &s.sandbox else { continue };
+                    let level = host.level(profile);
+                    println!("server {}: sandbox {}", s.name, level.label());
+                    for (layer, why) in &level.skipped {
+                        let required = if profile.requires(*layer) {
+                            " (REQUIRED: its processes will not start)"
+                        } else {
+                            ""
+                        };
+                        println!("  skipped {}: {why}{required}", layer.name());
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod attribution;
 pub mod handshake;
 pub mod http;
 mod lists;
+pub mod sandbox;
 pub mod stdio;
 pub mod template;
 
@@ -246,6 +247,8 @@ pub struct Upstream {
     label: Arc<str>,
     /// On-demand instances (dedicated placement) start on first use and stop when idle.
     on_demand: Option<OnDemand>,
+    /// The sandbox layers the last process got (`rlimits+cgroup+…`), if sandboxed.
+    sandbox_level: Mutex<Option<String>>,
 }
 
 /// Lazy start and idle stop of a dedicated instance.
@@ -298,6 +301,8 @@ pub struct InstanceStatus {
     /// Client calls served by the current process.
     pub calls: u64,
     pub rss_kib: Option<u64>,
+    /// The sandbox layers its process got (`rlimits+cgroup+landlock+seccomp+nnp`), if any.
+    pub sandbox: Option<String>,
 }
 
 /// A process's resident memory, from `/proc/PID/status`.
@@ -417,6 +422,7 @@ impl Upstream {
             tenant,
             label,
             on_demand,
+            sandbox_level: Mutex::new(None),
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
@@ -1033,6 +1039,11 @@ impl Upstream {
         }
     }
 
+    /// The sandbox layers the current (or last) process got, if sandboxed.
+    pub fn sandbox_level(&self) -> Option<String> {
+        self.sandbox_level.lock().ok().and_then(|l| l.clone())
+    }
+
     /// The instance's state, as the admin API and metrics name it.
     pub fn state(&self) -> &'static str {
         match &*self.readiness.borrow() {
@@ -1062,6 +1073,7 @@ impl Upstream {
             uptime_secs: link.as_ref().map(|l| l.started.elapsed().as_secs()),
             calls: link.as_ref().map_or(0, |l| l.calls.load(Ordering::Relaxed)),
             rss_kib: pid.and_then(rss_kib),
+            sandbox: self.sandbox_level(),
         }
     }
 
@@ -1069,15 +1081,29 @@ impl Upstream {
     async fn connect(self: &Arc<Self>, generation: u64) -> Result<Arc<Link>, String> {
         let (transport, inbox) = if let Some(stdio) = &self.config.stdio {
             let filled;
+            let mut sandboxed = None;
             let stdio = match &self.tenant {
                 Some(ctx) => {
                     filled = template::stdio_for(stdio, ctx)?;
+                    if let Some(profile) = &self.config.sandbox {
+                        let spawn = sandbox::prepare(
+                            profile,
+                            &filled,
+                            &ctx.tenant,
+                            &self.name,
+                            generation,
+                        )?;
+                        if let Ok(mut level) = self.sandbox_level.lock() {
+                            *level = Some(spawn.level.clone());
+                        }
+                        sandboxed = Some(spawn);
+                    }
                     &filled
                 }
                 None => stdio,
             };
-            let (t, inbox) =
-                stdio::StdioTransport::spawn(&self.name, stdio).map_err(|e| e.to_string())?;
+            let (t, inbox) = stdio::StdioTransport::spawn(&self.name, stdio, sandboxed)
+                .map_err(|e| e.to_string())?;
             (Transport::Stdio(t), Some(inbox))
         } else if let Some(http) = &self.config.http {
             let filled;

@@ -19,7 +19,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Link, Upstream};
+use super::{Link, Upstream, sandbox};
 use crate::config;
 
 const MAX_STDERR_LINE: usize = 4096;
@@ -41,6 +41,8 @@ pub struct StdioTransport {
     pgid: Pid,
     max_line: usize,
     exited: CancellationToken,
+    /// The sandboxed instance's own cgroup: torn down with it.
+    cgroup: Option<palisade_sandbox::Cgroup>,
 }
 
 impl StdioTransport {
@@ -49,15 +51,30 @@ impl StdioTransport {
         self.pgid.as_raw() as u32
     }
 
-    pub fn spawn(name: &Arc<str>, cfg: &config::Stdio) -> std::io::Result<(StdioTransport, Inbox)> {
-        let mut cmd = Command::new(&cfg.command);
-        cmd.args(&cfg.args)
-            .env_clear()
+    /// Starts the child: directly, or through the sandbox helper (which makes itself a session
+    /// and process-group leader, so it must not be made one here).
+    pub fn spawn(
+        name: &Arc<str>,
+        cfg: &config::Stdio,
+        sandbox: Option<sandbox::Spawn>,
+    ) -> std::io::Result<(StdioTransport, Inbox)> {
+        let (mut cmd, cgroup) = match sandbox {
+            Some(s) => {
+                let mut cmd = Command::new(&s.program);
+                cmd.args(&s.args);
+                (cmd, s.cgroup)
+            }
+            None => {
+                let mut cmd = Command::new(&cfg.command);
+                cmd.args(&cfg.args).process_group(0);
+                (cmd, None)
+            }
+        };
+        cmd.env_clear()
             .envs(&cfg.env)
             .stdin(ProcStdio::piped())
             .stdout(ProcStdio::piped())
             .stderr(ProcStdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
         if !cfg.env.contains_key("PATH") {
             cmd.env("PATH", config::DEFAULT_CHILD_PATH);
@@ -106,6 +123,7 @@ impl StdioTransport {
             pgid: Pid::from_raw(pid as i32),
             max_line: cfg.max_line_bytes,
             exited: CancellationToken::new(),
+            cgroup,
         };
         Ok((
             transport,
@@ -195,8 +213,12 @@ impl StdioTransport {
                 let _ = wait(2000).await;
             }
         }
-        // Whatever is left of the group (grandchildren that outlived the leader) goes too.
+        // Whatever is left of the group (grandchildren that outlived the leader) goes too,
+        // and of a sandboxed instance's cgroup (descendants that left the group).
         let _ = killpg(self.pgid, Signal::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            sandbox::teardown(cgroup);
+        }
     }
 }
 

@@ -1,0 +1,219 @@
+//! Sandboxed dedicated processes through the real gateway: a tenant's process cannot touch
+//! another tenant's working directory or the gateway's config and data; a memory hog is killed
+//! by its cgroup and a fork bomb stopped by the pids limit, while the other tenant's calls all
+//! succeed. Tests print `skipped: …` where the host lacks a kernel feature.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gw, stored_hash, testkit};
+use serde_json::{Value, json};
+
+const ACME_KEY: &str = "pal_sandbox_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const GLOBEX_KEY: &str = "pal_sandbox_globex_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const ADMIN_KEY: &str = "pal_sandbox_admin_key_ccccccccccccccccccccccccccccccccccc";
+
+/// `None` (after printing why) when the host lacks what the sandbox tests need.
+fn host_ready() -> Option<()> {
+    let host = palisade_sandbox::detect();
+    if host.landlock_abi.is_none() {
+        eprintln!("skipped: this kernel has no Landlock");
+        return None;
+    }
+    if !host.cgroups_usable() {
+        eprintln!("skipped: no writable cgroup hierarchy (run as root with cgroups mounted)");
+        return None;
+    }
+    if !host.seccomp {
+        eprintln!("skipped: this kernel has no seccomp filters");
+        return None;
+    }
+    Some(())
+}
+
+/// A gateway whose dedicated server `kit` runs sandboxed with `sandbox` (TOML keys of
+/// `[servers.sandbox]`), for tenants `acme` and `globex`.
+async fn sandboxed(sandbox: &str) -> Gw {
+    let mut tenants = format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(ADMIN_KEY));
+    for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
+        tenants.push_str(&format!(
+            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
+            stored_hash(key)
+        ));
+    }
+    let server = format!(
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n[servers.sandbox]\n{sandbox}\n",
+        testkit().display()
+    );
+    let gw = Gw::start_with(&server, &[], &tenants);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .http
+        .get(format!("{}/healthz", gw.admin))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "gateway not up: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw
+}
+
+async fn call(gw: &Gw, key: &str, tool: &str, args: Value) -> Value {
+    let s = gw.legacy_as(key).await;
+    let a = s.call(1, tool, args).await;
+    a.response().clone()
+}
+
+async fn text_of(gw: &Gw, key: &str, tool: &str, args: Value) -> String {
+    let r = call(gw, key, tool, args).await;
+    common::text(&r).to_owned()
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_touch_another_tenants_files_or_the_gateways() {
+    if host_ready().is_none() {
+        return;
+    }
+    let gw = sandboxed("").await;
+    let acme: Value =
+        serde_json::from_str(&text_of(&gw, ACME_KEY, "whoami", json!({})).await).expect("whoami");
+    let globex: Value =
+        serde_json::from_str(&text_of(&gw, GLOBEX_KEY, "whoami", json!({})).await).expect("whoami");
+    let acme_dir = acme["cwd"].as_str().unwrap().to_owned();
+    let globex_dir = globex["cwd"].as_str().unwrap().to_owned();
+    let probe = |key: &'static str, path: String, write: bool| {
+        let gw = &gw;
+        async move { text_of(gw, key, "fs_probe", json!({"path": path, "write": write})).await }
+    };
+
+    // Each writes its own directory.
+    assert_eq!(probe(ACME_KEY, format!("{acme_dir}/own"), true).await, "ok");
+    assert_eq!(
+        probe(GLOBEX_KEY, format!("{globex_dir}/secret"), true).await,
+        "ok"
+    );
+    assert_eq!(
+        probe(ACME_KEY, format!("{acme_dir}/own"), false).await,
+        "ok"
+    );
+    // Nothing of the other tenant's, nor of the gateway's config and data.
+    let denied = [
+        (format!("{globex_dir}/secret"), false),
+        (format!("{globex_dir}/planted"), true),
+        (gw.config.display().to_string(), false),
+        (gw.config.display().to_string(), true),
+        (
+            gw.config
+                .with_file_name("palisade-data/palisade.db")
+                .display()
+                .to_string(),
+            false,
+        ),
+        (
+            gw.config.with_file_name("pepper").display().to_string(),
+            false,
+        ),
+    ];
+    for (path, write) in denied {
+        let answer = probe(ACME_KEY, path.clone(), write).await;
+        assert!(
+            answer.starts_with("error"),
+            "acme {} {path}: {answer}",
+            if write { "wrote" } else { "read" }
+        );
+    }
+    // System files stay readable.
+    assert_eq!(probe(ACME_KEY, "/etc/hostname".into(), false).await, "ok");
+
+    let (_, body) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/processes",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    let level = body["processes"][0]["sandbox"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    for layer in ["landlock", "seccomp", "cgroup", "rlimits"] {
+        assert!(level.contains(layer), "{level}");
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "palisade_dedicated_sandboxed{{server=\"kit\",level=\"{level}\"}} 2"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn memory_hogs_and_fork_bombs_are_contained() {
+    if host_ready().is_none() {
+        return;
+    }
+    let gw = sandboxed("[servers.sandbox.cgroup]\nmemory_mb = 64\npids_max = 16\n").await;
+    let globex = gw.legacy_as(GLOBEX_KEY).await;
+    let others = async {
+        let mut ok = 0;
+        for i in 0..30 {
+            let a = globex
+                .call(100 + i, "echo", json!({"message": "fine"}))
+                .await;
+            if common::text(a.response()) == "fine" {
+                ok += 1;
+            } else {
+                eprintln!("globex call {i} failed: {:?}", a.messages);
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        ok
+    };
+    let hog = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call(&gw, ACME_KEY, "hog", json!({"mb": 512})).await
+    };
+    let (ok, hog) = tokio::join!(others, hog);
+    assert!(
+        hog["error"].is_object() || hog["result"]["isError"] == true,
+        "the hog was not stopped: {hog}"
+    );
+    assert_eq!(ok, 30, "the other tenant's calls all succeed");
+
+    // The pids limit stops a fork bomb; the process itself survives and answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let t = text_of(&gw, ACME_KEY, "spawn_children", json!({"n": 100})).await;
+        if !t.is_empty() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "acme's process never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let report: Value = serde_json::from_str(&answer).expect("spawn report");
+    let started = report["started"].as_u64().unwrap();
+    assert!(started < 16, "{report}");
+    assert!(!report["error"].as_str().unwrap().is_empty(), "{report}");
+    assert_eq!(
+        text_of(&gw, GLOBEX_KEY, "echo", json!({"message": "still fine"})).await,
+        "still fine"
+    );
+}
+
+#[tokio::test]
+async fn doctor_reports_what_the_host_supports() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    for layer in ["landlock", "seccomp", "cgroup", "namespace"] {
+        assert!(report.to_lowercase().contains(layer), "{report}");
+    }
+}
