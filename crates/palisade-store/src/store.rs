@@ -435,6 +435,65 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a secret's sealed value (and its metadata) in one transaction. The store never
+    /// sees the plain value: `sealed` is the gateway's ciphertext.
+    pub async fn put_secret(
+        &self,
+        tenant: &str,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        if name.is_empty() {
+            return Err(StoreError::Invalid("a secret name cannot be empty".into()));
+        }
+        let mut tx = self.write_tx().await?;
+        if !tenant_exists(&mut tx, tenant).await? {
+            return Err(StoreError::not_found("tenant", tenant));
+        }
+        sqlx::query(
+            "INSERT INTO secret_meta (tenant_id, name, created_at, updated_at) \
+             VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET updated_at = \
+             CASE WHEN excluded.updated_at > secret_meta.updated_at \
+             THEN excluded.updated_at ELSE secret_meta.updated_at + 1 END",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO secret_values (tenant_id, name, sealed) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET sealed = excluded.sealed",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(sealed.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A secret's sealed value, if the tenant has one under that name.
+    pub async fn get_secret(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let row =
+            sqlx::query("SELECT sealed FROM secret_values WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get("sealed")?),
+            None => None,
+        })
+    }
+
     /// The tenant's secrets' metadata, ordered by name.
     pub async fn list_secret_meta(&self, tenant: &str) -> Result<Vec<SecretMeta>, StoreError> {
         let mut conn = self.pool.acquire().await?;

@@ -97,6 +97,7 @@ macro_rules! cases {
 }
 
 cases!(
+    sealed_secret_values,
     migrations_run_on_open_and_reopen,
     tenants_crud,
     suspend_resume_keeps_fields,
@@ -710,6 +711,46 @@ async fn policy_round_trip(store: Store, _url: String) {
         "tenant `nope` not found",
     );
     assert_eq!(store.get_policy("nope").await.unwrap(), None);
+}
+
+async fn sealed_secret_values(store: Store, _url: String) {
+    store.create_tenant(&api_tenant("acme")).await.unwrap();
+    store.create_tenant(&api_tenant("other")).await.unwrap();
+    assert_eq!(store.get_secret("acme", "token").await.unwrap(), None);
+    store
+        .put_secret("acme", "token", b"\x00sealed-1")
+        .await
+        .unwrap();
+    store
+        .put_secret("acme", "token", b"\x00sealed-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret("acme", "token").await.unwrap().as_deref(),
+        Some(&b"\x00sealed-2"[..])
+    );
+    assert_eq!(store.get_secret("other", "token").await.unwrap(), None);
+    let names: Vec<String> = store
+        .list_secret_meta("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["token"]);
+    assert!(
+        store
+            .put_secret("ghost", "token", b"x")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    // Deleting the metadata, or the tenant, deletes the value.
+    store.delete_secret_meta("acme", "token").await.unwrap();
+    assert_eq!(store.get_secret("acme", "token").await.unwrap(), None);
+    store.put_secret("other", "k", b"v").await.unwrap();
+    store.delete_tenant("other").await.unwrap();
+    assert_eq!(store.get_secret("other", "k").await.unwrap(), None);
 }
 
 async fn secret_meta(store: Store, _url: String) {

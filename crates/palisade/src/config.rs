@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
+    pub secrets: Secrets,
+    #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
@@ -107,6 +109,17 @@ pub struct Storage {
     /// Where the gateway keeps its files; relative paths are relative to the config file.
     /// Default: `palisade-data` next to the config file.
     pub data_dir: Option<PathBuf>,
+}
+
+/// The master key that tenants' secrets in the registry store are sealed under (AES-256-GCM).
+/// Without one, secrets can come only from the config (`[tenants.secrets]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// A file holding at least 32 random bytes.
+    pub master_key_file: Option<PathBuf>,
+    /// Or: the name of an environment variable holding them.
+    pub master_key_env: Option<String>,
 }
 
 /// Who may use the admin API (`/admin/v1` on the admin listener).

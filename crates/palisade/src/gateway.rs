@@ -33,6 +33,7 @@ use crate::config::{Config, Placement};
 use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
+use crate::secrets::{MasterKey, Vault};
 use crate::session::Sessions;
 use crate::upstream::{TenantContext, Upstream};
 
@@ -47,6 +48,8 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[error("[oauth]: {0}")]
     OAuth(String),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
@@ -72,6 +75,8 @@ pub struct Gateway {
     dedicated: Mutex<HashMap<InstanceKey, Running>>,
     /// Tenants' working directories live under `<data_dir>/tenants/`.
     data_dir: std::path::PathBuf,
+    /// Tenants' secrets in the store, sealed under the master key (fixed until restart).
+    pub vault: Arc<Vault>,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -110,6 +115,10 @@ impl Gateway {
             .build()
             .unwrap_or_default();
         let verifier = build_verifier(&config, &http_client)?;
+        let vault = Arc::new(Vault {
+            store: store.clone(),
+            key: MasterKey::from_config(&config)?.map(Arc::new),
+        });
         let sessions = Sessions::new(
             Duration::from_secs(config.limits.session_idle_secs),
             config.limits.max_sessions_per_tenant,
@@ -123,6 +132,7 @@ impl Gateway {
             running: Mutex::new(HashMap::new()),
             dedicated: Mutex::new(HashMap::new()),
             data_dir,
+            vault,
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
@@ -268,6 +278,7 @@ impl Gateway {
                 let upstream = Upstream::dedicated(
                     cfg.clone(),
                     ctx,
+                    self.vault.clone(),
                     self.metrics.clone(),
                     stop.clone(),
                     self.http_client.clone(),

@@ -20,5 +20,6 @@ pub mod onboarding;
 pub mod pipeline;
 pub mod policy;
 pub mod registry;
+pub mod secrets;
 pub mod session;
 pub mod upstream;

@@ -416,3 +416,104 @@ async fn a_thousand_start_kill_cycles_leak_nothing() {
         "file descriptors grew from {fds_before} to {fds_after}"
     );
 }
+
+/// Secrets set through the admin API or the CLI are sealed in the store, never shown again,
+/// and reach the tenant's process through its template.
+#[tokio::test]
+async fn secrets_in_the_store_are_sealed_and_reach_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.key");
+    std::fs::write(&master, "m".repeat(48)).unwrap();
+    let mut top = format!(
+        "[admin]\nkeys = [\"{}\"]\n[secrets]\nmaster_key_file = \"{}\"\n",
+        stored_hash(ADMIN_KEY),
+        master.display()
+    );
+    for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
+        top.push_str(&format!(
+            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
+            stored_hash(key)
+        ));
+    }
+    let server = format!(
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ DB = \"${{secret:db}}\" }}\n",
+        testkit().display()
+    );
+    let gw = Gw::start_with(&server, &[], &top);
+    wait_healthy(&gw).await;
+
+    // Without the secret, the process cannot start, and the error says how to set it.
+    let s = gw.legacy_as(ACME_KEY).await;
+    let a = s.call(1, "echo", json!({"message": "x"})).await;
+    let msg = a.response()["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("secret `db`") && msg.contains("/secrets/db"),
+        "{msg}"
+    );
+
+    let (status, _) = gw
+        .admin_api(
+            "PUT",
+            "/admin/v1/tenants/acme/secrets/db",
+            Some(ADMIN_KEY),
+            Some(json!({"value": "acme-db-password"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, listed) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/secrets",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["secrets"][0]["name"], "db");
+    assert!(!listed.to_string().contains("acme-db-password"));
+
+    // The CLI sets globex's from standard input.
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["secret", "set", "globex", "db", "--config"])
+        .arg(&gw.config)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        cli.stdin
+            .take()
+            .unwrap()
+            .write_all(b"globex-db-password\n")
+            .unwrap();
+    }
+    assert!(cli.wait().unwrap().success());
+
+    // After the restart backoff, the process starts with the value.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let who = loop {
+        let a = s.call(2, "whoami", json!({})).await;
+        if let Ok(who) = serde_json::from_str::<Value>(common::text(a.response())) {
+            break who;
+        }
+        assert!(Instant::now() < deadline, "never started: {:?}", a.messages);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(who["env"]["DB"], "acme-db-password");
+    assert_eq!(
+        whoami(&gw, GLOBEX_KEY).await["env"]["DB"],
+        "globex-db-password"
+    );
+
+    // At rest, only ciphertext.
+    let mut at_rest = Vec::new();
+    for file in ["palisade.db", "palisade.db-wal"] {
+        let path = gw.config.with_file_name("palisade-data").join(file);
+        at_rest.extend(std::fs::read(path).unwrap_or_default());
+    }
+    assert!(at_rest.len() > 4096, "the store's files were not found");
+    for plain in [&b"acme-db-password"[..], b"globex-db-password"] {
+        assert!(!at_rest.windows(plain.len()).any(|w| w == plain));
+    }
+    assert!(!gw.log().contains("db-password"));
+}

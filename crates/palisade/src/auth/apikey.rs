@@ -34,7 +34,7 @@ pub enum PepperError {
         path: String,
         source: std::io::Error,
     },
-    #[error("environment variable {0} (auth.pepper_env) is not set")]
+    #[error("environment variable {0} is not set")]
     MissingEnv(String),
     #[error(
         "the pepper must be at least {MIN_PEPPER} bytes; generate one with `head -c 48 /dev/urandom | base64 > pepper`"
@@ -59,26 +59,17 @@ impl Pepper {
     }
 
     pub fn from_file(path: &Path) -> Result<Pepper, PepperError> {
-        let mut bytes = std::fs::read(path).map_err(|source| PepperError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
-            bytes.pop();
-        }
-        Pepper::new(bytes)
+        Pepper::new(read_key_file(path)?)
     }
 
     /// The pepper the config names.
     pub fn from_config(config: &Config) -> Result<Pepper, PepperError> {
-        if let Some(path) = &config.auth.pepper_file {
-            return Pepper::from_file(path);
-        }
-        if let Some(var) = &config.auth.pepper_env {
-            let value = std::env::var(var).map_err(|_| PepperError::MissingEnv(var.clone()))?;
-            return Pepper::new(value.trim_end().as_bytes().to_vec());
-        }
-        Err(PepperError::NotConfigured)
+        let bytes = key_material(
+            config.auth.pepper_file.as_deref(),
+            config.auth.pepper_env.as_deref(),
+        )?
+        .ok_or(PepperError::NotConfigured)?;
+        Pepper::new(bytes)
     }
 
     /// HMAC-SHA256(pepper, key).
@@ -96,6 +87,33 @@ impl Pepper {
     pub fn stored_hash(&self, key: &str) -> String {
         format!("{PREFIX}{}", hex::encode(self.hash(key.as_bytes())))
     }
+}
+
+/// A server secret (pepper, master key) from a file or an environment variable, `None` when
+/// neither is configured; trailing whitespace is dropped.
+pub fn key_material(
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<Vec<u8>>, PepperError> {
+    if let Some(path) = file {
+        return read_key_file(path).map(Some);
+    }
+    if let Some(var) = env {
+        let value = std::env::var(var).map_err(|_| PepperError::MissingEnv(var.to_owned()))?;
+        return Ok(Some(value.trim_end().as_bytes().to_vec()));
+    }
+    Ok(None)
+}
+
+fn read_key_file(path: &Path) -> Result<Vec<u8>, PepperError> {
+    let mut bytes = std::fs::read(path).map_err(|source| PepperError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    Ok(bytes)
 }
 
 /// A fresh API key (the only time it exists in plain form).

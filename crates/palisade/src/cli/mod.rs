@@ -17,7 +17,7 @@ use crate::auth::apikey::Pepper;
 use crate::config::{Config, DataPaths};
 use crate::gateway::Gateway;
 use crate::http::{self, Bound};
-pub use onboard::{KeyCommand, PolicyCommand, StoreArgs, TenantCommand};
+pub use onboard::{KeyCommand, PolicyCommand, SecretCommand, StoreArgs, TenantCommand};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// A tenant's secrets in the store (sealed under the `[secrets]` master key).
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// A tenant's own server instances (dedicated placement), in the running gateway.
     Process {
@@ -142,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant { command } => onboard::tenant(command).await,
         Command::Key { command } => onboard::key(command).await,
         Command::Policy { command } => onboard::policy(command).await,
+        Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
         Command::Doctor { config } => {
             let host = crate::upstream::sandbox::host();

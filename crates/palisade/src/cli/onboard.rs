@@ -13,6 +13,7 @@ use crate::auth::apikey::{Pepper, generate_key};
 use crate::config::{Config, DataPaths};
 use crate::onboarding::{CreateTenant, IssueKey, Onboarding};
 use crate::policy::Policy;
+use crate::secrets::{MasterKey, SecretError, Vault};
 
 /// Which config (for the store, the pepper and the server names) and which store.
 #[derive(Args)]
@@ -146,6 +147,31 @@ pub enum KeyCommand {
         /// The config whose pepper hashes the key.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Set a tenant's secret for its dedicated servers' `${secret:NAME}`: the value is read
+    /// from standard input (never from the command line), sealed under the master key, stored.
+    Set {
+        tenant: String,
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List a tenant's secrets (names and times; values are never shown).
+    List {
+        tenant: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a tenant's secret.
+    Delete {
+        tenant: String,
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -301,6 +327,49 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                 "add to the tenant's keys (or [admin] keys):  \"{}\"",
                 pepper.stored_hash(&key)
             );
+            Ok(())
+        }
+    }
+}
+
+pub async fn secret(command: SecretCommand) -> anyhow::Result<()> {
+    match command {
+        SecretCommand::Set {
+            tenant,
+            name,
+            store,
+        } => {
+            if !crate::upstream::template::valid_secret_name(&name) {
+                anyhow::bail!("secret names are 1-64 of [A-Za-z0-9_-]");
+            }
+            let mut value = String::new();
+            std::io::stdin().read_to_string(&mut value)?;
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            let opened = store.open().await?;
+            let key = MasterKey::from_config(&opened.config)?.ok_or(SecretError::NoMasterKey)?;
+            let vault = Vault {
+                store: opened.store.clone(),
+                key: Some(std::sync::Arc::new(key)),
+            };
+            vault.put(&tenant, &name, value).await?;
+            println!("secret {name} of {tenant} is set; processes started from now on use it");
+            Ok(())
+        }
+        SecretCommand::List { tenant, store } => {
+            let opened = store.open().await?;
+            for m in opened.store.list_secret_meta(&tenant).await? {
+                println!("{}\tupdated_at={}", m.name, m.updated_at);
+            }
+            Ok(())
+        }
+        SecretCommand::Delete {
+            tenant,
+            name,
+            store,
+        } => {
+            let opened = store.open().await?;
+            opened.store.delete_secret_meta(&tenant, &name).await?;
+            println!("deleted secret {name} of {tenant}");
             Ok(())
         }
     }

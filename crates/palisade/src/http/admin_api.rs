@@ -52,6 +52,11 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
             "/admin/v1/tenants/{tenant}/sessions/{session}",
             delete(revoke_session),
         )
+        .route("/admin/v1/tenants/{tenant}/secrets", get(list_secrets))
+        .route(
+            "/admin/v1/tenants/{tenant}/secrets/{name}",
+            axum::routing::put(put_secret).delete(delete_secret),
+        )
         .route("/admin/v1/tenants/{tenant}/processes", get(list_processes))
         .route(
             "/admin/v1/tenants/{tenant}/processes/restart",
@@ -425,4 +430,54 @@ async fn drain_processes(
     }
     let servers: Vec<&str> = list.iter().map(|u| &*u.name).collect();
     ok(StatusCode::ACCEPTED, json!({ "draining": servers }))
+}
+
+/// A secret's value, as the admin API takes it (and never gives it back).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretValue {
+    value: String,
+}
+
+async fn list_secrets(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
+    let list = gw
+        .store
+        .list_secret_meta(&tenant)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    ok(StatusCode::OK, json!({ "secrets": to_json(&list) }))
+}
+
+async fn put_secret(
+    State(gw): State<Arc<Gateway>>,
+    Path((tenant, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    if !crate::upstream::template::valid_secret_name(&name) {
+        return Err(error(
+            400,
+            "invalid",
+            "secret names are 1-64 of [A-Za-z0-9_-]",
+        ));
+    }
+    let req: SecretValue = parse(&body)?;
+    gw.vault
+        .put(&tenant, &name, &req.value)
+        .await
+        .map_err(|e| match e {
+            crate::secrets::SecretError::Store(inner) => failed(inner.into()),
+            other => error(409, "conflict", &other.to_string()),
+        })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_secret(
+    State(gw): State<Arc<Gateway>>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Answer {
+    gw.store
+        .delete_secret_meta(&tenant, &name)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -249,6 +249,8 @@ pub struct Upstream {
     on_demand: Option<OnDemand>,
     /// The sandbox layers the last process got (`rlimits+cgroup+…`), if sandboxed.
     sandbox_level: Mutex<Option<String>>,
+    /// Dedicated placement: where template secrets not in the config are found.
+    vault: Option<Arc<crate::secrets::Vault>>,
 }
 
 /// Lazy start and idle stop of a dedicated instance.
@@ -388,22 +390,30 @@ impl Upstream {
     pub fn dedicated(
         config: config::Server,
         tenant: TenantContext,
+        vault: Arc<crate::secrets::Vault>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
-        Upstream::build(config, Some(tenant), metrics, shutdown, http_client)
+        Upstream::build(
+            config,
+            Some((tenant, vault)),
+            metrics,
+            shutdown,
+            http_client,
+        )
     }
 
     fn build(
         config: config::Server,
-        tenant: Option<TenantContext>,
+        dedicated: Option<(TenantContext, Arc<crate::secrets::Vault>)>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
         let (readiness, _) = watch::channel(Readiness::Starting);
         let (notices, _) = broadcast::channel(64);
+        let (tenant, vault) = dedicated.unzip();
         let label: Arc<str> = match &tenant {
             Some(t) => format!("{}/{}", config.name, t.tenant).into(),
             None => config.name.as_str().into(),
@@ -423,6 +433,7 @@ impl Upstream {
             label,
             on_demand,
             sandbox_level: Mutex::new(None),
+            vault,
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
@@ -1077,6 +1088,27 @@ impl Upstream {
         }
     }
 
+    /// The secrets the template uses that the config does not give, from the registry store.
+    async fn stored_secrets(&self, ctx: &TenantContext) -> Result<template::StoreSecrets, String> {
+        let mut out = template::StoreSecrets::new();
+        let Some(vault) = &self.vault else {
+            return Ok(out);
+        };
+        for name in template::secret_names(&self.config) {
+            if ctx.secrets.contains_key(&name) {
+                continue;
+            }
+            if let Some(value) = vault
+                .get(&ctx.tenant, &name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                out.insert(name, value);
+            }
+        }
+        Ok(out)
+    }
+
     /// Opens a transport and performs the MCP handshake on it.
     async fn connect(self: &Arc<Self>, generation: u64) -> Result<Arc<Link>, String> {
         let (transport, inbox) = if let Some(stdio) = &self.config.stdio {
@@ -1084,7 +1116,8 @@ impl Upstream {
             let mut sandboxed = None;
             let stdio = match &self.tenant {
                 Some(ctx) => {
-                    filled = template::stdio_for(stdio, ctx)?;
+                    let stored = self.stored_secrets(ctx).await?;
+                    filled = template::stdio_for(stdio, ctx, &stored)?;
                     if let Some(profile) = &self.config.sandbox {
                         let spawn = sandbox::prepare(
                             profile,
@@ -1109,7 +1142,8 @@ impl Upstream {
             let filled;
             let http = match &self.tenant {
                 Some(ctx) => {
-                    filled = template::http_for(http, ctx)?;
+                    let stored = self.stored_secrets(ctx).await?;
+                    filled = template::http_for(http, ctx, &stored)?;
                     &filled
                 }
                 None => http,

@@ -103,26 +103,48 @@ pub fn fields(s: &Server) -> impl Iterator<Item = (String, &str)> {
     out.into_iter()
 }
 
+/// Secret values read from the registry store for one start, by name.
+pub type StoreSecrets = BTreeMap<String, String>;
+
+/// The names of the secrets a server's template uses.
+pub fn secret_names(s: &Server) -> Vec<String> {
+    let mut names: Vec<String> = fields(s)
+        .filter_map(|(_, text)| parse(text).ok())
+        .flatten()
+        .filter_map(|p| match p {
+            Piece::Secret(name) => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Fills a template for a tenant.
-pub fn render(text: &str, ctx: &TenantContext) -> Result<String, String> {
+pub fn render(text: &str, ctx: &TenantContext, stored: &StoreSecrets) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     for piece in parse(text)? {
         match piece {
             Piece::Text(t) => out.push_str(t),
             Piece::TenantId => out.push_str(&ctx.tenant),
-            Piece::Secret(name) => out.push_str(&secret(ctx, name)?),
+            Piece::Secret(name) => out.push_str(&secret(ctx, stored, name)?),
         }
     }
     Ok(out)
 }
 
-fn secret(ctx: &TenantContext, name: &str) -> Result<String, String> {
-    let source = ctx.secrets.get(name).ok_or_else(|| {
-        format!(
-            "tenant `{}` has no secret `{name}`: add it under [tenants.secrets]",
-            ctx.tenant
-        )
-    })?;
+/// A secret's value: from the config's `[tenants.secrets]` if it names one, else from the
+/// registry store.
+fn secret(ctx: &TenantContext, stored: &StoreSecrets, name: &str) -> Result<String, String> {
+    let Some(source) = ctx.secrets.get(name) else {
+        return stored.get(name).cloned().ok_or_else(|| {
+            format!(
+                "tenant `{0}` has no secret `{name}`: add it under [tenants.secrets] or with the admin API (PUT /admin/v1/tenants/{0}/secrets/{name})",
+                ctx.tenant
+            )
+        });
+    };
     let value = match (&source.env, &source.file) {
         (Some(var), _) => std::env::var(var).map_err(|_| {
             format!(
@@ -149,24 +171,24 @@ fn secret(ctx: &TenantContext, name: &str) -> Result<String, String> {
 
 /// A stdio template filled for a tenant; it runs in the tenant's working directory unless the
 /// template names one.
-pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext) -> Result<Stdio, String> {
+pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext, stored: &StoreSecrets) -> Result<Stdio, String> {
     let cwd = match &cfg.cwd {
-        Some(c) => PathBuf::from(render(&c.to_string_lossy(), ctx)?),
+        Some(c) => PathBuf::from(render(&c.to_string_lossy(), ctx, stored)?),
         None => ctx.workdir.clone(),
     };
     std::fs::create_dir_all(&cwd)
         .map_err(|e| format!("cannot create the working directory {}: {e}", cwd.display()))?;
     Ok(Stdio {
-        command: render(&cfg.command, ctx)?,
+        command: render(&cfg.command, ctx, stored)?,
         args: cfg
             .args
             .iter()
-            .map(|a| render(a, ctx))
+            .map(|a| render(a, ctx, stored))
             .collect::<Result<_, _>>()?,
         env: cfg
             .env
             .iter()
-            .map(|(k, v)| Ok((k.clone(), render(v, ctx)?)))
+            .map(|(k, v)| Ok((k.clone(), render(v, ctx, stored)?)))
             .collect::<Result<_, String>>()?,
         cwd: Some(cwd),
         max_line_bytes: cfg.max_line_bytes,
@@ -174,13 +196,13 @@ pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext) -> Result<Stdio, String> {
 }
 
 /// An HTTP template filled for a tenant (a per-tenant URL, e.g. one pod per tenant).
-pub fn http_for(cfg: &Http, ctx: &TenantContext) -> Result<Http, String> {
+pub fn http_for(cfg: &Http, ctx: &TenantContext, stored: &StoreSecrets) -> Result<Http, String> {
     Ok(Http {
-        url: render(&cfg.url, ctx)?,
+        url: render(&cfg.url, ctx, stored)?,
         headers: cfg
             .headers
             .iter()
-            .map(|(k, v)| Ok((k.clone(), render(v, ctx)?)))
+            .map(|(k, v)| Ok((k.clone(), render(v, ctx, stored)?)))
             .collect::<Result<_, String>>()?,
     })
 }
@@ -219,19 +241,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = ctx(dir.path());
         assert_eq!(
-            render("--tenant=${tenant.id} ${secret:token}!", &c).unwrap(),
+            render(
+                "--tenant=${tenant.id} ${secret:token}!",
+                &c,
+                &StoreSecrets::new()
+            )
+            .unwrap(),
             "--tenant=acme s3cret!"
         );
-        assert_eq!(render("plain", &c).unwrap(), "plain");
+        let stored: StoreSecrets = [("db".to_owned(), "from-store".to_owned())].into();
+        assert_eq!(render("plain", &c, &stored).unwrap(), "plain");
+        assert_eq!(render("${secret:db}", &c, &stored).unwrap(), "from-store");
     }
 
     #[test]
     fn errors_name_the_secret_not_its_value() {
         let dir = tempfile::tempdir().unwrap();
         let c = ctx(dir.path());
-        let e = render("${secret:nope}", &c).unwrap_err();
+        let none = StoreSecrets::new();
+        let e = render("${secret:nope}", &c, &none).unwrap_err();
         assert!(e.contains("nope") && e.contains("[tenants.secrets]"), "{e}");
-        let e = render("${secret:missing_env}", &c).unwrap_err();
+        let e = render("${secret:missing_env}", &c, &none).unwrap_err();
         assert!(e.contains("PALISADE_TEST_SURELY_UNSET_VAR"), "{e}");
         assert!(
             check("${tenant.name}")
@@ -254,7 +284,7 @@ mod tests {
             cwd: None,
             max_line_bytes: 1024,
         };
-        let filled = stdio_for(&cfg, &c).unwrap();
+        let filled = stdio_for(&cfg, &c, &StoreSecrets::new()).unwrap();
         assert_eq!(filled.args, ["acme"]);
         assert_eq!(filled.env["TOKEN"], "s3cret");
         assert_eq!(filled.cwd.as_deref(), Some(c.workdir.as_path()));
