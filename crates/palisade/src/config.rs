@@ -242,6 +242,20 @@ pub struct Server {
     /// once no call is in flight.
     #[serde(default)]
     pub max_age_secs: u64,
+    /// Dedicated placement: client calls in flight on one tenant's process at most; more are
+    /// refused at once (0: no limit).
+    #[serde(default)]
+    pub max_inflight_per_process: usize,
+    /// Dedicated placement: 1 keeps each active tenant's process running (started with the
+    /// tenant, never stopped for idleness); 0 starts it on first use.
+    #[serde(default)]
+    pub min_processes: u8,
+    /// Dedicated placement: how often a running process is pinged (0: never); one that does
+    /// not answer within `health_timeout_ms` is restarted.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_secs: u64,
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_ms: u64,
     /// Dedicated stdio servers: the sandbox each tenant's process runs in (`palisade doctor`
     /// says what this host supports). Absent: no sandbox beyond the clean environment.
     pub sandbox: Option<palisade_sandbox::Profile>,
@@ -254,6 +268,13 @@ pub struct Server {
     /// How long a list fan-out waits for this server before serving the others without it.
     #[serde(default = "default_list_timeout")]
     pub list_timeout_ms: u64,
+}
+
+fn default_health_interval() -> u64 {
+    30
+}
+fn default_health_timeout() -> u64 {
+    5_000
 }
 
 fn default_idle_secs() -> u64 {
@@ -494,6 +515,12 @@ impl Config {
                         "server `{}` uses ${{…}} placeholders, which only a dedicated server can fill: set placement = \"dedicated\"",
                         s.name
                     ),
+                ));
+            }
+            if s.min_processes > 1 {
+                return Err(invalid(
+                    format!("{key}.min_processes"),
+                    "a tenant's pool holds one process: use 0 (start on first use) or 1 (keep it running)",
                 ));
             }
             if s.call_timeout_ms == 0 || s.connect_timeout_ms == 0 || s.list_timeout_ms == 0 {

@@ -401,11 +401,16 @@ pub fn upstream_error(id: &Id, e: &UpstreamError) -> Vec<u8> {
         UpstreamError::Unavailable { server, .. }
         | UpstreamError::Lost { server, .. }
         | UpstreamError::Timeout { server, .. }
-        | UpstreamError::Failed { server, .. } => server.to_string(),
+        | UpstreamError::Failed { server, .. }
+        | UpstreamError::Busy { server, .. } => server.to_string(),
+    };
+    let code = match e {
+        UpstreamError::Busy { .. } => ErrorCode::LIMIT_REACHED,
+        _ => ErrorCode::UPSTREAM_UNAVAILABLE,
     };
     jsonrpc::error(
         Some(id),
-        ErrorCode::UPSTREAM_UNAVAILABLE,
+        code,
         &e.to_string(),
         Some(&serde_json::json!({ "server": server })),
     )

@@ -517,3 +517,81 @@ async fn secrets_in_the_store_are_sealed_and_reach_the_process() {
     }
     assert!(!gw.log().contains("db-password"));
 }
+
+#[tokio::test]
+async fn warm_instances_start_with_their_tenant_and_stay() {
+    let (gw, _secrets) = dedicated("min_processes = 1\nidle_secs = 1").await;
+    wait_until(
+        "both tenants' processes start without a call",
+        Duration::from_secs(5),
+        || children_of(gw.pid()).len() == 2,
+    )
+    .await;
+    let before = children_of(gw.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        children_of(gw.pid()),
+        before,
+        "warm processes are not stopped for idleness"
+    );
+}
+
+#[tokio::test]
+async fn calls_beyond_the_inflight_limit_are_refused_at_once() {
+    let (gw, _secrets) = dedicated("max_inflight_per_process = 1").await;
+    let s = gw.legacy_as(ACME_KEY).await;
+    let slow = s.call(1, "slow", json!({"ms": 1500}));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        (
+            s.call(2, "echo", json!({"message": "x"})).await,
+            started.elapsed(),
+        )
+    };
+    let (slow, (second, took)) = tokio::join!(slow, second);
+    assert_eq!(common::text(slow.response()), "slept");
+    let error = &second.response()["error"];
+    assert_eq!(error["code"], -32005, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_inflight_per_process")
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "refused at once, not queued: {took:?}"
+    );
+    // Another tenant's process has its own limit.
+    assert_eq!(pid_of(&whoami(&gw, GLOBEX_KEY).await) > 0, true);
+}
+
+#[tokio::test]
+async fn a_process_that_stops_answering_is_restarted() {
+    let (gw, _secrets) = dedicated("health_interval_secs = 1\nhealth_timeout_ms = 300").await;
+    let first = pid_of(&whoami(&gw, ACME_KEY).await);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    wait_until(
+        "the frozen process is replaced",
+        Duration::from_secs(6),
+        || !alive(first),
+    )
+    .await;
+    assert!(gw.log().contains("health check failed"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = gw.legacy_as(ACME_KEY).await;
+        let a = s.call(1, "whoami", json!({})).await;
+        if let Ok(who) = serde_json::from_str::<Value>(common::text(a.response())) {
+            assert_ne!(pid_of(&who), first);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {:?}", a.messages);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

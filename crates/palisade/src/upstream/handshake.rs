@@ -127,12 +127,8 @@ async fn initialize(
     }))
 }
 
-async fn discover(
-    up: &Arc<Upstream>,
-    link: &Arc<Link>,
-    probe: Option<Duration>,
-) -> Result<UpstreamInfo, String> {
-    let params = format!(
+fn discover_params() -> String {
+    format!(
         r#"{{"_meta":{{"{}":"{}","{}":{},"{}":{}}}}}"#,
         meta::PROTOCOL_VERSION,
         era::MODERN,
@@ -140,7 +136,32 @@ async fn discover(
         CLIENT_CAPABILITIES,
         meta::CLIENT_INFO,
         client_info()
-    );
+    )
+}
+
+/// A health check on an established link: `ping` in the legacy era, `server/discover` in the
+/// modern one (which has no `ping`). Any answer, even an error, means the server is alive.
+pub(super) async fn health(
+    up: &Arc<Upstream>,
+    link: &Arc<Link>,
+    within: Duration,
+) -> Result<(), String> {
+    let outcome = match link.info().era {
+        Era::Legacy => up.request_on(link, "ping", "{}", Some(within)).await,
+        Era::Modern => {
+            up.request_on(link, "server/discover", &discover_params(), Some(within))
+                .await
+        }
+    };
+    outcome.map(drop).map_err(|e| e.to_string())
+}
+
+async fn discover(
+    up: &Arc<Upstream>,
+    link: &Arc<Link>,
+    probe: Option<Duration>,
+) -> Result<UpstreamInfo, String> {
+    let params = discover_params();
     let result = match up.request_on(link, "server/discover", &params, probe).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
@@ -184,5 +205,6 @@ fn describe(e: UpstreamError) -> String {
         | UpstreamError::Unavailable { reason, .. }
         | UpstreamError::Failed { reason, .. } => reason,
         UpstreamError::Timeout { ms, .. } => format!("no answer within {ms} ms"),
+        busy @ UpstreamError::Busy { .. } => busy.to_string(),
     }
 }

@@ -54,6 +54,10 @@ pub enum UpstreamError {
     Timeout { server: Arc<str>, ms: u64 },
     #[error("upstream `{server}` failed: {reason}")]
     Failed { server: Arc<str>, reason: String },
+    #[error(
+        "upstream `{server}` already has {limit} calls in flight for this tenant (max_inflight_per_process); retry when one finishes"
+    )]
+    Busy { server: Arc<str>, limit: usize },
 }
 
 /// The final answer to a call: a JSON-RPC result or error object (raw), or no answer at all.
@@ -279,6 +283,8 @@ enum Retire {
     Recycle,
     /// An operator restarted it: replace it now.
     Restart,
+    /// It did not answer its health check: replace it, with backoff like a crash.
+    Unhealthy,
 }
 
 impl Retire {
@@ -288,6 +294,7 @@ impl Retire {
             Retire::Drain => "drained by an operator",
             Retire::Recycle => "recycled (max_calls_per_process or max_age_secs)",
             Retire::Restart => "restarted by an operator",
+            Retire::Unhealthy => "did not answer its health check",
         }
     }
 }
@@ -418,9 +425,11 @@ impl Upstream {
             Some(t) => format!("{}/{}", config.name, t.tenant).into(),
             None => config.name.as_str().into(),
         };
+        // `min_processes = 1`: wanted from the start and never stopped for idleness.
+        let warm = config.min_processes > 0;
         let on_demand = tenant.as_ref().map(|_| OnDemand {
-            idle: (config.idle_secs > 0).then(|| Duration::from_secs(config.idle_secs)),
-            wanted: std::sync::atomic::AtomicBool::new(false),
+            idle: (config.idle_secs > 0 && !warm).then(|| Duration::from_secs(config.idle_secs)),
+            wanted: std::sync::atomic::AtomicBool::new(warm),
             demand: tokio::sync::Notify::new(),
             last_used: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -546,6 +555,20 @@ impl Upstream {
         route: Route,
         defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
+        let limit = self.config.max_inflight_per_process;
+        if limit > 0 && self.on_demand.is_some() && matches!(route, Route::Client { .. }) {
+            let inflight = self
+                .lock_calls()
+                .values()
+                .filter(|c| matches!(c.route, Route::Client { .. }))
+                .count();
+            if inflight >= limit {
+                return Err(UpstreamError::Busy {
+                    server: self.name.clone(),
+                    limit,
+                });
+            }
+        }
         let wait = Duration::from_millis(self.config.connect_timeout_ms);
         let link = self.link(wait).await?;
         self.call_on(&link, method, params, route, defaults)
@@ -929,7 +952,7 @@ impl Upstream {
                         };
                         self.metrics.upstream_up(&self.label, false);
                         let reason = link.reason();
-                        if let Some(why) = retired {
+                        if let Some(why) = retired.filter(|w| *w != Retire::Unhealthy) {
                             if matches!(why, Retire::Idle | Retire::Drain) {
                                 // Idle first, then not wanted: a caller from now on leaves a
                                 // permit that starts the instance again.
@@ -987,16 +1010,20 @@ impl Upstream {
     /// Resolves when a healthy on-demand instance should stop: an operator's restart at once;
     /// otherwise, once no client call is in flight, a drain, a recycle (calls served or age),
     /// or idleness. Never for a shared instance.
-    async fn retire(&self, link: &Link) -> Retire {
+    async fn retire(self: &Arc<Self>, link: &Arc<Link>) -> Retire {
         let Some(od) = &self.on_demand else {
             return std::future::pending().await;
         };
         let cfg = &self.config;
+        let health_every =
+            (cfg.health_interval_secs > 0).then(|| Duration::from_secs(cfg.health_interval_secs));
         let every = od
             .idle
             .map_or(Duration::from_secs(5), |i| i / 4)
+            .min(health_every.unwrap_or(Duration::MAX))
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(every);
+        let mut last_health = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1004,6 +1031,14 @@ impl Upstream {
             }
             if od.restart.swap(false, Ordering::AcqRel) {
                 return Retire::Restart;
+            }
+            if health_every.is_some_and(|h| last_health.elapsed() >= h) {
+                last_health = Instant::now();
+                let within = Duration::from_millis(cfg.health_timeout_ms);
+                if let Err(e) = handshake::health(self, link, within).await {
+                    tracing::warn!(server = %self.label, error = %e, "health check failed: restarting");
+                    return Retire::Unhealthy;
+                }
             }
             // The gateway's own long-lived calls (its `subscriptions/listen`) are not use.
             let busy = self

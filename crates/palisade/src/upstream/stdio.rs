@@ -158,11 +158,21 @@ impl StdioTransport {
             watch_link.close(reason);
         });
         let name = self.name.clone();
+        // A dedicated instance's stderr is its tenant's log stream: every line carries the
+        // tenant, so operators can follow one tenant's servers.
+        let tenant: Option<Arc<str>> = up.tenant.as_ref().map(|t| t.tenant.clone());
         tokio::spawn(async move {
             let mut lines = LineReader::new(stderr, MAX_STDERR_LINE);
             while let Ok(Some(line)) = lines.next_line(true).await {
                 let text = String::from_utf8_lossy(&line);
-                tracing::info!(target: "palisade::upstream::stderr", server = %name, "{}", text.trim_end());
+                match &tenant {
+                    Some(t) => {
+                        tracing::info!(target: "palisade::upstream::stderr", server = %name, tenant = %t, "{}", text.trim_end())
+                    }
+                    None => {
+                        tracing::info!(target: "palisade::upstream::stderr", server = %name, "{}", text.trim_end())
+                    }
+                }
             }
         });
         let max = self.max_line;
