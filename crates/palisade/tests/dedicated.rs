@@ -564,7 +564,7 @@ async fn calls_beyond_the_inflight_limit_are_refused_at_once() {
         "refused at once, not queued: {took:?}"
     );
     // Another tenant's process has its own limit.
-    assert_eq!(pid_of(&whoami(&gw, GLOBEX_KEY).await) > 0, true);
+    assert!(pid_of(&whoami(&gw, GLOBEX_KEY).await) > 0);
 }
 
 #[tokio::test]
