@@ -144,6 +144,7 @@ impl Gateway {
             changing: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
+        report_sandboxes(&config);
         gw.sync_upstreams(&config);
         gw.store.reconcile(&declared(&config)).await?;
         gw.refresh(true).await?;
@@ -436,6 +437,26 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }
         crate::upstream::sandbox::cleanup();
+    }
+}
+
+/// Says, at start, what sandbox each sandboxed server's processes will get on this host: a
+/// layer the host lacks is a warning, or an error when the profile requires it (those processes
+/// will not start).
+fn report_sandboxes(config: &Config) {
+    for server in &config.servers {
+        let Some(profile) = &server.sandbox else {
+            continue;
+        };
+        let level = crate::upstream::sandbox::host().level(profile);
+        tracing::info!(server = %server.name, level = %level.label(), "sandbox for the tenants' processes");
+        for (layer, why) in &level.skipped {
+            if profile.requires(*layer) {
+                tracing::error!(server = %server.name, layer = layer.name(), %why, "a required sandbox layer is unavailable on this host: the tenants' processes of this server will not start (see `palisade doctor`)");
+            } else {
+                tracing::warn!(server = %server.name, layer = layer.name(), %why, "sandbox layer unavailable on this host: skipped");
+            }
+        }
     }
 }
 
