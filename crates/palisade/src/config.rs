@@ -246,10 +246,15 @@ pub struct Server {
     /// refused at once (0: no limit).
     #[serde(default)]
     pub max_inflight_per_process: usize,
-    /// Dedicated placement: 1 keeps each active tenant's process running (started with the
-    /// tenant, never stopped for idleness); 0 starts it on first use.
+    /// Dedicated placement: processes kept running per tenant (started with the tenant, never
+    /// stopped for idleness), 0 to `max_processes`; 0 starts the first on first use.
     #[serde(default)]
-    pub min_processes: u8,
+    pub min_processes: usize,
+    /// Dedicated placement: processes per tenant at most. A call goes to a process with fewer
+    /// than `max_inflight_per_process` calls in flight (one, when that is 0); when none has
+    /// room and the pool is below this size, another process starts.
+    #[serde(default = "one")]
+    pub max_processes: usize,
     /// Dedicated placement: how often a running process is pinged (0: never); one that does
     /// not answer within `health_timeout_ms` is restarted.
     #[serde(default = "default_health_interval")]
@@ -268,6 +273,10 @@ pub struct Server {
     /// How long a list fan-out waits for this server before serving the others without it.
     #[serde(default = "default_list_timeout")]
     pub list_timeout_ms: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_health_interval() -> u64 {
@@ -517,10 +526,10 @@ impl Config {
                     ),
                 ));
             }
-            if s.min_processes > 1 {
+            if s.max_processes == 0 || s.max_processes > 64 || s.min_processes > s.max_processes {
                 return Err(invalid(
-                    format!("{key}.min_processes"),
-                    "a tenant's pool holds one process: use 0 (start on first use) or 1 (keep it running)",
+                    format!("{key}.max_processes"),
+                    "use 1 to 64 processes per tenant, and min_processes at most max_processes",
                 ));
             }
             if s.call_timeout_ms == 0 || s.connect_timeout_ms == 0 || s.list_timeout_ms == 0 {

@@ -185,11 +185,18 @@ impl Gateway {
     pub fn observe_instances(&self) {
         let mut census: HashMap<(String, &'static str), i64> = HashMap::new();
         let mut sandboxes: HashMap<(String, String), i64> = HashMap::new();
-        for r in lock(&self.dedicated).values() {
-            let state = r.upstream.state();
-            let server = r.upstream.name.to_string();
+        let pools: Vec<Arc<Upstream>> = lock(&self.dedicated)
+            .values()
+            .map(|r| r.upstream.clone())
+            .collect();
+        for u in pools
+            .iter()
+            .flat_map(|p| std::iter::once(p.clone()).chain(p.pool_members()))
+        {
+            let state = u.state();
+            let server = u.name.to_string();
             if state == "ready" {
-                let level = r.upstream.sandbox_level().unwrap_or_else(|| "none".into());
+                let level = u.sandbox_level().unwrap_or_else(|| "none".into());
                 *sandboxes.entry((server.clone(), level)).or_default() += 1;
             }
             *census.entry((server, state)).or_default() += 1;
@@ -435,6 +442,13 @@ impl Gateway {
             .collect();
         for s in sups {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        let pools: Vec<Arc<Upstream>> = lock(&self.dedicated)
+            .values()
+            .map(|r| r.upstream.clone())
+            .collect();
+        for p in pools {
+            p.stopped_members(Duration::from_secs(5)).await;
         }
         crate::upstream::sandbox::cleanup();
     }

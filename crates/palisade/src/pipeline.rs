@@ -279,6 +279,9 @@ pub async fn forward(
             return Err(upstream_error(id, &e).into());
         }
     };
+    // In a dedicated pool the call may run on another instance than the catalog's: what
+    // follows (answers to its requests, parking) goes to that one.
+    let upstream = handle.upstream().clone();
     let cancel = caller.session.as_ref().map(|s| s.track_call(id));
     let route = Route::Client {
         tenant: tenant.id.clone(),

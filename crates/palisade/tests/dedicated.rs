@@ -595,3 +595,81 @@ async fn a_process_that_stops_answering_is_restarted() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A pool grows to `max_processes` when its processes are busy, and refuses beyond.
+#[tokio::test]
+async fn a_busy_pool_grows_to_its_maximum() {
+    let (gw, _secrets) = dedicated("max_processes = 2\nmax_inflight_per_process = 1").await;
+    let first = pid_of(&whoami(&gw, ACME_KEY).await);
+    let s = gw.legacy_as(ACME_KEY).await;
+    let slow = |id: u64| s.call(id, "slow", json!({"ms": 1500}));
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.call(3, "echo", json!({"message": "x"})).await
+    };
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (_, body) = gw
+            .admin_api(
+                "GET",
+                "/admin/v1/tenants/acme/processes",
+                Some(ADMIN_KEY),
+                None,
+            )
+            .await;
+        body
+    };
+    let (a, b, third, during) = tokio::join!(
+        slow(1),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slow(2).await
+        },
+        third,
+        during
+    );
+    assert_eq!(common::text(a.response()), "slept");
+    assert_eq!(
+        common::text(b.response()),
+        "slept",
+        "the second call runs on a second process"
+    );
+    assert_eq!(
+        third.response()["error"]["code"],
+        -32005,
+        "a full pool refuses: {:?}",
+        third.messages
+    );
+    let processes = during["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2, "{during}");
+    let pids: Vec<u64> = processes.iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 2, "{during}");
+    assert!(pids.contains(&(first as u64)));
+    assert_ne!(pids[0], pids[1]);
+}
+
+#[tokio::test]
+async fn warm_spares_start_with_the_tenant() {
+    let (gw, _secrets) = dedicated("min_processes = 2\nmax_processes = 3").await;
+    wait_until(
+        "two warm processes per tenant",
+        Duration::from_secs(5),
+        || children_of(gw.pid()).len() == 4,
+    )
+    .await;
+    let (_, body) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/processes",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    let states: Vec<&str> = body["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["state"].as_str())
+        .collect();
+    assert_eq!(states, ["ready", "ready"], "{body}");
+}

@@ -400,7 +400,11 @@ async fn instances(
 
 async fn list_processes(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
     let list = instances(&gw, &tenant, &InstanceFilter::default()).await?;
-    let processes: Vec<Value> = list.iter().map(|u| to_json(&u.status())).collect();
+    let processes: Vec<Value> = list
+        .iter()
+        .flat_map(|u| std::iter::once(u.clone()).chain(u.pool_members()))
+        .map(|u| to_json(&u.status()))
+        .collect();
     ok(StatusCode::OK, json!({ "processes": processes }))
 }
 

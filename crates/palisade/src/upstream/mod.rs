@@ -255,6 +255,12 @@ pub struct Upstream {
     sandbox_level: Mutex<Option<String>>,
     /// Dedicated placement: where template secrets not in the config are found.
     vault: Option<Arc<crate::secrets::Vault>>,
+    /// Dedicated placement: this instance's place in its tenant's pool (0: the first, which
+    /// the catalog sees; the others only take calls when it has no room).
+    index: usize,
+    /// The first instance of a pool holds the others, and their supervisors.
+    members: Option<Mutex<Vec<Arc<Upstream>>>>,
+    member_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Lazy start and idle stop of a dedicated instance.
@@ -303,6 +309,8 @@ impl Retire {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InstanceStatus {
     pub server: Arc<str>,
+    /// Its place in the tenant's pool (0: the first).
+    pub index: usize,
     /// `idle` (no process), `starting`, `ready`, `down` (restarting with backoff) or `stopped`.
     pub state: &'static str,
     pub pid: Option<u32>,
@@ -341,6 +349,11 @@ pub enum Step {
 }
 
 impl CallHandle {
+    /// The instance the call runs on (in a pool, not always the one it was sent to).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -389,7 +402,7 @@ impl Upstream {
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
-        Upstream::build(config, None, metrics, shutdown, http_client)
+        Upstream::build(config, None, metrics, shutdown, http_client, 0)
     }
 
     /// A tenant's own instance of a dedicated server: started on first use from the server's
@@ -408,6 +421,7 @@ impl Upstream {
             metrics,
             shutdown,
             http_client,
+            0,
         )
     }
 
@@ -417,16 +431,20 @@ impl Upstream {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         http_client: reqwest::Client,
+        index: usize,
     ) -> Arc<Upstream> {
         let (readiness, _) = watch::channel(Readiness::Starting);
         let (notices, _) = broadcast::channel(64);
         let (tenant, vault) = dedicated.unzip();
         let label: Arc<str> = match &tenant {
+            Some(t) if index > 0 => format!("{}/{}#{index}", config.name, t.tenant).into(),
             Some(t) => format!("{}/{}", config.name, t.tenant).into(),
             None => config.name.as_str().into(),
         };
-        // `min_processes = 1`: wanted from the start and never stopped for idleness.
-        let warm = config.min_processes > 0;
+        let members = (tenant.is_some() && index == 0).then(|| Mutex::new(Vec::new()));
+        // The first `min_processes` of a pool: wanted from the start, never stopped for
+        // idleness.
+        let warm = config.min_processes > index;
         let on_demand = tenant.as_ref().map(|_| OnDemand {
             idle: (config.idle_secs > 0 && !warm).then(|| Duration::from_secs(config.idle_secs)),
             wanted: std::sync::atomic::AtomicBool::new(warm),
@@ -443,6 +461,9 @@ impl Upstream {
             on_demand,
             sandbox_level: Mutex::new(None),
             vault,
+            index,
+            members,
+            member_tasks: Mutex::new(Vec::new()),
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
@@ -461,9 +482,102 @@ impl Upstream {
     }
 
     /// Starts the supervisor, which keeps a link up until shutdown.
+    /// Starts the supervisor, which keeps a link up until shutdown (an on-demand instance's
+    /// waits for its first use). A pool's first instance also starts its warm members.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        for _ in 1..self.config.min_processes {
+            self.add_member();
+        }
         let me = self.clone();
         tokio::spawn(async move { me.supervise().await })
+    }
+
+    /// The other instances of this pool (empty for a shared upstream).
+    pub fn pool_members(&self) -> Vec<Arc<Upstream>> {
+        self.members
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds an instance to this pool and starts its supervisor (which waits for its first use,
+    /// unless it is warm); `None` when the pool is full or this is not a pool.
+    fn add_member(self: &Arc<Self>) -> Option<Arc<Upstream>> {
+        let members = self.members.as_ref()?;
+        let (tenant, vault) = (self.tenant.clone()?, self.vault.clone()?);
+        let mut list = members.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() + 1 >= self.config.max_processes {
+            return None;
+        }
+        let member = Upstream::build(
+            self.config.clone(),
+            Some((tenant, vault)),
+            self.metrics.clone(),
+            self.shutdown.child_token(),
+            self.http_client.clone(),
+            list.len() + 1,
+        );
+        let supervised = member.clone();
+        let task = tokio::spawn(async move { supervised.supervise().await });
+        if let Ok(mut tasks) = self.member_tasks.lock() {
+            tasks.push(task);
+        }
+        list.push(member.clone());
+        Some(member)
+    }
+
+    /// Waits (at most `limit` each) for the pool's other instances to stop, after shutdown.
+    pub async fn stopped_members(&self, limit: Duration) {
+        let tasks: Vec<_> = match self.member_tasks.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in tasks {
+            let _ = tokio::time::timeout(limit, t).await;
+        }
+    }
+
+    /// Client calls in flight on this instance.
+    fn client_inflight(&self) -> usize {
+        self.lock_calls()
+            .values()
+            .filter(|c| matches!(c.route, Route::Client { .. }))
+            .count()
+    }
+
+    /// The instance of this pool a client call goes to: a running one with room (the least
+    /// loaded), else one that can start, else a new one while the pool has room. Room is
+    /// `max_inflight_per_process` calls (one, when that is 0, so a busy process makes the pool
+    /// grow); when every process is full, the limit refuses the call, or without a limit the
+    /// least loaded takes it.
+    fn pick(self: &Arc<Self>) -> Result<Arc<Upstream>, UpstreamError> {
+        let limit = self.config.max_inflight_per_process;
+        let room = limit.max(1);
+        let mut all = vec![self.clone()];
+        all.extend(self.pool_members());
+        let loads: Vec<(usize, bool)> = all
+            .iter()
+            .map(|u| (u.client_inflight(), u.is_ready()))
+            .collect();
+        let best = |ready: bool| {
+            (0..all.len())
+                .filter(|&i| loads[i].0 < room && loads[i].1 == ready)
+                .min_by_key(|&i| loads[i].0)
+        };
+        if let Some(i) = best(true).or_else(|| best(false)) {
+            return Ok(all[i].clone());
+        }
+        if let Some(member) = self.add_member() {
+            return Ok(member);
+        }
+        if limit > 0 {
+            return Err(UpstreamError::Busy {
+                server: self.name.clone(),
+                limit,
+            });
+        }
+        let least = (0..all.len()).min_by_key(|&i| loads[i].0).unwrap_or(0);
+        Ok(all[least].clone())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -555,23 +669,15 @@ impl Upstream {
         route: Route,
         defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
-        let limit = self.config.max_inflight_per_process;
-        if limit > 0 && self.on_demand.is_some() && matches!(route, Route::Client { .. }) {
-            let inflight = self
-                .lock_calls()
-                .values()
-                .filter(|c| matches!(c.route, Route::Client { .. }))
-                .count();
-            if inflight >= limit {
-                return Err(UpstreamError::Busy {
-                    server: self.name.clone(),
-                    limit,
-                });
-            }
-        }
-        let wait = Duration::from_millis(self.config.connect_timeout_ms);
-        let link = self.link(wait).await?;
-        self.call_on(&link, method, params, route, defaults)
+        // A dedicated pool spreads client calls over its processes.
+        let instance = if self.members.is_some() && matches!(route, Route::Client { .. }) {
+            self.pick()?
+        } else {
+            self.clone()
+        };
+        let wait = Duration::from_millis(instance.config.connect_timeout_ms);
+        let link = instance.link(wait).await?;
+        instance.call_on(&link, method, params, route, defaults)
     }
 
     fn call_on(
@@ -1074,6 +1180,9 @@ impl Upstream {
             od.restart.store(true, Ordering::Release);
             od.poke.notify_one();
         }
+        for m in self.pool_members() {
+            m.restart();
+        }
     }
 
     /// An operator's drain: the process stops once no call is in flight; the next call starts
@@ -1082,6 +1191,9 @@ impl Upstream {
         if let Some(od) = &self.on_demand {
             od.drain.store(true, Ordering::Release);
             od.poke.notify_one();
+        }
+        for m in self.pool_members() {
+            m.drain();
         }
     }
 
@@ -1114,6 +1226,7 @@ impl Upstream {
         });
         InstanceStatus {
             server: self.name.clone(),
+            index: self.index,
             state,
             pid,
             uptime_secs: link.as_ref().map(|l| l.started.elapsed().as_secs()),
@@ -1154,13 +1267,7 @@ impl Upstream {
                     let stored = self.stored_secrets(ctx).await?;
                     filled = template::stdio_for(stdio, ctx, &stored)?;
                     if let Some(profile) = &self.config.sandbox {
-                        let spawn = sandbox::prepare(
-                            profile,
-                            &filled,
-                            &ctx.tenant,
-                            &self.name,
-                            generation,
-                        )?;
+                        let spawn = sandbox::prepare(profile, &filled, &ctx.tenant, &self.name)?;
                         if let Ok(mut level) = self.sandbox_level.lock() {
                             *level = Some(spawn.level.clone());
                         }

@@ -51,8 +51,10 @@ pub fn prepare(
     cfg: &Stdio,
     tenant: &str,
     server: &str,
-    instance: u64,
 ) -> Result<Spawn, String> {
+    // Unique within this gateway: pool members and a process replacing another never share.
+    static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let instance = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let host = host();
     let level = host.level(profile);
     if let Some((layer, why)) = level.skipped.iter().find(|(l, _)| profile.requires(*l)) {
