@@ -456,8 +456,11 @@ impl Gateway {
 
 /// Says, at start, what sandbox each sandboxed server's processes will get on this host: a
 /// layer the host lacks is a warning, or an error when the profile requires it (those processes
-/// will not start).
+/// will not start). Also sweeps the cgroups left by gateways that were killed.
 fn report_sandboxes(config: &Config) {
+    if config.servers.iter().any(|s| s.sandbox.is_some()) {
+        crate::upstream::sandbox::sweep_stale();
+    }
     for server in &config.servers {
         let Some(profile) = &server.sandbox else {
             continue;

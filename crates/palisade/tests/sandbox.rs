@@ -217,3 +217,28 @@ async fn doctor_reports_what_the_host_supports() {
         assert!(report.to_lowercase().contains(layer), "{report}");
     }
 }
+
+/// The cgroups of a gateway that was killed (its pid gone) are swept when another starts.
+#[tokio::test]
+async fn a_dead_gateways_cgroups_are_swept_at_start() {
+    if host_ready().is_none() {
+        return;
+    }
+    let Some(mount) = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|m| m.join("cgroup.procs").exists())
+    else {
+        eprintln!("skipped: no pids or unified cgroup hierarchy at the usual place");
+        return;
+    };
+    // A pid above the kernel's maximum can never be alive.
+    let stale = mount.join("palisade-4194305/acme/kit/1");
+    std::fs::create_dir_all(&stale).unwrap();
+    let gw = sandboxed("").await;
+    assert!(
+        !mount.join("palisade-4194305").exists(),
+        "stale cgroups left behind: {}",
+        gw.log()
+    );
+}

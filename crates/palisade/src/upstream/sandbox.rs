@@ -20,6 +20,45 @@ fn cgroup_root() -> &'static str {
     ROOT.get_or_init(|| format!("{DEFAULT_CGROUP_ROOT}-{}", std::process::id()))
 }
 
+/// Removes the cgroup roots of gateways that are gone (killed before they could clean up):
+/// `palisade-<pid>` whose process no longer exists. Whatever still runs in them is killed.
+pub fn sweep_stale() {
+    let host = host();
+    let mounts: Vec<PathBuf> = match &host.cgroups {
+        palisade_sandbox::CgroupLayout::None => Vec::new(),
+        palisade_sandbox::CgroupLayout::V2 { root, .. } => vec![root.clone()],
+        palisade_sandbox::CgroupLayout::Hybrid { v1, unified } => v1
+            .iter()
+            .map(|(_, m)| m.clone())
+            .chain(unified.iter().cloned())
+            .collect(),
+    };
+    let prefix = format!("{DEFAULT_CGROUP_ROOT}-");
+    let mut stale = std::collections::BTreeSet::new();
+    for mount in mounts {
+        let Ok(entries) = std::fs::read_dir(&mount) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                stale.insert(name);
+            }
+        }
+    }
+    for root in stale {
+        tracing::info!(cgroup = %root, "removing the cgroups of a gateway that is gone");
+        palisade_sandbox::remove_root(host, &root);
+    }
+}
+
 /// Removes this gateway's cgroup root, if it sandboxed anything (at shutdown, after every
 /// instance stopped).
 pub fn cleanup() {
