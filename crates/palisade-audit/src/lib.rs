@@ -9,10 +9,14 @@
 //! hash covers the previous hash and its exact stored bytes (see [`chain`]).
 
 pub mod chain;
+pub mod file;
 pub mod record;
+pub mod verify;
 
 pub use chain::{Chain, GENESIS_HASH, hash_line, split_line};
+pub use file::{AuditConfig, AuditLog, Checkpoint, CheckpointLine, FileSink, Sink, list_files};
 pub use record::{Fingerprinter, Kind, Record, canonical_json, new_uuid_v7, now_rfc3339};
+pub use verify::{Problem, ProblemKind, Report, VerifyOptions, verify, verify_with};
 
 /// Errors from the audit trail.
 #[derive(Debug, thiserror::Error)]
