@@ -432,7 +432,11 @@ impl Writer {
     fn commit(&mut self, appends: Vec<(Box<Record>, Ack)>) {
         let fail_all = |acks: Vec<Ack>, e: &AuditError| {
             for a in acks {
-                let _ = a.send(Err(AuditError::Unavailable(e.to_string())));
+                let msg = match e {
+                    AuditError::Unavailable(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                let _ = a.send(Err(AuditError::Unavailable(msg)));
             }
         };
         if let Err(e) = self.repair().and_then(|()| self.rotate_if_full()) {
@@ -485,5 +489,166 @@ impl Writer {
         self.repair()?;
         let cp = self.checkpoint_line("close");
         self.write_durable(cp.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Fingerprinter, Kind, VerifyOptions, verify_with};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    const SEED: [u8; 32] = [9u8; 32];
+    const OK: u8 = 0;
+    const FAIL_WRITE: u8 = 1;
+    const FAIL_SYNC: u8 = 2;
+
+    /// A file sink with injectable faults and a sync counter.
+    struct TestSink {
+        inner: FileSink,
+        mode: Arc<AtomicU8>,
+        syncs: Arc<AtomicUsize>,
+    }
+
+    impl Sink for TestSink {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            if self.mode.load(Ordering::SeqCst) == FAIL_WRITE {
+                // A partial write, as on a full disk.
+                let _ = self.inner.file.write_all(&buf[..buf.len() / 2]);
+                return Err(io::Error::other("injected: no space left on device"));
+            }
+            self.inner.write_all(buf)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            if self.mode.load(Ordering::SeqCst) == FAIL_SYNC {
+                return Err(io::Error::other("injected: I/O error"));
+            }
+            self.inner.sync()
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if self.mode.load(Ordering::SeqCst) != OK {
+                return Err(io::Error::other("injected: still failing"));
+            }
+            self.inner.truncate(len)
+        }
+        fn rotate(&mut self, first_seq: u64) -> io::Result<()> {
+            self.inner.rotate(first_seq)
+        }
+    }
+
+    fn test_log(dir: &Path) -> (AuditLog, Arc<AtomicU8>, Arc<AtomicUsize>) {
+        let mode = Arc::new(AtomicU8::new(OK));
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let sink = TestSink {
+            inner: FileSink::create(dir, 1).unwrap(),
+            mode: mode.clone(),
+            syncs: syncs.clone(),
+        };
+        let mut cfg = AuditConfig::new(dir, "replica-a");
+        cfg.checkpoint_every = 100;
+        let log = AuditLog::with_sink(cfg, &SEED, Box::new(sink), Chain::new()).unwrap();
+        (log, mode, syncs)
+    }
+
+    fn rec(tenant: &str) -> Record {
+        Record::new(Kind::Begin, tenant, "subj", "tools/call")
+    }
+
+    fn strict(dir: &Path, pk: &[u8]) -> crate::Report {
+        verify_with(
+            dir,
+            pk,
+            VerifyOptions {
+                expect_closed: true,
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_16_concurrent_appenders() {
+        let d = tempfile::tempdir().unwrap();
+        let (log, _mode, syncs) = test_log(d.path());
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50 {
+                    let mut r = rec(&format!("t{t}"));
+                    r.target = Some(format!("tool{i}"));
+                    log.append(r).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        log.close().await.unwrap();
+        let n_syncs = syncs.load(Ordering::SeqCst);
+        assert!(
+            n_syncs < 800,
+            "no batching: {n_syncs} syncs for 800 records"
+        );
+        let files = list_files(d.path()).unwrap();
+        let text = fs::read_to_string(&files[0]).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .filter(|l| !l.starts_with("{\"checkpoint\""))
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, (1..=800).collect::<Vec<u64>>());
+        assert!(text.contains("\"replica\":\"replica-a\""));
+        let r = strict(d.path(), &log.public_key());
+        assert!(r.ok(), "{:?}", r.problem);
+        assert_eq!((r.records, r.checkpoints), (800, 9));
+        // Appends after close fail closed.
+        assert!(matches!(
+            log.append(rec("t1")).await,
+            Err(AuditError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_closed_and_heals() {
+        let d = tempfile::tempdir().unwrap();
+        let (log, mode, _syncs) = test_log(d.path());
+        log.append(rec("t1")).await.unwrap();
+        for fault in [FAIL_WRITE, FAIL_SYNC] {
+            mode.store(fault, Ordering::SeqCst);
+            let e = log.append(rec("t1")).await.unwrap_err();
+            assert!(matches!(e, AuditError::Unavailable(_)));
+            let msg = e.to_string();
+            assert!(msg.starts_with("audit trail unavailable: cannot"), "{msg}");
+            // Still failing: the repair cannot run either.
+            assert!(log.append(rec("t1")).await.is_err());
+            mode.store(OK, Ordering::SeqCst);
+            log.append(rec("t1")).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let r = strict(d.path(), &log.public_key());
+        assert!(r.ok(), "{:?}", r.problem);
+        assert_eq!(r.records, 3);
+    }
+
+    #[tokio::test]
+    async fn no_raw_arguments_in_the_trail() {
+        let d = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(AuditConfig::new(d.path(), "r"), &SEED).unwrap();
+        let fp = Fingerprinter::new([1u8; 32], "k1");
+        let args = serde_json::json!({"email": "alice@example.com", "card": "4111111111111111"});
+        let mut r = rec("t1");
+        let (kid, hash) = fp.fingerprint("t1", &args);
+        r.key_id = Some(kid);
+        r.args_fingerprint = Some(hash.clone());
+        r.args_bytes = Some(args.to_string().len() as u64);
+        log.append(r).await.unwrap();
+        log.close().await.unwrap();
+        let text = fs::read_to_string(&list_files(d.path()).unwrap()[0]).unwrap();
+        assert!(text.contains(&hash));
+        assert!(!text.contains("alice@example.com") && !text.contains("4111111111111111"));
     }
 }
