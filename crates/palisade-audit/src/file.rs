@@ -5,7 +5,8 @@
 //! pending line, calls `fdatasync` once per batch and only then acks each caller. If writing or
 //! syncing fails, every caller in that batch gets [`AuditError::Unavailable`], the chain state is
 //! rolled back and the file is truncated back to its last durable length before the next batch
-//! (self-healing). Every `checkpoint_every` records, before rotation and at close, a signed line
+//! (self-healing). Every `checkpoint_every` records or `checkpoint_interval`, before rotation
+//! (by size, checked before each batch, or by age) and at close, a signed line
 //! `{"checkpoint":{"seq":N,"hash":"<hex>","time":"…","reason":"periodic|rotate|close"},"sig":"<base64>"}`
 //! is written; the signature is Ed25519 over [`Checkpoint::signed_bytes`]. Opening a directory
 //! always starts a new file chained from the last stored record.
@@ -13,7 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
@@ -40,10 +41,14 @@ pub struct AuditConfig {
     pub queue_depth: usize,
     /// Most records in one group commit.
     pub max_batch: usize,
+    /// Also write a checkpoint when records are pending and this much time has passed.
+    pub checkpoint_interval: Option<Duration>,
+    /// Also rotate a non-empty file once it is this old.
+    pub max_file_age: Option<Duration>,
 }
 
 impl AuditConfig {
-    /// Defaults: 64 MiB files, a checkpoint every 1000 records.
+    /// Defaults: 64 MiB or one-day files, a checkpoint every 1000 records or 60 s.
     pub fn new(dir: impl Into<PathBuf>, replica: &str) -> Self {
         AuditConfig {
             dir: dir.into(),
@@ -52,6 +57,8 @@ impl AuditConfig {
             replica: replica.to_owned(),
             queue_depth: 4096,
             max_batch: 1024,
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            max_file_age: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -223,6 +230,8 @@ type Ack = oneshot::Sender<Result<(), AuditError>>;
 enum Msg {
     Append(Box<Record>, Ack),
     Close(Ack),
+    /// Time-based checkpoint and rotation.
+    Tick,
 }
 
 /// Handle to the audit writer. Cheap to clone; all clones feed the same writer.
@@ -261,7 +270,14 @@ impl AuditLog {
         public_key.copy_from_slice(pk);
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
         let good_len = sink.len();
+        let period = [cfg.checkpoint_interval, cfg.max_file_age]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|p| (p / 4).max(Duration::from_millis(10)));
         let writer = Writer {
+            file_started: Instant::now(),
+            last_checkpoint: Instant::now(),
             sink,
             chain,
             key,
@@ -273,6 +289,22 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("palisade-audit-writer".into())
             .spawn(move || writer.run(rx))?;
+        if let Some(period) = period {
+            let weak = tx.downgrade();
+            std::thread::Builder::new()
+                .name("palisade-audit-tick".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(period);
+                        match weak.upgrade() {
+                            Some(tx) if !tx.is_closed() => {
+                                let _ = tx.try_send(Msg::Tick);
+                            }
+                            _ => return,
+                        }
+                    }
+                })?;
+        }
         Ok(AuditLog { tx, public_key })
     }
 
@@ -315,6 +347,8 @@ struct Writer {
     good_len: u64,
     /// A failed batch may have left partial bytes after `good_len`.
     dirty: bool,
+    file_started: Instant,
+    last_checkpoint: Instant,
 }
 
 fn unavailable(what: &str, e: &io::Error) -> AuditError {
@@ -345,6 +379,7 @@ impl Writer {
                         let _ = ack.send(Err(AuditError::Unavailable("audit log closed".into())));
                     }
                     Msg::Close(ack) => close_ack = Some(ack),
+                    Msg::Tick => self.tick(),
                 }
             }
             if !appends.is_empty() {
@@ -354,10 +389,9 @@ impl Writer {
                 let _ = ack.send(self.close());
                 rx.close();
                 while let Ok(m) = rx.try_recv() {
-                    let ack = match m {
-                        Msg::Append(_, a) | Msg::Close(a) => a,
-                    };
-                    let _ = ack.send(Err(AuditError::Unavailable("audit log closed".into())));
+                    if let Msg::Append(_, a) | Msg::Close(a) = m {
+                        let _ = a.send(Err(AuditError::Unavailable("audit log closed".into())));
+                    }
                 }
                 return;
             }
@@ -419,14 +453,41 @@ impl Writer {
         if self.sink.len() < self.cfg.max_file_bytes || self.sink.is_empty() {
             return Ok(());
         }
+        self.rotate_now()
+    }
+
+    /// Signed `rotate` checkpoint, then a new file chained from the current head.
+    fn rotate_now(&mut self) -> Result<(), AuditError> {
         let cp = self.checkpoint_line("rotate");
         self.write_durable(cp.as_bytes())?;
         self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
         self.sink
             .rotate(self.chain.last_seq() + 1)
             .map_err(|e| unavailable("cannot start a new audit file", &e))?;
         self.good_len = self.sink.len();
+        self.file_started = Instant::now();
         Ok(())
+    }
+
+    /// Time-based work; errors are left for the next batch to report and repair.
+    fn tick(&mut self) {
+        if self.repair().is_err() {
+            return;
+        }
+        let old =
+            |limit: Option<Duration>, since: Instant| limit.is_some_and(|l| since.elapsed() >= l);
+        if old(self.cfg.max_file_age, self.file_started) && !self.sink.is_empty() {
+            let _ = self.rotate_now();
+        } else if old(self.cfg.checkpoint_interval, self.last_checkpoint)
+            && self.since_checkpoint > 0
+        {
+            let cp = self.checkpoint_line("periodic");
+            if self.write_durable(cp.as_bytes()).is_ok() {
+                self.since_checkpoint = 0;
+                self.last_checkpoint = Instant::now();
+            }
+        }
     }
 
     fn commit(&mut self, appends: Vec<(Box<Record>, Ack)>) {
@@ -461,6 +522,7 @@ impl Writer {
                     {
                         buf.push_str(&self.checkpoint_line("periodic"));
                         self.since_checkpoint = 0;
+                        self.last_checkpoint = Instant::now();
                     }
                 }
                 Err(e) => {
@@ -632,6 +694,32 @@ mod tests {
         let r = strict(d.path(), &log.public_key());
         assert!(r.ok(), "{:?}", r.problem);
         assert_eq!(r.records, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn time_based_checkpoint_and_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = AuditConfig::new(d.path(), "r");
+        cfg.checkpoint_interval = Some(Duration::from_millis(40));
+        cfg.max_file_age = None;
+        let log = AuditLog::open(cfg, &SEED).unwrap();
+        log.append(rec("t1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = fs::read_to_string(&list_files(d.path()).unwrap()[0]).unwrap();
+        assert!(text.contains("\"reason\":\"periodic\""), "{text}");
+        log.close().await.unwrap();
+
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = AuditConfig::new(d.path(), "r");
+        cfg.max_file_age = Some(Duration::from_millis(40));
+        let log = AuditLog::open(cfg, &SEED).unwrap();
+        log.append(rec("t1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        log.append(rec("t1")).await.unwrap();
+        log.close().await.unwrap();
+        assert_eq!(list_files(d.path()).unwrap().len(), 2);
+        let r = strict(d.path(), &log.public_key());
+        assert!(r.ok() && r.records == 2, "{:?}", r.problem);
     }
 
     #[tokio::test]
