@@ -410,8 +410,9 @@ impl Store {
 
     // ---- secrets' metadata ----
 
-    /// Records that the tenant has a secret `name` (created, or updated if it exists).
-    pub async fn put_secret_meta(&self, tenant: &str, name: &str) -> Result<(), StoreError> {
+    /// A write transaction in which the tenant's secret `name` is recorded (created, or its
+    /// `updated_at` moved strictly forward).
+    async fn secret_tx(&self, tenant: &str, name: &str) -> Result<Tx, StoreError> {
         if name.is_empty() {
             return Err(StoreError::Invalid("a secret name cannot be empty".into()));
         }
@@ -431,6 +432,12 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        Ok(tx)
+    }
+
+    /// Records that the tenant has a secret `name` (created, or updated if it exists).
+    pub async fn put_secret_meta(&self, tenant: &str, name: &str) -> Result<(), StoreError> {
+        let tx = self.secret_tx(tenant, name).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -443,25 +450,7 @@ impl Store {
         name: &str,
         sealed: &[u8],
     ) -> Result<(), StoreError> {
-        if name.is_empty() {
-            return Err(StoreError::Invalid("a secret name cannot be empty".into()));
-        }
-        let mut tx = self.write_tx().await?;
-        if !tenant_exists(&mut tx, tenant).await? {
-            return Err(StoreError::not_found("tenant", tenant));
-        }
-        sqlx::query(
-            "INSERT INTO secret_meta (tenant_id, name, created_at, updated_at) \
-             VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (tenant_id, name) DO UPDATE SET updated_at = \
-             CASE WHEN excluded.updated_at > secret_meta.updated_at \
-             THEN excluded.updated_at ELSE secret_meta.updated_at + 1 END",
-        )
-        .bind(tenant)
-        .bind(name)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.secret_tx(tenant, name).await?;
         sqlx::query(
             "INSERT INTO secret_values (tenant_id, name, sealed) VALUES ($1, $2, $3) \
              ON CONFLICT (tenant_id, name) DO UPDATE SET sealed = excluded.sealed",

@@ -413,13 +413,7 @@ async fn restart_processes(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let filter: InstanceFilter = parse(&body)?;
-    let list = instances(&gw, &tenant, &filter).await?;
-    for u in &list {
-        u.restart();
-    }
-    let servers: Vec<&str> = list.iter().map(|u| &*u.name).collect();
-    ok(StatusCode::ACCEPTED, json!({ "restarting": servers }))
+    act_on_processes(&gw, &tenant, &body, "restarting", |u| u.restart()).await
 }
 
 async fn drain_processes(
@@ -427,13 +421,24 @@ async fn drain_processes(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let filter: InstanceFilter = parse(&body)?;
-    let list = instances(&gw, &tenant, &filter).await?;
+    act_on_processes(&gw, &tenant, &body, "draining", |u| u.drain()).await
+}
+
+/// Applies an operator's action to the instances the body selects; 202 naming their servers.
+async fn act_on_processes(
+    gw: &Gateway,
+    tenant: &str,
+    body: &Bytes,
+    verb: &str,
+    action: impl Fn(&crate::upstream::Upstream),
+) -> Answer {
+    let filter: InstanceFilter = parse(body)?;
+    let list = instances(gw, tenant, &filter).await?;
     for u in &list {
-        u.drain();
+        action(u);
     }
     let servers: Vec<&str> = list.iter().map(|u| &*u.name).collect();
-    ok(StatusCode::ACCEPTED, json!({ "draining": servers }))
+    ok(StatusCode::ACCEPTED, json!({ verb: servers }))
 }
 
 /// A secret's value, as the admin API takes it (and never gives it back).
