@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub secrets: Secrets,
     #[serde(default)]
+    pub audit: Audit,
+    #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
@@ -120,6 +122,39 @@ pub struct Secrets {
     pub master_key_file: Option<PathBuf>,
     /// Or: the name of an environment variable holding them.
     pub master_key_env: Option<String>,
+}
+
+/// The audit trail: a record before every forwarded call (see `crate::audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// On by default; off only where another system audits every call.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where the files go; relative to the data directory. Default: `audit`.
+    pub dir: Option<PathBuf>,
+    /// The secret the trail's keys derive from (fingerprints, subject hashes, checkpoint
+    /// signatures), ≥ 32 bytes. Default: `audit.key` in the data directory, made on first start.
+    pub key_file: Option<PathBuf>,
+    pub key_env: Option<String>,
+    /// This replica's name in the records. Default: `pid-<pid>`.
+    pub replica: Option<String>,
+    /// Record subjects as they are (service accounts only); by default they are keyed hashes.
+    #[serde(default)]
+    pub plain_subjects: bool,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: true,
+            dir: None,
+            key_file: None,
+            key_env: None,
+            replica: None,
+            plain_subjects: false,
+        }
+    }
 }
 
 /// Who may use the admin API (`/admin/v1` on the admin listener).

@@ -26,6 +26,7 @@ use palisade_store::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
@@ -50,6 +51,8 @@ pub enum GatewayError {
     OAuth(String),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditSetupError),
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
@@ -77,6 +80,8 @@ pub struct Gateway {
     data_dir: std::path::PathBuf,
     /// Tenants' secrets in the store, sealed under the master key (fixed until restart).
     pub vault: Arc<Vault>,
+    /// The audit trail, unless `[audit] enabled = false`.
+    pub audit: Option<Arc<Auditor>>,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -119,6 +124,12 @@ impl Gateway {
             store: store.clone(),
             key: MasterKey::from_config(&config)?.map(Arc::new),
         });
+        let audit = if config.audit.enabled {
+            Some(Arc::new(Auditor::open(&config, &data_dir)?))
+        } else {
+            tracing::warn!("the audit trail is off ([audit] enabled = false)");
+            None
+        };
         let sessions = Sessions::new(
             Duration::from_secs(config.limits.session_idle_secs),
             config.limits.max_sessions_per_tenant,
@@ -133,6 +144,7 @@ impl Gateway {
             dedicated: Mutex::new(HashMap::new()),
             data_dir,
             vault,
+            audit,
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
@@ -451,6 +463,9 @@ impl Gateway {
             p.stopped_members(Duration::from_secs(5)).await;
         }
         crate::upstream::sandbox::cleanup();
+        if let Some(audit) = &self.audit {
+            audit.close().await;
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Auditor, CallFacts};
 use crate::catalog::{self, Target};
 use crate::gateway::Gateway;
 use crate::metrics;
@@ -112,6 +113,8 @@ pub struct Forward {
     /// The lowest log severity the client wants; `None`: no log messages (a modern client
     /// that did not opt in).
     log_min: Option<u64>,
+    /// Set when the call is audited: its END record is written when it finishes.
+    audit: Option<Audited>,
 }
 
 struct Collecting {
@@ -177,7 +180,19 @@ pub async fn forward(
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
             let label = metric_label(target.upstream, kind, &target.name);
             if addressing == Addressing::Tool {
-                authorize(gw, caller, &target, &name, id)?;
+                if let Err(refusal) = authorize(gw, caller, &target, &name, id) {
+                    if let Some(audit) = &gw.audit {
+                        let reason = match &refusal {
+                            Refusal::InsufficientScope { scopes, .. } => {
+                                format!("insufficient scope (needs {scopes})")
+                            }
+                            Refusal::Error(_) => "tool not allowed by the tenant's policy".into(),
+                        };
+                        let facts = call_facts(caller, method, &target);
+                        audit.denied(&facts, params.get("arguments"), &reason).await;
+                    }
+                    return Err(refusal);
+                }
                 if caller.era == Era::Modern {
                     check_param_headers(caller, &target, &params, id).await?;
                 }
@@ -264,6 +279,30 @@ pub async fn forward(
         tenant: tenant.id.clone(),
         session: caller.session.as_ref().map(|s| s.id.clone()),
     };
+    // The audit record: durable before the call leaves (invariant 2), or the call is refused.
+    let audit = match &gw.audit {
+        Some(auditor) if AUDITED.contains(&method) => {
+            let facts = call_facts(caller, method, &target);
+            match auditor.begin(&facts, params.get("arguments")).await {
+                Ok(audit_id) => Some(Audited {
+                    auditor: auditor.clone(),
+                    id: audit_id,
+                    facts,
+                }),
+                Err(e) => {
+                    gw.metrics.rejected("audit_unavailable");
+                    tracing::error!(error = %e, tenant = %tenant.id, "audit trail unavailable: call refused");
+                    return Err(Refusal::Error(jsonrpc::error(
+                        Some(id),
+                        ErrorCode::INTERNAL_ERROR,
+                        "the audit trail cannot record this call right now, so it was not run; retry later",
+                        None,
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let defaults = client_defaults(caller.session.as_deref());
     let handle = match upstream.call(method, Some(&params), route, defaults).await {
@@ -276,6 +315,9 @@ pub async fn forward(
                 metrics::Outcome::Unavailable,
                 started.elapsed().as_secs_f64(),
             );
+            if let Some(a) = audit {
+                a.end(metrics::Outcome::Unavailable, started.elapsed());
+            }
             return Err(upstream_error(id, &e).into());
         }
     };
@@ -310,7 +352,41 @@ pub async fn forward(
         status: 200,
         client_caps,
         log_min,
+        audit,
     })
+}
+
+/// The methods whose calls are audited (ARCHITECTURE §7).
+const AUDITED: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
+
+/// A call's audit identity: its BEGIN's id, for the END record.
+struct Audited {
+    auditor: Arc<Auditor>,
+    id: String,
+    facts: CallFacts,
+}
+
+impl Audited {
+    /// Writes the END record in the background: the client need not wait for it.
+    fn end(self, outcome: metrics::Outcome, elapsed: Duration) {
+        let latency_us = elapsed.as_micros() as u64;
+        tokio::spawn(async move {
+            self.auditor
+                .end(self.id, &self.facts, outcome.label(), latency_us)
+                .await;
+        });
+    }
+}
+
+fn call_facts(caller: &Caller<'_>, method: &str, target: &Target<'_>) -> CallFacts {
+    CallFacts {
+        tenant: caller.tenant.id.clone(),
+        subject: caller.subject.clone(),
+        session: caller.session.as_ref().map(|s| s.id.clone()),
+        method: method.to_owned(),
+        server: target.upstream.name.clone(),
+        target: target.name.clone(),
+    }
 }
 
 /// The tenant's policy on a tool call. `exposed` is the name the client used.
@@ -710,6 +786,9 @@ impl Forward {
             }
         };
         self.upstream_metrics(counted, elapsed);
+        if let Some(a) = self.audit.take() {
+            a.end(counted, self.started.elapsed());
+        }
         bytes
     }
 

@@ -2,6 +2,7 @@
 //! `policy`), which writes to the registry store the config names — a running gateway picks
 //! the change up within a second.
 
+mod audit;
 pub mod demo;
 mod onboard;
 mod process;
@@ -83,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         command: process::ProcessCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// What this host supports for sandboxing dedicated servers, and what each sandboxed
     /// server of a config would get here.
     Doctor {
@@ -149,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { command } => onboard::policy(command).await,
         Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
+        Command::Audit { command } => audit::run(command),
         Command::Doctor { config } => {
             let host = crate::upstream::sandbox::host();
             println!("{}", host.report());

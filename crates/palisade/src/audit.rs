@@ -1,0 +1,227 @@
+//! The gateway's audit trail (ARCHITECTURE §7, invariant 2): a BEGIN record, durable before a
+//! call reaches its upstream; an END record with its outcome; a DENIED record when policy
+//! refuses it. Records go to [`palisade_audit`]'s hash-chained, signed JSONL files.
+//!
+//! Invariants: arguments never appear in the trail, only their keyed fingerprint; subjects are
+//! keyed hashes unless `[audit] plain_subjects` says they are not personal; if a BEGIN cannot be
+//! made durable, the call is refused (the caller fails closed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hmac::{Hmac, KeyInit, Mac};
+use palisade_audit::{AuditConfig, AuditError, AuditLog, Fingerprinter, Kind, Record};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::auth::apikey::{PepperError, key_material};
+use crate::config::Config;
+
+const MIN_KEY: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditSetupError {
+    #[error("[audit] key: {0}")]
+    Key(#[from] PepperError),
+    #[error(
+        "[audit] key must be at least {MIN_KEY} bytes; generate one with `head -c 48 /dev/urandom | base64 > audit.key`"
+    )]
+    TooShort,
+    #[error("cannot create the audit key {path}: {source}")]
+    CreateKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit trail: {0}")]
+    Log(#[from] AuditError),
+}
+
+/// The keys the trail uses, all derived from one secret.
+pub struct AuditKeys {
+    pub signing_seed: [u8; 32],
+    fingerprint: [u8; 32],
+    subject: [u8; 32],
+    pub key_id: String,
+}
+
+impl AuditKeys {
+    fn derive(material: &[u8]) -> AuditKeys {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(label);
+            h.update(material);
+            h.finalize().into()
+        };
+        AuditKeys {
+            signing_seed: derive(b"palisade audit signing v1\0"),
+            fingerprint: derive(b"palisade audit fingerprint v1\0"),
+            subject: derive(b"palisade audit subject v1\0"),
+            key_id: hex::encode(&derive(b"palisade audit key id v1\0")[..4]),
+        }
+    }
+
+    /// The configured key, or one generated on first start in the data directory (0600).
+    pub fn load(config: &Config, data_dir: &Path) -> Result<AuditKeys, AuditSetupError> {
+        let material = match key_material(
+            config.audit.key_file.as_deref(),
+            config.audit.key_env.as_deref(),
+        )? {
+            Some(m) => m,
+            None => generated_key(&data_dir.join("audit.key"))?,
+        };
+        if material.len() < MIN_KEY {
+            return Err(AuditSetupError::TooShort);
+        }
+        Ok(AuditKeys::derive(&material))
+    }
+}
+
+fn generated_key(path: &Path) -> Result<Vec<u8>, AuditSetupError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(existing) = std::fs::read(path) {
+        return Ok(existing);
+    }
+    let create = |source| AuditSetupError::CreateKey {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(create)?;
+    }
+    let mut key = [0u8; 48];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(create)?;
+    f.write_all(&key)
+        .and_then(|()| f.sync_all())
+        .map_err(create)?;
+    Ok(key.to_vec())
+}
+
+/// Where the trail's files live: `[audit] dir`, default `<data>/audit`.
+pub fn audit_dir(config: &Config, data_dir: &Path) -> PathBuf {
+    data_dir.join(
+        config
+            .audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("audit")),
+    )
+}
+
+/// Who called what: the identity fields of a call's records.
+#[derive(Clone)]
+pub struct CallFacts {
+    pub tenant: Arc<str>,
+    pub subject: Arc<str>,
+    pub session: Option<Arc<str>>,
+    pub method: String,
+    pub server: Arc<str>,
+    /// The tool or prompt name, or the resource URI, as the upstream knows it.
+    pub target: String,
+}
+
+pub struct Auditor {
+    log: AuditLog,
+    fingerprints: Fingerprinter,
+    subject_key: [u8; 32],
+    plain_subjects: bool,
+}
+
+impl Auditor {
+    pub fn open(config: &Config, data_dir: &Path) -> Result<Auditor, AuditSetupError> {
+        let keys = AuditKeys::load(config, data_dir)?;
+        let replica = config
+            .audit
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+        let log = AuditLog::open(
+            AuditConfig::new(audit_dir(config, data_dir), &replica),
+            &keys.signing_seed,
+        )?;
+        Ok(Auditor {
+            log,
+            fingerprints: Fingerprinter::new(keys.fingerprint, &keys.key_id),
+            subject_key: keys.subject,
+            plain_subjects: config.audit.plain_subjects,
+        })
+    }
+
+    fn subject(&self, subject: &str) -> String {
+        if self.plain_subjects {
+            return subject.to_owned();
+        }
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.subject_key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(subject.as_bytes());
+        format!("h:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    }
+
+    fn record(&self, kind: Kind, c: &CallFacts, args: Option<&RawValue>) -> Record {
+        let mut r = Record::new(kind, &c.tenant, &self.subject(&c.subject), &c.method);
+        // The session id is a bearer capability: only a digest of it is recorded.
+        r.session = c
+            .session
+            .as_ref()
+            .map(|s| hex::encode(&Sha256::digest(s.as_bytes())[..8]));
+        r.server = Some(c.server.to_string());
+        r.target = Some(c.target.clone());
+        if let Some(args) = args {
+            let value: serde_json::Value = serde_json::from_str(args.get()).unwrap_or_default();
+            let (key_id, fingerprint) = self.fingerprints.fingerprint(&c.tenant, &value);
+            r.args_fingerprint = Some(fingerprint);
+            r.key_id = Some(key_id);
+            r.args_bytes = Some(args.get().len() as u64);
+        }
+        r
+    }
+
+    /// Writes the BEGIN record and waits until it is durable; its id ties END to it.
+    pub async fn begin(
+        &self,
+        c: &CallFacts,
+        args: Option<&RawValue>,
+    ) -> Result<String, AuditError> {
+        let mut r = self.record(Kind::Begin, c, args);
+        r.decision = Some("allowed".into());
+        let id = r.id.clone();
+        self.log.append(r).await?;
+        Ok(id)
+    }
+
+    /// Writes the END record of a call (its outcome and latency).
+    pub async fn end(&self, id: String, c: &CallFacts, outcome: &str, latency_us: u64) {
+        let mut r = self.record(Kind::End, c, None);
+        r.id = id;
+        r.outcome = Some(outcome.to_owned());
+        r.latency_us = Some(latency_us);
+        if let Err(e) = self.log.append(r).await {
+            tracing::error!(error = %e, "audit trail: cannot write an END record");
+        }
+    }
+
+    /// Writes a DENIED record: the call was refused before reaching its upstream.
+    pub async fn denied(&self, c: &CallFacts, args: Option<&RawValue>, reason: &str) {
+        let mut r = self.record(Kind::Denied, c, args);
+        r.decision = Some("denied".into());
+        r.outcome = Some(format!("denied: {reason}"));
+        if let Err(e) = self.log.append(r).await {
+            tracing::error!(error = %e, "audit trail: cannot write a DENIED record");
+        }
+    }
+
+    /// Closes the trail with a signed checkpoint (shutdown).
+    pub async fn close(&self) {
+        if let Err(e) = self.log.close().await {
+            tracing::error!(error = %e, "audit trail: cannot write the closing checkpoint");
+        }
+    }
+}
