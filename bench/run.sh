@@ -14,6 +14,7 @@
 #
 # Environment: DURATION=10 WARMUP=2 SESSIONS=16 RATE=2000 HOLD=1000 ERA=legacy
 #   OAUTH=1 (0: no issuer and no access-token run, for a gateway built before OAuth support)
+#   AUDIT=1 (0: the gateway's audit trail off, to measure what it costs)
 #   GATEWAY=target/release/palisade (the gateway binary to start)
 #   GW_PORT=18080 ADMIN_PORT=19090 OUT=<dir for the JSON results>
 #   LOAD_CPUS / GW_CPUS / ECHO_CPUS: pin that process with `taskset -c` (unset: no pinning).
@@ -28,6 +29,7 @@ RATE=${RATE:-2000}
 HOLD=${HOLD:-1000}
 ERA=${ERA:-legacy}
 OAUTH=${OAUTH:-1}
+AUDIT=${AUDIT:-1}
 GW_PORT=${GW_PORT:-18080}
 ADMIN_PORT=${ADMIN_PORT:-19090}
 OUT=${OUT:-$(mktemp -d /tmp/palisade-bench.XXXXXX)}
@@ -167,6 +169,8 @@ admin = "127.0.0.1:$ADMIN_PORT"
 pepper_file = "$CONF/pepper"
 
 $OAUTH_TABLE
+
+$([[ $AUDIT == 0 ]] && printf '[audit]\nenabled = false\n')
 
 [[servers]]
 name = "echo"
