@@ -673,3 +673,55 @@ async fn warm_spares_start_with_the_tenant() {
         .collect();
     assert_eq!(states, ["ready", "ready"], "{body}");
 }
+
+/// A dedicated HTTP server: each tenant gets its own instance of a templated URL and headers
+/// (one pod per tenant, say), filled per tenant; no process is spawned.
+#[tokio::test]
+async fn a_dedicated_http_server_gets_a_per_tenant_url() {
+    let (child, url) = common::testkit_http();
+    let _reap = common::Reap(child);
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("acme-token");
+    std::fs::write(&token, "acme-upstream-token\n").unwrap();
+    let top = format!(
+        "[admin]\nkeys = [\"{}\"]\n\
+         [[tenants]]\nid = \"acme\"\nservers = [\"web\"]\nnamespacing = false\nkeys = [\"{}\"]\n\
+         [tenants.secrets]\ntok = {{ file = \"{}\" }}\n\
+         [[tenants]]\nid = \"globex\"\nservers = [\"web\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
+        stored_hash(ADMIN_KEY),
+        stored_hash(ACME_KEY),
+        token.display(),
+        stored_hash(GLOBEX_KEY)
+    );
+    let server = format!(
+        "[[servers]]\nname = \"web\"\nplacement = \"dedicated\"\n[servers.http]\nurl = \"{url}?tenant=${{tenant.id}}\"\nheaders = {{ Authorization = \"Bearer ${{secret:tok}}\" }}\n"
+    );
+    let gw = Gw::start_with(&server, &[], &top);
+    wait_healthy(&gw).await;
+    let s = gw.legacy_as(ACME_KEY).await;
+    let a = s.call(1, "echo", json!({"message": "over http"})).await;
+    assert_eq!(common::text(a.response()), "over http", "{:?}", a.messages);
+    // globex has no `tok`: its instance's template cannot be filled, and the error says why.
+    let s = gw.legacy_as(GLOBEX_KEY).await;
+    let a = s.call(1, "echo", json!({"message": "x"})).await;
+    let msg = a.response()["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("globex") && msg.contains("secret `tok`"),
+        "{msg}"
+    );
+    assert!(!msg.contains("acme-upstream-token"));
+    assert!(
+        children_of(gw.pid()).is_empty(),
+        "no process for an HTTP instance"
+    );
+    let (_, body) = gw
+        .admin_api(
+            "GET",
+            "/admin/v1/tenants/acme/processes",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(body["processes"][0]["state"], "ready", "{body}");
+    assert!(body["processes"][0]["pid"].is_null());
+}
