@@ -4,7 +4,9 @@
 //! canonical JSON of the arguments, under a per-tenant key derived by HKDF-SHA256 from a master
 //! key) plus `key_id` and `args_bytes`. Field order is fixed by declaration order, `hash` last.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{hkdf, hmac};
@@ -257,6 +259,8 @@ fn es_number(f: f64) -> String {
 pub struct Fingerprinter {
     master: [u8; 32],
     key_id: String,
+    /// Derived keys by tenant: one HKDF per tenant, not per call.
+    keys: Mutex<HashMap<String, hmac::Key>>,
 }
 
 impl Fingerprinter {
@@ -265,6 +269,7 @@ impl Fingerprinter {
         Fingerprinter {
             master,
             key_id: key_id.to_owned(),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,6 +279,16 @@ impl Fingerprinter {
     }
 
     fn tenant_key(&self, tenant: &str) -> hmac::Key {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = keys.get(tenant) {
+            return key.clone();
+        }
+        let key = self.derive(tenant);
+        keys.insert(tenant.to_owned(), key.clone());
+        key
+    }
+
+    fn derive(&self, tenant: &str) -> hmac::Key {
         let mut k = [0u8; 32];
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, self.key_id.as_bytes()).extract(&self.master);
         let info = [tenant.as_bytes()];
