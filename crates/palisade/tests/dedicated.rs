@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gw, alive, children_of, stored_hash, testkit};
+use common::{Gw, admin_table, alive, children_of, tenant_entry, testkit};
 use serde_json::{Value, json};
 
 const ACME_KEY: &str = "pal_dedicated_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -18,38 +18,23 @@ const ADMIN_KEY: &str = "pal_dedicated_admin_key_ccccccccccccccccccccccccccccccc
 /// and `globex`, each with a `token` secret read from a file.
 async fn dedicated(server_extra: &str) -> (Gw, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
-    let mut tenants = format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(ADMIN_KEY));
+    let mut tenants = admin_table(ADMIN_KEY);
     for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
         let file = secrets.path().join(id);
         std::fs::write(&file, format!("{id}-secret\n")).unwrap();
-        tenants.push_str(&format!(
-            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n[tenants.secrets]\ntoken = {{ file = \"{}\" }}\n",
-            stored_hash(key),
+        let secrets = format!(
+            "[tenants.secrets]\ntoken = {{ file = \"{}\" }}\n",
             file.display()
-        ));
+        );
+        tenants.push_str(&tenant_entry(id, "kit", key, &secrets));
     }
     let server = format!(
         "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n{server_extra}\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ TENANT_ID = \"${{tenant.id}}\", TOKEN = \"${{secret:token}}\" }}\n",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &tenants);
-    wait_healthy(&gw).await;
+    gw.healthy().await;
     (gw, secrets)
-}
-
-/// `/readyz` concerns shared upstreams; with only dedicated ones, wait for the listener.
-async fn wait_healthy(gw: &Gw) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw
-        .http
-        .get(format!("{}/healthz", gw.admin))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway not up: {}", gw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The instance's answer to `whoami`: pid, cwd and environment.
@@ -233,15 +218,7 @@ async fn operators_list_restart_and_drain_instances() {
     let (gw, _secrets) = dedicated("").await;
     let first = pid_of(&whoami(&gw, ACME_KEY).await);
 
-    let (status, body) = gw
-        .admin_api(
-            "GET",
-            "/admin/v1/tenants/acme/processes",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = gw.processes("acme", ADMIN_KEY).await;
     let p = &body["processes"][0];
     assert_eq!(p["server"], "kit");
     assert_eq!(p["state"], "ready");
@@ -298,14 +275,7 @@ async fn operators_list_restart_and_drain_instances() {
         !alive(second)
     })
     .await;
-    let (_, body) = gw
-        .admin_api(
-            "GET",
-            "/admin/v1/tenants/acme/processes",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    let body = gw.processes("acme", ADMIN_KEY).await;
     assert_eq!(body["processes"][0]["state"], "idle");
     // acme's drained instance and globex's never-started one.
     let metrics = gw.metrics().await;
@@ -424,23 +394,19 @@ async fn secrets_in_the_store_are_sealed_and_reach_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let master = dir.path().join("master.key");
     std::fs::write(&master, "m".repeat(48)).unwrap();
-    let mut top = format!(
-        "[admin]\nkeys = [\"{}\"]\n[secrets]\nmaster_key_file = \"{}\"\n",
-        stored_hash(ADMIN_KEY),
-        master.display()
+    let top = format!(
+        "{}[secrets]\nmaster_key_file = \"{}\"\n{}{}",
+        admin_table(ADMIN_KEY),
+        master.display(),
+        tenant_entry("acme", "kit", ACME_KEY, ""),
+        tenant_entry("globex", "kit", GLOBEX_KEY, ""),
     );
-    for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
-        top.push_str(&format!(
-            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
-            stored_hash(key)
-        ));
-    }
     let server = format!(
         "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ DB = \"${{secret:db}}\" }}\n",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &top);
-    wait_healthy(&gw).await;
+    gw.healthy().await;
 
     // Without the secret, the process cannot start, and the error says how to set it.
     let s = gw.legacy_as(ACME_KEY).await;
@@ -609,15 +575,7 @@ async fn a_busy_pool_grows_to_its_maximum() {
     };
     let during = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let (_, body) = gw
-            .admin_api(
-                "GET",
-                "/admin/v1/tenants/acme/processes",
-                Some(ADMIN_KEY),
-                None,
-            )
-            .await;
-        body
+        gw.processes("acme", ADMIN_KEY).await
     };
     let (a, b, third, during) = tokio::join!(
         slow(1),
@@ -657,14 +615,7 @@ async fn warm_spares_start_with_the_tenant() {
         || children_of(gw.pid()).len() == 4,
     )
     .await;
-    let (_, body) = gw
-        .admin_api(
-            "GET",
-            "/admin/v1/tenants/acme/processes",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    let body = gw.processes("acme", ADMIN_KEY).await;
     let states: Vec<&str> = body["processes"]
         .as_array()
         .unwrap()
@@ -683,21 +634,21 @@ async fn a_dedicated_http_server_gets_a_per_tenant_url() {
     let secrets = tempfile::tempdir().unwrap();
     let token = secrets.path().join("acme-token");
     std::fs::write(&token, "acme-upstream-token\n").unwrap();
+    let acme_secrets = format!(
+        "[tenants.secrets]\ntok = {{ file = \"{}\" }}\n",
+        token.display()
+    );
     let top = format!(
-        "[admin]\nkeys = [\"{}\"]\n\
-         [[tenants]]\nid = \"acme\"\nservers = [\"web\"]\nnamespacing = false\nkeys = [\"{}\"]\n\
-         [tenants.secrets]\ntok = {{ file = \"{}\" }}\n\
-         [[tenants]]\nid = \"globex\"\nservers = [\"web\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
-        stored_hash(ADMIN_KEY),
-        stored_hash(ACME_KEY),
-        token.display(),
-        stored_hash(GLOBEX_KEY)
+        "{}{}{}",
+        admin_table(ADMIN_KEY),
+        tenant_entry("acme", "web", ACME_KEY, &acme_secrets),
+        tenant_entry("globex", "web", GLOBEX_KEY, ""),
     );
     let server = format!(
         "[[servers]]\nname = \"web\"\nplacement = \"dedicated\"\n[servers.http]\nurl = \"{url}?tenant=${{tenant.id}}\"\nheaders = {{ Authorization = \"Bearer ${{secret:tok}}\" }}\n"
     );
     let gw = Gw::start_with(&server, &[], &top);
-    wait_healthy(&gw).await;
+    gw.healthy().await;
     let s = gw.legacy_as(ACME_KEY).await;
     let a = s.call(1, "echo", json!({"message": "over http"})).await;
     assert_eq!(common::text(a.response()), "over http", "{:?}", a.messages);
@@ -714,14 +665,7 @@ async fn a_dedicated_http_server_gets_a_per_tenant_url() {
         children_of(gw.pid()).is_empty(),
         "no process for an HTTP instance"
     );
-    let (_, body) = gw
-        .admin_api(
-            "GET",
-            "/admin/v1/tenants/acme/processes",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    let body = gw.processes("acme", ADMIN_KEY).await;
     assert_eq!(body["processes"][0]["state"], "ready", "{body}");
     assert!(body["processes"][0]["pid"].is_null());
 }

@@ -6,14 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gw, TenantSpec, stdio_server, stored_hash, text};
+use common::{Gw, TenantSpec, admin_table, stdio_server, stored_hash, text};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "pal_admin_key_for_tests_only_aaaaaaaaaaaaaaaaaaaaaaaa";
-
-fn admin_table() -> String {
-    format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(ADMIN_KEY))
-}
 
 async fn acme_with_admin(extra_servers: &str) -> Gw {
     let gw = Gw::start_with(
@@ -23,7 +19,7 @@ async fn acme_with_admin(extra_servers: &str) -> Gw {
             servers: &["kit"],
             namespacing: true,
         }],
-        &admin_table(),
+        &admin_table(ADMIN_KEY),
     );
     gw.ready().await;
     gw
@@ -376,7 +372,7 @@ async fn cross_tenant_matrix() {
                 namespacing: true,
             },
         ],
-        &admin_table(),
+        &admin_table(ADMIN_KEY),
     );
     gw.ready().await;
     let a = gw.legacy("alpha").await;
@@ -601,7 +597,7 @@ async fn replicas_share_the_postgres_registry() {
                 servers: &["kit"],
                 namespacing: true,
             }],
-            &format!("{}{storage}", admin_table()),
+            &format!("{}{storage}", admin_table(ADMIN_KEY)),
         )
     };
     let (one, two) = (start(), start());

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gw, stored_hash, testkit};
+use common::{Gw, admin_table, tenant_entry, testkit};
 use serde_json::{Value, json};
 
 const ACME_KEY: &str = "pal_sandbox_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -35,29 +35,18 @@ fn host_ready() -> Option<()> {
 /// A gateway whose dedicated server `kit` runs sandboxed with `sandbox` (TOML keys of
 /// `[servers.sandbox]`), for tenants `acme` and `globex`.
 async fn sandboxed(sandbox: &str) -> Gw {
-    let mut tenants = format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(ADMIN_KEY));
-    for (id, key) in [("acme", ACME_KEY), ("globex", GLOBEX_KEY)] {
-        tenants.push_str(&format!(
-            "[[tenants]]\nid = \"{id}\"\nservers = [\"kit\"]\nnamespacing = false\nkeys = [\"{}\"]\n",
-            stored_hash(key)
-        ));
-    }
+    let tenants = format!(
+        "{}{}{}",
+        admin_table(ADMIN_KEY),
+        tenant_entry("acme", "kit", ACME_KEY, ""),
+        tenant_entry("globex", "kit", GLOBEX_KEY, ""),
+    );
     let server = format!(
         "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n[servers.sandbox]\n{sandbox}\n",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &tenants);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw
-        .http
-        .get(format!("{}/healthz", gw.admin))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway not up: {}", gw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.healthy().await;
     gw
 }
 
@@ -128,14 +117,7 @@ async fn a_tenant_cannot_touch_another_tenants_files_or_the_gateways() {
     // System files stay readable.
     assert_eq!(probe(ACME_KEY, "/etc/hostname".into(), false).await, "ok");
 
-    let (_, body) = gw
-        .admin_api(
-            "GET",
-            "/admin/v1/tenants/acme/processes",
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
+    let body = gw.processes("acme", ADMIN_KEY).await;
     let level = body["processes"][0]["sandbox"]
         .as_str()
         .unwrap_or("")

@@ -45,6 +45,20 @@ pub fn testkit() -> PathBuf {
     p
 }
 
+/// An `[admin]` table whose one admin key is `key`.
+pub fn admin_table(key: &str) -> String {
+    format!("[admin]\nkeys = [\"{}\"]\n", stored_hash(key))
+}
+
+/// A `[[tenants]]` entry without namespacing, on `server`, with one API key, followed by
+/// `extra` TOML lines (its subtables, such as `[tenants.secrets]`).
+pub fn tenant_entry(id: &str, server: &str, key: &str, extra: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nservers = [\"{server}\"]\nnamespacing = false\nkeys = [\"{}\"]\n{extra}",
+        stored_hash(key)
+    )
+}
+
 /// A stdio server entry running the testkit, with optional extra TOML lines.
 pub fn stdio_server(name: &str, extra: &str) -> String {
     format!(
@@ -252,6 +266,30 @@ impl Gw {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until the admin listener answers `/healthz` (with only dedicated upstreams,
+    /// `/readyz` has nothing to wait for).
+    pub async fn healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .http
+            .get(format!("{}/healthz", self.admin))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "gateway not up: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A tenant's processes, as the admin API lists them.
+    pub async fn processes(&self, tenant: &str, admin_key: &str) -> Value {
+        let path = format!("/admin/v1/tenants/{tenant}/processes");
+        let (status, body) = self.admin_api("GET", &path, Some(admin_key), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Waits until `/readyz` says every upstream is up (not merely degraded).
