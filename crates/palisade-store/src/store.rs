@@ -435,13 +435,6 @@ impl Store {
         Ok(tx)
     }
 
-    /// Records that the tenant has a secret `name` (created, or updated if it exists).
-    pub async fn put_secret_meta(&self, tenant: &str, name: &str) -> Result<(), StoreError> {
-        let tx = self.secret_tx(tenant, name).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Stores a secret's sealed value (and its metadata) in one transaction. The store never
     /// sees the plain value: `sealed` is the gateway's ciphertext.
     pub async fn put_secret(

@@ -422,8 +422,8 @@ async fn revision_moves_with_every_write_only(store: Store, _url: String) {
     unchanged!("revoke_key of a revoked key (no change)");
     store.put_policy("acme", &json!({"a": 1})).await.unwrap();
     bumped!("put_policy");
-    store.put_secret_meta("acme", "TOKEN").await.unwrap();
-    bumped!("put_secret_meta");
+    store.put_secret("acme", "TOKEN", b"sealed").await.unwrap();
+    bumped!("put_secret");
     store.delete_secret_meta("acme", "TOKEN").await.unwrap();
     bumped!("delete_secret_meta");
     store
@@ -480,8 +480,14 @@ async fn delete_cascades(store: Store, _url: String) {
         .put_policy("other", &json!({"deny": ["x"]}))
         .await
         .unwrap();
-    store.put_secret_meta("acme", "GITHUB_TOKEN").await.unwrap();
-    store.put_secret_meta("other", "SLACK_TOKEN").await.unwrap();
+    store
+        .put_secret("acme", "GITHUB_TOKEN", b"sealed")
+        .await
+        .unwrap();
+    store
+        .put_secret("other", "SLACK_TOKEN", b"sealed")
+        .await
+        .unwrap();
 
     store.delete_tenant("acme").await.unwrap();
 
@@ -756,9 +762,15 @@ async fn sealed_secret_values(store: Store, _url: String) {
 async fn secret_meta(store: Store, _url: String) {
     store.create_tenant(&api_tenant("acme")).await.unwrap();
     store.create_tenant(&api_tenant("other")).await.unwrap();
-    store.put_secret_meta("acme", "SLACK_TOKEN").await.unwrap();
-    store.put_secret_meta("acme", "GITHUB_TOKEN").await.unwrap();
-    store.put_secret_meta("other", "OTHER").await.unwrap();
+    store
+        .put_secret("acme", "SLACK_TOKEN", b"sealed")
+        .await
+        .unwrap();
+    store
+        .put_secret("acme", "GITHUB_TOKEN", b"sealed")
+        .await
+        .unwrap();
+    store.put_secret("other", "OTHER", b"sealed").await.unwrap();
 
     let listed = store.list_secret_meta("acme").await.unwrap();
     assert_eq!(
@@ -768,7 +780,10 @@ async fn secret_meta(store: Store, _url: String) {
     assert!(listed.iter().all(|s| s.created_at == s.updated_at));
 
     // Putting again updates the time and keeps the creation.
-    store.put_secret_meta("acme", "GITHUB_TOKEN").await.unwrap();
+    store
+        .put_secret("acme", "GITHUB_TOKEN", b"sealed")
+        .await
+        .unwrap();
     let again = store.list_secret_meta("acme").await.unwrap();
     assert_eq!(again[0].name, "GITHUB_TOKEN");
     assert_eq!(again[0].created_at, listed[0].created_at);
@@ -801,7 +816,7 @@ async fn secret_meta(store: Store, _url: String) {
     assert_eq!(store.list_secret_meta("other").await.unwrap().len(), 1);
 
     assert_not_found(
-        store.put_secret_meta("nope", "X").await,
+        store.put_secret("nope", "X", b"sealed").await,
         "tenant `nope` not found",
     );
     assert_not_found(
@@ -809,7 +824,7 @@ async fn secret_meta(store: Store, _url: String) {
         "tenant `nope` not found",
     );
     assert!(matches!(
-        store.put_secret_meta("acme", "").await,
+        store.put_secret("acme", "", b"sealed").await,
         Err(StoreError::Invalid(_))
     ));
 }
@@ -986,7 +1001,7 @@ async fn reconcile_deletes_only_config_tenants(store: Store, _url: String) {
         ])
         .await
         .unwrap();
-    store.put_secret_meta("drop", "TOKEN").await.unwrap();
+    store.put_secret("drop", "TOKEN", b"sealed").await.unwrap();
     let api = store.create_tenant(&api_tenant("api-made")).await.unwrap();
     let api_key = store
         .insert_key(&new_key("pal_api", "api-made", 3))
