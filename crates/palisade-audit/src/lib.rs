@@ -12,11 +12,15 @@ pub mod chain;
 pub mod file;
 pub mod record;
 pub mod verify;
+pub mod writer;
 
 pub use chain::{Chain, GENESIS_HASH, hash_line, split_line};
-pub use file::{AuditConfig, AuditLog, Checkpoint, CheckpointLine, FileSink, Sink, list_files};
+pub use file::{FileSink, FileText, list_files, read_file};
 pub use record::{Fingerprinter, Kind, Record, canonical_json, new_uuid_v7, now_rfc3339};
-pub use verify::{Problem, ProblemKind, Report, VerifyOptions, verify, verify_with};
+pub use verify::{
+    Problem, ProblemKind, Report, VerifyOptions, verify, verify_sources, verify_with,
+};
+pub use writer::{AuditConfig, AuditLog, Checkpoint, CheckpointLine, Sink};
 
 /// Errors from the audit trail.
 #[derive(Debug, thiserror::Error)]

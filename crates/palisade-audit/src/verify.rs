@@ -9,7 +9,6 @@
 //! valid JSON is a *torn tail* (a crash), reported separately and not as tampering.
 
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
@@ -18,7 +17,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::Record;
 use crate::chain::{GENESIS_HASH, hash_line, split_line};
-use crate::file::{CheckpointLine, list_files};
+use crate::file::{FileText, list_files, read_file};
+use crate::writer::CheckpointLine;
 
 /// What is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,44 +136,68 @@ fn parse_line(text: &str) -> Line<'_> {
 
 /// Verify the trail in `dir` against the checkpoint `public_key` (32 raw Ed25519 bytes).
 pub fn verify_with(dir: &Path, public_key: &[u8], opts: VerifyOptions) -> Report {
+    let files = match list_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            return Report {
+                head: hex::encode(GENESIS_HASH),
+                problem: Some(Problem {
+                    file: dir.to_owned(),
+                    line: 0,
+                    seq: None,
+                    kind: ProblemKind::Unreadable(e.to_string()),
+                }),
+                ..Report::default()
+            };
+        }
+    };
+    let count = files.len();
+    let sources = files.into_iter().map(|p| {
+        let text = read_file(&p);
+        (p, text)
+    });
+    verify_sources(dir, count, sources, public_key, opts)
+}
+
+/// Verify one chain given as `count` sources in chain order (a file trail's files, or a
+/// database trail's rows as one text), each named for the report; `trail` names the whole.
+pub fn verify_sources(
+    trail: &Path,
+    count: usize,
+    sources: impl Iterator<Item = (PathBuf, std::io::Result<FileText>)>,
+    public_key: &[u8],
+    opts: VerifyOptions,
+) -> Report {
     let mut rep = Report {
         head: hex::encode(GENESIS_HASH),
         ..Report::default()
     };
     let pk = UnparsedPublicKey::new(&ED25519, public_key);
-    let files = match list_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            rep.problem = Some(Problem {
-                file: dir.to_owned(),
-                line: 0,
-                seq: None,
-                kind: ProblemKind::Unreadable(e.to_string()),
-            });
-            return rep;
-        }
-    };
-    rep.files = files.len();
+    rep.files = count;
     let mut head = GENESIS_HASH;
     let mut last_seq = 0u64;
     // How the previous file ended: Some(reason) if with a checkpoint.
     let mut prev_end: Option<String> = Some("start".into());
     let mut end_reason: Option<String> = None;
-    for (fi, path) in files.iter().enumerate() {
+    let mut last_path = None;
+    for (fi, (path, read)) in sources.enumerate() {
         let problem = |line: usize, seq: Option<u64>, kind: ProblemKind| Problem {
             file: path.clone(),
             line,
             seq,
             kind,
         };
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
+        let file = match read {
+            Ok(f) => f,
             Err(e) => {
                 rep.problem = Some(problem(0, None, ProblemKind::Unreadable(e.to_string())));
                 return rep;
             }
         };
-        let text = String::from_utf8_lossy(&bytes);
+        if file.garbage_after_padding {
+            rep.torn_tails.push(path.clone());
+        }
+        let text = file.text;
         let mut lines: Vec<&str> = text.split('\n').collect();
         let unterminated = lines.pop().filter(|l| !l.is_empty());
         let mut parsed: Vec<Line<'_>> = lines.iter().map(|l| parse_line(l)).collect();
@@ -299,10 +323,11 @@ pub fn verify_with(dir: &Path, public_key: &[u8], opts: VerifyOptions) -> Report
                 }
             }
         }
-        if fi + 1 < files.len() && end_reason.is_none() && !parsed.is_empty() {
+        if fi + 1 < count && end_reason.is_none() && !parsed.is_empty() {
             rep.unclean_ends.push(path.clone());
         }
         prev_end.clone_from(&end_reason);
+        last_path = Some(path.clone());
         if parsed.is_empty() {
             // An empty file (crash right after creation) says nothing about the previous one.
             prev_end = Some("empty".into());
@@ -311,7 +336,7 @@ pub fn verify_with(dir: &Path, public_key: &[u8], opts: VerifyOptions) -> Report
     rep.last_seq = last_seq;
     rep.head = hex::encode(head);
     rep.closed = end_reason.as_deref() == Some("close");
-    if let Some(path) = files.last() {
+    if let Some(path) = last_path {
         if end_reason.as_deref() == Some("rotate") {
             rep.problem = Some(Problem {
                 file: path.clone(),
@@ -335,10 +360,10 @@ pub fn verify_with(dir: &Path, public_key: &[u8], opts: VerifyOptions) -> Report
         }
     } else if opts.expect_closed {
         rep.problem = Some(Problem {
-            file: dir.to_owned(),
+            file: trail.to_owned(),
             line: 0,
             seq: None,
-            kind: ProblemKind::Truncated("no audit files".into()),
+            kind: ProblemKind::Truncated("no audit records".into()),
         });
     }
     rep
@@ -352,6 +377,7 @@ fn hex_bytes(s: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::{AuditConfig, AuditLog, Kind};
+    use std::fs;
 
     const SEED: [u8; 32] = [42u8; 32];
 

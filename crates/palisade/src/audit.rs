@@ -197,13 +197,14 @@ impl Auditor {
         Ok(id)
     }
 
-    /// Writes the END record of a call (its outcome and latency).
+    /// Queues the END record of a call (its outcome and latency); it becomes durable with the
+    /// next BEGIN's batch or within milliseconds.
     pub async fn end(&self, id: String, c: &CallFacts, outcome: &str, latency_us: u64) {
         let mut r = self.record(Kind::End, c, None);
         r.id = id;
         r.outcome = Some(outcome.to_owned());
         r.latency_us = Some(latency_us);
-        if let Err(e) = self.log.append(r).await {
+        if let Err(e) = self.log.append_deferred(r).await {
             tracing::error!(error = %e, "audit trail: cannot write an END record");
         }
     }
@@ -213,7 +214,7 @@ impl Auditor {
         let mut r = self.record(Kind::Denied, c, args);
         r.decision = Some("denied".into());
         r.outcome = Some(format!("denied: {reason}"));
-        if let Err(e) = self.log.append(r).await {
+        if let Err(e) = self.log.append_deferred(r).await {
             tracing::error!(error = %e, "audit trail: cannot write a DENIED record");
         }
     }
