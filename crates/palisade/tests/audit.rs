@@ -31,6 +31,19 @@ fn trail(gw: &Gw) -> Vec<Value> {
         .collect()
 }
 
+/// The trail once it holds a record of `kind` (END and DENIED records are not waited for).
+async fn trail_with(gw: &Gw, kind: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = trail(gw);
+        if r.iter().any(|v| v["kind"] == kind) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no {kind} record: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn raw_trail(gw: &Gw) -> String {
     let dir = gw.config.with_file_name("palisade-data").join("audit");
     std::fs::read_dir(&dir)
@@ -62,16 +75,7 @@ async fn calls_leave_begin_and_end_and_no_arguments() {
     let a = s.call(1, "kit__echo", json!({ "message": message })).await;
     assert_eq!(common::text(a.response()), message);
 
-    // END is written in the background: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let records = loop {
-        let r = trail(&gw);
-        if r.iter().any(|v| v["kind"] == "END") {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no END record: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let records = trail_with(&gw, "END").await;
     let begin = records.iter().find(|v| v["kind"] == "BEGIN").unwrap();
     let end = records.iter().find(|v| v["kind"] == "END").unwrap();
     assert_eq!(begin["id"], end["id"]);
@@ -133,7 +137,8 @@ async fn denied_calls_are_recorded_and_tampering_is_named() {
     let s = gw.legacy("acme").await;
     let a = s.call(1, "kit__add", json!({"a": 1, "b": 2})).await;
     assert!(a.response()["error"].is_object());
-    let denied: Vec<Value> = trail(&gw)
+    let denied: Vec<Value> = trail_with(&gw, "DENIED")
+        .await
         .into_iter()
         .filter(|v| v["kind"] == "DENIED")
         .collect();
