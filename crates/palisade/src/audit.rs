@@ -74,6 +74,19 @@ impl AuditKeys {
         }
         Ok(AuditKeys::derive(&material))
     }
+
+    /// The fingerprinter the gateway uses: `palisade audit find` computes the same hashes.
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        Fingerprinter::new(self.fingerprint, &self.key_id)
+    }
+
+    /// The Ed25519 public key that verifies checkpoints.
+    pub fn public_key(&self) -> Result<Vec<u8>, AuditError> {
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+        Ed25519KeyPair::from_seed_unchecked(&self.signing_seed)
+            .map(|k| k.public_key().as_ref().to_vec())
+            .map_err(|_| AuditError::Config("the audit key does not make a signing key".into()))
+    }
 }
 
 fn generated_key(path: &Path) -> Result<Vec<u8>, AuditSetupError> {
@@ -147,7 +160,7 @@ impl Auditor {
         )?;
         Ok(Auditor {
             log,
-            fingerprints: Fingerprinter::new(keys.fingerprint, &keys.key_id),
+            fingerprints: keys.fingerprinter(),
             subject_key: keys.subject,
             plain_subjects: config.audit.plain_subjects,
         })

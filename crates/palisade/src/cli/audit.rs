@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use clap::Subcommand;
 
 use super::onboard::StoreArgs;
@@ -29,11 +28,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             let config = Config::load(&store.config)?;
             let data_dir = store.paths(&config).data_dir;
             let keys = AuditKeys::load(&config, &data_dir)?;
-            let public = Ed25519KeyPair::from_seed_unchecked(&keys.signing_seed)
-                .map_err(|_| anyhow::anyhow!("the audit key does not make a signing key"))?
-                .public_key()
-                .as_ref()
-                .to_vec();
+            let public = keys.public_key()?;
             let dir = dir.unwrap_or_else(|| audit_dir(&config, &data_dir));
             let report = palisade_audit::verify(&dir, &public);
             println!(
