@@ -23,6 +23,9 @@ pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
 const HASH_PREFIX: &str = ",\"hash\":\"";
 const SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
 
+/// Where a stored chain ends: its last record's seq and hash.
+pub type Head = (u64, [u8; 32]);
+
 /// SHA-256 over `prev ++ body`.
 pub fn hash_line(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chain::{Chain, split_line};
+use crate::chain::{Chain, Head, split_line};
 use crate::writer::{AuditConfig, AuditLog, Sink};
 use crate::{AuditError, Record};
 
@@ -177,7 +177,7 @@ impl Sink for FileSink {
 }
 
 /// Last stored record `(seq, hash)` in `dir`, ignoring a torn final line; `None` if empty.
-fn scan_head(dir: &Path) -> Result<Option<(u64, [u8; 32])>, AuditError> {
+fn scan_head(dir: &Path) -> Result<Option<Head>, AuditError> {
     if !dir.exists() {
         return Ok(None);
     }

@@ -1,6 +1,8 @@
 //! The gateway's audit trail (ARCHITECTURE §7, invariant 2): a BEGIN record, durable before a
 //! call reaches its upstream; an END record with its outcome; a DENIED record when policy
-//! refuses it. Records go to [`palisade_audit`]'s hash-chained, signed JSONL files.
+//! refuses it; ADMIN records for changes made through the admin API. Records go to every
+//! configured sink of [`palisade_audit`] (hash-chained, signed JSONL files by default; a
+//! PostgreSQL table; stdout), each with its own writer and chain.
 //!
 //! Invariants: arguments never appear in the trail, only their keyed fingerprint; subjects are
 //! keyed hashes unless `[audit] plain_subjects` says they are not personal; if a BEGIN cannot be
@@ -10,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
-use palisade_audit::{AuditConfig, AuditError, AuditLog, Fingerprinter, Kind, Record};
+use palisade_audit::{
+    AuditConfig, AuditError, AuditLog, Chain, Fingerprinter, Kind, PgSink, Record, StreamSink,
+};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::apikey::{PepperError, key_material};
-use crate::config::Config;
+use crate::config::{AuditSink, Config};
 
 const MIN_KEY: usize = 32;
 
@@ -34,6 +38,10 @@ pub enum AuditSetupError {
     },
     #[error("audit trail: {0}")]
     Log(#[from] AuditError),
+    #[error(
+        "[audit] sinks has \"postgres\" but neither postgres_url nor the variable postgres_url_env names is set"
+    )]
+    NoPostgresUrl,
 }
 
 /// The keys the trail uses, all derived from one secret.
@@ -139,8 +147,22 @@ pub struct CallFacts {
     pub target: String,
 }
 
+/// An admin API write, for its ADMIN record.
+pub struct AdminChange {
+    /// The tenant the change is about (`-` for none).
+    pub tenant: String,
+    /// Who made it: an admin key's id or a token's `<sub>@<issuer>` (recorded as a keyed hash
+    /// unless subjects are plain).
+    pub principal: String,
+    /// `admin ` and the HTTP method, e.g. `admin PUT`.
+    pub method: String,
+    /// The object: the path below `/admin/v1/` (names, key ids, session handles; no values).
+    pub target: String,
+}
+
 pub struct Auditor {
-    log: AuditLog,
+    /// One writer per sink; a BEGIN is durable once every one has it.
+    logs: Vec<AuditLog>,
     fingerprints: Fingerprinter,
     subject_key: [u8; 32],
     plain_subjects: bool,
@@ -154,12 +176,42 @@ impl Auditor {
             .replica
             .clone()
             .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        let log = AuditLog::open(
-            AuditConfig::new(audit_dir(config, data_dir), &replica),
-            &keys.signing_seed,
-        )?;
+        let cfg = AuditConfig::new(audit_dir(config, data_dir), &replica);
+        let mut logs = Vec::new();
+        for sink in &config.audit.sinks {
+            logs.push(match sink {
+                AuditSink::File => AuditLog::open(cfg.clone(), &keys.signing_seed)?,
+                AuditSink::Stdout => AuditLog::start(
+                    cfg.clone().without_rotation(),
+                    &keys.signing_seed,
+                    Box::new(StreamSink::stdout()),
+                    Chain::new(),
+                    "stdout",
+                )?,
+                AuditSink::Postgres => {
+                    let url = config
+                        .audit
+                        .postgres_url()
+                        .ok_or(AuditSetupError::NoPostgresUrl)?;
+                    // Connecting blocks; this runs on a runtime thread at startup.
+                    let (sink, head) =
+                        std::thread::scope(|s| s.spawn(|| PgSink::connect(&url, &replica)).join())
+                            .map_err(|_| {
+                                AuditError::Config("the audit database connect panicked".into())
+                            })??;
+                    let chain = head.map_or_else(Chain::new, |(seq, h)| Chain::resume(seq, h));
+                    AuditLog::start(
+                        cfg.clone().without_rotation(),
+                        &keys.signing_seed,
+                        Box::new(sink),
+                        chain,
+                        "postgres",
+                    )?
+                }
+            });
+        }
         Ok(Auditor {
-            log,
+            logs,
             fingerprints: keys.fingerprinter(),
             subject_key: keys.subject,
             plain_subjects: config.audit.plain_subjects,
@@ -206,8 +258,29 @@ impl Auditor {
         let mut r = self.record(Kind::Begin, c, args);
         r.decision = Some("allowed".into());
         let id = r.id.clone();
-        self.log.append(r).await?;
+        self.append_durable(r).await?;
         Ok(id)
+    }
+
+    /// Appends to every sink and waits until all have the record.
+    async fn append_durable(&self, r: Record) -> Result<(), AuditError> {
+        match self.logs.as_slice() {
+            [one] => one.append(r).await,
+            many => {
+                futures_util::future::try_join_all(many.iter().map(|log| log.append(r.clone())))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a record on every sink without waiting for it to be durable.
+    async fn append_deferred(&self, r: Record, what: &str) {
+        for log in &self.logs {
+            if let Err(e) = log.append_deferred(r.clone()).await {
+                tracing::error!(error = %e, sink = log.name(), "audit trail: cannot write {what} record");
+            }
+        }
     }
 
     /// Queues the END record of a call (its outcome and latency); it becomes durable with the
@@ -217,9 +290,7 @@ impl Auditor {
         r.id = id;
         r.outcome = Some(outcome.to_owned());
         r.latency_us = Some(latency_us);
-        if let Err(e) = self.log.append_deferred(r).await {
-            tracing::error!(error = %e, "audit trail: cannot write an END record");
-        }
+        self.append_deferred(r, "an END").await;
     }
 
     /// Writes a DENIED record: the call was refused before reaching its upstream.
@@ -227,15 +298,43 @@ impl Auditor {
         let mut r = self.record(Kind::Denied, c, args);
         r.decision = Some("denied".into());
         r.outcome = Some(format!("denied: {reason}"));
-        if let Err(e) = self.log.append_deferred(r).await {
-            tracing::error!(error = %e, "audit trail: cannot write a DENIED record");
-        }
+        self.append_deferred(r, "a DENIED").await;
+    }
+
+    /// Writes the ADMIN record of an admin API write and waits until it is durable: the change
+    /// is made only then.
+    pub async fn admin_begin(&self, c: &AdminChange) -> Result<String, AuditError> {
+        let mut r = Record::new(
+            Kind::Admin,
+            &c.tenant,
+            &self.subject(&c.principal),
+            &c.method,
+        );
+        r.server = Some("admin".into());
+        r.target = Some(c.target.clone());
+        r.decision = Some("allowed".into());
+        let id = r.id.clone();
+        self.append_durable(r).await?;
+        Ok(id)
+    }
+
+    /// Queues the END record of an admin write: its outcome (`ok` or `http <status>`).
+    pub async fn admin_end(&self, id: String, c: &AdminChange, outcome: &str, latency_us: u64) {
+        let mut r = Record::new(Kind::End, &c.tenant, &self.subject(&c.principal), &c.method);
+        r.id = id;
+        r.server = Some("admin".into());
+        r.target = Some(c.target.clone());
+        r.outcome = Some(outcome.to_owned());
+        r.latency_us = Some(latency_us);
+        self.append_deferred(r, "an admin END").await;
     }
 
     /// Closes the trail with a signed checkpoint (shutdown).
     pub async fn close(&self) {
-        if let Err(e) = self.log.close().await {
-            tracing::error!(error = %e, "audit trail: cannot write the closing checkpoint");
+        for log in &self.logs {
+            if let Err(e) = log.close().await {
+                tracing::error!(error = %e, sink = log.name(), "audit trail: cannot write the closing checkpoint");
+            }
         }
     }
 }

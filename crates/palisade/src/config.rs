@@ -142,6 +142,39 @@ pub struct Audit {
     /// Record subjects as they are (service accounts only); by default they are keyed hashes.
     #[serde(default)]
     pub plain_subjects: bool,
+    /// Where records go, all of them for every record: `file` (JSONL files in `dir`, the
+    /// default), `postgres` (table `palisade_audit`, one chain per replica) and `stdout` (JSON
+    /// lines for a log shipper). A call waits until its BEGIN is durable in every one.
+    #[serde(default = "default_audit_sinks")]
+    pub sinks: Vec<AuditSink>,
+    /// The `postgres` sink's database, as a role made by `palisade audit init-postgres`.
+    pub postgres_url: Option<String>,
+    /// Or: the name of an environment variable holding that URL (it may hold a password).
+    pub postgres_url_env: Option<String>,
+}
+
+/// An audit sink (see [`Audit::sinks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    File,
+    Postgres,
+    Stdout,
+}
+
+fn default_audit_sinks() -> Vec<AuditSink> {
+    vec![AuditSink::File]
+}
+
+impl Audit {
+    /// The `postgres` sink's URL, from the config or its environment variable.
+    pub fn postgres_url(&self) -> Option<String> {
+        self.postgres_url.clone().or_else(|| {
+            self.postgres_url_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        })
+    }
 }
 
 impl Default for Audit {
@@ -153,6 +186,9 @@ impl Default for Audit {
             key_env: None,
             replica: None,
             plain_subjects: false,
+            sinks: default_audit_sinks(),
+            postgres_url: None,
+            postgres_url_env: None,
         }
     }
 }
@@ -672,6 +708,23 @@ impl Config {
                 "storage.database_url",
                 "use sqlite://PATH or postgres://USER@HOST/DB",
             ));
+        }
+        if self.audit.enabled {
+            if self.audit.sinks.is_empty() {
+                return Err(invalid(
+                    "audit.sinks",
+                    "name at least one of \"file\", \"postgres\", \"stdout\", or set audit.enabled = false",
+                ));
+            }
+            if self.audit.sinks.contains(&AuditSink::Postgres)
+                && self.audit.postgres_url.is_none()
+                && self.audit.postgres_url_env.is_none()
+            {
+                return Err(invalid(
+                    "audit.postgres_url",
+                    "the postgres audit sink needs audit.postgres_url or audit.postgres_url_env",
+                ));
+            }
         }
         let any_keys =
             self.tenants.iter().any(|t| !t.keys.is_empty()) || !self.admin.keys.is_empty();

@@ -316,7 +316,10 @@ pub async fn forward(
                 started.elapsed().as_secs_f64(),
             );
             if let Some(a) = audit {
-                a.end(metrics::Outcome::Unavailable, started.elapsed());
+                a.end(
+                    metrics::Outcome::Unavailable.label().into(),
+                    started.elapsed(),
+                );
             }
             return Err(upstream_error(id, &e).into());
         }
@@ -368,13 +371,16 @@ struct Audited {
 
 impl Audited {
     /// Writes the END record in the background: the client need not wait for it.
-    fn end(self, outcome: metrics::Outcome, elapsed: Duration) {
+    fn end(self, outcome: String, elapsed: Duration) {
         let latency_us = elapsed.as_micros() as u64;
-        tokio::spawn(async move {
-            self.auditor
-                .end(self.id, &self.facts, outcome.label(), latency_us)
-                .await;
-        });
+        // A call dropped outside the runtime (at shutdown) has nowhere to run this.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                self.auditor
+                    .end(self.id, &self.facts, &outcome, latency_us)
+                    .await;
+            });
+        }
     }
 }
 
@@ -754,6 +760,7 @@ impl Forward {
 
     fn finish(&mut self, outcome: crate::upstream::Outcome) -> Vec<u8> {
         let elapsed = self.started.elapsed().as_secs_f64();
+        let mut rpc_code = None;
         let (bytes, counted) = match outcome {
             Ok(Ok(result)) => {
                 let (result, is_error) = self.rewrite_result(&result);
@@ -765,6 +772,8 @@ impl Forward {
                 (jsonrpc::result(&self.client_id, &result), counted)
             }
             Ok(Err(error)) => {
+                rpc_code = RawObject::parse(error.get())
+                    .and_then(|o| o.get("code").and_then(|c| c.get().parse::<i64>().ok()));
                 let error = if self.era == Era::Modern {
                     let error = modern_error(&error);
                     self.status = modern_status(&error);
@@ -787,7 +796,11 @@ impl Forward {
         };
         self.upstream_metrics(counted, elapsed);
         if let Some(a) = self.audit.take() {
-            a.end(counted, self.started.elapsed());
+            let outcome = match (counted, &rpc_code) {
+                (metrics::Outcome::RpcError, Some(code)) => format!("rpc_error {code}"),
+                _ => counted.label().to_owned(),
+            };
+            a.end(outcome, self.started.elapsed());
         }
         bytes
     }
@@ -874,6 +887,11 @@ impl Drop for Forward {
     fn drop(&mut self) {
         if let Some(session) = &self.session {
             session.untrack_call(&self.client_id);
+        }
+        // Dropped before it finished (the client went away, or the call was cancelled): its
+        // BEGIN still gets an END.
+        if let Some(a) = self.audit.take() {
+            a.end("abandoned".into(), self.started.elapsed());
         }
     }
 }

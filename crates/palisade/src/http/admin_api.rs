@@ -22,7 +22,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::auth::apikey::parse_stored_hash;
+use crate::audit::AdminChange;
+use crate::auth::apikey::{key_id, parse_stored_hash};
 use crate::auth::bearer;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -73,16 +74,49 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
 /// Every admin route but the OpenAPI document: the credential is checked first, and after a
 /// successful write the registry is refreshed, so the change is in force when the response is
 /// sent.
+///
+/// Every write is audited: an ADMIN record (who, which route, which object; never a body,
+/// so never a key or a secret's value) is durable before the change is made, or the change is
+/// refused; an END record with the status follows.
 async fn gate(
     State(gw): State<Arc<Gateway>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Err(r) = admin(&gw, request.headers()).await {
-        return r;
-    }
+    let principal = match admin(&gw, request.headers()).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let write = request.method() != axum::http::Method::GET;
+    let audited = match (&gw.audit, write) {
+        (Some(auditor), true) => {
+            let change = admin_change(&request, principal);
+            match auditor.admin_begin(&change).await {
+                Ok(id) => Some((auditor.clone(), id, change, std::time::Instant::now())),
+                Err(e) => {
+                    gw.metrics.rejected("audit_unavailable");
+                    tracing::error!(error = %e, "audit trail unavailable: admin change refused");
+                    return error(
+                        503,
+                        "audit_unavailable",
+                        "the audit trail cannot record this change right now, so it was not made; retry later",
+                    );
+                }
+            }
+        }
+        _ => None,
+    };
     let response = next.run(request).await;
+    if let Some((auditor, id, change, started)) = audited {
+        let outcome = if response.status().is_success() {
+            "ok".to_owned()
+        } else {
+            format!("http {}", response.status().as_u16())
+        };
+        auditor
+            .admin_end(id, &change, &outcome, started.elapsed().as_micros() as u64)
+            .await;
+    }
     if write
         && response.status().is_success()
         && let Err(e) = gw.refresh(true).await
@@ -90,6 +124,24 @@ async fn gate(
         tracing::warn!(error = %e, "registry refresh after an admin write failed; it will be retried");
     }
     response
+}
+
+/// The facts of an admin write: the tenant in the path, the HTTP method, and the object (the
+/// path below `/admin/v1/`, which names keys by id and sessions by handle, never by secret).
+fn admin_change(request: &axum::extract::Request, principal: String) -> AdminChange {
+    let path = request.uri().path();
+    let object = path.strip_prefix("/admin/v1/").unwrap_or(path);
+    let tenant = object
+        .strip_prefix("tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("-");
+    AdminChange {
+        tenant: tenant.to_owned(),
+        principal,
+        method: format!("admin {}", request.method()),
+        target: object.to_owned(),
+    }
 }
 
 /// A finished admin response.
@@ -123,8 +175,9 @@ fn failed(e: OnboardError) -> Response {
     error(e.status(), code, &e.to_string())
 }
 
-/// Checks the admin credential; the refusal is the finished response.
-async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the admin credential and names who it is (an admin key by its id, a token by
+/// `<sub>@<issuer>`); the refusal is the finished response.
+async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<String, Response> {
     let deny = |status: u16, msg: &str| {
         let mut r = error(status, "unauthorized", msg);
         if status == 401 {
@@ -154,7 +207,8 @@ async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
         is_admin_key |= bool::from(stored.ct_eq(&hash));
     }
     if is_admin_key {
-        return Ok(());
+        let id = std::str::from_utf8(credential).map_or_else(|_| "?".into(), key_id);
+        return Ok(format!("admin key {id}"));
     }
     if let Some(verifier) = gw.auth.oauth()
         && !credential.starts_with(crate::auth::apikey::KEY_PREFIX.as_bytes())
@@ -162,7 +216,9 @@ async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
         let token =
             std::str::from_utf8(credential).map_err(|_| deny(401, "invalid credentials"))?;
         return match verifier.verify(token).await {
-            Ok(claims) if claims.scopes.iter().any(|s| *s == config.admin.scope) => Ok(()),
+            Ok(claims) if claims.scopes.iter().any(|s| *s == config.admin.scope) => {
+                Ok(format!("{}@{}", claims.subject, claims.issuer))
+            }
             Ok(_) => Err(deny(
                 403,
                 &format!("the token lacks the admin scope `{}`", config.admin.scope),
