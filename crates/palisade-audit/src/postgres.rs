@@ -116,6 +116,9 @@ pub async fn read_chains(url: &str) -> Result<Vec<(String, Vec<String>)>, AuditE
     Ok(chains)
 }
 
+/// How often [`PgSink`] tries for its replica's lock, 100 ms apart.
+const LOCK_ATTEMPTS: u32 = 50;
+
 /// The columns stored beside a line.
 struct RowFacts {
     seq: i64,
@@ -173,10 +176,7 @@ pub struct PgSink {
 impl PgSink {
     /// Connect, take the replica's lock and find where its chain ends: `(sink, last stored
     /// record's seq and hash)`. Blocking: call it outside an async runtime's thread.
-    pub fn connect(
-        url: &str,
-        replica: &str,
-    ) -> Result<(PgSink, Option<Head>), AuditError> {
+    pub fn connect(url: &str, replica: &str) -> Result<(PgSink, Option<Head>), AuditError> {
         let runtime = Arc::new(
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -265,21 +265,28 @@ impl PgSink {
                     .into(),
             ));
         }
-        let locked: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext('palisade_audit'), hashtext($1))",
-        )
-        .bind(&self.replica)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| db_error("cannot lock the audit chain", &e))?;
-        if !locked {
-            return Err(AuditError::Config(format!(
-                "another gateway writes the audit chain of replica {:?}: give each replica its \
-                 own [audit] replica name",
-                self.replica
-            )));
+        // A replica killed a moment ago holds the lock until the server notices its
+        // connection is gone: wait a little before calling the name taken.
+        for attempt in 0..LOCK_ATTEMPTS {
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext('palisade_audit'), hashtext($1))",
+            )
+            .bind(&self.replica)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| db_error("cannot lock the audit chain", &e))?;
+            if locked {
+                return Ok(conn);
+            }
+            if attempt + 1 < LOCK_ATTEMPTS {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
-        Ok(conn)
+        Err(AuditError::Config(format!(
+            "another gateway writes the audit chain of replica {:?}: give each replica its \
+             own [audit] replica name",
+            self.replica
+        )))
     }
 
     async fn insert(&mut self) -> Result<(), AuditError> {

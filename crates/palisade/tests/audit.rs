@@ -1,168 +1,634 @@
-//! The audit trail through the real gateway: every forwarded call leaves a BEGIN and an END
-//! with the same id, a policy refusal a DENIED; arguments appear only as fingerprints; and
-//! `palisade audit verify` passes on the trail and names a modified record.
+//! The audit trail through the real gateway, on the file sink and on the PostgreSQL sink (the
+//! same tests; PostgreSQL ones print `skipped` without `PALISADE_TEST_POSTGRES_URL`):
+//! every call leaves BEGIN then END with one id, refusals DENIED, admin changes ADMIN; nothing
+//! personal or secret is stored; a kill -9 mid-load loses no BEGIN of an executed call; an
+//! unwritable sink refuses calls until it recovers; `audit verify` names each kind of
+//! tampering; the stdout sink carries the same records.
 
 mod common;
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Gw, TenantSpec, stdio_server};
+use common::{Gw, TenantSpec, admin_table, stdio_server, testkit};
 use serde_json::{Value, json};
+use sqlx::{Connection as _, Executor as _};
 
 const EMAIL: &str = "jane.doe.marker@example.com";
 const CARD: &str = "4111111111111111";
+const NAME: &str = "Jane Q. Markerson";
+const ADMIN_KEY: &str = "pal_admin_key_for_audit_tests_aaaaaaaaaaaaaaaaaaaaaa";
 
-fn trail(gw: &Gw) -> Vec<Value> {
-    let dir = gw.config.with_file_name("palisade-data").join("audit");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v.get("kind").is_some())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// Where the trail under test lives.
+struct Trail {
+    /// The `[audit]` table for the gateway's config.
+    toml: String,
+    pg: Option<Pg>,
 }
 
-/// The trail once it holds a record of `kind` (END and DENIED records are not waited for).
-async fn trail_with(gw: &Gw, kind: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = trail(gw);
-        if r.iter().any(|v| v["kind"] == kind) {
-            return r;
+struct Pg {
+    /// An administrator's connection URL to the test's own database.
+    admin_url: String,
+    role: String,
+}
+
+impl Trail {
+    fn file() -> Trail {
+        Trail {
+            toml: String::new(),
+            pg: None,
         }
-        assert!(Instant::now() < deadline, "no {kind} record: {r:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
 
-fn raw_trail(gw: &Gw) -> String {
-    let dir = gw.config.with_file_name("palisade-data").join("audit");
-    std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                .collect()
+    /// A fresh database with the audit table, written by a role of its own (INSERT and
+    /// SELECT only). `None` (and a printed `skipped`) without PostgreSQL.
+    async fn postgres() -> Option<Trail> {
+        let Ok(server) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let suffix = format!("{:016x}", rand::random::<u64>());
+        let db = format!("palisade_audit_test_{suffix}");
+        let role = format!("palisade_audit_w_{suffix}");
+        let mut conn = sqlx::PgConnection::connect(&server).await.unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .await
+            .unwrap();
+        let (base, _) = server.rsplit_once('/').unwrap();
+        let admin_url = format!("{base}/{db}");
+        palisade_audit::postgres::install(&admin_url, &role)
+            .await
+            .unwrap();
+        let writer_url = with_user(&admin_url, &role);
+        Some(Trail {
+            toml: format!(
+                "[audit]\nsinks = [\"postgres\"]\npostgres_url = \"{writer_url}\"\nreplica = \"r1\"\n"
+            ),
+            pg: Some(Pg { admin_url, role }),
         })
-        .unwrap_or_default()
-}
-
-fn verify(gw: &Gw) -> std::process::Output {
-    gw.cli(&["audit", "verify"])
-}
-
-#[tokio::test]
-async fn calls_leave_begin_and_end_and_no_arguments() {
-    let gw = Gw::start(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
-    gw.ready().await;
-    let s = gw.legacy("acme").await;
-    let message = format!("{EMAIL} {CARD} Jane Doe");
-    let a = s.call(1, "kit__echo", json!({ "message": message })).await;
-    assert_eq!(common::text(a.response()), message);
-
-    let records = trail_with(&gw, "END").await;
-    let begin = records.iter().find(|v| v["kind"] == "BEGIN").unwrap();
-    let end = records.iter().find(|v| v["kind"] == "END").unwrap();
-    assert_eq!(begin["id"], end["id"]);
-    assert_eq!(begin["tenant"], "acme");
-    assert_eq!(begin["method"], "tools/call");
-    assert_eq!(begin["target"], "echo");
-    assert_eq!(end["outcome"], "ok");
-    assert!(
-        begin["args_fingerprint"]
-            .as_str()
-            .is_some_and(|f| f.len() == 64)
-    );
-    assert!(
-        begin["subject"].as_str().unwrap().starts_with("h:"),
-        "subjects are hashed"
-    );
-    assert!(begin["seq"].as_u64() < end["seq"].as_u64());
-
-    // No raw PII in the trail or the log.
-    let raw = raw_trail(&gw);
-    for marker in [EMAIL, CARD, "Jane Doe"] {
-        assert!(!raw.contains(marker), "{marker} in the trail");
-        assert!(!gw.log().contains(marker), "{marker} in the log");
     }
 
-    let out = verify(&gw);
-    assert!(
-        out.status.success(),
+    /// Every stored record line, in chain order (checkpoints left out).
+    async fn lines(&self, gw: &Gw) -> Vec<String> {
+        let all = match &self.pg {
+            None => {
+                let dir = audit_dir(gw);
+                palisade_audit::list_files(&dir)
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|f| {
+                        palisade_audit::read_file(f)
+                            .map(|t| t.text.lines().map(str::to_owned).collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Some(pg) => palisade_audit::postgres::read_chains(&pg.admin_url)
+                .await
+                .unwrap()
+                .into_iter()
+                .flat_map(|(_, lines)| lines)
+                .collect(),
+        };
+        all.into_iter()
+            .filter(|l| !l.starts_with("{\"checkpoint\""))
+            .collect()
+    }
+
+    async fn records(&self, gw: &Gw) -> Vec<Value> {
+        self.lines(gw)
+            .await
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The records once `done` holds for them (END and DENIED records are not waited for).
+    async fn wait(&self, gw: &Gw, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.records(gw).await;
+            if done(&r) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "trail incomplete: {r:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Makes the sink refuse writes (`true`) or accept them again (`false`): the file's
+    /// immutable flag, or the writer role's INSERT privilege.
+    async fn break_sink(&self, gw: &Gw, broken: bool) {
+        match &self.pg {
+            None => {
+                for f in palisade_audit::list_files(&audit_dir(gw)).unwrap() {
+                    let flag = if broken { "+i" } else { "-i" };
+                    let ok = Command::new("chattr").arg(flag).arg(&f).status().unwrap();
+                    assert!(ok.success(), "chattr {flag} {}", f.display());
+                }
+            }
+            Some(pg) => {
+                let sql = if broken {
+                    format!("REVOKE INSERT ON palisade_audit FROM {}", pg.role)
+                } else {
+                    format!("GRANT INSERT ON palisade_audit TO {}", pg.role)
+                };
+                let mut conn = sqlx::PgConnection::connect(&pg.admin_url).await.unwrap();
+                conn.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+            }
+        }
+    }
+}
+
+fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}@{host}")
+}
+
+fn audit_dir(gw: &Gw) -> PathBuf {
+    gw.config.with_file_name("palisade-data").join("audit")
+}
+
+fn kit_counting(count_file: &Path) -> String {
+    format!(
+        "[[servers]]\nname = \"kit\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ TESTKIT_COUNT_FILE = \"{}\" }}\n",
+        testkit().display(),
+        count_file.display()
+    )
+}
+
+fn acme() -> [TenantSpec<'static>; 1] {
+    [TenantSpec {
+        id: "acme",
+        servers: &["kit"],
+        namespacing: true,
+    }]
+}
+
+fn start(trail: &Trail, servers: &str) -> Gw {
+    Gw::start_with(
+        servers,
+        &acme(),
+        &format!("{}{}", trail.toml, admin_table(ADMIN_KEY)),
+    )
+}
+
+fn cli_ok(gw: &Gw, args: &[&str]) -> String {
+    let out = gw.cli(args);
+    let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(out.status.success(), "palisade {args:?}: {said}");
+    said
+}
+
+/// The fingerprint the gateway records for `args` of a call by `tenant`.
+fn fingerprint(gw: &Gw, tenant: &str, args: &Value) -> String {
+    let config = palisade::config::Config::load(&gw.config).unwrap();
+    let keys =
+        palisade::audit::AuditKeys::load(&config, &gw.config.with_file_name("palisade-data"))
+            .unwrap();
+    keys.fingerprinter().fingerprint(tenant, args).1
+}
+
+/// Runs `$body(trail)` on the file sink and on the PostgreSQL sink.
+macro_rules! on_both_sinks {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn file() {
+                super::$name(super::Trail::file()).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(trail) = super::Trail::postgres().await {
+                    super::$name(trail).await;
+                }
+            }
+        }
+    };
+}
+
+on_both_sinks!(every_call_denial_and_admin_change_is_recorded);
+on_both_sinks!(kill_9_mid_load_leaves_no_executed_call_without_begin);
+on_both_sinks!(an_unwritable_sink_refuses_calls_until_it_recovers);
+
+async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
+    let gw = start(&trail, &stdio_server("kit", ""));
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    let message = format!("{EMAIL} {CARD} {NAME}");
+    let a = s.call(1, "kit__echo", json!({ "message": message })).await;
+    assert_eq!(common::text(a.response()), message);
+    let r = s
+        .request(
+            2,
+            "resources/read",
+            json!({"uri": "kit+test://static-text"}),
+        )
+        .await;
+    assert!(
+        r.response()["result"]["contents"].is_array(),
+        "{:?}",
+        r.response()
+    );
+    let p = s
+        .request(
+            3,
+            "prompts/get",
+            json!({"name": "kit__test_prompt_with_arguments", "arguments": {"arg1": EMAIL, "arg2": "b"}}),
+        )
+        .await;
+    assert!(p.response()["result"].is_object(), "{:?}", p.response());
+
+    // Admin changes: a tenant, a key, a policy that denies `add`.
+    let (status, _) = gw
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants",
+            Some(ADMIN_KEY),
+            Some(json!({"id": "globex", "servers": ["kit"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, issued) = gw
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/globex/keys",
+            Some(ADMIN_KEY),
+            Some(json!({"name": "ci"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let (status, _) = gw
+        .admin_api(
+            "PUT",
+            "/admin/v1/tenants/globex/policy",
+            Some(ADMIN_KEY),
+            Some(json!({"deny_tools": ["kit/add"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let g = gw.legacy_as(&key).await;
+    let d = g.call(1, "kit__add", json!({"a": 1, "b": 2})).await;
+    assert!(d.response()["error"].is_object());
+
+    let records = trail
+        .wait(&gw, |r| {
+            r.iter().filter(|v| v["kind"] == "END").count() >= 6
+                && r.iter().any(|v| v["kind"] == "DENIED")
+        })
+        .await;
+    let of = |kind: &str| -> Vec<&Value> { records.iter().filter(|v| v["kind"] == kind).collect() };
+    // Every BEGIN has an END with its id, after it.
+    for method in ["tools/call", "resources/read", "prompts/get"] {
+        let begin = of("BEGIN")
+            .into_iter()
+            .find(|v| v["method"] == method)
+            .unwrap_or_else(|| panic!("no BEGIN for {method}: {records:#?}"));
+        let end = of("END")
+            .into_iter()
+            .find(|v| v["id"] == begin["id"])
+            .unwrap_or_else(|| panic!("no END for {method}"));
+        assert_eq!(begin["tenant"], "acme");
+        assert_eq!(begin["decision"], "allowed");
+        assert_eq!(end["outcome"], "ok");
+        assert!(begin["seq"].as_u64() < end["seq"].as_u64());
+        assert!(end["latency_us"].is_u64());
+        assert!(begin["subject"].as_str().unwrap().starts_with("h:"));
+        if method != "resources/read" {
+            // A resource has no arguments: its URI is the target.
+            assert!(
+                begin["args_fingerprint"]
+                    .as_str()
+                    .is_some_and(|f| f.len() == 64)
+            );
+            assert_eq!(begin["args_bytes"].as_u64().map(|n| n > 0), Some(true));
+        }
+    }
+    let call = of("BEGIN")
+        .into_iter()
+        .find(|v| v["method"] == "tools/call")
+        .unwrap();
+    assert_eq!(call["target"], "echo");
+    assert_eq!(
+        call["args_fingerprint"],
+        fingerprint(&gw, "acme", &json!({ "message": message }))
+    );
+    let denied = of("DENIED");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["tenant"], "globex");
+    assert_eq!(denied[0]["target"], "add");
+    assert!(denied[0]["outcome"].as_str().unwrap().contains("policy"));
+    // Three admin writes, each with its END; who made them is hashed.
+    let admin = of("ADMIN");
+    let targets: Vec<&str> = admin
+        .iter()
+        .map(|v| v["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["tenants", "tenants/globex/keys", "tenants/globex/policy"]
+    );
+    for a in &admin {
+        assert!(a["subject"].as_str().unwrap().starts_with("h:"));
+        let end = of("END").into_iter().find(|v| v["id"] == a["id"]).unwrap();
+        assert_eq!(end["outcome"], "ok");
+    }
+    assert_eq!(admin[1]["tenant"], "globex");
+    assert_eq!(admin[2]["method"], "admin PUT");
+
+    // Nothing personal or secret anywhere: trail, log, stdout.
+    let stored = trail.lines(&gw).await.join("\n");
+    for marker in [EMAIL, CARD, NAME, key.as_str(), ADMIN_KEY] {
+        assert!(!stored.contains(marker), "{marker} in the trail");
+        assert!(!gw.log().contains(marker), "{marker} in the log");
+        assert!(!gw.stdout().contains(marker), "{marker} on stdout");
+    }
+    let said = cli_ok(&gw, &["audit", "verify"]);
+    assert!(said.contains("OK"), "{said}");
+}
+
+async fn kill_9_mid_load_leaves_no_executed_call_without_begin(trail: Trail) {
+    let dir = tempfile::tempdir().unwrap();
+    let count_file = dir.path().join("executions");
+    let mut gw = start(&trail, &kit_counting(&count_file));
+    gw.ready().await;
+    let mcp = gw.mcp.clone();
+    let key = gw.key("acme").to_owned();
+    // Eight clients call `count` with unique messages until the gateway is gone.
+    let mut load = Vec::new();
+    for c in 0..8 {
+        let (mcp, key) = (mcp.clone(), key.clone());
+        load.push(tokio::spawn(count_until_gone(mcp, key, c)));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.kill_and_restart();
+    let mut answered = 0;
+    for l in load {
+        answered += l.await.unwrap();
+    }
+    gw.ready().await;
+    let executed: Vec<String> = std::fs::read_to_string(&count_file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        executed.len() >= 20,
+        "too little load: {} executions",
+        executed.len()
+    );
+    assert!(executed.len() as u32 >= answered);
+    let begins: HashSet<String> = trail
+        .records(&gw)
+        .await
+        .iter()
+        .filter(|v| v["kind"] == "BEGIN" && v["target"] == "count")
+        .filter_map(|v| v["args_fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = executed
+        .iter()
+        .filter(|m| !begins.contains(&fingerprint(&gw, "acme", &json!({ "message": m }))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} executions have no BEGIN: {missing:?}",
+        missing.len(),
+        executed.len()
+    );
+    eprintln!(
+        "{} executions, {answered} answered before the kill, {} BEGIN records, 0 missing",
+        executed.len(),
+        begins.len()
+    );
+    // The restarted gateway continues the chain, and the whole of it verifies.
+    let s = gw.legacy("acme").await;
+    let a = s
+        .call(1, "kit__count", json!({"message": "after-restart"}))
+        .await;
+    assert!(a.response()["result"].is_object());
+    let said = cli_ok(&gw, &["audit", "verify"]);
+    assert!(said.contains("OK"), "{said}");
+}
+
+/// A legacy client calling `count` with unique messages until the gateway goes away; returns
+/// how many calls were answered with a result.
+async fn count_until_gone(mcp: String, key: String, client: u32) -> u32 {
+    let http = reqwest::Client::new();
+    let post = |body: Value, session: Option<String>| {
+        let mut req = http
+            .post(&mcp)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"load","version":"1"}}});
+    let Ok(r) = post(init, None).await else {
+        return 0;
+    };
+    let Some(session) = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return 0;
+    };
+    let _ = r.bytes().await;
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    if post(note, Some(session.clone())).await.is_err() {
+        return 0;
+    }
+    let mut answered = 0;
+    for i in 1.. {
+        let call = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"kit__count","arguments":{"message":format!("c{client}-{i}")}}});
+        let Ok(r) = post(call, Some(session.clone())).await else {
+            break;
+        };
+        let Ok(body) = r.text().await else {
+            break;
+        };
+        if body.contains("\"result\"") {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+async fn an_unwritable_sink_refuses_calls_until_it_recovers(trail: Trail) {
+    let dir = tempfile::tempdir().unwrap();
+    let count_file = dir.path().join("executions");
+    let gw = start(&trail, &kit_counting(&count_file));
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    let a = s.call(1, "kit__count", json!({"message": "before"})).await;
+    assert_eq!(common::text(a.response()), "1");
+
+    trail.break_sink(&gw, true).await;
+    for id in 2..5 {
+        let a = s
+            .call(id, "kit__count", json!({"message": "while broken"}))
+            .await;
+        let msg = a.response()["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("audit trail cannot record this call"),
+            "{:?}",
+            a.response()
+        );
+    }
+    let executed = std::fs::read_to_string(&count_file).unwrap();
+    assert_eq!(
+        executed.lines().count(),
+        1,
+        "a call reached the upstream: {executed}"
+    );
+    assert!(gw.log().contains("audit trail unavailable: call refused"));
+    assert!(
+        gw.metrics().await.contains("reason=\"audit_unavailable\""),
+        "no refusal metric"
+    );
+
+    // Restored, the trail heals itself: calls run again and the chain verifies.
+    trail.break_sink(&gw, false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 10;
+    loop {
+        let a = s.call(id, "kit__count", json!({"message": "after"})).await;
+        if a.response()["result"].is_object() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {:?}",
+            a.response()
+        );
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&count_file)
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    let said = cli_ok(&gw, &["audit", "verify"]);
+    assert!(said.contains("OK"), "{said}");
 }
 
 #[tokio::test]
-async fn denied_calls_are_recorded_and_tampering_is_named() {
-    let gw = Gw::start_full(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-        "",
-        "",
-    );
+async fn stdout_sink_carries_the_records_the_files_have() {
+    let trail = Trail {
+        toml: "[audit]\nsinks = [\"file\", \"stdout\"]\n".into(),
+        pg: None,
+    };
+    let mut gw = start(&trail, &stdio_server("kit", ""));
     gw.ready().await;
-    // A policy that denies `add`, set through the CLI (the running gateway sees it within a
-    // second).
-    let policy = gw.config.with_file_name("policy.json");
-    std::fs::write(&policy, r#"{"deny_tools": ["kit/add"]}"#).unwrap();
-    let out = gw.cli(&["policy", "set", "acme", "--file", policy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
     let s = gw.legacy("acme").await;
-    let a = s.call(1, "kit__add", json!({"a": 1, "b": 2})).await;
-    assert!(a.response()["error"].is_object());
-    let denied: Vec<Value> = trail_with(&gw, "DENIED")
-        .await
-        .into_iter()
-        .filter(|v| v["kind"] == "DENIED")
-        .collect();
-    assert_eq!(denied.len(), 1, "{denied:?}");
-    assert_eq!(denied[0]["target"], "add");
-    assert!(denied[0]["outcome"].as_str().unwrap().contains("policy"));
-
-    // One byte changed in a record: verify fails and names it.
-    assert!(verify(&gw).status.success());
-    let dir = gw.config.with_file_name("palisade-data").join("audit");
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .contains("DENIED")
+    for i in 1..=3 {
+        let a = s
+            .call(i, "kit__echo", json!({"message": format!("{EMAIL} {i}")}))
+            .await;
+        assert!(a.response()["result"].is_object());
+    }
+    trail
+        .wait(&gw, |r| {
+            r.iter().filter(|v| v["kind"] == "END").count() == 3
         })
-        .unwrap();
+        .await;
+    assert_eq!(gw.terminate(), Some(0));
+    let files = trail.lines(&gw).await;
+    let streamed: Vec<String> = gw
+        .stdout()
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files.len(), 6);
+    assert_eq!(
+        streamed, files,
+        "stdout and the files hold the same records"
+    );
+    assert!(gw.stdout().contains("\"reason\":\"close\""));
+    assert!(!gw.stdout().contains(EMAIL));
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_tampering() {
+    let mut gw = start(&Trail::file(), &stdio_server("kit", ""));
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    for i in 1..=4 {
+        s.call(i, "kit__echo", json!({"message": format!("m{i}")}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.terminate(), Some(0));
+    let original = audit_dir(&gw);
+    let file = palisade_audit::list_files(&original).unwrap().remove(0);
     let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, text.replacen("\"add\"", "\"adx\"", 1)).unwrap();
-    let out = verify(&gw);
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("modified"), "{said}");
+    let lines: Vec<&str> = text.lines().collect();
+    let records: Vec<usize> = (0..lines.len())
+        .filter(|&i| !lines[i].starts_with("{\"checkpoint\""))
+        .collect();
+    assert!(records.len() >= 8, "{text}");
+
+    // Each case: a tampered copy of the trail, and what verify must say.
+    let byte = {
+        let mut b = text.clone().into_bytes();
+        let at = text.find("\"tools/call\"").unwrap() + 2;
+        b[at] ^= 0x01;
+        String::from_utf8(b).unwrap()
+    };
+    let deleted = {
+        let mut l = lines.clone();
+        l.remove(records[2]);
+        l.join("\n") + "\n"
+    };
+    let swapped = {
+        let mut l = lines.clone();
+        l.swap(records[2], records[3]);
+        l.join("\n") + "\n"
+    };
+    let truncated = lines[..records[5]].join("\n") + "\n";
+    let forged = {
+        let last = lines.len() - 1;
+        let mut cp: Value = serde_json::from_str(lines[last]).unwrap();
+        cp["checkpoint"]["seq"] = json!(2);
+        let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+        l[last] = cp.to_string();
+        l.join("\n") + "\n"
+    };
+    let cases = [
+        ("one byte modified", byte, "modified"),
+        ("a record deleted", deleted, "deleted"),
+        ("two records swapped", swapped, "reordered"),
+        ("the file truncated", truncated, "truncated"),
+        ("a checkpoint forged", forged, "bad checkpoint signature"),
+    ];
+    let untouched = cli_ok(&gw, &["audit", "verify", "--expect-closed"]);
+    assert!(untouched.contains("OK"), "{untouched}");
+    for (what, content, expected) in cases {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::write(copy.path().join(file.file_name().unwrap()), content).unwrap();
+        let dir = copy.path().to_str().unwrap();
+        let out = gw.cli(&["audit", "verify", "--expect-closed", "--dir", dir]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: verify passed");
+        assert!(said.contains(expected), "{what}: {said}");
+    }
 }

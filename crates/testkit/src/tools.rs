@@ -228,8 +228,8 @@ fn definitions() -> Vec<Value> {
         ),
         def(
             "count",
-            "Appends a line to $TESTKIT_COUNT_FILE and returns its line count",
-            json!({}),
+            "Appends a line (`message`, or `1`) to $TESTKIT_COUNT_FILE, durably, and returns its line count: counts executions",
+            json!({ "message": { "type": "string" } }),
             &[],
         ),
         def(
@@ -454,7 +454,7 @@ pub async fn call(
                 .to_string(),
             ))
         }
-        "count" => count().await,
+        "count" => count(args.string_or("message", "1")).await,
         "toggle_tool" => {
             let added = toggle(&kit.shared.extra_tool);
             kit.list_changed(&ctx, ListChange::Tools).await;
@@ -637,7 +637,8 @@ fn garbage() -> Result<CallToolResponse, String> {
 }
 
 /// Appends "1\n" (O_APPEND + fsync) to $TESTKIT_COUNT_FILE and counts its lines.
-async fn count() -> Result<CallToolResponse, String> {
+async fn count(line: Result<String, String>) -> Result<CallToolResponse, String> {
+    let line = line?.replace('\n', " ") + "\n";
     let Some(path) = std::env::var_os("TESTKIT_COUNT_FILE") else {
         return Err("TESTKIT_COUNT_FILE is not set".to_owned());
     };
@@ -647,7 +648,7 @@ async fn count() -> Result<CallToolResponse, String> {
             .append(true)
             .read(true)
             .open(&path)?;
-        file.write_all(b"1\n")?;
+        file.write_all(line.as_bytes())?;
         file.sync_all()?;
         file.seek(SeekFrom::Start(0))?;
         let mut contents = String::new();

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,6 +129,7 @@ pub struct Gw {
     pub admin: String,
     pub keys: Vec<(String, String)>,
     pub log: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
     /// The config file and the text first written to it.
     pub config: PathBuf,
     pub toml: String,
@@ -174,51 +175,37 @@ impl Gw {
         }
         let config = dir.path().join("palisade.toml");
         std::fs::write(&config, &toml).expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&config)
-            .env("PALISADE_LOG", "info,palisade=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn palisade");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("log")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read stdout");
-        let mcp = field(&line, "mcp=").unwrap_or_else(|| {
-            panic!(
-                "gateway did not start: {line:?} log: {}",
-                log.lock().unwrap()
-            )
-        });
-        let admin = field(&line, "admin=").expect("admin addr");
-
+        let (child, mcp, admin, log, stdout) = spawn_gateway(&config);
         Gw {
             child,
             mcp,
             admin,
             keys,
             log,
+            stdout,
             config,
             toml,
             _dir: dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Kills the gateway with SIGKILL (no shutdown at all) and starts it again on the same
+    /// config and data; its addresses change.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, mcp, admin, log, stdout) = spawn_gateway(&self.config);
+        self.child = child;
+        self.mcp = mcp;
+        self.admin = admin;
+        self.log = log;
+        self.stdout = stdout;
+    }
+
+    /// What the gateway wrote to stdout after its first line.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout").clone()
     }
 
     /// Runs the `palisade` CLI against this gateway's config (and so its registry store).
@@ -361,6 +348,57 @@ impl Drop for Gw {
             self.terminate();
         }
     }
+}
+
+type Spawned = (
+    Child,
+    String,
+    String,
+    Arc<Mutex<String>>,
+    Arc<Mutex<String>>,
+);
+
+/// Starts `palisade serve` on `config`: the child, its MCP and admin addresses, and its stderr
+/// (the log) and stdout, each collected by a thread.
+fn spawn_gateway(config: &Path) -> Spawned {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("PALISADE_LOG", "info,palisade=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn palisade");
+    let collect = |mut from: Box<dyn Read + Send>| {
+        let sink = Arc::new(Mutex::new(String::new()));
+        let to = sink.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                to.lock()
+                    .expect("output")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        sink
+    };
+    let log = collect(Box::new(child.stderr.take().expect("stderr")));
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read stdout");
+    // Keep reading: a closed stdout would fail a gateway that writes records there.
+    let stdout = collect(Box::new(out));
+    let mcp = field(&line, "mcp=").unwrap_or_else(|| {
+        panic!(
+            "gateway did not start: {line:?} log: {}",
+            log.lock().unwrap()
+        )
+    });
+    let admin = field(&line, "admin=").expect("admin addr");
+    (child, mcp, admin, log, stdout)
 }
 
 fn field(line: &str, prefix: &str) -> Option<String> {
