@@ -77,6 +77,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    audit_seconds: Histogram,
     call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
     calls: Family<OutcomeLabels, Counter>,
     upstream_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
@@ -227,8 +228,15 @@ impl Metrics {
             "Tenants' running processes by server and the sandbox layers they got (none: unsandboxed)",
             sandboxes.clone(),
         );
+        let audit_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
+        registry.register(
+            "audit_begin_duration_seconds",
+            "Time a call waits for its BEGIN audit record to be durable in every sink",
+            audit_seconds.clone(),
+        );
         Metrics {
             registry,
+            audit_seconds,
             list_failures,
             sandboxes,
             instance_starts,
@@ -308,6 +316,11 @@ impl Metrics {
     }
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
+    /// A BEGIN record became durable after `seconds`.
+    pub fn audit_begin(&self, seconds: f64) {
+        self.audit_seconds.observe(seconds);
+    }
+
     pub fn rejected(&self, reason: &'static str) {
         self.rejections
             .get_or_create(&ReasonLabels { reason })

@@ -283,7 +283,10 @@ pub async fn forward(
     let audit = match &gw.audit {
         Some(auditor) if AUDITED.contains(&method) => {
             let facts = call_facts(caller, method, &target);
-            match auditor.begin(&facts, params.get("arguments")).await {
+            let waited = Instant::now();
+            let begun = auditor.begin(&facts, params.get("arguments")).await;
+            gw.metrics.audit_begin(waited.elapsed().as_secs_f64());
+            match begun {
                 Ok(audit_id) => Some(Audited {
                     auditor: auditor.clone(),
                     id: audit_id,

@@ -342,6 +342,11 @@ async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
         assert_eq!(end["outcome"], "ok");
     }
     assert_eq!(admin[1]["tenant"], "globex");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("palisade_audit_begin_duration_seconds_count 3"),
+        "three calls waited for their BEGIN: {metrics}"
+    );
     assert_eq!(admin[2]["method"], "admin PUT");
 
     // Nothing personal or secret anywhere: trail, log, stdout.
