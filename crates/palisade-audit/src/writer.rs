@@ -21,6 +21,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
@@ -145,12 +146,18 @@ enum Msg {
     Close(Ack),
     /// Time-based checkpoint and rotation.
     Tick,
+    /// Deferred records wait in the shared buffer.
+    Nudge,
 }
 
 /// Handle to one audit writer. Cheap to clone; all clones feed the same writer.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    /// Deferred records for the writer to pick up; only the first one wakes it.
+    shared: Arc<Mutex<Vec<Record>>>,
+    /// Most deferred records buffered before appends wait for the writer.
+    depth: usize,
     public_key: [u8; 32],
     name: String,
 }
@@ -174,6 +181,8 @@ impl AuditLog {
         }
         public_key.copy_from_slice(pk);
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+        let shared = Arc::new(Mutex::new(Vec::new()));
+        let depth = cfg.queue_depth.max(1);
         let good_len = sink.len();
         let period = [cfg.checkpoint_interval, cfg.max_file_age]
             .into_iter()
@@ -193,7 +202,7 @@ impl AuditLog {
             good_len,
             dirty: false,
             deferred: Vec::new(),
-            deferred_written: 0,
+            shared: shared.clone(),
             sync_due: None,
             name: name.to_owned(),
         };
@@ -221,6 +230,8 @@ impl AuditLog {
         }
         Ok(AuditLog {
             tx,
+            shared,
+            depth,
             public_key,
             name: name.to_owned(),
         })
@@ -248,7 +259,29 @@ impl AuditLog {
     /// Queue a record that nothing waits for: it becomes durable with the next durable batch,
     /// or within `max_defer`. Errors only if the writer has stopped.
     pub async fn append_deferred(&self, record: Record) -> Result<(), AuditError> {
-        self.send(Msg::Append(Box::new(record), None)).await
+        if self.tx.is_closed() {
+            return Err(AuditError::Unavailable("audit writer is closed".into()));
+        }
+        let queued = {
+            let mut buffer = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.len() < self.depth {
+                buffer.push(record);
+                Ok(buffer.len() == 1)
+            } else {
+                Err(record)
+            }
+        };
+        match queued {
+            // The first record starts the writer's clock; the rest need not wake it.
+            Ok(first) => {
+                if first {
+                    let _ = self.tx.try_send(Msg::Nudge);
+                }
+                Ok(())
+            }
+            // The buffer is full (the sink is slow or failing): wait for room like any append.
+            Err(record) => self.send(Msg::Append(Box::new(record), None)).await,
+        }
     }
 
     /// Write pending records and a signed `close` checkpoint, then stop the writer.
@@ -281,10 +314,10 @@ struct Writer {
     good_len: u64,
     /// A failed batch may have left bytes after `good_len`.
     dirty: bool,
-    /// Deferred records not yet durable, oldest first; the first `deferred_written` of them
-    /// are written (after `good_len`) but not synced.
+    /// Deferred records not yet durable, oldest first (never in the sink before a sync).
     deferred: Vec<Record>,
-    deferred_written: usize,
+    /// Deferred records handed over without waking the writer.
+    shared: Arc<Mutex<Vec<Record>>>,
     /// When deferred records must be synced (or, after a failure, written again).
     sync_due: Option<Instant>,
     file_started: Instant,
@@ -319,6 +352,7 @@ impl Writer {
                     {
                         Ok(m) => m,
                         Err(_) => {
+                            self.take_shared();
                             self.commit(Vec::new(), true);
                             continue;
                         }
@@ -352,9 +386,11 @@ impl Writer {
                     }
                     Msg::Close(ack) => close_ack = Some(ack),
                     Msg::Tick => tick = true,
+                    Msg::Nudge => {}
                 }
             }
-            if !appends.is_empty() {
+            self.take_shared();
+            if !appends.is_empty() || self.sync_due.is_some() {
                 self.commit(appends, false);
             }
             if tick {
@@ -414,7 +450,6 @@ impl Writer {
         self.dirty = true;
         self.chain = self.durable_chain;
         self.since_checkpoint = self.durable_since_checkpoint;
-        self.deferred_written = 0;
         self.sync_due = (!self.deferred.is_empty()).then(|| Instant::now() + RETRY);
     }
 
@@ -435,7 +470,6 @@ impl Writer {
                 self.durable_chain = self.chain;
                 self.durable_since_checkpoint = self.since_checkpoint;
                 self.deferred.clear();
-                self.deferred_written = 0;
                 self.sync_due = None;
                 Ok(())
             }
@@ -501,6 +535,11 @@ impl Writer {
             }
         }
         self.keep_deferred(deferred);
+        let due = self.sync_due.is_some_and(|at| Instant::now() >= at);
+        if durable.is_empty() && !force_sync && !due {
+            // Nothing waits: deferred records stay in memory until a sync is due.
+            return;
+        }
         if let Err(e) = self.repair().and_then(|()| self.rotate_if_full()) {
             fail_all(durable.into_iter().map(|(_, a)| a).collect(), &e);
             self.sync_due = (!self.deferred.is_empty()).then(|| Instant::now() + RETRY);
@@ -511,9 +550,8 @@ impl Writer {
             self.file_started = Instant::now();
         }
         let mut buf = String::new();
-        // Deferred records not in the sink yet: those a failed batch lost, then the new ones.
         let mut pending = std::mem::take(&mut self.deferred);
-        for rec in &mut pending[self.deferred_written..] {
+        for rec in &mut pending {
             self.chain_into(&mut buf, rec);
         }
         self.deferred = pending;
@@ -527,16 +565,6 @@ impl Writer {
                 )));
             }
         }
-        let due = self.sync_due.is_some_and(|at| Instant::now() >= at);
-        if acks.is_empty() && !force_sync && !due {
-            if !buf.is_empty() {
-                match self.sink.write_all(buf.as_bytes()) {
-                    Ok(()) => self.deferred_written = self.deferred.len(),
-                    Err(_) => self.lost_batch(),
-                }
-            }
-            return;
-        }
         match self.write_durable(buf.as_bytes()) {
             Ok(()) => {
                 for a in acks {
@@ -545,6 +573,12 @@ impl Writer {
             }
             Err(e) => fail_all(acks, &e),
         }
+    }
+
+    /// Moves the deferred records waiting in the shared buffer into the writer's own list.
+    fn take_shared(&mut self) {
+        let waiting = std::mem::take(&mut *self.shared.lock().unwrap_or_else(|e| e.into_inner()));
+        self.keep_deferred(waiting);
     }
 
     /// Deferred records to write with the next batch; a sync is due within `max_defer`.
@@ -559,7 +593,6 @@ impl Writer {
         if self.deferred.len() > self.cfg.max_deferred {
             let dropped = self.deferred.len() - self.cfg.max_deferred;
             self.deferred.drain(..dropped);
-            self.deferred_written = self.deferred_written.saturating_sub(dropped);
             tracing::error!(
                 sink = %self.name,
                 dropped,
@@ -589,6 +622,7 @@ impl Writer {
     }
 
     fn close(&mut self) -> Result<(), AuditError> {
+        self.take_shared();
         if !self.deferred.is_empty() {
             self.commit(Vec::new(), true);
         }
