@@ -97,6 +97,66 @@ impl Trail {
             .collect()
     }
 
+    /// Every stored line, checkpoints included, in chain order (one chain).
+    async fn all_lines(&self, gw: &Gw) -> Vec<String> {
+        match &self.pg {
+            None => {
+                let files = palisade_audit::list_files(&audit_dir(gw)).unwrap();
+                assert_eq!(files.len(), 1);
+                let text = palisade_audit::read_file(&files[0]).unwrap().text;
+                text.lines().map(str::to_owned).collect()
+            }
+            Some(pg) => {
+                let mut chains = palisade_audit::postgres::read_chains(&pg.admin_url)
+                    .await
+                    .unwrap();
+                assert_eq!(chains.len(), 1);
+                chains.remove(0).1
+            }
+        }
+    }
+
+    /// `audit verify --expect-closed` on the trail with its lines replaced by `lines`: a copy
+    /// of the files, or the table's rows rewritten by an administrator (triggers disabled).
+    async fn verify_tampered(&self, gw: &Gw, lines: &[String]) -> std::process::Output {
+        let body = lines.join("\n") + "\n";
+        match &self.pg {
+            None => {
+                let copy = tempfile::tempdir().unwrap();
+                let file = palisade_audit::list_files(&audit_dir(gw))
+                    .unwrap()
+                    .remove(0);
+                std::fs::write(copy.path().join(file.file_name().unwrap()), body).unwrap();
+                let dir = copy.path().to_str().unwrap();
+                gw.cli(&["audit", "verify", "--expect-closed", "--dir", dir])
+            }
+            Some(pg) => {
+                let mut conn = sqlx::PgConnection::connect(&pg.admin_url).await.unwrap();
+                let mut tx = conn.begin().await.unwrap();
+                tx.execute("ALTER TABLE palisade_audit DISABLE TRIGGER USER")
+                    .await
+                    .unwrap();
+                tx.execute("DELETE FROM palisade_audit").await.unwrap();
+                for (i, line) in lines.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO palisade_audit (replica, pos, seq, kind, time, line) \
+                         VALUES ('r1', $1, 0, 'x', '', $2)",
+                    )
+                    .bind(i as i64 + 1)
+                    .bind(line)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                }
+                tx.execute("ALTER TABLE palisade_audit ENABLE TRIGGER USER")
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                gw.cli(&["audit", "verify", "--expect-closed"])
+            }
+        }
+    }
+
     async fn records(&self, gw: &Gw) -> Vec<Value> {
         self.lines(gw)
             .await
@@ -217,6 +277,7 @@ macro_rules! on_both_sinks {
 on_both_sinks!(every_call_denial_and_admin_change_is_recorded);
 on_both_sinks!(kill_9_mid_load_leaves_no_executed_call_without_begin);
 on_both_sinks!(an_unwritable_sink_refuses_calls_until_it_recovers);
+on_both_sinks!(verify_names_each_kind_of_tampering);
 
 async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
     let gw = start(&trail, &stdio_server("kit", ""));
@@ -358,6 +419,33 @@ async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
     }
     let said = cli_ok(&gw, &["audit", "verify"]);
     assert!(said.contains("OK"), "{said}");
+
+    // The call is found by its arguments, on this sink too.
+    let args = gw.config.with_file_name("args.json");
+    std::fs::write(&args, json!({ "message": message }).to_string()).unwrap();
+    let found = cli_ok(
+        &gw,
+        &[
+            "audit",
+            "find",
+            "--tenant",
+            "acme",
+            "--args",
+            args.to_str().unwrap(),
+        ],
+    );
+    assert!(found.ends_with("1 calls found\n"), "{found}");
+    assert!(!found.contains(EMAIL), "{found}");
+    let tail = cli_ok(&gw, &["audit", "tail", "--tenant", "globex", "--json"]);
+    let kinds: Vec<String> = tail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["\"ADMIN\"", "\"END\"", "\"ADMIN\"", "\"END\"", "\"DENIED\""],
+        "{tail}"
+    );
 }
 
 async fn kill_9_mid_load_leaves_no_executed_call_without_begin(trail: Trail) {
@@ -572,68 +660,128 @@ async fn stdout_sink_carries_the_records_the_files_have() {
     assert!(!gw.stdout().contains(EMAIL));
 }
 
-#[tokio::test]
-async fn verify_names_each_kind_of_tampering() {
-    let mut gw = start(&Trail::file(), &stdio_server("kit", ""));
+/// Each case replaces the stored lines with a tampered copy; verify must name it.
+async fn verify_names_each_kind_of_tampering(trail: Trail) {
+    let mut gw = start(&trail, &stdio_server("kit", ""));
     gw.ready().await;
     let s = gw.legacy("acme").await;
     for i in 1..=4 {
         s.call(i, "kit__echo", json!({"message": format!("m{i}")}))
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    trail
+        .wait(&gw, |r| {
+            r.iter().filter(|v| v["kind"] == "END").count() == 4
+        })
+        .await;
     assert_eq!(gw.terminate(), Some(0));
-    let original = audit_dir(&gw);
-    let file = palisade_audit::list_files(&original).unwrap().remove(0);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+    let untouched = cli_ok(&gw, &["audit", "verify", "--expect-closed"]);
+    assert!(untouched.contains("OK"), "{untouched}");
+    let lines = trail.all_lines(&gw).await;
     let records: Vec<usize> = (0..lines.len())
         .filter(|&i| !lines[i].starts_with("{\"checkpoint\""))
         .collect();
-    assert!(records.len() >= 8, "{text}");
+    assert_eq!(records.len(), 8, "{lines:#?}");
+    assert!(lines.last().unwrap().contains("\"reason\":\"close\""));
 
-    // Each case: a tampered copy of the trail, and what verify must say.
     let byte = {
-        let mut b = text.clone().into_bytes();
-        let at = text.find("\"tools/call\"").unwrap() + 2;
+        let mut l = lines.clone();
+        let r = records[1];
+        let at = l[r].find("\"tools/call\"").unwrap() + 2;
+        let mut b = l[r].clone().into_bytes();
         b[at] ^= 0x01;
-        String::from_utf8(b).unwrap()
+        l[r] = String::from_utf8(b).unwrap();
+        l
     };
     let deleted = {
         let mut l = lines.clone();
         l.remove(records[2]);
-        l.join("\n") + "\n"
+        l
     };
     let swapped = {
         let mut l = lines.clone();
         l.swap(records[2], records[3]);
-        l.join("\n") + "\n"
+        l
     };
-    let truncated = lines[..records[5]].join("\n") + "\n";
+    let truncated = lines[..records[5]].to_vec();
     let forged = {
-        let last = lines.len() - 1;
-        let mut cp: Value = serde_json::from_str(lines[last]).unwrap();
+        let mut l = lines.clone();
+        let last = l.len() - 1;
+        let mut cp: Value = serde_json::from_str(&l[last]).unwrap();
         cp["checkpoint"]["seq"] = json!(2);
-        let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
         l[last] = cp.to_string();
-        l.join("\n") + "\n"
+        l
     };
     let cases = [
         ("one byte modified", byte, "modified"),
         ("a record deleted", deleted, "deleted"),
         ("two records swapped", swapped, "reordered"),
-        ("the file truncated", truncated, "truncated"),
+        ("the trail truncated", truncated, "truncated"),
         ("a checkpoint forged", forged, "bad checkpoint signature"),
     ];
-    let untouched = cli_ok(&gw, &["audit", "verify", "--expect-closed"]);
-    assert!(untouched.contains("OK"), "{untouched}");
-    for (what, content, expected) in cases {
-        let copy = tempfile::tempdir().unwrap();
-        std::fs::write(copy.path().join(file.file_name().unwrap()), content).unwrap();
-        let dir = copy.path().to_str().unwrap();
-        let out = gw.cli(&["audit", "verify", "--expect-closed", "--dir", dir]);
+    for (what, tampered, expected) in cases {
+        let out = trail.verify_tampered(&gw, &tampered).await;
         let said = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "{what}: verify passed");
         assert!(said.contains(expected), "{what}: {said}");
     }
+}
+
+#[tokio::test]
+async fn postgres_sink_rows_cannot_be_changed_and_a_privileged_role_is_refused() {
+    let Some(trail) = Trail::postgres().await else {
+        return;
+    };
+    let pg = trail.pg.as_ref().unwrap();
+    let gw = start(&trail, &stdio_server("kit", ""));
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    s.call(1, "kit__echo", json!({"message": "x"})).await;
+    trail
+        .wait(&gw, |r| r.iter().any(|v| v["kind"] == "END"))
+        .await;
+
+    // The writer role may insert and select, nothing else; the owner is stopped by triggers.
+    let writer = with_user(&pg.admin_url, &pg.role);
+    for (url, who) in [(&writer, "writer"), (&pg.admin_url, "administrator")] {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        for sql in [
+            "UPDATE palisade_audit SET line = 'x'",
+            "DELETE FROM palisade_audit",
+            "TRUNCATE palisade_audit",
+        ] {
+            let e = conn.execute(sql).await.unwrap_err().to_string();
+            assert!(
+                e.contains("permission denied") || e.contains("append-only"),
+                "{who}: {sql}: {e}"
+            );
+        }
+    }
+
+    // A gateway connecting as a role that could change rows does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("palisade.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\nsinks = [\"postgres\"]\npostgres_url = \"{}\"\nreplica = \"other\"\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+            pg.admin_url
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("may update or delete audit rows") && said.contains("init-postgres"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&pg.admin_url),
+        "the URL is never printed: {said}"
+    );
 }

@@ -1,8 +1,9 @@
 //! `palisade audit`: reading the audit trail from the command line.
 //!
-//! - `verify` checks the trail's hash chain and signed checkpoints, and names the first bad
-//!   record (modified, deleted, reordered, truncated, bad signature); a torn last line after a
-//!   crash is reported as such, not as tampering.
+//! - `verify` checks the trail's hash chain and signed checkpoints — the files, and each
+//!   replica's chain in the PostgreSQL table — and names the first bad record (modified,
+//!   deleted, reordered, truncated, bad signature); a torn last line after a crash is reported
+//!   as such, not as tampering.
 //! - `tail` shows a tenant's last records (every kind), oldest first, one line each or as stored;
 //!   `--follow` keeps printing new ones, across rotations.
 //! - `find` fingerprints the arguments given in a file with the key the gateway uses and lists
@@ -11,7 +12,10 @@
 //! - `export` prints the stored record lines byte for byte (so each still hash-verifies),
 //!   filtered by time and tenant; checkpoints are left out.
 //!
-//! `tail`, `find` and `export` read the file sink through `file_lines` alone.
+//! - `init-postgres` creates the PostgreSQL sink's table and its insert-and-select-only role.
+//!
+//! `tail`, `find` and `export` read the trail through `read_lines`: the file sink's files, or the
+//! PostgreSQL sink's rows when the config has no file sink (or `--sink postgres`).
 
 use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
@@ -20,7 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use palisade_audit::{Kind, Record, list_files, read_file};
+use palisade_audit::{
+    FileText, Kind, Record, VerifyOptions, list_files, read_file, verify_sources, verify_with,
+};
 
 use super::onboard::StoreArgs;
 use crate::audit::{AuditKeys, audit_dir};
@@ -30,11 +36,25 @@ use crate::config::{AuditSink, Config};
 pub enum AuditCommand {
     /// Verify the trail; exits non-zero at the first problem.
     Verify {
-        /// The trail's directory (default: the config's).
+        /// The trail's directory (default: the config's; then only the files are checked).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The gateway was stopped cleanly, so each chain must end with its shutdown
+        /// checkpoint: anything cut off the end is then reported as truncated.
+        #[arg(long)]
+        expect_closed: bool,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Create the PostgreSQL sink's table (append-only: UPDATE, DELETE and TRUNCATE are
+    /// refused) and the role the gateway writes it as (INSERT and SELECT only).
+    InitPostgres {
+        /// An administrator's connection URL to the audit database.
+        #[arg(long, env = "PALISADE_AUDIT_ADMIN_URL")]
+        database_url: String,
+        /// The writer role to create (with LOGIN) and grant.
+        #[arg(long, default_value = "palisade_audit")]
+        role: String,
     },
     /// A tenant's last records (BEGIN, END, DENIED, ADMIN), oldest first.
     Tail {
@@ -85,14 +105,30 @@ pub enum AuditCommand {
     },
 }
 
-/// Where the trail is: `--dir`, or the config's `[audit] dir`.
+/// Where the trail is: `--dir`, or the config's file or PostgreSQL sink.
 #[derive(Args)]
 pub struct TrailArgs {
     /// The trail's directory (default: the config's).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Which sink to read when the config has several (default: file, then postgres).
+    #[arg(long, value_enum)]
+    sink: Option<ReadSink>,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadSink {
+    File,
+    Postgres,
+}
+
+/// A readable trail.
+enum Source {
+    Files(PathBuf),
+    /// The `postgres` sink's URL (it may hold a password: never printed).
+    Postgres(String),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,29 +137,42 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let done = match command {
-        AuditCommand::Verify { dir, store } => return verify(dir, store),
+        AuditCommand::Verify {
+            dir,
+            expect_closed,
+            store,
+        } => return verify(dir, expect_closed, store).await,
+        AuditCommand::InitPostgres { database_url, role } => {
+            palisade_audit::postgres::install(&database_url, &role).await?;
+            println!(
+                "audit table palisade_audit ready; role {role} may insert and select only. \
+                 Give the gateway [audit] sinks = [\"postgres\", …] and postgres_url (or \
+                 postgres_url_env) connecting as {role}, and a distinct [audit] replica per gateway."
+            );
+            return Ok(());
+        }
         AuditCommand::Tail {
             tenant,
             lines,
             follow,
             json,
             trail,
-        } => tail(&trail.dir()?, &tenant, lines, follow, json),
+        } => tail(&trail.source()?, &tenant, lines, follow, json).await,
         AuditCommand::Find {
             tenant,
             tool,
             args,
             trail,
-        } => find(&trail, &tenant, tool.as_deref(), &args),
+        } => find(&trail, &tenant, tool.as_deref(), &args).await,
         AuditCommand::Export {
             since,
             until,
             tenant,
             format: ExportFormat::Jsonl,
             trail,
-        } => export(&trail.dir()?, since, until, tenant.as_deref()),
+        } => export(&trail.source()?, since, until, tenant.as_deref()).await,
     };
     // A reader that went away (`| head`) is not an error.
     match done {
@@ -137,55 +186,142 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-fn verify(dir: Option<PathBuf>, store: StoreArgs) -> anyhow::Result<()> {
+async fn verify(dir: Option<PathBuf>, expect_closed: bool, store: StoreArgs) -> anyhow::Result<()> {
     let config = Config::load(&store.config)?;
     let data_dir = store.paths(&config).data_dir;
     let keys = AuditKeys::load(&config, &data_dir)?;
     let public = keys.public_key()?;
-    let dir = dir.unwrap_or_else(|| audit_dir(&config, &data_dir));
-    let report = palisade_audit::verify(&dir, &public);
-    println!(
-        "{}: {} files, {} records, {} checkpoints, last seq {}",
-        dir.display(),
-        report.files,
-        report.records,
-        report.checkpoints,
-        report.last_seq
-    );
-    for torn in &report.torn_tails {
-        println!("torn tail (a crash mid-write, not tampering): {torn:?}");
+    let opts = VerifyOptions { expect_closed };
+    let mut reports = Vec::new();
+    let files = dir.clone().or_else(|| {
+        config
+            .audit
+            .sinks
+            .contains(&AuditSink::File)
+            .then(|| audit_dir(&config, &data_dir))
+    });
+    if let Some(dir) = files {
+        reports.push((dir.display().to_string(), verify_with(&dir, &public, opts)));
     }
-    match &report.problem {
+    if dir.is_none() && config.audit.sinks.contains(&AuditSink::Postgres) {
+        let url = config
+            .audit
+            .postgres_url()
+            .ok_or_else(|| anyhow!("[audit] has the postgres sink but no postgres_url"))?;
+        for (replica, lines) in palisade_audit::postgres::read_chains(&url).await? {
+            let name = PathBuf::from(format!("postgres:{replica}"));
+            let text = FileText {
+                text: lines.join("\n") + "\n",
+                garbage_after_padding: false,
+            };
+            let report = verify_sources(
+                &name,
+                1,
+                std::iter::once((name.clone(), Ok(text))),
+                &public,
+                opts,
+            );
+            reports.push((format!("postgres replica {replica}"), report));
+        }
+    }
+    if reports.is_empty() {
+        bail!(
+            "nothing to verify: [audit] sinks has neither \"file\" nor \"postgres\" (or give --dir)"
+        );
+    }
+    let mut bad = None;
+    for (name, report) in &reports {
+        println!(
+            "{name}: {} files, {} records, {} checkpoints, last seq {}{}",
+            report.files,
+            report.records,
+            report.checkpoints,
+            report.last_seq,
+            if report.closed {
+                ", closed"
+            } else {
+                ", not closed (running, or stopped by a crash)"
+            }
+        );
+        for torn in &report.torn_tails {
+            println!(
+                "torn tail (a crash mid-write, not tampering): {}",
+                torn.display()
+            );
+        }
+        if let Some(p) = &report.problem {
+            eprintln!("{name}: {p}");
+            bad.get_or_insert_with(|| p.to_string());
+        }
+    }
+    match bad {
         None => {
             println!("OK");
             Ok(())
         }
-        Some(p) => anyhow::bail!("audit trail is not intact: {p}"),
+        Some(p) => bail!("audit trail is not intact: {p}"),
     }
 }
 
 impl TrailArgs {
-    /// The trail's directory (the config is read only when `--dir` is not given).
-    fn dir(&self) -> anyhow::Result<PathBuf> {
+    /// The trail to read (the config is read only when `--dir` is not given).
+    fn source(&self) -> anyhow::Result<Source> {
         if let Some(dir) = &self.dir {
-            return Ok(dir.clone());
+            return Ok(Source::Files(dir.clone()));
         }
         let config = Config::load(&self.store.config)?;
-        if !config.audit.sinks.contains(&AuditSink::File) {
-            bail!(
-                "[audit] sinks in {} has no \"file\": these commands read the file sink's directory (give it with --dir)",
+        let has = |s| config.audit.sinks.contains(&s);
+        let pick = match self.sink {
+            Some(ReadSink::File) if has(AuditSink::File) => ReadSink::File,
+            Some(ReadSink::Postgres) if has(AuditSink::Postgres) => ReadSink::Postgres,
+            None if has(AuditSink::File) => ReadSink::File,
+            None if has(AuditSink::Postgres) => ReadSink::Postgres,
+            _ => bail!(
+                "[audit] sinks in {} has no sink these commands can read (\"file\" or \"postgres\"): give the files' directory with --dir",
                 self.store.config.display()
-            );
-        }
-        Ok(audit_dir(&config, &self.store.paths(&config).data_dir))
+            ),
+        };
+        Ok(match pick {
+            ReadSink::File => {
+                Source::Files(audit_dir(&config, &self.store.paths(&config).data_dir))
+            }
+            ReadSink::Postgres => Source::Postgres(config.audit.postgres_url().ok_or_else(
+                || anyhow!("[audit] has the postgres sink but no postgres_url (or its variable is unset)"),
+            )?),
+        })
     }
 }
 
-/// Where reading stopped: a file of the trail and how many of its bytes were read.
+/// The stored record lines of `source` after `from`, and where they end (see `file_lines`).
+/// The PostgreSQL table is read whole, every replica's chain in turn.
+async fn read_lines(source: &Source, from: &Position) -> anyhow::Result<(Vec<String>, Position)> {
+    match source {
+        Source::Files(dir) => file_lines(dir, from),
+        Source::Postgres(url) => {
+            let mut at = from.clone();
+            let mut out = Vec::new();
+            for (replica, lines) in palisade_audit::postgres::read_chains(url).await? {
+                let seen = at.rows.entry(replica).or_insert(0);
+                out.extend(
+                    lines[(*seen).min(lines.len())..]
+                        .iter()
+                        .filter(|l| !l.starts_with("{\"checkpoint\""))
+                        .cloned(),
+                );
+                *seen = lines.len();
+            }
+            Ok((out, at))
+        }
+    }
+}
+
+/// Where reading stopped: a file of the trail and how many of its bytes were read, or how many
+/// rows of each replica's chain.
 #[derive(Clone, Default)]
 struct Position {
     file: Option<PathBuf>,
     offset: usize,
+    rows: HashMap<String, usize>,
 }
 
 /// The stored record lines in `dir` after `from` (all of them from `Position::default()`), in
@@ -238,6 +374,7 @@ fn file_lines(dir: &Path, from: &Position) -> anyhow::Result<(Vec<String>, Posit
         at = Position {
             file: Some(path),
             offset,
+            rows: HashMap::new(),
         };
     }
     Ok((lines, at))
@@ -256,7 +393,13 @@ fn parse(lines: Vec<String>) -> anyhow::Result<Vec<(String, Record)>> {
         .collect()
 }
 
-fn tail(dir: &Path, tenant: &str, n: usize, follow: bool, json: bool) -> anyhow::Result<()> {
+async fn tail(
+    source: &Source,
+    tenant: &str,
+    n: usize,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     let print = |out: &mut io::StdoutLock<'_>, line: &str, r: &Record| -> io::Result<()> {
         if json {
@@ -265,11 +408,13 @@ fn tail(dir: &Path, tenant: &str, n: usize, follow: bool, json: bool) -> anyhow:
             writeln!(out, "{}", summary(r))
         }
     };
-    let (lines, mut at) = file_lines(dir, &Position::default())?;
-    let records: Vec<(String, Record)> = parse(lines)?
+    let (lines, mut at) = read_lines(source, &Position::default()).await?;
+    let mut records: Vec<(String, Record)> = parse(lines)?
         .into_iter()
         .filter(|(_, r)| r.tenant == tenant)
         .collect();
+    // Several replicas' chains interleave in time.
+    records.sort_by(|a, b| a.1.time.cmp(&b.1.time));
     for (line, r) in &records[records.len().saturating_sub(n)..] {
         print(&mut out, line, r)?;
     }
@@ -278,8 +423,8 @@ fn tail(dir: &Path, tenant: &str, n: usize, follow: bool, json: bool) -> anyhow:
         return Ok(());
     }
     loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let (lines, next) = file_lines(dir, &at)?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (lines, next) = read_lines(source, &at).await?;
         at = next;
         for (line, r) in parse(lines)? {
             if r.tenant == tenant {
@@ -333,7 +478,12 @@ fn printable(s: &str) -> String {
     out
 }
 
-fn find(trail: &TrailArgs, tenant: &str, tool: Option<&str>, args: &Path) -> anyhow::Result<()> {
+async fn find(
+    trail: &TrailArgs,
+    tenant: &str,
+    tool: Option<&str>,
+    args: &Path,
+) -> anyhow::Result<()> {
     let config = Config::load(&trail.store.config)?;
     let data_dir = trail.store.paths(&config).data_dir;
     if config.audit.key_file.is_none()
@@ -348,8 +498,7 @@ fn find(trail: &TrailArgs, tenant: &str, tool: Option<&str>, args: &Path) -> any
     let fingerprinter = AuditKeys::load(&config, &data_dir)?.fingerprinter();
     let value = read_args(args)?;
     let (key_id, fingerprint) = fingerprinter.fingerprint(tenant, &value);
-    let dir = trail.dir()?;
-    let (lines, _) = file_lines(&dir, &Position::default())?;
+    let (lines, _) = read_lines(&trail.source()?, &Position::default()).await?;
     let records: Vec<Record> = parse(lines)?
         .into_iter()
         .map(|(_, r)| r)
@@ -415,13 +564,13 @@ fn read_args(path: &Path) -> anyhow::Result<serde_json::Value> {
     })
 }
 
-fn export(
-    dir: &Path,
+async fn export(
+    source: &Source,
     since: Option<i64>,
     until: Option<i64>,
     tenant: Option<&str>,
 ) -> anyhow::Result<()> {
-    let (lines, _) = file_lines(dir, &Position::default())?;
+    let (lines, _) = read_lines(source, &Position::default()).await?;
     let mut out = io::stdout().lock();
     for (line, r) in parse(lines)? {
         if tenant.is_some_and(|t| r.tenant != t) {

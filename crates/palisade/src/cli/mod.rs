@@ -155,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { command } => onboard::policy(command).await,
         Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
-        Command::Audit { command } => audit::run(command),
+        Command::Audit { command } => audit::run(command).await,
         Command::Doctor { config } => {
             let host = crate::upstream::sandbox::host();
             println!("{}", host.report());
