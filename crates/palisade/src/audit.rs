@@ -210,12 +210,29 @@ impl Auditor {
                 }
             });
         }
+        let sinks: Vec<&str> = logs.iter().map(AuditLog::name).collect();
+        tracing::info!(
+            sinks = %sinks.join(","),
+            replica = %replica,
+            "audit trail on; checkpoints are signed with the Ed25519 key at /audit/public-key on the admin listener"
+        );
         Ok(Auditor {
             logs,
             fingerprints: keys.fingerprinter(),
             subject_key: keys.subject,
             plain_subjects: config.audit.plain_subjects,
         })
+    }
+
+    /// The checkpoint-signing public key, base64 (what `/audit/public-key` publishes).
+    pub fn public_key_base64(&self) -> String {
+        use base64::Engine as _;
+        let key = self
+            .logs
+            .first()
+            .map(AuditLog::public_key)
+            .unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(key)
     }
 
     fn subject(&self, subject: &str) -> String {

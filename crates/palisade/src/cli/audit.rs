@@ -43,6 +43,11 @@ pub enum AuditCommand {
         /// checkpoint: anything cut off the end is then reported as truncated.
         #[arg(long)]
         expect_closed: bool,
+        /// Check checkpoints with this Ed25519 public key (base64, as the gateway publishes at
+        /// `/audit/public-key`) instead of deriving it from the audit key: an auditor needs
+        /// nothing secret.
+        #[arg(long)]
+        public_key: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -142,8 +147,9 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify {
             dir,
             expect_closed,
+            public_key,
             store,
-        } => return verify(dir, expect_closed, store).await,
+        } => return verify(dir, expect_closed, public_key, store).await,
         AuditCommand::InitPostgres { database_url, role } => {
             palisade_audit::postgres::install(&database_url, &role).await?;
             println!(
@@ -186,11 +192,27 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn verify(dir: Option<PathBuf>, expect_closed: bool, store: StoreArgs) -> anyhow::Result<()> {
+async fn verify(
+    dir: Option<PathBuf>,
+    expect_closed: bool,
+    public_key: Option<String>,
+    store: StoreArgs,
+) -> anyhow::Result<()> {
     let config = Config::load(&store.config)?;
     let data_dir = store.paths(&config).data_dir;
-    let keys = AuditKeys::load(&config, &data_dir)?;
-    let public = keys.public_key()?;
+    let public = match public_key {
+        Some(b64) => {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .filter(|k| k.len() == 32);
+            key.ok_or_else(|| {
+                anyhow!("--public-key: give the 32-byte Ed25519 key in base64, as /audit/public-key shows it")
+            })?
+        }
+        None => AuditKeys::load(&config, &data_dir)?.public_key()?,
+    };
     let opts = VerifyOptions { expect_closed };
     let mut reports = Vec::new();
     let files = dir.clone().or_else(|| {

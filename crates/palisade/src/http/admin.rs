@@ -55,3 +55,20 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     )
         .into_response()
 }
+
+/// The Ed25519 key that verifies the audit trail's checkpoints, for auditors:
+/// `palisade audit verify --public-key <public_key>` needs nothing secret.
+pub async fn audit_public_key(State(gw): State<Arc<Gateway>>) -> Response {
+    match &gw.audit {
+        Some(audit) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({
+                "alg": "Ed25519",
+                "public_key": audit.public_key_base64(),
+            })
+            .to_string(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "the audit trail is off\n").into_response(),
+    }
+}

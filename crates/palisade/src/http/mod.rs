@@ -48,6 +48,7 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+        .route("/audit/public-key", get(admin::audit_public_key))
         .merge(admin_api::routes(gw.clone()))
         .with_state(gw)
 }
