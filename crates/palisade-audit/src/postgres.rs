@@ -116,6 +116,15 @@ pub async fn read_chains(url: &str) -> Result<Vec<(String, Vec<String>)>, AuditE
     Ok(chains)
 }
 
+/// Position of the row after the last of `replica`'s chain.
+async fn next_pos(conn: &mut PgConnection, replica: &str) -> Result<i64, AuditError> {
+    sqlx::query_scalar("SELECT COALESCE(max(pos), 0) + 1 FROM palisade_audit WHERE replica = $1")
+        .bind(replica)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| db_error("cannot read the audit table", &e))
+}
+
 /// How often [`PgSink`] tries for its replica's lock, 100 ms apart.
 const LOCK_ATTEMPTS: u32 = 50;
 
@@ -196,13 +205,7 @@ impl PgSink {
         let runtime = sink.runtime.clone();
         let head = runtime.block_on(async {
             let mut conn = sink.open_conn().await?;
-            let next: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(max(pos), 0) + 1 FROM palisade_audit WHERE replica = $1",
-            )
-            .bind(&sink.replica)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| db_error("cannot read the audit table", &e))?;
+            let next = next_pos(&mut conn, &sink.replica).await?;
             let last: Option<String> = sqlx::query_scalar(
                 "SELECT line FROM palisade_audit WHERE replica = $1 AND kind <> 'checkpoint' \
                  ORDER BY pos DESC LIMIT 1",
@@ -292,13 +295,7 @@ impl PgSink {
     async fn insert(&mut self) -> Result<(), AuditError> {
         if self.conn.is_none() {
             let mut conn = self.open_conn().await?;
-            let next: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(max(pos), 0) + 1 FROM palisade_audit WHERE replica = $1",
-            )
-            .bind(&self.replica)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| db_error("cannot read the audit table", &e))?;
+            let next = next_pos(&mut conn, &self.replica).await?;
             if next != self.next_pos {
                 self.diverged = true;
             }
