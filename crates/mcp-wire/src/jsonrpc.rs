@@ -32,6 +32,9 @@ impl ErrorCode {
     pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32001);
     /// Gateway-specific: a per-tenant limit (sessions, calls waiting for input) is reached.
     pub const LIMIT_REACHED: ErrorCode = ErrorCode(-32005);
+    /// Gateway-specific: a rate limit refused the call; `data` names the limit and carries
+    /// `retryAfterMs`.
+    pub const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
 }
 
 /// Why bytes are not one acceptable JSON-RPC message.

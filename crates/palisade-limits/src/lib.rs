@@ -16,7 +16,7 @@ pub mod redis;
 use std::time::Duration;
 
 /// A rate: `per_second` calls per second on average, in bursts of up to `burst`.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub per_second: f64,
@@ -35,9 +35,13 @@ impl Rate {
 pub enum Verdict {
     Allowed,
     /// Over the limit: the call may succeed after `retry_after`.
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
     /// The shared limiter (Redis) cannot be reached and the policy is to fail closed.
-    Unavailable { retry_after: Duration },
+    Unavailable {
+        retry_after: Duration,
+    },
 }
 
 /// Errors setting up traffic protection.

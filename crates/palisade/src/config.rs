@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub rate_limits: RateLimits,
+    #[serde(default)]
     pub storage: Storage,
     /// OAuth 2.1 resource server: which issuers' access tokens are accepted.
     pub oauth: Option<palisade_oauth::OAuthConfig>,
@@ -218,6 +220,47 @@ fn default_admin_scope() -> String {
     "palisade:admin".into()
 }
 
+/// A server's circuit breakers. A tenant's breaker on the server opens after `failures`
+/// failures in a row of that tenant's calls (transport errors, timeouts, crashes; not a tool's
+/// `isError` result), the server's own after `server_failures` of anyone's (default: four times
+/// `failures`, so that one tenant's bad calls close the server to that tenant first). An open
+/// breaker refuses calls for `open_secs`; then one probe call decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    pub server_failures: Option<u32>,
+    #[serde(default = "default_breaker_open")]
+    pub open_secs: u64,
+}
+
+impl BreakerSettings {
+    pub fn server_failures(&self) -> u32 {
+        self.server_failures
+            .unwrap_or(self.failures.saturating_mul(4))
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_open() -> u64 {
+    30
+}
+
+/// Rate limits (ARCHITECTURE §6): named tiers of per-tenant, per-subject and per-tool rates;
+/// a tenant's policy picks its tier and may replace any of its rates.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// The tier of tenants whose policy names none (absent: no limits for them).
+    pub default_tier: Option<String>,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, crate::policy::RateSet>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -335,6 +378,18 @@ pub struct Server {
     /// Dedicated stdio servers: the sandbox each tenant's process runs in (`palisade doctor`
     /// says what this host supports). Absent: no sandbox beyond the clean environment.
     pub sandbox: Option<palisade_sandbox::Profile>,
+    /// Calls in flight to this server from all tenants together (0: no cap); see `queue_ms`.
+    #[serde(default)]
+    pub max_inflight: usize,
+    /// Calls in flight to this server from one tenant (0: no cap); see `queue_ms`.
+    #[serde(default)]
+    pub max_inflight_per_tenant: usize,
+    /// When a cap on calls in flight is reached, how long a call waits for a place before it
+    /// is refused (0: refused at once). Waits are bounded; nothing queues for ever.
+    #[serde(default)]
+    pub queue_ms: u64,
+    /// Circuit breakers for this server and for each tenant on it (absent: none).
+    pub breaker: Option<BreakerSettings>,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,
@@ -707,6 +762,18 @@ impl Config {
             return Err(invalid(
                 "storage.database_url",
                 "use sqlite://PATH or postgres://USER@HOST/DB",
+            ));
+        }
+        for (name, set) in &self.rate_limits.tiers {
+            set.validate()
+                .map_err(|e| invalid(format!("rate_limits.tiers.{name}"), e))?;
+        }
+        if let Some(t) = &self.rate_limits.default_tier
+            && !self.rate_limits.tiers.contains_key(t)
+        {
+            return Err(invalid(
+                "rate_limits.default_tier",
+                format!("there is no [rate_limits.tiers.{t}]"),
             ));
         }
         if self.audit.enabled {

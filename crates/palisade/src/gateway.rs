@@ -31,6 +31,7 @@ use crate::auth::Authenticator;
 use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
 use crate::config::{Config, Placement};
+use crate::limits::Protection;
 use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
@@ -82,6 +83,8 @@ pub struct Gateway {
     pub vault: Arc<Vault>,
     /// The audit trail, unless `[audit] enabled = false`.
     pub audit: Option<Arc<Auditor>>,
+    /// Rate limits (ARCHITECTURE §6).
+    pub protection: Protection,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -145,6 +148,7 @@ impl Gateway {
             data_dir,
             vault,
             audit,
+            protection: Protection::default(),
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
@@ -217,8 +221,8 @@ impl Gateway {
         self.metrics.sandboxes_observed(&sandboxes);
     }
 
-    /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping,
-    /// registry refresh, last-use flushing.
+    /// Starts upstream supervisors, JWKS fetching, and the background loops: session reaping
+    /// and idle rate-limit buckets, registry refresh, last-use flushing.
     pub fn start(self: &Arc<Self>) {
         start_all(&mut lock(&self.running));
         start_all(&mut lock(&self.dedicated));
@@ -237,7 +241,10 @@ impl Gateway {
                             tracing::warn!(error = %e, "registry refresh failed; serving the last snapshot");
                         }
                     }
-                    _ = reap.tick() => { me.sessions.reap_idle(); }
+                    _ = reap.tick() => {
+                        me.sessions.reap_idle();
+                        me.protection.evict_idle();
+                    }
                     _ = flush.tick() => me.flush_last_used().await,
                     _ = me.draining.cancelled() => return,
                 }

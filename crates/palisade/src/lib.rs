@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod onboarding;
 pub mod pipeline;

@@ -41,6 +41,12 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    tenant: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -78,6 +84,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     audit_seconds: Histogram,
+    refused: Family<LimitLabels, Counter>,
     call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
     calls: Family<OutcomeLabels, Counter>,
     upstream_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
@@ -234,9 +241,16 @@ impl Metrics {
             "Time a call waits for its BEGIN audit record to be durable in every sink",
             audit_seconds.clone(),
         );
+        let refused = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "protection_refusals",
+            "Calls refused by traffic protection, by tenant and limit (tenant, subject, tool, breaker, tenant_breaker, bulkhead, tenant_bulkhead)",
+            refused.clone(),
+        );
         Metrics {
             registry,
             audit_seconds,
+            refused,
             list_failures,
             sandboxes,
             instance_starts,
@@ -316,6 +330,16 @@ impl Metrics {
     }
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
+    /// A call refused by traffic protection's `limit`.
+    pub fn protection_refused(&self, tenant: &str, limit: &'static str) {
+        self.refused
+            .get_or_create(&LimitLabels {
+                tenant: tenant.to_owned(),
+                limit,
+            })
+            .inc();
+    }
+
     /// A BEGIN record became durable after `seconds`.
     pub fn audit_begin(&self, seconds: f64) {
         self.audit_seconds.observe(seconds);

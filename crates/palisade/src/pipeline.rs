@@ -115,6 +115,9 @@ pub struct Forward {
     log_min: Option<u64>,
     /// Set when the call is audited: its END record is written when it finishes.
     audit: Option<Audited>,
+    /// Its bulkhead places and breaker permits (audited methods only): the outcome is
+    /// reported to the breakers when it finishes; dropped unfinished, nothing is reported.
+    admission: Option<crate::limits::Admission>,
 }
 
 struct Collecting {
@@ -256,6 +259,42 @@ pub async fn forward(
     };
     let upstream = target.upstream.clone();
 
+    // Traffic protection (rates, breakers, bulkheads), before the call is audited and forwarded.
+    let admission = if AUDITED.contains(&method) {
+        let admitted = match gw.protection.check(
+            &gw.config().rate_limits,
+            tenant,
+            &caller.subject,
+            &upstream.name,
+            &target.name,
+        ) {
+            Ok(()) => gw.protection.admit(&upstream.config, &tenant.id).await,
+            Err(refused) => Err(refused),
+        };
+        match admitted {
+            Ok(admission) => Some(admission),
+            Err(refused) => {
+                gw.metrics.protection_refused(&tenant.id, refused.limit);
+                if let Some(audit) = &gw.audit {
+                    let facts = call_facts(caller, method, &target);
+                    let reason = format!("{}: {}", refused.limit, refused.why);
+                    audit.denied(&facts, params.get("arguments"), &reason).await;
+                }
+                return Err(Refusal::Error(jsonrpc::error(
+                    Some(id),
+                    ErrorCode::RATE_LIMITED,
+                    &refused.message(),
+                    Some(&serde_json::json!({
+                        "limit": refused.limit,
+                        "retryAfterMs": refused.retry_after_ms(),
+                    })),
+                )));
+            }
+        }
+    } else {
+        None
+    };
+
     // 2. What the client can take. A modern client says it in each request's `_meta`, which
     // travels on; a legacy client said it once, and its session answers for it (the upstream
     // layer puts that in `_meta` only when the upstream speaks the modern era).
@@ -359,6 +398,7 @@ pub async fn forward(
         client_caps,
         log_min,
         audit,
+        admission,
     })
 }
 
@@ -798,6 +838,14 @@ impl Forward {
             }
         };
         self.upstream_metrics(counted, elapsed);
+        if let Some(admission) = self.admission.take() {
+            // The upstream failed to answer; a JSON-RPC error or a tool error is an answer.
+            let failed = matches!(
+                counted,
+                metrics::Outcome::Unavailable | metrics::Outcome::Timeout
+            );
+            admission.finish(failed);
+        }
         if let Some(a) = self.audit.take() {
             let outcome = match (counted, &rpc_code) {
                 (metrics::Outcome::RpcError, Some(code)) => format!("rpc_error {code}"),

@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use palisade_limits::Rate;
 use serde::{Deserialize, Serialize};
 
 /// The policy document, as stored and as the admin API shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Servers the tenant may use, a subset of its placed servers; absent means all of them.
@@ -29,6 +30,66 @@ pub struct Policy {
     /// Scopes granted by a role in the token's roles claim.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, Vec<String>>,
+    /// The rate-limit tier (`[rate_limits.tiers.<name>]`); absent: the default tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The tenant's own rates, each replacing its tier's.
+    #[serde(skip_serializing_if = "RateSet::is_empty")]
+    pub rates: RateSet,
+}
+
+/// Rate limits of one tenant (a tier's, or the tenant's own overrides).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateSet {
+    /// All the tenant's calls together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Rate>,
+    /// Each subject's calls within the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Rate>,
+    /// Calls of one tool (`server/tool`, globs allowed; the first matching pattern counts).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, Rate>,
+}
+
+impl RateSet {
+    pub fn is_empty(&self) -> bool {
+        self.tenant.is_none() && self.subject.is_none() && self.tools.is_empty()
+    }
+
+    /// The rate of `server/tool` under this set, if a pattern matches.
+    pub fn tool(&self, server: &str, tool: &str) -> Option<(&str, Rate)> {
+        self.tools
+            .iter()
+            .find(|(p, _)| matches_tool(p, server, tool))
+            .map(|(p, r)| (p.as_str(), *r))
+    }
+
+    /// Checks rates and patterns; the message names the field and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let rates = self
+            .tenant
+            .iter()
+            .chain(&self.subject)
+            .chain(self.tools.values());
+        for r in rates {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst == 0 {
+                return Err(format!(
+                    "rate {{ per_second = {}, burst = {} }} is invalid: per_second must be > 0 and burst ≥ 1",
+                    r.per_second, r.burst
+                ));
+            }
+        }
+        for p in self.tools.keys() {
+            if p.is_empty() || p.len() > 256 || p.matches('/').count() > 1 {
+                return Err(format!(
+                    "tool pattern `{p}` is invalid: use `tool`, `server/tool` or globs with `*` and `?`"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a call is refused.
@@ -67,7 +128,7 @@ impl Policy {
                 ));
             }
         }
-        Ok(())
+        self.rates.validate()
     }
 
     /// Whether the tenant may use this server at all.

@@ -3,6 +3,7 @@
 //! the change up within a second.
 
 mod audit;
+mod breaker;
 pub mod demo;
 mod onboard;
 mod process;
@@ -84,6 +85,11 @@ pub enum Command {
         #[command(subcommand)]
         command: process::ProcessCommand,
     },
+    /// Circuit breakers of the running gateway: list, reset.
+    Breaker {
+        #[command(subcommand)]
+        command: breaker::BreakerCommand,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -155,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { command } => onboard::policy(command).await,
         Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
+        Command::Breaker { command } => breaker::run(command).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Doctor { config } => {
             let host = crate::upstream::sandbox::host();

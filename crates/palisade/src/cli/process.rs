@@ -108,6 +108,17 @@ async fn call(
     action: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    let path = format!("/admin/v1/tenants/{tenant}/processes{action}");
+    admin_request(admin, method, &path, body).await
+}
+
+/// One admin API request to the running gateway; its JSON answer, or an error naming the status.
+pub async fn admin_request(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let base = match &admin.admin_url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
@@ -119,7 +130,7 @@ async fn call(
             format!("http://{addr}")
         }
     };
-    let url = format!("{base}/admin/v1/tenants/{tenant}/processes{action}");
+    let url = format!("{base}{path}");
     let mut req = reqwest::Client::new()
         .request(method, &url)
         .bearer_auth(&admin.admin_key);

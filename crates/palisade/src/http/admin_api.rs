@@ -67,6 +67,8 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
             "/admin/v1/tenants/{tenant}/processes/drain",
             post(drain_processes),
         )
+        .route("/admin/v1/breakers", get(list_breakers))
+        .route("/admin/v1/breakers/reset", post(reset_breaker))
         .layer(axum::middleware::from_fn_with_state(gw, gate))
         .route("/admin/v1/openapi.json", get(openapi))
 }
@@ -545,4 +547,30 @@ async fn delete_secret(
         .await
         .map_err(|e| failed(e.into()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The circuit breakers that are not closed, on the replica that answers.
+async fn list_breakers(State(gw): State<Arc<Gateway>>) -> Answer {
+    let breakers: Vec<Value> = gw
+        .protection
+        .breaker_states()
+        .into_iter()
+        .map(|(server, tenant, state)| json!({"server": server, "tenant": tenant, "state": state}))
+        .collect();
+    ok(StatusCode::OK, json!({ "breakers": breakers }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerReset {
+    server: String,
+    /// The tenant's breaker on the server; absent: the server's own.
+    tenant: Option<String>,
+}
+
+/// Closes a breaker now (an operator who knows the server is fixed).
+async fn reset_breaker(State(gw): State<Arc<Gateway>>, body: Bytes) -> Answer {
+    let r: BreakerReset = parse(&body)?;
+    let was_open = gw.protection.reset_breaker(&r.server, r.tenant.as_deref());
+    ok(StatusCode::OK, json!({ "reset": was_open }))
 }

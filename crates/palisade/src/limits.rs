@@ -1,0 +1,265 @@
+//! Traffic protection in the call path (ARCHITECTURE §6). Before a tool call, resource read
+//! or prompt is audited and forwarded, in this order:
+//!
+//! 1. its rate limits — the tenant's, then the subject's within the tenant, then the tool's;
+//! 2. its server's circuit breakers — the server's, then the tenant's on that server;
+//! 3. its server's bulkheads — calls in flight to the server, then the tenant's share of them.
+//!
+//! The first that says no refuses the call, naming the limit and when to retry. Rates come
+//! from the tenant's tier (`[rate_limits.tiers.<name>]`, the policy's `tier` or
+//! `[rate_limits] default_tier`), each replaced by the tenant's own in its policy's `rates`.
+//! Buckets live in [`palisade_limits::local::Local`]; idle ones are dropped every few seconds,
+//! so memory stays bounded however many subjects appear. A call let through holds an
+//! [`Admission`]: its bulkhead places, and the breaker permits its outcome is reported to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_limits::breaker::{BreakerConfig, Breakers, Permit};
+use palisade_limits::bulkhead::{Bulkheads, Entry};
+use palisade_limits::local::Local;
+use palisade_limits::{Rate, Verdict};
+
+use crate::config::{RateLimits, Server};
+use crate::policy::RateSet;
+use crate::registry::Tenant;
+
+/// A call refused by traffic protection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// Which limit: `tenant`, `subject`, `tool` (rates), `breaker`, `tenant_breaker`,
+    /// `bulkhead`, `tenant_bulkhead`.
+    pub limit: &'static str,
+    pub retry_after: Duration,
+    /// What the client is told (the retry time is added).
+    pub why: String,
+}
+
+impl Refused {
+    fn rate(limit: &'static str, rate: Rate, retry_after: Duration) -> Refused {
+        Refused {
+            limit,
+            retry_after,
+            why: format!(
+                "rate limit exceeded: the {limit} limit ({} calls/s, bursts of {})",
+                rate.per_second, rate.burst
+            ),
+        }
+    }
+
+    /// The message the client sees.
+    pub fn message(&self) -> String {
+        format!("{}; retry in {} ms", self.why, self.retry_after_ms())
+    }
+
+    /// Milliseconds to wait, rounded up (never 0).
+    pub fn retry_after_ms(&self) -> u64 {
+        (self.retry_after.as_micros().div_ceil(1000) as u64).max(1)
+    }
+}
+
+/// A call let through: its bulkhead places (freed when this is dropped) and its breaker
+/// permits. Report the call's outcome with [`Admission::finish`].
+pub struct Admission {
+    permits: Vec<(Arc<Breakers>, String, Permit)>,
+    _places: Vec<Entry>,
+}
+
+impl Admission {
+    /// `failed`: a transport error, a timeout or a crash (never a tool's own error result).
+    pub fn finish(self, failed: bool) {
+        for (breakers, key, permit) in self.permits {
+            breakers.record(&key, permit, !failed);
+        }
+    }
+}
+
+/// One server's breakers: its own, and one per tenant on it (each with its threshold).
+struct ServerBreakers {
+    server: Arc<Breakers>,
+    tenants: Arc<Breakers>,
+}
+
+/// The gateway's limiters, breakers and bulkheads.
+#[derive(Default)]
+pub struct Protection {
+    local: Local,
+    /// Breakers by server (each server has its own settings).
+    breakers: Mutex<HashMap<String, ServerBreakers>>,
+    bulkheads: Bulkheads,
+}
+
+impl Protection {
+    /// Checks the rates of a call by `subject` of `tenant` to `server/tool`.
+    pub fn check(
+        &self,
+        config: &RateLimits,
+        tenant: &Tenant,
+        subject: &str,
+        server: &str,
+        tool: &str,
+    ) -> Result<(), Refused> {
+        let own = &tenant.policy.rates;
+        let tier = tenant
+            .policy
+            .tier
+            .as_ref()
+            .or(config.default_tier.as_ref())
+            .and_then(|t| config.tiers.get(t));
+        let pick = |f: fn(&RateSet) -> Option<Rate>| f(own).or_else(|| tier.and_then(f));
+        let id = &tenant.id;
+        let mut checks: Vec<(&'static str, String, Rate)> = Vec::with_capacity(3);
+        if let Some(rate) = pick(|s| s.tenant) {
+            checks.push(("tenant", format!("t\u{0}{id}"), rate));
+        }
+        if let Some(rate) = pick(|s| s.subject) {
+            checks.push(("subject", format!("s\u{0}{id}\u{0}{subject}"), rate));
+        }
+        let tool_rate = own
+            .tool(server, tool)
+            .or_else(|| tier.and_then(|t| t.tool(server, tool)));
+        if let Some((_, rate)) = tool_rate {
+            checks.push(("tool", format!("x\u{0}{id}\u{0}{server}/{tool}"), rate));
+        }
+        for (limit, key, rate) in checks {
+            match self.local.check(&key, rate) {
+                Verdict::Allowed => {}
+                Verdict::Limited { retry_after } | Verdict::Unavailable { retry_after } => {
+                    return Err(Refused::rate(limit, rate, retry_after));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes a call to `server` by `tenant` through the server's breakers and bulkheads.
+    pub async fn admit(&self, server: &Server, tenant: &str) -> Result<Admission, Refused> {
+        let name = &server.name;
+        let mut permits = Vec::new();
+        if let Some(b) = server.breaker {
+            let (own, per_tenant) = {
+                let mut map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+                let config = |failures| BreakerConfig {
+                    failures,
+                    open_for: Duration::from_secs(b.open_secs),
+                };
+                let sb = map.entry(name.clone()).or_insert_with(|| ServerBreakers {
+                    server: Arc::new(Breakers::new(config(b.server_failures()))),
+                    tenants: Arc::new(Breakers::new(config(b.failures))),
+                });
+                sb.server.configure(config(b.server_failures()));
+                sb.tenants.configure(config(b.failures));
+                (sb.server.clone(), sb.tenants.clone())
+            };
+            for (limit, breakers, key, whose) in [
+                ("breaker", own, format!("u\u{0}{name}"), "the server"),
+                (
+                    "tenant_breaker",
+                    per_tenant,
+                    format!("t\u{0}{tenant}\u{0}{name}"),
+                    "this tenant's calls to the server",
+                ),
+            ] {
+                match breakers.permit(&key) {
+                    Ok(p) => permits.push((breakers, key, p)),
+                    Err(open) => {
+                        // Permits taken so far go back unused (not a failure).
+                        for (b, k, p) in permits {
+                            b.record(&k, p, true);
+                        }
+                        return Err(Refused {
+                            limit,
+                            retry_after: open.retry_after,
+                            why: format!(
+                                "server {name} is failing: the circuit breaker for {whose} is open"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let wait = Duration::from_millis(server.queue_ms);
+        let mut places = Vec::new();
+        for (limit, key, max) in [
+            ("bulkhead", format!("u\u{0}{name}"), server.max_inflight),
+            (
+                "tenant_bulkhead",
+                format!("t\u{0}{tenant}\u{0}{name}"),
+                server.max_inflight_per_tenant,
+            ),
+        ] {
+            if max == 0 {
+                continue;
+            }
+            match self.bulkheads.enter(&key, max, wait).await {
+                Ok(place) => places.push(place),
+                Err(full) => {
+                    for (b, k, p) in permits {
+                        b.record(&k, p, true);
+                    }
+                    let whose = if limit == "bulkhead" {
+                        "all tenants"
+                    } else {
+                        "this tenant"
+                    };
+                    return Err(Refused {
+                        limit,
+                        // A place frees when a call ends: a short wait is the honest guess.
+                        retry_after: Duration::from_millis(100),
+                        why: format!(
+                            "server {name} is busy: {} calls in flight from {whose}, the most allowed",
+                            full.max
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Admission {
+            permits,
+            _places: places,
+        })
+    }
+
+    /// Every breaker that is not closed: `(server, tenant or None for the server's own, state)`.
+    pub fn breaker_states(&self) -> Vec<(String, Option<String>, &'static str)> {
+        let map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (server, sb) in map.iter() {
+            for (_, state) in sb.server.states() {
+                out.push((server.clone(), None, state.label()));
+            }
+            for (key, state) in sb.tenants.states() {
+                let tenant = key
+                    .strip_prefix("t\u{0}")
+                    .and_then(|rest| rest.split('\u{0}').next())
+                    .map(str::to_owned);
+                out.push((server.clone(), tenant, state.label()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Closes a breaker (an operator's reset): the server's own, or a tenant's on it.
+    pub fn reset_breaker(&self, server: &str, tenant: Option<&str>) -> bool {
+        let map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sb) = map.get(server) else {
+            return false;
+        };
+        match tenant {
+            Some(t) => sb.tenants.reset(&format!("t\u{0}{t}\u{0}{server}")),
+            None => sb.server.reset(&format!("u\u{0}{server}")),
+        }
+    }
+
+    /// Drops buckets that have refilled (called every few seconds).
+    pub fn evict_idle(&self) -> usize {
+        self.local.evict_idle()
+    }
+
+    /// Buckets held (for the memory bound).
+    pub fn buckets(&self) -> usize {
+        self.local.keys()
+    }
+}

@@ -1,0 +1,287 @@
+//! Rate limits through the real gateway: a tenant over its tier's rate is refused with an error
+//! that names the limit and when to retry, audited as DENIED and counted, while another tenant
+//! is not affected; a tenant's own rates replace its tier's; subjects and tools have their own
+//! buckets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gw, stdio_server, stored_hash};
+use serde_json::{Value, json};
+
+const ACME: &str = "pal_limits_test_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const GLOBEX_1: &str = "pal_limits_test_globex_one_aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const GLOBEX_2: &str = "pal_limits_test_globex_two_aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn gateway() -> Gw {
+    let top = format!(
+        r#"[rate_limits]
+default_tier = "free"
+[rate_limits.tiers.free]
+tenant = {{ per_second = 2, burst = 3 }}
+[rate_limits.tiers.pro]
+tenant = {{ per_second = 1000, burst = 1000 }}
+subject = {{ per_second = 0.5, burst = 3 }}
+
+[[tenants]]
+id = "acme"
+servers = ["kit"]
+keys = ["{}"]
+
+[[tenants]]
+id = "globex"
+servers = ["kit"]
+keys = ["{}", "{}"]
+[tenants.policy]
+tier = "pro"
+[tenants.policy.rates.tools]
+"kit/add" = {{ per_second = 0.5, burst = 1 }}
+"#,
+        stored_hash(ACME),
+        stored_hash(GLOBEX_1),
+        stored_hash(GLOBEX_2)
+    );
+    Gw::start_with(&stdio_server("kit", ""), &[], &top)
+}
+
+/// The error of a refused call, or `None` if it succeeded.
+fn refusal(a: &common::Answer) -> Option<Value> {
+    let r = a.response();
+    if r["result"].is_object() {
+        return None;
+    }
+    Some(r["error"].clone())
+}
+
+#[tokio::test]
+async fn over_its_rate_a_tenant_is_refused_with_the_limit_and_a_retry_time() {
+    let gw = gateway();
+    gw.ready().await;
+    let acme = gw.legacy_as(ACME).await;
+    let globex = gw.legacy_as(GLOBEX_1).await;
+    // The free tier's burst of 3, then refusals.
+    for i in 0..3 {
+        let a = acme.call(i, "kit__echo", json!({"message": "hi"})).await;
+        assert_eq!(refusal(&a), None, "call {i}");
+    }
+    let a = acme.call(9, "kit__echo", json!({"message": "hi"})).await;
+    let e = refusal(&a).expect("the fourth call is refused");
+    assert_eq!(e["code"], -32029);
+    assert_eq!(e["data"]["limit"], "tenant");
+    let retry = e["data"]["retryAfterMs"].as_u64().unwrap();
+    assert!((1..=500).contains(&retry), "retryAfterMs {retry}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the tenant limit") && msg.contains("retry in"),
+        "{msg}"
+    );
+
+    // Another tenant (tier pro) is not affected.
+    for i in 0..10 {
+        let a = globex.call(i, "kit__echo", json!({"message": "hi"})).await;
+        if i < 3 {
+            assert_eq!(refusal(&a), None, "globex call {i}");
+        }
+    }
+
+    // After the time it was told, acme's call goes through.
+    tokio::time::sleep(Duration::from_millis(retry)).await;
+    let a = acme
+        .call(10, "kit__echo", json!({"message": "again"}))
+        .await;
+    assert_eq!(refusal(&a), None);
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_protection_refusals_total{tenant="acme",limit="tenant"} 1"#),
+        "{metrics}"
+    );
+    // Audited as DENIED, with the limit.
+    let dir = gw.config.with_file_name("palisade-data").join("audit");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text: String = palisade_audit::list_files(&dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| palisade_audit::read_file(f).ok())
+            .map(|t| t.text)
+            .collect();
+        if text.contains(r#""outcome":"denied: tenant: rate limit exceeded"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no DENIED record: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn subjects_and_tools_have_their_own_buckets() {
+    let gw = gateway();
+    gw.ready().await;
+    let one = gw.legacy_as(GLOBEX_1).await;
+    let two = gw.legacy_as(GLOBEX_2).await;
+    // The pro tier gives each subject bursts of 3: the first key's fourth call is refused ...
+    for i in 0..3 {
+        assert_eq!(
+            refusal(&one.call(i, "kit__echo", json!({"message": "x"})).await),
+            None
+        );
+    }
+    let e = refusal(&one.call(5, "kit__echo", json!({"message": "x"})).await).unwrap();
+    assert_eq!(e["data"]["limit"], "subject");
+    // ... while the second key of the same tenant still has its own.
+    assert_eq!(
+        refusal(&two.call(1, "kit__echo", json!({"message": "x"})).await),
+        None
+    );
+    // globex's own rate for `add` (bursts of 1) replaces nothing else: a second add is refused
+    // as `tool`.
+    assert_eq!(
+        refusal(&two.call(2, "kit__add", json!({"a": 1, "b": 2})).await),
+        None
+    );
+    let e = refusal(&two.call(3, "kit__add", json!({"a": 1, "b": 2})).await).unwrap();
+    assert_eq!(e["data"]["limit"], "tool", "{e}");
+}
+
+#[test]
+fn an_unknown_default_tier_or_a_bad_rate_is_rejected_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, says) in [
+        (
+            "[rate_limits]\ndefault_tier = \"gold\"\n",
+            "there is no [rate_limits.tiers.gold]",
+        ),
+        (
+            "[rate_limits.tiers.free]\ntenant = { per_second = 0, burst = 1 }\n",
+            "per_second must be > 0",
+        ),
+    ] {
+        let config = dir.path().join("palisade.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+}
+
+const ADMIN_KEY: &str = "pal_limits_test_admin_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn two_tenants(server_extra: &str) -> Gw {
+    common::two_tenants_on_kit_with(server_extra, &common::admin_table(ADMIN_KEY))
+}
+
+#[tokio::test]
+async fn breakers_open_on_failures_not_on_tool_errors_and_a_probe_closes_them() {
+    let gw = two_tenants("breaker = { failures = 2, open_secs = 2 }");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    // Tool errors are the upstream working: they never open a breaker.
+    for i in 0..5 {
+        let a = acme.call(i, "kit__error_result", json!({})).await;
+        assert_eq!(a.response()["result"]["isError"], true);
+    }
+    assert_eq!(
+        refusal(&acme.call(9, "kit__echo", json!({"message": "x"})).await),
+        None
+    );
+    // Two calls that crash the server open acme's breaker on it.
+    for i in 10..12 {
+        let a = acme.call(i, "kit__crash", json!({})).await;
+        assert!(refusal(&a).is_some(), "a crash is an error");
+        gw.ready().await;
+    }
+    let e = refusal(&acme.call(20, "kit__echo", json!({"message": "x"})).await)
+        .expect("acme's breaker is open");
+    assert_eq!(e["data"]["limit"], "tenant_breaker", "{e}");
+    let retry = e["data"]["retryAfterMs"].as_u64().unwrap();
+    assert!((1..=2000).contains(&retry), "{retry}");
+    let (status, listed) = gw
+        .admin_api("GET", "/admin/v1/breakers", Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed["breakers"],
+        json!([{"server": "kit", "tenant": "acme", "state": "open"}])
+    );
+    // The other tenant is still served.
+    let globex = gw.legacy("globex").await;
+    assert_eq!(
+        refusal(&globex.call(1, "kit__echo", json!({"message": "y"})).await),
+        None
+    );
+    // After open_secs one probe goes through; it succeeds and closes the breaker.
+    tokio::time::sleep(Duration::from_millis(retry + 50)).await;
+    for i in 30..33 {
+        assert_eq!(
+            refusal(&acme.call(i, "kit__echo", json!({"message": "x"})).await),
+            None,
+            "call {i} after the probe"
+        );
+    }
+    assert!(
+        gw.metrics().await.contains(
+            r#"palisade_protection_refusals_total{tenant="acme",limit="tenant_breaker"} 1"#
+        )
+    );
+
+    // Open again, an operator closes it with the CLI.
+    for i in 40..42 {
+        acme.call(i, "kit__crash", json!({})).await;
+        gw.ready().await;
+    }
+    assert!(refusal(&acme.call(50, "kit__echo", json!({"message": "x"})).await).is_some());
+    let out = gw.cli(&[
+        "breaker",
+        "reset",
+        "--server",
+        "kit",
+        "--tenant",
+        "acme",
+        "--admin-key",
+        ADMIN_KEY,
+        "--admin-url",
+        &gw.admin,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
+        "{out:?}"
+    );
+    assert_eq!(
+        refusal(&acme.call(51, "kit__echo", json!({"message": "x"})).await),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_full_bulkhead_refuses_at_once_and_only_that_tenant() {
+    let gw = two_tenants("max_inflight_per_tenant = 1");
+    gw.ready().await;
+    let slow = gw.legacy("acme").await;
+    let other = gw.legacy("acme").await;
+    let globex = gw.legacy("globex").await;
+    let long_call = slow.call(1, "kit__slow", json!({"ms": 1000}));
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let a = other.call(2, "kit__echo", json!({"message": "x"})).await;
+        let waited = started.elapsed();
+        let g = globex.call(3, "kit__echo", json!({"message": "y"})).await;
+        (a, waited, g)
+    };
+    let (long, (a, waited, g)) = tokio::join!(long_call, meanwhile);
+    assert_eq!(refusal(&long), None);
+    let e = refusal(&a).expect("acme's second call in flight is refused");
+    assert_eq!(e["data"]["limit"], "tenant_bulkhead", "{e}");
+    assert!(
+        waited < Duration::from_millis(300),
+        "refused at once: {waited:?}"
+    );
+    assert_eq!(refusal(&g), None, "globex has its own places");
+}
