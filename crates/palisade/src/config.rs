@@ -252,13 +252,49 @@ fn default_breaker_open() -> u64 {
 
 /// Rate limits (ARCHITECTURE §6): named tiers of per-tenant, per-subject and per-tool rates;
 /// a tenant's policy picks its tier and may replace any of its rates.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     /// The tier of tenants whose policy names none (absent: no limits for them).
     pub default_tier: Option<String>,
     #[serde(default)]
     pub tiers: BTreeMap<String, crate::policy::RateSet>,
+    /// Share the buckets between replicas in this Redis (`redis://…`); absent: in process.
+    /// Read at start; a change needs a restart.
+    pub redis_url: Option<String>,
+    /// Or: the name of an environment variable holding that URL (it may hold a password).
+    pub redis_url_env: Option<String>,
+    /// While Redis cannot be reached: `fail_open` (each replica applies the limits alone) or
+    /// `fail_closed` (calls are refused).
+    #[serde(default = "default_when_redis_down")]
+    pub when_redis_down: palisade_limits::redis::WhenDown,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            default_tier: None,
+            tiers: BTreeMap::new(),
+            redis_url: None,
+            redis_url_env: None,
+            when_redis_down: default_when_redis_down(),
+        }
+    }
+}
+
+fn default_when_redis_down() -> palisade_limits::redis::WhenDown {
+    palisade_limits::redis::WhenDown::FailOpen
+}
+
+impl RateLimits {
+    /// The Redis URL, from the config or its environment variable.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_url.clone().or_else(|| {
+            self.redis_url_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

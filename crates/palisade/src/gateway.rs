@@ -54,6 +54,8 @@ pub enum GatewayError {
     Secrets(#[from] crate::secrets::SecretError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditSetupError),
+    #[error("[rate_limits]: {0}")]
+    Limits(#[from] palisade_limits::LimitError),
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
@@ -148,7 +150,7 @@ impl Gateway {
             data_dir,
             vault,
             audit,
-            protection: Protection::default(),
+            protection: Protection::new(&config.rate_limits)?,
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),

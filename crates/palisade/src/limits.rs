@@ -8,8 +8,9 @@
 //! The first that says no refuses the call, naming the limit and when to retry. Rates come
 //! from the tenant's tier (`[rate_limits.tiers.<name>]`, the policy's `tier` or
 //! `[rate_limits] default_tier`), each replaced by the tenant's own in its policy's `rates`.
-//! Buckets live in [`palisade_limits::local::Local`]; idle ones are dropped every few seconds,
-//! so memory stays bounded however many subjects appear. A call let through holds an
+//! Buckets live in [`palisade_limits::local::Local`], or with `[rate_limits] redis_url` in
+//! Redis, shared by every replica (while Redis is down, `when_redis_down` decides); idle ones
+//! are dropped, so memory stays bounded however many subjects appear. A call let through holds an
 //! [`Admission`]: its bulkhead places, and the breaker permits its outcome is reported to.
 
 use std::collections::HashMap;
@@ -19,7 +20,8 @@ use std::time::Duration;
 use palisade_limits::breaker::{BreakerConfig, Breakers, Permit};
 use palisade_limits::bulkhead::{Bulkheads, Entry};
 use palisade_limits::local::Local;
-use palisade_limits::{Rate, Verdict};
+use palisade_limits::redis::Distributed;
+use palisade_limits::{LimitError, Rate, Verdict};
 
 use crate::config::{RateLimits, Server};
 use crate::policy::RateSet;
@@ -85,14 +87,37 @@ struct ServerBreakers {
 #[derive(Default)]
 pub struct Protection {
     local: Local,
+    /// Buckets shared with the other replicas, when `[rate_limits] redis_url` is set.
+    shared: Option<Distributed>,
     /// Breakers by server (each server has its own settings).
     breakers: Mutex<HashMap<String, ServerBreakers>>,
     bulkheads: Bulkheads,
 }
 
 impl Protection {
+    /// In process, or shared through Redis when the config names one.
+    pub fn new(config: &RateLimits) -> Result<Protection, LimitError> {
+        let shared = match config.redis_url() {
+            Some(url) => Some(Distributed::new(
+                &url,
+                "palisade:rl:",
+                config.when_redis_down,
+            )?),
+            None => None,
+        };
+        Ok(Protection {
+            shared,
+            ..Protection::default()
+        })
+    }
+
+    /// `Some(false)` while the shared store (Redis) cannot be reached; `None` without one.
+    pub fn store_up(&self) -> Option<bool> {
+        self.shared.as_ref().map(Distributed::up)
+    }
+
     /// Checks the rates of a call by `subject` of `tenant` to `server/tool`.
-    pub fn check(
+    pub async fn check(
         &self,
         config: &RateLimits,
         tenant: &Tenant,
@@ -123,10 +148,21 @@ impl Protection {
             checks.push(("tool", format!("x\u{0}{id}\u{0}{server}/{tool}"), rate));
         }
         for (limit, key, rate) in checks {
-            match self.local.check(&key, rate) {
+            let verdict = match &self.shared {
+                Some(shared) => shared.check(&key, rate).await,
+                None => self.local.check(&key, rate),
+            };
+            match verdict {
                 Verdict::Allowed => {}
-                Verdict::Limited { retry_after } | Verdict::Unavailable { retry_after } => {
+                Verdict::Limited { retry_after } => {
                     return Err(Refused::rate(limit, rate, retry_after));
+                }
+                Verdict::Unavailable { retry_after } => {
+                    return Err(Refused {
+                        limit: "rate_limit_store",
+                        retry_after,
+                        why: "the rate limit store (Redis) cannot be reached and the policy is to refuse calls meanwhile".into(),
+                    });
                 }
             }
         }
@@ -255,7 +291,7 @@ impl Protection {
 
     /// Drops buckets that have refilled (called every few seconds).
     pub fn evict_idle(&self) -> usize {
-        self.local.evict_idle()
+        self.local.evict_idle() + self.shared.as_ref().map_or(0, Distributed::evict_idle)
     }
 
     /// Buckets held (for the memory bound).

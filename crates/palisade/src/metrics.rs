@@ -83,6 +83,7 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    store_up: Gauge,
     audit_seconds: Histogram,
     refused: Family<LimitLabels, Counter>,
     call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
@@ -247,8 +248,15 @@ impl Metrics {
             "Calls refused by traffic protection, by tenant and limit (tenant, subject, tool, breaker, tenant_breaker, bulkhead, tenant_bulkhead)",
             refused.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "rate_limit_store_up",
+            "1 while the shared rate limit store (Redis) answers, 0 while it is down (absent without one)",
+            store_up.clone(),
+        );
         Metrics {
             registry,
+            store_up,
             audit_seconds,
             refused,
             list_failures,
@@ -330,6 +338,13 @@ impl Metrics {
     }
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
+    /// Whether the shared rate limit store answers (`None`: there is none).
+    pub fn rate_limit_store(&self, up: Option<bool>) {
+        if let Some(up) = up {
+            self.store_up.set(i64::from(up));
+        }
+    }
+
     /// A call refused by traffic protection's `limit`.
     pub fn protection_refused(&self, tenant: &str, limit: &'static str) {
         self.refused

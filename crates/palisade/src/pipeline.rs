@@ -261,13 +261,17 @@ pub async fn forward(
 
     // Traffic protection (rates, breakers, bulkheads), before the call is audited and forwarded.
     let admission = if AUDITED.contains(&method) {
-        let admitted = match gw.protection.check(
-            &gw.config().rate_limits,
-            tenant,
-            &caller.subject,
-            &upstream.name,
-            &target.name,
-        ) {
+        let admitted = match gw
+            .protection
+            .check(
+                &gw.config().rate_limits,
+                tenant,
+                &caller.subject,
+                &upstream.name,
+                &target.name,
+            )
+            .await
+        {
             Ok(()) => gw.protection.admit(&upstream.config, &tenant.id).await,
             Err(refused) => Err(refused),
         };

@@ -285,3 +285,188 @@ async fn a_full_bulkhead_refuses_at_once_and_only_that_tenant() {
     );
     assert_eq!(refusal(&g), None, "globex has its own places");
 }
+
+/// A TCP relay to Redis that the test can cut (refusing and dropping connections) and restore:
+/// Redis going away and coming back, without stopping the machine's Redis.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(redis: &str) -> Relay {
+        let target = redis
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, open, cut }
+    }
+
+    fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+        if !open {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_quota_through_redis_and_follow_the_policy_while_it_is_down() {
+    let Ok(redis) = std::env::var("PALISADE_TEST_REDIS_URL") else {
+        eprintln!("skipped: PALISADE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let relay = Relay::start(&redis).await;
+    // A tenant of its own, so that no other run shares its bucket.
+    let tenant = format!("t{:08x}", rand::random::<u32>());
+    let key = format!("pal_limits_redis_{tenant}_{}", "a".repeat(30));
+    const RATE: f64 = 40.0;
+    let start = |policy: &str| {
+        let top = format!(
+            "[rate_limits]\nredis_url = \"redis://127.0.0.1:{}\"\nwhen_redis_down = \"{policy}\"\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = {{ per_second = {RATE}, burst = 1 }}\n\n[[tenants]]\nid = \"{tenant}\"\nservers = [\"kit\"]\nkeys = [\"{}\"]\n",
+            relay.port,
+            stored_hash(&key)
+        );
+        Gw::start_with(&stdio_server("kit", ""), &[], &top)
+    };
+    let gws = [start("fail_open"), start("fail_open"), start("fail_closed")];
+    for gw in &gws {
+        gw.ready().await;
+    }
+
+    // Four clients on each replica call as fast as they can for four seconds.
+    const SECS: f64 = 4.0;
+    let sessions = futures_util::future::join_all(
+        gws.iter()
+            .flat_map(|gw| (0..4).map(|_| gw.legacy_as(&key)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs_f64(SECS);
+    let clients = sessions.iter().map(|s| async move {
+        let (mut ok, mut limited) = (0u32, 0u32);
+        let mut id = 0;
+        while Instant::now() < deadline {
+            id += 1;
+            match refusal(&s.call(id, "kit__echo", json!({"message": "x"})).await) {
+                None => ok += 1,
+                Some(e) => {
+                    assert_eq!(e["data"]["limit"], "tenant", "{e}");
+                    limited += 1;
+                }
+            }
+        }
+        (ok, limited)
+    });
+    let results = futures_util::future::join_all(clients).await;
+    let ok: u32 = results.iter().map(|r| r.0).sum();
+    let limited: u32 = results.iter().map(|r| r.1).sum();
+    let expected = RATE * SECS + 1.0;
+    let error = (f64::from(ok) - expected) / expected;
+    eprintln!(
+        "3 replicas: {ok} calls allowed, {limited} refused; expected {expected} (error {:+.1}%)",
+        error * 100.0
+    );
+    assert!(
+        limited > u32::try_from(ok).unwrap(),
+        "the load must exceed the quota"
+    );
+    assert!(
+        error.abs() <= 0.05,
+        "{ok} allowed, expected {expected} ± 5%"
+    );
+
+    // Redis goes away: fail-open replicas limit alone, the fail-closed one refuses.
+    relay.set(false);
+    let down = |gw: &Gw| {
+        let gw_admin = gw.admin.clone();
+        let http = gw.http.clone();
+        async move {
+            http.get(format!("{gw_admin}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open_s = gws[0].legacy_as(&key).await;
+    let closed_s = gws[2].legacy_as(&key).await;
+    // The first call after the cut finds Redis gone (within its 50 ms timeout).
+    let _ = open_s.call(1, "kit__echo", json!({"message": "x"})).await;
+    let _ = closed_s.call(1, "kit__echo", json!({"message": "x"})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        refusal(&open_s.call(2, "kit__echo", json!({"message": "x"})).await),
+        None,
+        "fail_open: served under the local limit"
+    );
+    let e = refusal(&closed_s.call(2, "kit__echo", json!({"message": "x"})).await)
+        .expect("fail_closed refuses");
+    assert_eq!(e["data"]["limit"], "rate_limit_store", "{e}");
+    assert!(
+        down(&gws[2])
+            .await
+            .contains("rate limit store (Redis) is down")
+    );
+    assert!(
+        gws[2]
+            .metrics()
+            .await
+            .contains("palisade_rate_limit_store_up 0")
+    );
+
+    // Redis is back: the shared limit applies again everywhere.
+    relay.set(true);
+    let back = Instant::now() + Duration::from_secs(10);
+    let mut id = 10;
+    loop {
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if refusal(
+            &closed_s
+                .call(id, "kit__echo", json!({"message": "x"}))
+                .await,
+        )
+        .is_none()
+        {
+            break;
+        }
+        assert!(Instant::now() < back, "enforcement did not resume");
+    }
+    assert_eq!(down(&gws[2]).await, "ready\n");
+    assert!(
+        gws[2]
+            .metrics()
+            .await
+            .contains("palisade_rate_limit_store_up 1")
+    );
+}

@@ -27,6 +27,22 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         .filter(|u| !u.is_ready())
         .map(|u| &*u.name)
         .collect();
+    let store_down = gw.protection.store_up() == Some(false);
+    gw.metrics.rate_limit_store(gw.protection.store_up());
+    if store_down && down.len() < upstreams.len() {
+        // Still serving, under the configured policy: say so, but stay in the load balancer.
+        let policy = match gw.config().rate_limits.when_redis_down {
+            palisade_limits::redis::WhenDown::FailOpen => "fail_open: each replica limits alone",
+            palisade_limits::redis::WhenDown::FailClosed => {
+                "fail_closed: rate-limited calls are refused"
+            }
+        };
+        return (
+            StatusCode::OK,
+            format!("degraded: the rate limit store (Redis) is down ({policy})\n"),
+        )
+            .into_response();
+    }
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else if down.len() == upstreams.len() {
@@ -46,6 +62,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.observe_instances();
+    gw.metrics.rate_limit_store(gw.protection.store_up());
     (
         [(
             header::CONTENT_TYPE,
