@@ -45,7 +45,8 @@ def wait_port(port, proc, what):
     sys.exit(f"{what} did not start listening on port {port}")
 
 
-def start_gateway(work, name, echo_url, audit):
+def start_gateway(work, name, echo_url, audit, extra=""):
+    """A release gateway in front of `echo_url` for tenant `bench`; `extra` TOML goes first."""
     conf = os.path.join(work, name)
     os.makedirs(conf)
     pepper = secrets.token_hex(32)
@@ -57,7 +58,8 @@ def start_gateway(work, name, echo_url, audit):
     port, admin = free_port(), free_port()
     audit_table = "" if audit else "[audit]\nenabled = false\n"
     with open(os.path.join(conf, "palisade.toml"), "w") as f:
-        f.write(f"""[listen]
+        f.write(f"""{extra}
+[listen]
 mcp = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin}"
 
