@@ -467,3 +467,82 @@ async fn replicas_share_one_quota_through_redis_and_follow_the_policy_while_it_i
             .contains("palisade_rate_limit_store_up 1")
     );
 }
+
+/// `n` calls by `s`, one every `every`, each with its latency; refusals counted.
+async fn paced(s: &common::Legacy<'_>, n: u64, every: Duration) -> (Vec<Duration>, u32) {
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    let mut next = Instant::now();
+    for id in 0..n {
+        tokio::time::sleep_until(next.into()).await;
+        next += every;
+        let started = Instant::now();
+        let a = s.call(id, "kit__echo", json!({"message": "b"})).await;
+        latencies.push(started.elapsed());
+        if refusal(&a).is_some() {
+            refused += 1;
+        }
+    }
+    latencies.sort();
+    (latencies, refused)
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
+    let gw = common::two_tenants_on_kit_with(
+        "",
+        "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 50, burst = 10 }\n",
+    );
+    gw.ready().await;
+    let b = gw.legacy("globex").await;
+    // B alone, at half its quota.
+    let (alone, refused_alone) = paced(&b, 100, Duration::from_millis(40)).await;
+    assert_eq!(refused_alone, 0);
+
+    // A sends 500 calls/s (ten times its quota) from five sessions while B does the same again.
+    let a_sessions = futures_util::future::join_all((0..5).map(|_| gw.legacy("acme"))).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let flood = futures_util::future::join_all(a_sessions.iter().map(|s| async {
+        let mut refused = 0u32;
+        let mut id = 0;
+        let mut next = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep_until(next.into()).await;
+            next += Duration::from_millis(10);
+            id += 1;
+            if refusal(&s.call(id, "kit__echo", json!({"message": "a"})).await).is_some() {
+                refused += 1;
+            }
+        }
+        refused
+    }));
+    let measured = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = paced(&b, 100, Duration::from_millis(40)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let (a_refused, (beside, refused_beside)) = tokio::join!(flood, measured);
+    let a_refused: u32 = a_refused.iter().sum();
+    eprintln!(
+        "B alone p99 {:?}; beside the flood p99 {:?}; A refused {a_refused} times",
+        p99(&alone),
+        p99(&beside)
+    );
+    assert!(
+        a_refused > 500,
+        "A must be over its quota: refused {a_refused}"
+    );
+    assert_eq!(refused_beside, 0, "B is never refused");
+    // Within 1.5× of B alone; a millisecond of slack for this 2-core machine's scheduler.
+    assert!(
+        p99(&beside) <= p99(&alone).mul_f64(1.5) + Duration::from_millis(1),
+        "B's p99 went from {:?} to {:?}",
+        p99(&alone),
+        p99(&beside)
+    );
+}
