@@ -250,6 +250,30 @@ fn default_breaker_open() -> u64 {
     30
 }
 
+/// See [`Server::quarantine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineSettings {
+    #[serde(default = "default_quarantine_crashes")]
+    pub crashes: u32,
+    #[serde(default = "default_quarantine_window")]
+    pub window_secs: u64,
+    #[serde(default = "default_quarantine_for")]
+    pub for_secs: u64,
+}
+
+fn default_quarantine_crashes() -> u32 {
+    3
+}
+
+fn default_quarantine_window() -> u64 {
+    3600
+}
+
+fn default_quarantine_for() -> u64 {
+    600
+}
+
 /// Rate limits (ARCHITECTURE §6): named tiers of per-tenant, per-subject and per-tool rates;
 /// a tenant's policy picks its tier and may replace any of its rates.
 #[derive(Debug, Clone, Deserialize)]
@@ -426,6 +450,9 @@ pub struct Server {
     pub queue_ms: u64,
     /// Circuit breakers for this server and for each tenant on it (absent: none).
     pub breaker: Option<BreakerSettings>,
+    /// Crash attribution: a tenant whose calls were in flight when the server went away
+    /// `crashes` times within `window_secs` is refused on it for `for_secs` (absent: never).
+    pub quarantine: Option<QuarantineSettings>,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,

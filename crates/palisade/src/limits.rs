@@ -2,7 +2,8 @@
 //! or prompt is audited and forwarded, in this order:
 //!
 //! 1. its rate limits — the tenant's, then the subject's within the tenant, then the tool's;
-//! 2. its server's circuit breakers — the server's, then the tenant's on that server;
+//! 2. the tenant's quarantine from the server, if its calls crashed it repeatedly, then the
+//!    server's circuit breakers — the server's, then the tenant's on that server;
 //! 3. its server's bulkheads — calls in flight to the server, then the tenant's share of them.
 //!
 //! The first that says no refuses the call, naming the limit and when to retry. Rates come
@@ -23,7 +24,7 @@ use palisade_limits::local::Local;
 use palisade_limits::redis::Distributed;
 use palisade_limits::{LimitError, Rate, Verdict};
 
-use crate::config::{RateLimits, Server};
+use crate::config::{QuarantineSettings, RateLimits, Server};
 use crate::policy::RateSet;
 use crate::registry::Tenant;
 
@@ -66,14 +67,67 @@ impl Refused {
 pub struct Admission {
     permits: Vec<(Arc<Breakers>, String, Permit)>,
     _places: Vec<Entry>,
+    /// Where a crash during the call is charged: the tenant on this server.
+    crashes: Option<(Arc<Quarantine>, (String, String), QuarantineSettings)>,
 }
 
 impl Admission {
-    /// `failed`: a transport error, a timeout or a crash (never a tool's own error result).
-    pub fn finish(self, failed: bool) {
+    /// `failed`: a transport error, a timeout or a crash (never a tool's own error result);
+    /// `crashed`: the server went away while the call was in flight.
+    pub fn finish(self, failed: bool, crashed: bool) {
         for (breakers, key, permit) in self.permits {
             breakers.record(&key, permit, !failed);
         }
+        if crashed && let Some((quarantine, key, settings)) = self.crashes {
+            quarantine.crashed(key, settings);
+        }
+    }
+}
+
+/// Crashes charged to each (tenant, server), and the quarantines they led to.
+#[derive(Default)]
+pub struct Quarantine {
+    map: Mutex<HashMap<(String, String), Crashes>>,
+}
+
+#[derive(Default)]
+struct Crashes {
+    times: std::collections::VecDeque<tokio::time::Instant>,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Quarantine {
+    fn crashed(&self, key: (String, String), q: QuarantineSettings) {
+        let now = tokio::time::Instant::now();
+        let window = Duration::from_secs(q.window_secs);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let c = map.entry(key.clone()).or_default();
+        c.times.push_back(now);
+        while c
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            c.times.pop_front();
+        }
+        if c.times.len() >= q.crashes.max(1) as usize {
+            c.until = Some(now + Duration::from_secs(q.for_secs));
+            c.times.clear();
+            tracing::warn!(
+                tenant = %key.0,
+                server = %key.1,
+                crashes = q.crashes,
+                for_secs = q.for_secs,
+                "tenant quarantined from the server: its calls crashed it repeatedly"
+            );
+        }
+    }
+
+    /// Time left of `tenant`'s quarantine from `server`, if any.
+    fn left(&self, tenant: &str, server: &str) -> Option<Duration> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let until = map.get(&(tenant.to_owned(), server.to_owned()))?.until?;
+        until.checked_duration_since(tokio::time::Instant::now())
     }
 }
 
@@ -92,6 +146,7 @@ pub struct Protection {
     /// Breakers by server (each server has its own settings).
     breakers: Mutex<HashMap<String, ServerBreakers>>,
     bulkheads: Bulkheads,
+    quarantine: Arc<Quarantine>,
 }
 
 impl Protection {
@@ -172,6 +227,18 @@ impl Protection {
     /// Passes a call to `server` by `tenant` through the server's breakers and bulkheads.
     pub async fn admit(&self, server: &Server, tenant: &str) -> Result<Admission, Refused> {
         let name = &server.name;
+        if let Some(q) = server.quarantine
+            && let Some(left) = self.quarantine.left(tenant, name)
+        {
+            return Err(Refused {
+                limit: "quarantine",
+                retry_after: left,
+                why: format!(
+                    "this tenant is quarantined from server {name}: its calls crashed the server {} times within {} s",
+                    q.crashes, q.window_secs
+                ),
+            });
+        }
         let mut permits = Vec::new();
         if let Some(b) = server.breaker {
             let (own, per_tenant) = {
@@ -254,6 +321,13 @@ impl Protection {
         Ok(Admission {
             permits,
             _places: places,
+            crashes: server.quarantine.map(|q| {
+                (
+                    self.quarantine.clone(),
+                    (tenant.to_owned(), name.clone()),
+                    q,
+                )
+            }),
         })
     }
 

@@ -808,6 +808,7 @@ impl Forward {
     fn finish(&mut self, outcome: crate::upstream::Outcome) -> Vec<u8> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let mut rpc_code = None;
+        let crashed = matches!(outcome, Err(UpstreamError::Lost { .. }));
         let (bytes, counted) = match outcome {
             Ok(Ok(result)) => {
                 let (result, is_error) = self.rewrite_result(&result);
@@ -848,7 +849,7 @@ impl Forward {
                 counted,
                 metrics::Outcome::Unavailable | metrics::Outcome::Timeout
             );
-            admission.finish(failed);
+            admission.finish(failed, crashed);
         }
         if let Some(a) = self.audit.take() {
             let outcome = match (counted, &rpc_code) {

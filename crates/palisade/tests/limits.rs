@@ -546,3 +546,70 @@ async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
         p99(&beside)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_input_crashes_the_shared_server_is_quarantined_and_others_are_served() {
+    let gw = common::two_tenants_on_kit_with(
+        "quarantine = { crashes = 2, window_secs = 60, for_secs = 30 }",
+        "",
+    );
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let globex = gw.legacy("globex").await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // globex calls every 20 ms throughout.
+    let steady = async {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut id = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            id += 1;
+            let a = globex
+                .call(id, "kit__echo", json!({"message": "steady"}))
+                .await;
+            match refusal(&a) {
+                None => ok += 1,
+                Some(e) => failed.push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    };
+    let poison = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..2 {
+            let a = acme.call(i, "kit__crash", json!({})).await;
+            assert!(refusal(&a).is_some());
+            gw.ready().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let e = refusal(&acme.call(9, "kit__echo", json!({"message": "x"})).await)
+            .expect("acme is quarantined");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        e
+    };
+    let ((ok, failed), e) = tokio::join!(steady, poison);
+    assert_eq!(e["data"]["limit"], "quarantine", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("quarantined from server kit") && msg.contains("crashed"),
+        "{msg}"
+    );
+    assert!(e["data"]["retryAfterMs"].as_u64().unwrap() > 29_000);
+    eprintln!(
+        "globex: {ok} calls succeeded, {} failed while the server crashed twice: {failed:?}",
+        failed.len()
+    );
+    assert!(ok >= 20, "globex was served throughout: {ok}");
+    // Only calls caught by a crash (in flight, or sent while the process restarted) may fail.
+    assert!(failed.len() <= 2, "{failed:?}");
+    // globex is not quarantined.
+    assert_eq!(
+        refusal(
+            &globex
+                .call(999, "kit__echo", json!({"message": "after"}))
+                .await
+        ),
+        None
+    );
+}
