@@ -453,6 +453,10 @@ pub struct Server {
     /// Crash attribution: a tenant whose calls were in flight when the server went away
     /// `crashes` times within `window_secs` is refused on it for `for_secs` (absent: never).
     pub quarantine: Option<QuarantineSettings>,
+    /// Per-tool timeouts in ms, by the tool's name on this server, replacing `call_timeout_ms`
+    /// for those tools (a slow report, a quick lookup).
+    #[serde(default)]
+    pub tool_timeouts_ms: BTreeMap<String, u64>,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,

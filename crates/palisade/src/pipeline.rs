@@ -352,7 +352,14 @@ pub async fn forward(
     let started = Instant::now();
     let defaults = client_defaults(caller.session.as_deref());
     let handle = match upstream.call(method, Some(&params), route, defaults).await {
-        Ok(h) => h,
+        Ok(mut h) => {
+            if method == "tools/call"
+                && let Some(ms) = upstream.config.tool_timeouts_ms.get(target.name.as_str())
+            {
+                h.set_timeout(*ms);
+            }
+            h
+        }
         Err(e) => {
             gw.metrics.call(
                 &tenant.id,
@@ -790,7 +797,7 @@ impl Forward {
 
     /// How long the call may take upstream, which is also how long it may stay parked.
     pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.upstream.config.call_timeout_ms)
+        Duration::from_millis(self.handle.timeout_ms())
     }
 
     fn below_log_level(&self, params: Option<&RawValue>) -> bool {

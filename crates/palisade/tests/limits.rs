@@ -613,3 +613,28 @@ async fn a_tenant_whose_input_crashes_the_shared_server_is_quarantined_and_other
         None
     );
 }
+
+#[tokio::test]
+async fn a_tool_timeout_replaces_the_servers_and_cancels_the_call() {
+    let gw = common::two_tenants_on_kit_with(
+        "call_timeout_ms = 10000\ntool_timeouts_ms = { slow = 300 }",
+        "",
+    );
+    gw.ready().await;
+    let s = gw.legacy("acme").await;
+    assert_eq!(
+        refusal(&s.call(1, "kit__slow", json!({"ms": 50})).await),
+        None
+    );
+    let started = Instant::now();
+    let e = refusal(&s.call(2, "kit__slow", json!({"ms": 5000})).await).expect("timed out");
+    let took = started.elapsed();
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("did not answer within 300 ms") && msg.contains("cancelled"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The upstream was told: the testkit logs the cancellation it received.
+    assert!(gw.wait_log("slow cancelled", Duration::from_secs(5)).await);
+}

@@ -339,7 +339,23 @@ pub struct CallHandle {
     events: mpsc::Receiver<CallEvent>,
     done: oneshot::Receiver<Outcome>,
     deadline: tokio::time::Instant,
+    /// The timeout the deadline came from, for the error.
+    timeout_ms: u64,
     finished: bool,
+}
+
+impl CallHandle {
+    /// Replaces the server's call timeout for this call (a tool's own, `tool_timeouts_ms`).
+    pub fn set_timeout(&mut self, ms: u64) {
+        let started = self.deadline - Duration::from_millis(self.timeout_ms);
+        self.deadline = started + Duration::from_millis(ms);
+        self.timeout_ms = ms;
+    }
+
+    /// This call's timeout in milliseconds.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
 }
 
 /// What [`CallHandle::next`] yields.
@@ -377,7 +393,7 @@ impl CallHandle {
                 self.upstream.cancel(self.id, "timeout");
                 Err(UpstreamError::Timeout {
                     server: self.upstream.name.clone(),
-                    ms: self.upstream.config.call_timeout_ms,
+                    ms: self.timeout_ms,
                 })
             }
         };
@@ -717,6 +733,7 @@ impl Upstream {
             done,
             deadline: tokio::time::Instant::now()
                 + Duration::from_millis(self.config.call_timeout_ms),
+            timeout_ms: self.config.call_timeout_ms,
             finished: false,
         };
         self.send(link, bytes, Some(id), Some(Outgoing { method, params }));
