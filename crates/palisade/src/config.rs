@@ -393,7 +393,7 @@ pub enum Placement {
     Dedicated,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Unique, `[a-z0-9_-]`, no `__` (it separates server and tool in namespaced names).
@@ -450,6 +450,9 @@ pub struct Server {
     pub queue_ms: u64,
     /// Circuit breakers for this server and for each tenant on it (absent: none).
     pub breaker: Option<BreakerSettings>,
+    /// A global rate for this server (a third-party API's limit), shared between the tenants
+    /// calling it by their `quota_weight`; a tenant alone may use all of it.
+    pub quota: Option<palisade_limits::Rate>,
     /// Crash attribution: a tenant whose calls were in flight when the server went away
     /// `crashes` times within `window_secs` is refused on it for `for_secs` (absent: never).
     pub quarantine: Option<QuarantineSettings>,

@@ -1,7 +1,8 @@
 //! Traffic protection in the call path (ARCHITECTURE §6). Before a tool call, resource read
 //! or prompt is audited and forwarded, in this order:
 //!
-//! 1. its rate limits — the tenant's, then the subject's within the tenant, then the tool's;
+//! 1. its rate limits — the tenant's, then the subject's within the tenant, then the tool's,
+//!    then the server's quota (shared between the tenants calling it, by weight);
 //! 2. the tenant's quarantine from the server, if its calls crashed it repeatedly, then the
 //!    server's circuit breakers — the server's, then the tenant's on that server;
 //! 3. its server's bulkheads — calls in flight to the server, then the tenant's share of them.
@@ -147,6 +148,31 @@ pub struct Protection {
     breakers: Mutex<HashMap<String, ServerBreakers>>,
     bulkheads: Bulkheads,
     quarantine: Arc<Quarantine>,
+    shares: Shares,
+}
+
+/// How long a tenant counts as calling a server (and so takes part of its quota) after its
+/// last call.
+const ACTIVE: Duration = Duration::from_secs(1);
+
+/// Which tenants are calling each server with a quota now, with their weights.
+#[derive(Default)]
+struct Shares {
+    map: Mutex<HashMap<String, HashMap<String, (std::time::Instant, f64)>>>,
+}
+
+impl Shares {
+    /// `tenant`'s part of `server`'s quota: its weight over the weights of the tenants that
+    /// called it within [`ACTIVE`] (1 when it is alone, so an idle tenant's part is used).
+    fn share(&self, server: &str, tenant: &str, weight: f64) -> f64 {
+        let now = std::time::Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let active = map.entry(server.to_owned()).or_default();
+        active.insert(tenant.to_owned(), (now, weight.max(1e-6)));
+        active.retain(|_, (seen, _)| now.duration_since(*seen) <= ACTIVE);
+        let total: f64 = active.values().map(|(_, w)| *w).sum();
+        (weight.max(1e-6) / total).min(1.0)
+    }
 }
 
 impl Protection {
@@ -171,15 +197,16 @@ impl Protection {
         self.shared.as_ref().map(Distributed::up)
     }
 
-    /// Checks the rates of a call by `subject` of `tenant` to `server/tool`.
+    /// Checks the rates of a call by `subject` of `tenant` to `server`'s `tool`.
     pub async fn check(
         &self,
         config: &RateLimits,
         tenant: &Tenant,
         subject: &str,
-        server: &str,
+        upstream: &Server,
         tool: &str,
     ) -> Result<(), Refused> {
+        let server = upstream.name.as_str();
         let own = &tenant.policy.rates;
         let tier = tenant
             .policy
@@ -202,6 +229,21 @@ impl Protection {
         if let Some((_, rate)) = tool_rate {
             checks.push(("tool", format!("x\u{0}{id}\u{0}{server}/{tool}"), rate));
         }
+        if let Some(quota) = upstream.quota {
+            // The server's quota, shared between the tenants calling it now by weight: a
+            // tenant's share bucket, then the server's own.
+            let weight = own
+                .quota_weight
+                .or_else(|| tier.and_then(|t| t.quota_weight))
+                .unwrap_or(1.0);
+            let share = self.shares.share(server, id, weight);
+            let rate = Rate {
+                per_second: quota.per_second * share,
+                burst: ((f64::from(quota.burst) * share).ceil() as u32).max(1),
+            };
+            checks.push(("server_share", format!("q\u{0}{server}\u{0}{id}"), rate));
+            checks.push(("server_quota", format!("q\u{0}{server}"), quota));
+        }
         for (limit, key, rate) in checks {
             let verdict = match &self.shared {
                 Some(shared) => shared.check(&key, rate).await,
@@ -210,7 +252,19 @@ impl Protection {
             match verdict {
                 Verdict::Allowed => {}
                 Verdict::Limited { retry_after } => {
-                    return Err(Refused::rate(limit, rate, retry_after));
+                    let mut refused = Refused::rate(limit, rate, retry_after);
+                    if let ("server_share" | "server_quota", Some(q)) = (limit, upstream.quota) {
+                        refused.why = format!(
+                            "server {server}'s quota ({} calls/s) is in use: {}",
+                            q.per_second,
+                            if limit == "server_share" {
+                                format!("this tenant's share now is {:.3} calls/s", rate.per_second)
+                            } else {
+                                "all of it".to_owned()
+                            }
+                        );
+                    }
+                    return Err(refused);
                 }
                 Verdict::Unavailable { retry_after } => {
                     return Err(Refused {

@@ -267,7 +267,7 @@ pub async fn forward(
                 &gw.config().rate_limits,
                 tenant,
                 &caller.subject,
-                &upstream.name,
+                &upstream.config,
                 &target.name,
             )
             .await

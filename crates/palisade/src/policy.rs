@@ -51,11 +51,18 @@ pub struct RateSet {
     /// Calls of one tool (`server/tool`, globs allowed; the first matching pattern counts).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tools: BTreeMap<String, Rate>,
+    /// The tenant's weight in a server's quota (`[[servers]] quota`), against the other tenants
+    /// calling it at the same time (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_weight: Option<f64>,
 }
 
 impl RateSet {
     pub fn is_empty(&self) -> bool {
-        self.tenant.is_none() && self.subject.is_none() && self.tools.is_empty()
+        self.tenant.is_none()
+            && self.subject.is_none()
+            && self.tools.is_empty()
+            && self.quota_weight.is_none()
     }
 
     /// The rate of `server/tool` under this set, if a pattern matches.
@@ -80,6 +87,11 @@ impl RateSet {
                     r.per_second, r.burst
                 ));
             }
+        }
+        if let Some(w) = self.quota_weight
+            && !(w > 0.0 && w.is_finite())
+        {
+            return Err(format!("quota_weight {w} is invalid: give a number > 0"));
         }
         for p in self.tools.keys() {
             if p.is_empty() || p.len() > 256 || p.matches('/').count() > 1 {

@@ -638,3 +638,56 @@ async fn a_tool_timeout_replaces_the_servers_and_cancels_the_call() {
     // The upstream was told: the testkit logs the cancellation it received.
     assert!(gw.wait_log("slow cancelled", Duration::from_secs(5)).await);
 }
+
+/// Calls as fast as `sessions` allow until `until`; how many succeeded (refusals must be quota
+/// refusals).
+async fn flood(sessions: &[common::Legacy<'_>], until: Instant) -> u32 {
+    let each = sessions.iter().map(|s| async move {
+        let mut ok = 0;
+        let mut id = 0;
+        while Instant::now() < until {
+            id += 1;
+            match refusal(&s.call(id, "kit__echo", json!({"message": "q"})).await) {
+                None => ok += 1,
+                Some(e) => {
+                    let limit = e["data"]["limit"].as_str().unwrap_or("").to_owned();
+                    assert!(limit.starts_with("server_"), "{e}");
+                    // Back off as told, as an agent would.
+                    let ms = e["data"]["retryAfterMs"].as_u64().unwrap_or(1).min(50);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+        }
+        ok
+    });
+    futures_util::future::join_all(each).await.iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_quota_is_shared_fairly_and_an_idle_tenants_share_is_used() {
+    let gw = common::two_tenants_on_kit_with("quota = { per_second = 40, burst = 2 }", "");
+    gw.ready().await;
+    let acme = futures_util::future::join_all((0..3).map(|_| gw.legacy("acme"))).await;
+    let globex = futures_util::future::join_all((0..3).map(|_| gw.legacy("globex"))).await;
+    const SECS: u64 = 3;
+    let until = Instant::now() + Duration::from_secs(SECS);
+    let (a, g) = tokio::join!(flood(&acme, until), flood(&globex, until));
+    eprintln!("both calling: acme {a}, globex {g} in {SECS} s (quota 40/s)");
+    let quota = 40 * SECS as u32;
+    assert!(a + g <= quota + 10, "the quota holds: {}", a + g);
+    for (who, n) in [("acme", a), ("globex", g)] {
+        assert!(
+            (quota * 2 / 5..=quota * 3 / 5 + 5).contains(&n),
+            "{who} got {n}, not its half of {quota}"
+        );
+    }
+    // globex stops; after a second acme may use the whole quota.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let until = Instant::now() + Duration::from_secs(SECS);
+    let alone = flood(&acme, until).await;
+    eprintln!("acme alone: {alone} in {SECS} s");
+    assert!(
+        (quota * 4 / 5..=quota + 10).contains(&alone),
+        "acme alone got {alone} of {quota}"
+    );
+}
