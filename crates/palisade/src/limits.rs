@@ -155,10 +155,13 @@ pub struct Protection {
 /// last call.
 const ACTIVE: Duration = Duration::from_secs(1);
 
+/// Tenants calling one server: when each last did, and its weight.
+type Callers = HashMap<String, (std::time::Instant, f64)>;
+
 /// Which tenants are calling each server with a quota now, with their weights.
 #[derive(Default)]
 struct Shares {
-    map: Mutex<HashMap<String, HashMap<String, (std::time::Instant, f64)>>>,
+    map: Mutex<HashMap<String, Callers>>,
 }
 
 impl Shares {
