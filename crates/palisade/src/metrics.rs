@@ -41,6 +41,14 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    server: String,
+    /// `*` for the server's own breaker.
+    tenant: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     tenant: String,
     limit: &'static str,
@@ -84,6 +92,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     store_up: Gauge,
+    breakers: Family<BreakerLabels, Gauge>,
     audit_seconds: Histogram,
     refused: Family<LimitLabels, Counter>,
     call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
@@ -254,9 +263,16 @@ impl Metrics {
             "1 while the shared rate limit store (Redis) answers, 0 while it is down (absent without one)",
             store_up.clone(),
         );
+        let breakers = Family::<BreakerLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "1 for each circuit breaker that is open or half-open (tenant `*`: the server's own); absent: closed",
+            breakers.clone(),
+        );
         Metrics {
             registry,
             store_up,
+            breakers,
             audit_seconds,
             refused,
             list_failures,
@@ -338,6 +354,20 @@ impl Metrics {
     }
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
+    /// The breakers that are not closed, as [`crate::limits::Protection::breaker_states`] lists them.
+    pub fn breakers_observed(&self, states: &[(String, Option<String>, &'static str)]) {
+        self.breakers.clear();
+        for (server, tenant, state) in states {
+            self.breakers
+                .get_or_create(&BreakerLabels {
+                    server: server.clone(),
+                    tenant: tenant.clone().unwrap_or_else(|| "*".into()),
+                    state,
+                })
+                .set(1);
+        }
+    }
+
     /// Whether the shared rate limit store answers (`None`: there is none).
     pub fn rate_limit_store(&self, up: Option<bool>) {
         if let Some(up) = up {

@@ -209,6 +209,11 @@ async fn breakers_open_on_failures_not_on_tool_errors_and_a_probe_closes_them() 
         listed["breakers"],
         json!([{"server": "kit", "tenant": "acme", "state": "open"}])
     );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_breaker_state{server="kit",tenant="acme",state="open"} 1"#),
+        "{metrics}"
+    );
     // The other tenant is still served.
     let globex = gw.legacy("globex").await;
     assert_eq!(

@@ -63,6 +63,8 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.observe_instances();
     gw.metrics.rate_limit_store(gw.protection.store_up());
+    gw.metrics
+        .breakers_observed(&gw.protection.breaker_states());
     (
         [(
             header::CONTENT_TYPE,
