@@ -430,3 +430,42 @@ impl Protection {
         self.local.keys()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::Policy;
+    use palisade_store::Status;
+
+    #[tokio::test]
+    async fn buckets_stay_bounded_whatever_the_number_of_subjects() {
+        let config = Config::from_toml(
+            "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\nsubject = { per_second = 1000, burst = 1 }\n\n[[servers]]\nname = \"kit\"\n[servers.stdio]\ncommand = \"true\"\n",
+        )
+        .unwrap();
+        let tenant = Tenant {
+            id: "acme".into(),
+            status: Status::Active,
+            status_reason: None,
+            upstreams: Vec::new(),
+            namespacing: true,
+            policy: Policy::default(),
+            closed: Default::default(),
+        };
+        let p = Protection::new(&config.rate_limits).unwrap();
+        let server = config.server("kit").unwrap();
+        for i in 0..100_000 {
+            let subject = format!("user-{i}@issuer");
+            assert!(
+                p.check(&config.rate_limits, &tenant, &subject, server, "echo")
+                    .await
+                    .is_ok()
+            );
+        }
+        // Each bucket is full again 1 ms after its call: dropping them forgets nothing.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        p.evict_idle();
+        assert!(p.buckets() < 100, "{} buckets left", p.buckets());
+    }
+}
