@@ -987,6 +987,8 @@ fn modern_status(error: &str) -> u16 {
         .and_then(|v| v["code"].as_i64());
     match code.map(ErrorCode) {
         Some(ErrorCode::METHOD_NOT_FOUND) => 404,
+        // The whole request was refused by a limit: 429, with Retry-After (see `http::mcp`).
+        Some(ErrorCode::RATE_LIMITED) => 429,
         Some(
             ErrorCode::HEADER_MISMATCH
             | ErrorCode::MISSING_CLIENT_CAPABILITY

@@ -696,3 +696,24 @@ async fn a_servers_quota_is_shared_fairly_and_an_idle_tenants_share_is_used() {
         "acme alone got {alone} of {quota}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_modern_request_is_429_with_retry_after() {
+    let gw = common::two_tenants_on_kit_with(
+        "",
+        "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 0.5, burst = 1 }\n",
+    );
+    gw.ready().await;
+    let call = json!({"name": "kit__echo", "arguments": {"message": "m"}});
+    let first = gw.modern("acme", 1, "tools/call", call.clone()).await;
+    assert_eq!(first.status, 200);
+    let second = gw.modern("acme", 2, "tools/call", call).await;
+    assert_eq!(second.status, 429);
+    let retry: u64 = second.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(second.response()["error"]["data"]["limit"], "tenant");
+}

@@ -135,10 +135,18 @@ async fn respond(
     };
     match reply {
         Reply::Message(body) => json(StatusCode::OK, body),
-        Reply::Status(status, body) => json(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            body,
-        ),
+        Reply::Status(status, body) => {
+            let retry = (status == 429).then(|| retry_after_secs(&body)).flatten();
+            let mut r = json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                body,
+            );
+            if let Some(secs) = retry {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            r
+        }
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::InsufficientScope { scopes, body } => {
             let mut r = json(StatusCode::FORBIDDEN, body);
@@ -561,6 +569,13 @@ fn param_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Retry-After` seconds (rounded up) from a refusal's `error.data.retryAfterMs`.
+fn retry_after_secs(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ms = v["error"]["data"]["retryAfterMs"].as_u64()?;
+    Some(ms.div_ceil(1000).max(1))
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
