@@ -104,6 +104,21 @@ def load(args, out, name, url, key=None, pids=()):
         sys.exit(f"{name}: bench-load printed no result: {res.stderr[-2000:]}")
 
 
+def stop(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()
+
+
+def start_echo(procs):
+    """Starts `bench-echo http` (added to `procs`); returns its URL."""
+    echo = subprocess.Popen([os.path.join(BIN, "bench-echo"), "http", "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    procs.append(echo)
+    return echo, echo.stdout.readline().strip().removeprefix("listening on ")
+
+
 def cpu_per_call(r, label):
     for p in r.get("processes", []):
         if p.get("label") == label and p.get("cpu_us_per_call") is not None:
@@ -128,11 +143,7 @@ def main():
     work = tempfile.mkdtemp(prefix="audit-bench.", dir=os.path.join(ROOT, "target"))
     procs = []
     try:
-        echo = subprocess.Popen([os.path.join(BIN, "bench-echo"), "http", "--listen",
-                                 "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
-        procs.append(echo)
-        line = echo.stdout.readline().strip()
-        echo_url = line.removeprefix("listening on ")
+        echo, echo_url = start_echo(procs)
         off, off_url, off_key = start_gateway(work, "off", echo_url, audit=False)
         procs.append(off)
         on, on_url, on_key = start_gateway(work, "on", echo_url, audit=True)
@@ -156,10 +167,7 @@ def main():
                                  os.path.join(work, "writer")],
                                 capture_output=True, text=True, check=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+        stop(procs)
 
     def med(f):
         return statistics.median(f(r) for r in rows)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from audit import BIN, ROOT, cpu_per_call, load, start_gateway
+from audit import ROOT, cpu_per_call, load, start_echo, start_gateway, stop
 
 LIMIT = """[rate_limits]
 default_tier = "t"
@@ -44,10 +44,7 @@ def main():
     work = tempfile.mkdtemp(prefix="limits-bench.", dir=os.path.join(ROOT, "target"))
     procs = []
     try:
-        echo = subprocess.Popen([os.path.join(BIN, "bench-echo"), "http", "--listen",
-                                 "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
-        procs.append(echo)
-        echo_url = echo.stdout.readline().strip().removeprefix("listening on ")
+        _, echo_url = start_echo(procs)
         gateways = {}
         for name, extra in (("off", ""),
                             ("local", LIMIT.format(redis="")),
@@ -68,10 +65,7 @@ def main():
             print(f"round {i + 1}: " + ", ".join(
                 f"{n} p50 {v[0]} us cpu {v[2]:.1f}" for n, v in row.items()), file=sys.stderr)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+        stop(procs)
 
     def med(f):
         return statistics.median(f(r) for r in rows)

@@ -93,14 +93,7 @@ impl RateSet {
         {
             return Err(format!("quota_weight {w} is invalid: give a number > 0"));
         }
-        for p in self.tools.keys() {
-            if p.is_empty() || p.len() > 256 || p.matches('/').count() > 1 {
-                return Err(format!(
-                    "tool pattern `{p}` is invalid: use `tool`, `server/tool` or globs with `*` and `?`"
-                ));
-            }
-        }
-        Ok(())
+        self.tools.keys().try_for_each(|p| check_pattern(p))
     }
 }
 
@@ -121,13 +114,7 @@ impl Policy {
             .iter()
             .chain(&self.deny_tools)
             .chain(self.tool_scopes.keys());
-        for p in patterns {
-            if p.is_empty() || p.len() > 256 || p.matches('/').count() > 1 {
-                return Err(format!(
-                    "tool pattern `{p}` is invalid: use `tool`, `server/tool` or globs with `*` and `?`"
-                ));
-            }
-        }
+        patterns.into_iter().try_for_each(|p| check_pattern(p))?;
         let scopes = self
             .tool_scopes
             .values()
@@ -195,6 +182,16 @@ impl Policy {
             }
         }
     }
+}
+
+/// A tool pattern is `tool` or `server/tool`, with globs, and not absurdly long.
+fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.len() > 256 || p.matches('/').count() > 1 {
+        return Err(format!(
+            "tool pattern `{p}` is invalid: use `tool`, `server/tool` or globs with `*` and `?`"
+        ));
+    }
+    Ok(())
 }
 
 fn matches_tool(pattern: &str, server: &str, tool: &str) -> bool {
