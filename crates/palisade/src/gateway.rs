@@ -26,6 +26,7 @@ use palisade_store::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::assertion::Assertions;
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
@@ -56,6 +57,8 @@ pub enum GatewayError {
     Audit(#[from] crate::audit::AuditSetupError),
     #[error("[rate_limits]: {0}")]
     Limits(#[from] palisade_limits::LimitError),
+    #[error(transparent)]
+    Assertions(#[from] crate::assertion::AssertionError),
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
@@ -87,6 +90,8 @@ pub struct Gateway {
     pub audit: Option<Arc<Auditor>>,
     /// Rate limits (ARCHITECTURE §6).
     pub protection: Protection,
+    /// Signs the tenant context of calls to shared servers.
+    pub assertions: Assertions,
     pub sessions: Sessions,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
@@ -129,6 +134,7 @@ impl Gateway {
             store: store.clone(),
             key: MasterKey::from_config(&config)?.map(Arc::new),
         });
+        let assertions = Assertions::open(data_dir.join("assertion-keys"))?;
         let audit = if config.audit.enabled {
             Some(Arc::new(Auditor::open(&config, &data_dir)?))
         } else {
@@ -151,6 +157,7 @@ impl Gateway {
             vault,
             audit,
             protection: Protection::new(&config.rate_limits)?,
+            assertions,
             sessions,
             names: Names::default(),
             parked: Arc::new(Parked::default()),
@@ -246,6 +253,7 @@ impl Gateway {
                     _ = reap.tick() => {
                         me.sessions.reap_idle();
                         me.protection.evict_idle();
+                        me.assertions.reload();
                     }
                     _ = flush.tick() => me.flush_last_used().await,
                     _ = me.draining.cancelled() => return,

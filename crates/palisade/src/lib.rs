@@ -8,6 +8,7 @@
 //! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way.
 //! `ARCHITECTURE.md` is the map.
 
+pub mod assertion;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

@@ -30,8 +30,10 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::assertion;
 use crate::audit::{Auditor, CallFacts};
 use crate::catalog::{self, Target};
+use crate::config::Placement;
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::policy::Denied;
@@ -349,6 +351,23 @@ pub async fn forward(
         }
         _ => None,
     };
+    // The tenant context a shared server trusts: signed here, never taken from the client.
+    let mut meta = params.get_object("_meta").unwrap_or_default();
+    let mut meta_changed = meta.remove(assertion::META_KEY).is_some();
+    if upstream.config.placement == Placement::Shared && AUDITED.contains(&method) {
+        let token = gw.assertions.mint(&assertion::Context {
+            tenant: &tenant.id,
+            subject: &caller.subject,
+            scopes: &caller.scopes,
+            audit_id: audit.as_ref().map(|a| a.id.as_str()),
+            audience: &upstream.name,
+        });
+        meta.set_str(assertion::META_KEY, &token);
+        meta_changed = true;
+    }
+    if meta_changed {
+        params.set_object("_meta", &meta);
+    }
     let started = Instant::now();
     let defaults = client_defaults(caller.session.as_deref());
     let handle = match upstream.call(method, Some(&params), route, defaults).await {

@@ -85,6 +85,11 @@ pub enum Command {
         #[command(subcommand)]
         command: process::ProcessCommand,
     },
+    /// Keys that sign the tenant context of calls to shared servers.
+    Assertions {
+        #[command(subcommand)]
+        command: AssertionsCommand,
+    },
     /// Circuit breakers of the running gateway: list, reset.
     Breaker {
         #[command(subcommand)]
@@ -100,6 +105,16 @@ pub enum Command {
     Doctor {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AssertionsCommand {
+    /// Add a signing key: it signs from the next few seconds on; the older ones stay published
+    /// so assertions in flight keep verifying (remove a key file once a minute has passed).
+    Rotate {
+        #[command(flatten)]
+        store: onboard::StoreArgs,
     },
 }
 
@@ -162,6 +177,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
         Command::Breaker { command } => breaker::run(command).await,
+        Command::Assertions {
+            command: AssertionsCommand::Rotate { store },
+        } => {
+            let config = load(&store.config)?;
+            let dir = store.paths(&config).data_dir.join("assertion-keys");
+            let kid = crate::assertion::rotate(&dir)?;
+            println!("new signing key {kid} in {}", dir.display());
+            Ok(())
+        }
         Command::Audit { command } => audit::run(command).await,
         Command::Doctor { config } => {
             let host = crate::upstream::sandbox::host();

@@ -50,6 +50,18 @@ pub async fn protected_resource(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
+/// The keys that verify the gateway's tenant assertions (see [`crate::assertion`]).
+pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        gw.assertions.jwks().to_string(),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ pub fn mcp_router(gw: Arc<Gateway>) -> Router {
             "/.well-known/oauth-protected-resource/{*resource}",
             get(metadata::protected_resource),
         )
+        .route("/.well-known/jwks.json", get(metadata::jwks))
         .with_state(gw)
 }
 
