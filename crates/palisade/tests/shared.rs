@@ -145,3 +145,28 @@ async fn a_rotated_key_signs_within_seconds_and_the_old_one_stays_published() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test]
+async fn a_shared_http_server_gets_the_assertion_as_its_bearer_token() {
+    for protocol in ["legacy", "modern"] {
+        let (gw, _web) = common::acme_on_web(protocol, true).await;
+        let s = gw.legacy("acme").await;
+        let a = s.call(1, "web__whoami", json!({})).await;
+        let seen: Value = serde_json::from_str(common::text(a.response())).unwrap();
+        let token = seen["meta"][META_KEY].as_str().expect("assertion in _meta");
+        assert_eq!(
+            seen["authorization"].as_str(),
+            Some(format!("Bearer {token}").as_str()),
+            "{protocol}"
+        );
+        let (_, claims) = verified(token, &jwks(&gw).await);
+        assert_eq!(
+            (claims["tenant"].as_str(), claims["aud"].as_str()),
+            (Some("acme"), Some("web"))
+        );
+        assert!(
+            !seen.to_string().contains(gw.key("acme")),
+            "the client's key is not passed on"
+        );
+    }
+}

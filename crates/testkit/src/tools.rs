@@ -222,7 +222,7 @@ fn definitions() -> Vec<Value> {
         ),
         def(
             "whoami",
-            "Returns the request _meta, the TENANT_ID environment variable, and the process's pid, working directory and whole environment",
+            "Returns the request _meta, its Authorization header (over HTTP), the TENANT_ID environment variable, and the process's pid, working directory and whole environment",
             json!({}),
             &[],
         ),
@@ -437,6 +437,13 @@ pub async fn call(
         "whoami" => {
             let meta = serde_json::to_value(&ctx.meta).unwrap_or_else(|_| json!({}));
             let tenant = std::env::var("TENANT_ID").ok();
+            // Over HTTP: the request's Authorization header, as the gateway sent it.
+            let authorization = ctx
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|p| p.headers.get("authorization"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let env: serde_json::Map<String, Value> = std::env::vars()
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect();
@@ -446,6 +453,7 @@ pub async fn call(
             Ok(text(
                 json!({
                     "meta": meta,
+                    "authorization": authorization,
                     "tenant_env": tenant,
                     "pid": std::process::id(),
                     "cwd": cwd,

@@ -204,6 +204,15 @@ impl Inner {
         if let Some(s) = self.session.read().ok().and_then(|s| s.clone()) {
             h.insert(header::SESSION_ID, s);
         }
+        // A shared server gets the call's tenant assertion as its bearer token too (it replaces
+        // a configured Authorization header on such calls; see `crate::assertion`).
+        let assertion = request
+            .and_then(|r| r.params)
+            .and_then(|p| p.get_object("_meta"))
+            .and_then(|m| m.get_str(crate::assertion::META_KEY));
+        if let Some(v) = assertion.and_then(|t| HeaderValue::try_from(format!("Bearer {t}")).ok()) {
+            h.insert(http::header::AUTHORIZATION, v);
+        }
         let handshake_done = link.info.get().is_some();
         // Modern requests repeat their method and name in headers; the handshake's
         // `server/discover` is modern before the link knows its era.
