@@ -6,7 +6,8 @@
 //! change when a server is added) and resource URIs `<server>+<uri>`; a name longer than 64
 //! characters is shortened with a hash and kept in a reverse map. The same rules run backwards
 //! to find the upstream and original name of a call. Tools the tenant's policy denies are left
-//! out of `tools/list`.
+//! out of `tools/list`. On a server with per-tenant tools (`tenant_tools`), `<tenant>__<tool>`
+//! is shown to that tenant alone, as `<tool>`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,14 +156,22 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
             }
         };
         let filtered = kind == ListKind::Tools && !tenant.policy.allows_all_tools();
+        let per_tenant = kind == ListKind::Tools && upstream.config.tenant_tools;
         for item in items.iter() {
-            if !tenant.namespacing && !filtered {
+            if !tenant.namespacing && !filtered && !per_tenant {
                 merged.push(item.clone());
                 continue;
             }
             let Some(mut obj) = RawObject::parse(item.get()) else {
                 continue;
             };
+            if per_tenant && let Some(name) = obj.get_str("name") {
+                match own_tool(tenant, &name) {
+                    Some(Some(bare)) => obj.set_str("name", bare),
+                    Some(None) => {}
+                    None => continue,
+                }
+            }
             if filtered {
                 let allowed = obj
                     .get_str("name")
@@ -170,10 +179,10 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
                 if !allowed {
                     continue;
                 }
-                if !tenant.namespacing {
-                    merged.push(item.clone());
-                    continue;
-                }
+            }
+            if !tenant.namespacing {
+                merged.push(obj.to_raw());
+                continue;
             }
             let (field, rewritten) = match kind {
                 ListKind::Tools | ListKind::Prompts => {
@@ -200,6 +209,34 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
         }
     }
     merged
+}
+
+/// On a server whose tools named `<tenant>__<tool>` belong to that tenant (`tenant_tools`):
+/// `None` if `name` is another tenant's (hidden), `Some(Some(bare))` if it is this tenant's
+/// (shown as `bare`), `Some(None)` if it is common to all.
+fn own_tool<'n>(tenant: &Tenant, name: &'n str) -> Option<Option<&'n str>> {
+    match name.split_once("__") {
+        None => Some(None),
+        Some((owner, bare)) if owner == &*tenant.id => Some(Some(bare)),
+        Some(_) => None,
+    }
+}
+
+/// The upstream's name for a tenant's call of `name` on a `tenant_tools` server: the tenant's
+/// own `<tenant>__<name>` if the server has one, else `name` (a common tool). `None` for a
+/// name with a prefix: tenants address their tools without it, and never another's.
+pub async fn tenant_tool(tenant: &Tenant, upstream: &Arc<Upstream>, name: &str) -> Option<String> {
+    if name.contains("__") {
+        return None;
+    }
+    let own = format!("{}__{name}", tenant.id);
+    let listed = upstream.list(ListKind::Tools).await.ok()?;
+    let has_own = listed.iter().any(|item| {
+        RawObject::parse(item.get())
+            .and_then(|o| o.get_str("name"))
+            .is_some_and(|n| n == own)
+    });
+    Some(if has_own { own } else { name.to_owned() })
 }
 
 /// Error for a cursor the gateway did not issue.

@@ -456,6 +456,10 @@ pub struct Server {
     /// Crash attribution: a tenant whose calls were in flight when the server went away
     /// `crashes` times within `window_secs` is refused on it for `for_secs` (absent: never).
     pub quarantine: Option<QuarantineSettings>,
+    /// Shared servers: tools named `<tenant>__<tool>` belong to that tenant. It sees them as
+    /// `<tool>` (in place of a common tool of that name) and no other tenant sees them.
+    #[serde(default)]
+    pub tenant_tools: bool,
     /// Per-tool timeouts in ms, by the tool's name on this server, replacing `call_timeout_ms`
     /// for those tools (a slow report, a quick lookup).
     #[serde(default)]

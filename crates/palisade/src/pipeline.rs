@@ -180,9 +180,20 @@ pub async fn forward(
             } else {
                 "prompt"
             };
-            let target = catalog::resolve_name(&gw.names, tenant, kind, &name)
+            let mut target = catalog::resolve_name(&gw.names, tenant, kind, &name)
                 .await
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
+            // A server with per-tenant tools: the caller's own, or a common one; never
+            // another tenant's.
+            let own = if addressing == Addressing::Tool && target.upstream.config.tenant_tools {
+                Some(
+                    catalog::tenant_tool(tenant, target.upstream, &target.name)
+                        .await
+                        .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?,
+                )
+            } else {
+                None
+            };
             let label = metric_label(target.upstream, kind, &target.name);
             if addressing == Addressing::Tool {
                 if let Err(refusal) = authorize(gw, caller, &target, &name, id) {
@@ -201,6 +212,9 @@ pub async fn forward(
                 if caller.era == Era::Modern {
                     check_param_headers(caller, &target, &params, id).await?;
                 }
+            }
+            if let Some(own) = own {
+                target.name = own;
             }
             params.set_str("name", &target.name);
             (target, label)

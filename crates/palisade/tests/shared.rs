@@ -170,3 +170,62 @@ async fn a_shared_http_server_gets_the_assertion_as_its_bearer_token() {
         );
     }
 }
+
+fn tool_names(list: &common::Answer) -> Vec<String> {
+    list.response()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
+    let server = common::stdio_server("kit", "tenant_tools = true").replace(
+        "args = [\"stdio\"]",
+        "args = [\"stdio\"]\nenv = { TESTKIT_TENANT_TOOLS = \"acme,globex\" }",
+    );
+    let gw = Gw::start(
+        &server,
+        &[
+            common::TenantSpec {
+                id: "acme",
+                servers: &["kit"],
+                namespacing: true,
+            },
+            common::TenantSpec {
+                id: "globex",
+                servers: &["kit"],
+                namespacing: true,
+            },
+        ],
+    );
+    gw.ready().await;
+    for (tenant, other) in [("acme", "globex"), ("globex", "acme")] {
+        let s = gw.legacy(tenant).await;
+        let names = tool_names(&s.request(1, "tools/list", json!({})).await);
+        assert!(
+            names.contains(&"kit__monthly_report".to_owned()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"kit__echo".to_owned()), "common tools stay");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains(&format!("{other}__")) || n.contains(&format!("{tenant}__"))),
+            "no prefixed name is shown: {names:?}"
+        );
+        let a = s.call(2, "kit__monthly_report", json!({})).await;
+        assert_eq!(
+            common::text(a.response()),
+            format!("monthly report of {tenant}")
+        );
+        // Another tenant's tool, named with its prefix, is an unknown tool.
+        let a = s
+            .call(3, &format!("kit__{other}__monthly_report"), json!({}))
+            .await;
+        let msg = a.response()["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("unknown tool"), "{:?}", a.response());
+    }
+}

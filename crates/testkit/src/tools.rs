@@ -82,8 +82,28 @@ pub fn list(shared: &Shared) -> Vec<Tool> {
     if shared.extra_tool.load(Ordering::SeqCst) {
         tools.extend(EXTRA_TOOL.clone());
     }
+    tools.extend(TENANT_TOOLS.clone());
     tools
 }
+
+/// With `TESTKIT_TENANT_TOOLS=acme,globex`: a `<tenant>__monthly_report` tool per tenant, as a
+/// server shared by tenants registers per-tenant tools.
+static TENANT_TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
+    std::env::var("TESTKIT_TENANT_TOOLS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| {
+            serde_json::from_value(def(
+                &format!("{t}__monthly_report"),
+                &format!("The monthly report of tenant {t} only"),
+                json!({}),
+                &[],
+            ))
+            .ok()
+        })
+        .collect()
+});
 
 /// The listed tool called `name`, if any.
 pub fn find(shared: &Shared, name: &str) -> Option<Tool> {
@@ -94,7 +114,11 @@ pub fn find(shared: &Shared, name: &str) -> Option<Tool> {
             .then(|| EXTRA_TOOL.clone())
             .flatten();
     }
-    STATIC_TOOLS.iter().find(|tool| tool.name == name).cloned()
+    STATIC_TOOLS
+        .iter()
+        .chain(TENANT_TOOLS.iter())
+        .find(|tool| tool.name == name)
+        .cloned()
 }
 
 /// Static tool definitions: gateway tools first, then the conformance fixtures.
@@ -473,6 +497,10 @@ pub async fn call(
             }))
         }
         "extra" if kit.shared.extra_tool.load(Ordering::SeqCst) => Ok(text("extra")),
+        name if TENANT_TOOLS.iter().any(|t| t.name == name) => {
+            let tenant = name.split("__").next().unwrap_or_default();
+            Ok(text(format!("monthly report of {tenant}")))
+        }
         name => return conformance::call(kit, name, &request, &args, ctx).await,
     };
     Ok(outcome.unwrap_or_else(failure))
