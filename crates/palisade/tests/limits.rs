@@ -717,3 +717,42 @@ async fn a_refused_modern_request_is_429_with_retry_after() {
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     assert_eq!(second.response()["error"]["data"]["limit"], "tenant");
 }
+
+#[tokio::test]
+async fn a_servers_bulkhead_waits_a_bounded_time_for_a_place() {
+    let gw = two_tenants("max_inflight = 1\nqueue_ms = 1500");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let globex = gw.legacy("globex").await;
+    let other = gw.legacy("globex").await;
+    // acme holds the server's only place for 600 ms; globex waits for it, then runs.
+    let long = acme.call(1, "kit__slow", json!({"ms": 600}));
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        let a = globex.call(2, "kit__echo", json!({"message": "x"})).await;
+        (a, started.elapsed())
+    };
+    let (l, (a, waited)) = tokio::join!(long, waiting);
+    assert_eq!(refusal(&l), None);
+    assert_eq!(refusal(&a), None, "served once the place was free");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "it waited: {waited:?}"
+    );
+    // Held longer than queue_ms: refused, after the wait and no longer.
+    let long = acme.call(3, "kit__slow", json!({"ms": 3000}));
+    let refused = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        let a = other.call(4, "kit__echo", json!({"message": "y"})).await;
+        (a, started.elapsed())
+    };
+    let (_, (a, waited)) = tokio::join!(long, refused);
+    let e = refusal(&a).expect("refused after queue_ms");
+    assert_eq!(e["data"]["limit"], "bulkhead", "{e}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+}
