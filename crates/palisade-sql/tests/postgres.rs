@@ -12,7 +12,6 @@ use sqlx::{AssertSqlSafe, Connection as _};
 struct Scratch {
     /// `postgres://user@host:port`, without a database.
     base: String,
-    user: String,
     server: String,
     db: String,
     login: String,
@@ -44,11 +43,10 @@ impl Scratch {
         };
         let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
         let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
-        let (user, server) = authority.split_once('@').expect("user@host in the URL");
+        let (_, server) = authority.split_once('@').expect("user@host in the URL");
         let tag = format!("{name}_{}", std::process::id());
         let scratch = Scratch {
             base: format!("postgres://{authority}"),
-            user: user.to_owned(),
             server: server.to_owned(),
             db: format!("psql_{tag}"),
             login: format!("psql_login_{tag}"),
