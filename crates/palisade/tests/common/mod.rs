@@ -153,11 +153,22 @@ impl Gw {
         extra_top: &str,
         listen_extra: &str,
     ) -> Gw {
+        Gw::start_at(servers, tenants, extra_top, listen_extra, "127.0.0.1:0")
+    }
+
+    /// [`Gw::start_full`] with the MCP listener on `mcp` (for configs that name its URL).
+    pub fn start_at(
+        servers: &str,
+        tenants: &[TenantSpec<'_>],
+        extra_top: &str,
+        listen_extra: &str,
+        mcp: &str,
+    ) -> Gw {
         let dir = tempfile::tempdir().expect("tempdir");
         let pepper = dir.path().join("pepper");
         std::fs::write(&pepper, PEPPER).expect("pepper");
         let mut toml = format!(
-            "{extra_top}\n[listen]\nmcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
+            "{extra_top}\n[listen]\nmcp = \"{mcp}\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
             pepper.display()
         );
         let mut keys = Vec::new();
