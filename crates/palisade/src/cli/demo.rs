@@ -1,7 +1,8 @@
 //! `palisade demo`: the gateway with embedded defaults and nothing to configure.
 //!
 //! Two tenants, `acme` and `globex`, share the test upstream (`palisade-testkit`, built with the
-//! workspace) over stdio. Keys and the pepper are fresh for every run and exist only in memory;
+//! workspace) over stdio, and `palisade-sql` in shared placement: one process for both, on a
+//! SQLite file per tenant with sample orders, told the tenant by the gateway's signed assertion. Keys and the pepper are fresh for every run and exist only in memory;
 //! the keys are printed once, with a ready command per tenant.
 
 use anyhow::Context;
@@ -12,11 +13,14 @@ use crate::config::Config;
 pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the palisade binary")?;
     let testkit = exe.with_file_name("palisade-testkit");
-    if !testkit.exists() {
-        anyhow::bail!(
-            "the demo upstream {} is missing: build the whole workspace first (`cargo build --release`)",
-            testkit.display()
-        );
+    let sql = exe.with_file_name("palisade-sql");
+    for upstream in [&testkit, &sql] {
+        if !upstream.exists() {
+            anyhow::bail!(
+                "the demo upstream {} is missing: build the whole workspace first (`cargo build --workspace --bins`)",
+                upstream.display()
+            );
+        }
     }
     // A fresh pepper, keys and registry for every run: nothing outlives the demo.
     let pepper = Pepper::random();
@@ -24,6 +28,19 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let globex_key = generate_key();
     let admin_key = generate_key();
     let data_dir = std::env::temp_dir().join(format!("palisade-demo-{}", std::process::id()));
+    let sql_dir = data_dir.join("sql");
+    let migrated = std::process::Command::new(&sql)
+        .args(["migrate", "--tenants", "acme,globex", "--sqlite-dir"])
+        .arg(&sql_dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("cannot run palisade-sql to write the demo databases")?;
+    if !migrated.success() {
+        anyhow::bail!(
+            "palisade-sql could not write the demo databases in {}",
+            sql_dir.display()
+        );
+    }
     let toml = format!(
         r#"
 [listen]
@@ -42,17 +59,26 @@ name = "kit"
 command = "{testkit}"
 args = ["stdio"]
 
+[[servers]]
+name = "sql"
+placement = "shared"
+[servers.stdio]
+command = "{sql}"
+args = ["serve", "--placement", "shared", "--audience", "sql", "--sqlite-dir", "{sql_dir}", "--jwks-url", "http://127.0.0.1:{port}/.well-known/jwks.json"]
+
 [[tenants]]
 id = "acme"
-servers = ["kit"]
+servers = ["kit", "sql"]
 keys = ["{acme}"]
 
 [[tenants]]
 id = "globex"
-servers = ["kit"]
+servers = ["kit", "sql"]
 keys = ["{globex}"]
 "#,
         testkit = testkit.display(),
+        sql = sql.display(),
+        sql_dir = sql_dir.display(),
         acme = pepper.stored_hash(&acme_key),
         globex = pepper.stored_hash(&globex_key),
         admin = pepper.stored_hash(&admin_key),
@@ -65,11 +91,13 @@ keys = ["{globex}"]
     };
     let served = super::serve_with_pepper(config, pepper, &paths, None, |_| {
         println!();
-        println!("Palisade demo: tenants acme and globex share the upstream `kit` (palisade-testkit over stdio).");
-        println!("Tool names are namespaced: kit__echo, kit__add, kit__progress, …\n");
+        println!("Palisade demo: tenants acme and globex share the upstreams `kit` (palisade-testkit) and `sql` (palisade-sql on SQLite).");
+        println!("Tool names are namespaced: kit__echo, kit__add, sql__query_database, sql__list_tables, …");
+        println!("The same query gives each tenant its own orders: the gateway tells palisade-sql the tenant in a signed assertion.\n");
         for (tenant, key) in [("acme", &acme_key), ("globex", &globex_key)] {
             println!("  {tenant}: API key {key}");
             println!("    python3 examples/mcp_client.py --url {url} --key {key} --call kit__echo '{{\"message\":\"hello from {tenant}\"}}'");
+            println!("    python3 examples/mcp_client.py --url {url} --key {key} --call sql__query_database '{{\"sql\":\"SELECT tenant_id, item, amount_cents FROM orders LIMIT 3\"}}'");
         }
         println!("\n  admin API (tenants, keys, policies): admin key {admin_key}");
         println!("    curl -H 'Authorization: Bearer {admin_key}' http://127.0.0.1:{admin_port}/admin/v1/tenants");
