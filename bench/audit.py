@@ -45,8 +45,11 @@ def wait_port(port, proc, what):
     sys.exit(f"{what} did not start listening on port {port}")
 
 
-def start_gateway(work, name, echo_url, audit, extra=""):
-    """A release gateway in front of `echo_url` for tenant `bench`; `extra` TOML goes first."""
+def start_gateway(work, name, echo_url, audit, extra="", server=None, port=None):
+    """A release gateway in front of `echo_url` for tenant `bench`; `extra` TOML goes first.
+
+    `server` replaces the echo upstream with another `[[servers]]` entry named `echo`;
+    `port` fixes the MCP port (for a config that names its own URL)."""
     conf = os.path.join(work, name)
     os.makedirs(conf)
     pepper = secrets.token_hex(32)
@@ -55,7 +58,13 @@ def start_gateway(work, name, echo_url, audit, extra=""):
     os.chmod(os.path.join(conf, "pepper"), 0o600)
     key = "pal_bench_" + secrets.token_hex(16)
     digest = hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
-    port, admin = free_port(), free_port()
+    port, admin = port or free_port(), free_port()
+    server = server or f"""[[servers]]
+name = "echo"
+protocol = "legacy"
+[servers.http]
+url = "{echo_url}"
+"""
     audit_table = "" if audit else "[audit]\nenabled = false\n"
     with open(os.path.join(conf, "palisade.toml"), "w") as f:
         f.write(f"""{extra}
@@ -67,11 +76,7 @@ admin = "127.0.0.1:{admin}"
 pepper_file = "{conf}/pepper"
 
 {audit_table}
-[[servers]]
-name = "echo"
-protocol = "legacy"
-[servers.http]
-url = "{echo_url}"
+{server}
 
 [[tenants]]
 id = "bench"
@@ -87,10 +92,14 @@ keys = ["hmac-sha256:{digest}"]
     return proc, f"http://127.0.0.1:{port}/mcp", key
 
 
-def load(args, out, name, url, key=None, pids=()):
+def load(args, out, name, url, key=None, pids=(), extra=()):
+    """Runs bench-load against `url` (or, with `url` None, what `extra` names) and returns its
+    JSON result, saved in `out`."""
     cmd = [os.path.join(BIN, "bench-load"), "--json", "--era", "legacy",
            "--sessions", str(args.sessions), "--warmup", str(args.warmup),
-           "--duration", str(args.duration), "--rate", str(args.rate), "--url", url]
+           "--duration", str(args.duration), "--rate", str(args.rate), *extra]
+    if url:
+        cmd += ["--url", url]
     if key:
         cmd += ["-H", f"Authorization: Bearer {key}"]
     for label, pid in pids:

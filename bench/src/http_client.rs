@@ -81,9 +81,8 @@ pub struct Config {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Per-request timeout.
     pub timeout: Duration,
-    /// The echo message, and the same as a JSON string literal.
-    pub message: String,
-    pub message_json: String,
+    /// The call each request makes.
+    pub call: mcp::ToolCall,
 }
 
 impl Config {
@@ -251,11 +250,11 @@ impl Session {
         })
     }
 
-    /// One `tools/call` of `echo`, verified.
+    /// One `tools/call`, verified.
     pub async fn call(&mut self, conn: &mut Connection, cfg: &Config) -> Result<(), CallError> {
         let id = self.next_id;
         self.next_id += 1;
-        let body = mcp::call_body(cfg.era, id, &cfg.message_json);
+        let body = mcp::call_body(cfg.era, id, &cfg.call);
         let answer = conn
             .post(&cfg.target, &self.call_headers, body, cfg.timeout)
             .await?;
@@ -263,7 +262,7 @@ impl Session {
             return Err(CallError::Status(answer.status.as_u16()));
         }
         mcp::verify_response(answer.content_type(), &answer.body, id, |r| {
-            mcp::check_echo(r, &cfg.message)
+            cfg.call.check(r)
         })
     }
 }

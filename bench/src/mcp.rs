@@ -46,16 +46,75 @@ pub fn initialize_body(id: u64) -> Vec<u8> {
 /// The body of the `notifications/initialized` notification.
 pub const INITIALIZED_BODY: &[u8] = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
-/// The body of a `tools/call` of `echo`; `message_json` is the message as a JSON string literal.
-pub fn call_body(era: Era, id: u64, message_json: &str) -> Vec<u8> {
-    let meta = match era {
+/// The `tools/call` every call of a run sends, and what its result must be.
+pub struct ToolCall {
+    /// The tool's name as a JSON string literal.
+    name_json: String,
+    /// The arguments object, as JSON text.
+    arguments_json: String,
+    /// Extra `_meta` entries (`"key":value,…`), sent in both eras.
+    meta_entries: String,
+    /// `echo`: the text the result must carry; other tools: any result that is not `isError`.
+    expect_text: Option<String>,
+}
+
+impl ToolCall {
+    /// `echo` of `message`, checked to come back unchanged.
+    pub fn echo(message: &str) -> ToolCall {
+        ToolCall {
+            name_json: r#""echo""#.into(),
+            arguments_json: serde_json::json!({ "message": message }).to_string(),
+            meta_entries: String::new(),
+            expect_text: Some(message.to_owned()),
+        }
+    }
+
+    /// Any tool with JSON `arguments` and extra `_meta` entries (both JSON objects).
+    pub fn other(
+        name: &str,
+        arguments: &serde_json::Value,
+        meta: &serde_json::Map<String, serde_json::Value>,
+    ) -> ToolCall {
+        let meta_entries = serde_json::Value::Object(meta.clone()).to_string();
+        ToolCall {
+            name_json: serde_json::Value::from(name).to_string(),
+            arguments_json: arguments.to_string(),
+            meta_entries: meta_entries[1..meta_entries.len() - 1].to_owned(),
+            expect_text: None,
+        }
+    }
+
+    /// Checks one result of this call.
+    pub fn check(&self, result: &RawValue) -> Result<(), CallError> {
+        match &self.expect_text {
+            Some(text) => check_echo(result, text),
+            None => check_success(result),
+        }
+    }
+}
+
+/// The body of one `tools/call` of `call`.
+pub fn call_body(era: Era, id: u64, call: &ToolCall) -> Vec<u8> {
+    let mut meta = match era {
         Era::Legacy => String::new(),
         Era::Modern => format!(
-            r#","_meta":{{"io.modelcontextprotocol/protocolVersion":"{MODERN_VERSION}","io.modelcontextprotocol/clientCapabilities":{{}}}}"#
+            r#""io.modelcontextprotocol/protocolVersion":"{MODERN_VERSION}","io.modelcontextprotocol/clientCapabilities":{{}}"#
         ),
     };
+    if !call.meta_entries.is_empty() {
+        if !meta.is_empty() {
+            meta.push(',');
+        }
+        meta.push_str(&call.meta_entries);
+    }
+    let meta = if meta.is_empty() {
+        meta
+    } else {
+        format!(r#","_meta":{{{meta}}}"#)
+    };
     format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":{message_json}}}{meta}}}}}"#
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":{},"arguments":{}{meta}}}}}"#,
+        call.name_json, call.arguments_json
     )
     .into_bytes()
 }
@@ -257,6 +316,19 @@ pub fn check_echo(result: &RawValue, expected: &str) -> Result<(), CallError> {
     }
 }
 
+/// Checks a `tools/call` result of any tool: not `isError`, some content.
+pub fn check_success(result: &RawValue) -> Result<(), CallError> {
+    let r: CallResult<'_> = serde_json::from_str(result.get())
+        .map_err(|e| CallError::Bad(format!("not a CallToolResult: {e}")))?;
+    if r.is_error {
+        return Err(CallError::Bad("tool result has isError: true".into()));
+    }
+    if r.content.is_empty() {
+        return Err(CallError::Bad("empty content".into()));
+    }
+    Ok(())
+}
+
 /// Checks an `initialize` result: it names a protocol version.
 pub fn check_initialize(result: &RawValue) -> Result<(), CallError> {
     #[derive(Deserialize)]
@@ -287,13 +359,25 @@ mod tests {
     fn bodies_are_valid_json() {
         for era in [Era::Legacy, Era::Modern] {
             let v: serde_json::Value =
-                serde_json::from_slice(&call_body(era, 9, r#""hi""#)).expect("json");
+                serde_json::from_slice(&call_body(era, 9, &ToolCall::echo("hi"))).expect("json");
             assert_eq!(v["params"]["arguments"]["message"], "hi");
             assert_eq!(v["id"], 9);
             assert_eq!(
                 v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"].is_string(),
                 era == Era::Modern
             );
+            let mut meta = serde_json::Map::new();
+            meta.insert("io.palisade/tenant".into(), "t0k3n".into());
+            let other = ToolCall::other(
+                "query_database",
+                &serde_json::json!({"sql": "SELECT 1"}),
+                &meta,
+            );
+            let v: serde_json::Value =
+                serde_json::from_slice(&call_body(era, 10, &other)).expect("json");
+            assert_eq!(v["params"]["name"], "query_database");
+            assert_eq!(v["params"]["arguments"]["sql"], "SELECT 1");
+            assert_eq!(v["params"]["_meta"]["io.palisade/tenant"], "t0k3n");
         }
         let v: serde_json::Value = serde_json::from_slice(&initialize_body(1)).expect("json");
         assert_eq!(v["params"]["protocolVersion"], LEGACY_VERSION);

@@ -190,13 +190,11 @@ impl StdioMux {
         self.notify(mcp::INITIALIZED_BODY)
     }
 
-    /// One `tools/call` of `echo`, verified.
-    pub async fn call(&self, era: Era, message: &str, message_json: &str) -> Result<(), CallError> {
+    /// One `tools/call`, verified.
+    pub async fn call(&self, era: Era, call: &mcp::ToolCall) -> Result<(), CallError> {
         let id = self.next_id();
-        let line = self
-            .request(id, mcp::call_body(era, id, message_json))
-            .await?;
-        mcp::verify_message(&line, id, |r| mcp::check_echo(r, message))
+        let line = self.request(id, mcp::call_body(era, id, call)).await?;
+        mcp::verify_message(&line, id, |r| call.check(r))
     }
 }
 
@@ -204,12 +202,11 @@ impl StdioMux {
 pub struct StdioCaller {
     pub mux: Arc<StdioMux>,
     pub era: Era,
-    pub message: Arc<(String, String)>,
+    pub call: Arc<mcp::ToolCall>,
 }
 
 impl Caller for StdioCaller {
     async fn call(&mut self) -> Result<(), CallError> {
-        let (message, message_json) = &*self.message;
-        self.mux.call(self.era, message, message_json).await
+        self.mux.call(self.era, &self.call).await
     }
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use palisade_bench::driver::{Caller, Plan, drive, pacers};
 use palisade_bench::http_client::{self, Config, Connection, HttpCaller, Session, Target};
-use palisade_bench::mcp::{CallError, Era};
+use palisade_bench::mcp::{self, CallError, Era};
 use palisade_bench::procstat::{self, Memory, Watched};
 use palisade_bench::stats::{ProcessReport, Report, Tally};
 use palisade_bench::stdio_client::{self, StdioCaller};
@@ -79,6 +79,16 @@ struct Cli {
     /// The message each call echoes.
     #[arg(long, default_value = "hello")]
     message: String,
+    /// Call this tool instead of `echo`; any result that is not `isError` counts.
+    #[arg(long)]
+    tool: Option<String>,
+    /// With --tool: its arguments, a JSON object.
+    #[arg(long, default_value = "{}")]
+    arguments: String,
+    /// With --tool: extra `_meta` entries for every call, a JSON object (a tenant assertion
+    /// when calling a shared server directly, for example).
+    #[arg(long, default_value = "{}")]
+    meta: String,
     /// Per-request timeout, in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
@@ -130,7 +140,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         watched.push(w);
     }
     let timeout = seconds("--timeout", cli.timeout)?;
-    let message_json = serde_json::to_string(&cli.message)?;
+    let call = match &cli.tool {
+        None => mcp::ToolCall::echo(&cli.message),
+        Some(tool) => {
+            let arguments: serde_json::Value =
+                serde_json::from_str(&cli.arguments).context("--arguments is not JSON")?;
+            let serde_json::Value::Object(meta) =
+                serde_json::from_str(&cli.meta).context("--meta is not JSON")?
+            else {
+                bail!("--meta must be a JSON object");
+            };
+            mcp::ToolCall::other(tool, &arguments, &meta)
+        }
+    };
 
     if let Some(cmd) = &cli.stdio_cmd {
         if cli.hold_sessions.is_some() {
@@ -146,12 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         mux.handshake(cli.era)
             .await
             .context("stdio handshake failed")?;
-        let message = Arc::new((cli.message.clone(), message_json));
+        let call = Arc::new(call);
         let callers: Vec<StdioCaller> = (0..cli.sessions)
             .map(|_| StdioCaller {
                 mux: mux.clone(),
                 era: cli.era,
-                message: message.clone(),
+                call: call.clone(),
             })
             .collect();
         let report = measure(&cli, format!("stdio:{cmd}"), "stdio", callers, watched).await?;
@@ -171,8 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         era: cli.era,
         headers,
         timeout,
-        message: cli.message.clone(),
-        message_json,
+        call,
     });
     if let Some(n) = cli.hold_sessions {
         return hold(&cli, cfg, n, watched).await;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use axum::serve::ListenerExt as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use palisade_sql::assertion::{KeySource, Verifier};
 use palisade_sql::backend::{Backend, Limits, postgres::Postgres, sqlite::Sqlite};
@@ -97,6 +98,10 @@ struct Serve {
     /// Rows returned at most; the result says when more were cut off.
     #[arg(long, default_value_t = 1000)]
     max_rows: usize,
+    /// Size of a result at most, in bytes (roughly its values as text); a larger one is an
+    /// error. Keep it below the gateway's `max_line_bytes` (16 MiB).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_result_bytes: usize,
     /// Serve Streamable HTTP at /mcp on this address instead of stdio.
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -213,6 +218,7 @@ async fn run_serve(serve: Serve) -> anyhow::Result<()> {
     };
     let limits = Limits {
         max_rows: serve.max_rows,
+        max_bytes: serve.max_result_bytes,
         timeout: Duration::from_millis(serve.statement_timeout_ms.max(1)),
     };
     let server = SqlServer::new(backend, tenancy, limits);
@@ -249,6 +255,13 @@ async fn serve_http(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    // Replies are small and written in pieces: without NODELAY each waits for the peer's
+    // delayed ACK (40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{local}/mcp")?;

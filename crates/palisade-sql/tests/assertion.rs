@@ -8,22 +8,10 @@ use serde_json::Value;
 
 fn server(dir: &std::path::Path, issuer: &Issuer) -> Server {
     common::sqlite_sample(dir);
-    let jwks = common::jwks_file(dir, issuer);
-    Server::spawn(
-        &[
-            "serve",
-            "--placement",
-            "shared",
-            "--sqlite-dir",
-            dir.to_str().unwrap(),
-            "--jwks-file",
-            jwks.to_str().unwrap(),
-            "--audience",
-            "sql",
-            "--clock-skew-secs",
-            "0",
-        ],
-        &[],
+    common::shared_sqlite(
+        dir,
+        issuer,
+        &["--audience", "sql", "--clock-skew-secs", "0"],
     )
 }
 

@@ -223,6 +223,7 @@ fn no_sql_reaches_another_tenants_rows() {
             "WITH clause containing a data-modifying statement",
         ),
         ("SELECT pg_sleep(5)", "longer than 500 ms"),
+        ("SELECT repeat('x', 8000000)", "larger than 4194304 bytes"),
         (
             "SELECT pg_terminate_backend(pg_backend_pid())",
             "permission denied",

@@ -6,21 +6,6 @@ mod common;
 use common::{Issuer, Server, error_text, rows, tenants_in};
 use serde_json::json;
 
-fn shared(dir: &std::path::Path, issuer: &Issuer, extra: &[&str]) -> Server {
-    let jwks = common::jwks_file(dir, issuer);
-    let mut args = vec![
-        "serve",
-        "--placement",
-        "shared",
-        "--sqlite-dir",
-        dir.to_str().unwrap(),
-        "--jwks-file",
-        jwks.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Server::spawn(&args, &[])
-}
-
 #[test]
 fn dedicated_placement_serves_the_tenant_of_its_environment() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,7 +35,7 @@ fn shared_placement_takes_the_tenant_from_the_assertion_alone() {
     let dir = tempfile::tempdir().unwrap();
     common::sqlite_sample(dir.path());
     let issuer = Issuer::new("k1");
-    let mut server = shared(dir.path(), &issuer, &[]);
+    let mut server = common::shared_sqlite(dir.path(), &issuer, &[]);
     for tenant in ["acme", "globex"] {
         let token = issuer.for_tenant(tenant);
         let result = server.call(
@@ -101,7 +86,7 @@ fn no_sql_reaches_another_tenants_rows_or_changes_anything() {
     common::sqlite_sample(dir.path());
     let globex_db = dir.path().join("globex.db");
     let issuer = Issuer::new("k1");
-    let mut server = shared(dir.path(), &issuer, &["--statement-timeout-ms", "300"]);
+    let mut server = common::shared_sqlite(dir.path(), &issuer, &["--statement-timeout-ms", "300"]);
     let token = issuer.for_tenant("acme");
     let attach = format!("ATTACH DATABASE '{}' AS g", globex_db.display());
     let attach_in_with = format!(
@@ -171,17 +156,12 @@ fn no_sql_reaches_another_tenants_rows_or_changes_anything() {
 }
 
 #[test]
-fn the_row_cap_cuts_results_and_says_so() {
+fn the_row_and_size_caps_hold() {
     let dir = tempfile::tempdir().unwrap();
     common::sqlite_sample(dir.path());
+    let sqlite_dir = dir.path().to_str().unwrap();
     let mut server = Server::spawn(
-        &[
-            "serve",
-            "--sqlite-dir",
-            dir.path().to_str().unwrap(),
-            "--max-rows",
-            "7",
-        ],
+        &["serve", "--sqlite-dir", sqlite_dir, "--max-rows", "7"],
         &[("TENANT_ID", "acme")],
     );
     let result = server.query("SELECT * FROM orders", None);
@@ -189,4 +169,23 @@ fn the_row_cap_cuts_results_and_says_so() {
     assert_eq!(result["structuredContent"]["truncated"], true);
     let small = server.query("SELECT * FROM orders LIMIT 3", None);
     assert_eq!(small["structuredContent"]["truncated"], false);
+
+    let mut server = Server::spawn(
+        &[
+            "serve",
+            "--sqlite-dir",
+            sqlite_dir,
+            "--max-result-bytes",
+            "2000",
+        ],
+        &[("TENANT_ID", "acme")],
+    );
+    let big = server.query("SELECT * FROM orders", None);
+    assert!(error_text(&big).contains("larger than 2000 bytes"));
+    let blob = server.query("SELECT zeroblob(100000000)", None);
+    assert!(error_text(&blob).contains("too big"), "{blob}");
+    assert_eq!(
+        rows(&server.query("SELECT id FROM orders LIMIT 5", None)).len(),
+        5
+    );
 }

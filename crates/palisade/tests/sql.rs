@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{Gw, Reap, TenantSpec};
@@ -41,31 +40,17 @@ fn sample(dir: &std::path::Path) {
 
 /// `palisade-sql serve --http` in shared placement, and its URL.
 fn sql_http(dir: &std::path::Path, jwks_url: &str) -> (Reap, String) {
-    let mut child = Command::new(palisade_sql())
+    let mut cmd = Command::new(palisade_sql());
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--placement", "shared"])
         .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--placement",
-            "shared",
             "--audience",
             "sqlweb",
+            "--jwks-url",
+            jwks_url,
+            "--sqlite-dir",
         ])
-        .args(["--jwks-url", jwks_url, "--sqlite-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn palisade-sql");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_owned();
+        .arg(dir);
+    let (child, url) = common::listening(cmd);
     (Reap(child), url)
 }
 

@@ -17,6 +17,9 @@ use serde_json::Value;
 pub struct Limits {
     /// Rows returned at most; more are cut off and the result says so.
     pub max_rows: usize,
+    /// Size of a result at most (its values as text, roughly): a larger one is an error, so
+    /// that one call cannot make a reply the gateway refuses or exhaust memory.
+    pub max_bytes: usize,
     /// How long one statement may run.
     pub timeout: Duration,
 }
@@ -24,6 +27,7 @@ pub struct Limits {
 /// Limits for the server's own catalog queries (`list_tables`, `describe_table`).
 pub(crate) const META_LIMITS: Limits = Limits {
     max_rows: 10_000,
+    max_bytes: 4 << 20,
     timeout: Duration::from_secs(5),
 };
 
@@ -60,6 +64,8 @@ pub enum SqlError {
     /// The database could not be reached or is misconfigured; the details are logged.
     #[error("the database is unavailable right now ({0}); retry later")]
     Unavailable(String),
+    #[error("the result is larger than {0} bytes; select fewer columns or rows")]
+    TooLarge(usize),
 }
 
 /// A parameter for `$1`, `$2`… (PostgreSQL) or `?1`, `?2`… (SQLite), from JSON.
@@ -135,30 +141,53 @@ impl Backend {
     }
 }
 
-/// Collects up to `max_rows` rows; the one after tells whether there were more.
+/// Collects up to `max_rows` rows and `max_bytes`; the row after the last tells whether there
+/// were more.
 pub(crate) struct Collector {
     pub rows: Vec<Vec<Value>>,
-    max_rows: usize,
+    limits: Limits,
+    bytes: usize,
     pub truncated: bool,
 }
 
+/// Roughly how many bytes a value takes in the reply.
+fn size_of(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => a.iter().map(size_of).sum::<usize>() + 2,
+        Value::Object(o) => {
+            o.iter()
+                .map(|(k, v)| k.len() + 3 + size_of(v))
+                .sum::<usize>()
+                + 2
+        }
+        _ => 8,
+    }
+}
+
 impl Collector {
-    pub fn new(max_rows: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Collector {
             rows: Vec::new(),
-            max_rows,
+            limits,
+            bytes: 0,
             truncated: false,
         }
     }
 
-    /// Adds a row; false once the cap is passed (stop reading).
-    pub fn push(&mut self, row: Vec<Value>) -> bool {
-        if self.rows.len() >= self.max_rows {
+    /// Adds a row; `Ok(false)` once the row cap is passed (stop reading), an error once the
+    /// size cap is.
+    pub fn push(&mut self, row: Vec<Value>) -> Result<bool, SqlError> {
+        if self.rows.len() >= self.limits.max_rows {
             self.truncated = true;
-            return false;
+            return Ok(false);
+        }
+        self.bytes += row.iter().map(size_of).sum::<usize>() + 2;
+        if self.bytes > self.limits.max_bytes {
+            return Err(SqlError::TooLarge(self.limits.max_bytes));
         }
         self.rows.push(row);
-        true
+        Ok(true)
     }
 
     pub fn finish(self, columns: Vec<String>) -> Rows {

@@ -202,7 +202,7 @@ impl Postgres {
             };
         }
         let mut columns = Vec::new();
-        let mut collected = Collector::new(limits.max_rows);
+        let mut collected = Collector::new(limits);
         {
             let mut stream = query.fetch(&mut **conn);
             while let Some(row) = stream.try_next().await.map_err(|e| sql_error(e, limits))? {
@@ -212,7 +212,7 @@ impl Postgres {
                 if columns.is_empty() {
                     columns = fields.iter().map(|(name, _)| name.clone()).collect();
                 }
-                if !collected.push(fields.into_iter().map(|(_, v)| v).collect()) {
+                if !collected.push(fields.into_iter().map(|(_, v)| v).collect())? {
                     break;
                 }
             }

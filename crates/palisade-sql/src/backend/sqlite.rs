@@ -5,7 +5,7 @@
 //! databases (`SQLITE_LIMIT_ATTACHED = 0`, so `ATTACH` of another tenant's file fails even if
 //! the authorizer did not stop it), an authorizer that allows reading the main database and
 //! nothing else (no ATTACH, PRAGMA, writes, schema changes or transactions), a progress handler
-//! that stops the statement at the timeout, and the row cap.
+//! that stops the statement at the timeout, and the row and size caps.
 //!
 //! SQLite is synchronous: calls run on tokio's blocking pool.
 
@@ -101,6 +101,10 @@ impl Sqlite {
             .map_err(unavailable)?;
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
             .map_err(unavailable)?;
+        // No single value larger than a whole result may be (`zeroblob(1e9)`).
+        let longest = i32::try_from(limits.max_bytes).unwrap_or(i32::MAX);
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
+            .map_err(unavailable)?;
         if guarded {
             conn.authorizer(Some(authorize)).map_err(unavailable)?;
             let deadline = Instant::now() + limits.timeout;
@@ -144,14 +148,14 @@ impl Sqlite {
         }
         let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
         let width = columns.len();
-        let mut collected = Collector::new(limits.max_rows);
+        let mut collected = Collector::new(limits);
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next().map_err(fail)? {
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
                 values.push(json_value(row.get_ref(i).map_err(fail)?));
             }
-            if !collected.push(values) {
+            if !collected.push(values)? {
                 break;
             }
         }

@@ -205,6 +205,17 @@ pub fn jwks_file(dir: &Path, issuer: &Issuer) -> PathBuf {
     path
 }
 
+/// palisade-sql in shared placement on the SQLite files in `dir`, trusting `issuer`'s key
+/// (published as `dir/jwks.json`), with `extra` arguments.
+pub fn shared_sqlite(dir: &Path, issuer: &Issuer, extra: &[&str]) -> Server {
+    let jwks = jwks_file(dir, issuer);
+    let mut args = vec!["serve", "--placement", "shared", "--sqlite-dir"];
+    args.push(dir.to_str().expect("a UTF-8 path"));
+    args.extend(["--jwks-file", jwks.to_str().expect("a UTF-8 path")]);
+    args.extend_from_slice(extra);
+    Server::spawn(&args, &[])
+}
+
 /// Writes the sample SQLite databases for acme and globex into `dir`.
 pub fn sqlite_sample(dir: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_palisade-sql"))

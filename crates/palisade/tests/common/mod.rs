@@ -623,12 +623,18 @@ pub fn text(msg: &Value) -> &str {
 
 /// Starts `palisade-testkit http` and returns it with its URL.
 pub fn testkit_http() -> (Child, String) {
-    let mut child = Command::new(testkit())
-        .args(["http", "--listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(testkit());
+    cmd.args(["http", "--listen", "127.0.0.1:0"]);
+    listening(cmd)
+}
+
+/// Starts an HTTP server that prints `listening on URL` first on stdout; returns it and the URL.
+pub fn listening(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn testkit");
+        .expect("spawn an HTTP server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
