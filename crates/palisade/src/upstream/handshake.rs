@@ -47,6 +47,14 @@ impl UpstreamInfo {
         };
         self.capabilities.get(key).is_some()
     }
+
+    /// Whether the upstream says any of its lists can change (`listChanged`); one that does not
+    /// has nothing to send on a `subscriptions/listen` stream.
+    pub fn announces_list_changes(&self) -> bool {
+        ["tools", "prompts", "resources"]
+            .iter()
+            .any(|key| self.capabilities[key]["listChanged"] == Value::Bool(true))
+    }
 }
 
 /// The info of a link whose handshake is still running.
@@ -206,5 +214,28 @@ fn describe(e: UpstreamError) -> String {
         | UpstreamError::Failed { reason, .. } => reason,
         UpstreamError::Timeout { ms, .. } => format!("no answer within {ms} ms"),
         busy @ UpstreamError::Busy { .. } => busy.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(capabilities: Value) -> UpstreamInfo {
+        UpstreamInfo {
+            capabilities: Arc::new(capabilities),
+            ..provisional().clone()
+        }
+    }
+
+    #[test]
+    fn list_changes_are_announced_per_list() {
+        assert!(info(serde_json::json!({"tools": {"listChanged": true}})).announces_list_changes());
+        assert!(
+            info(serde_json::json!({"tools": {}, "resources": {"listChanged": true}}))
+                .announces_list_changes()
+        );
+        assert!(!info(serde_json::json!({"tools": {}})).announces_list_changes());
+        assert!(!info(serde_json::json!({"tools": {"listChanged": false}, "logging": {"listChanged": true}})).announces_list_changes());
     }
 }

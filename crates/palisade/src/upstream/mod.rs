@@ -1337,7 +1337,9 @@ impl Upstream {
             }
         }
         match (&link.transport, link.info().era) {
-            (_, Era::Modern) => self.listen_for_changes(&link),
+            (_, Era::Modern) if link.info().announces_list_changes() => {
+                self.listen_for_changes(&link)
+            }
             (Transport::Http(t), Era::Legacy) => t.open_listen_stream(self.clone(), link.clone()),
             _ => {}
         }
