@@ -205,6 +205,16 @@ async fn run_serve(serve: Serve) -> anyhow::Result<()> {
             ))
         }
     };
+    // A dedicated process answers for its tenant to whoever reaches it: over HTTP that must be
+    // a deliberate choice beyond loopback.
+    if let (Placement::Dedicated, Some(addr)) = (serve.placement, serve.http)
+        && !addr.ip().is_loopback()
+        && !serve.allow_any_host
+    {
+        bail!(
+            "dedicated placement has no caller authentication: serve HTTP on a loopback address, or pass --allow-any-host if the network itself is private to this tenant"
+        );
+    }
     let backend = match (&serve.database.sqlite_dir, &serve.database.database_url) {
         (Some(dir), _) => Backend::Sqlite(Sqlite::new(dir.clone())),
         (None, url) => {

@@ -189,3 +189,17 @@ fn the_row_and_size_caps_hold() {
         5
     );
 }
+
+#[test]
+fn a_dedicated_process_does_not_serve_http_beyond_loopback_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade-sql"))
+        .args(["serve", "--http", "0.0.0.0:0", "--sqlite-dir"])
+        .arg(dir.path())
+        .env("TENANT_ID", "acme")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no caller authentication"), "{stderr}");
+}
