@@ -170,6 +170,12 @@ fn each_tenant_sees_only_its_rows_in_both_placements() {
         Some(&token),
     );
     assert_eq!(rows(&params), [json!(["acme", 4]), json!(["acme", 10])]);
+    // Columns named like the server's own wrapper alias are just columns.
+    let named = shared.query(
+        "SELECT 1 AS palisade_row, 2 AS q, tenant_id FROM orders LIMIT 1",
+        Some(&token),
+    );
+    assert_eq!(rows(&named), [json!([1, 2, "acme"])]);
     let empty = shared.query("SELECT id, item FROM orders WHERE false", Some(&token));
     assert_eq!(
         empty["structuredContent"]["columns"],

@@ -9,7 +9,7 @@
 //! Each call, on one pooled connection:
 //! 1. `BEGIN READ ONLY`, then `set_config('app.tenant_id', <tenant>, true)` and the statement
 //!    timeout (both end with the transaction), then `SET LOCAL ROLE <reader>`;
-//! 2. the caller's query as the reader, nested as `SELECT to_json(q) FROM (<query>) q LIMIT n`
+//! 2. the caller's query as the reader, nested as `SELECT to_json(r.*) FROM (<query>) r LIMIT n`
 //!    with the extended protocol, so it is exactly one query: a second statement, `SET`,
 //!    `RESET ROLE` or `COPY` there is a syntax error, and as the reader it cannot call
 //!    `set_config` to change tenant mid-query;
@@ -61,7 +61,7 @@ fn unavailable(error: sqlx::Error) -> SqlError {
     SqlError::Unavailable("PostgreSQL cannot be reached".into())
 }
 
-/// One row of `to_json(q)`, its columns in order (serde_json's own map would sort them).
+/// One row of `to_json(row.*)`, its columns in order (serde_json's own map would sort them).
 struct OrderedRow(Vec<(String, Value)>);
 
 impl<'de> serde::Deserialize<'de> for OrderedRow {
@@ -186,9 +186,10 @@ impl Postgres {
         limits: Limits,
     ) -> Result<Rows, SqlError> {
         let body = crate::statement::strip_trailing_semicolon(sql);
-        // The newline keeps a trailing `-- comment` from swallowing the closing parenthesis.
+        // The newline keeps a trailing `-- comment` from swallowing the closing parenthesis;
+        // `alias.*` is the whole row even when the query has a column of the alias's name.
         let nested = format!(
-            "SELECT to_json(q)::text FROM (\n{body}\n) AS q LIMIT {}",
+            "SELECT to_json(palisade_row.*)::text FROM (\n{body}\n) AS palisade_row LIMIT {}",
             limits.max_rows.saturating_add(1)
         );
         let mut query = sqlx::query(AssertSqlSafe(nested)).persistent(false);
