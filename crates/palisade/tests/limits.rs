@@ -501,12 +501,16 @@ fn p99(sorted: &[Duration]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
+    // The audit trail is off: its fsync tail (tens of ms on some disks) would swamp the p99s
+    // this test compares, which are about scheduling between tenants.
     let gw = common::two_tenants_on_kit_with(
         "",
-        "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 50, burst = 10 }\n",
+        "[audit]\nenabled = false\n[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 50, burst = 10 }\n",
     );
     gw.ready().await;
     let b = gw.legacy("globex").await;
+    // Warm-up, unmeasured: the first calls fill caches and would be B's slowest.
+    paced(&b, 10, Duration::from_millis(40)).await;
     // B alone, at half its quota.
     let (alone, refused_alone) = paced(&b, 100, Duration::from_millis(40)).await;
     assert_eq!(refused_alone, 0);
