@@ -87,9 +87,12 @@ pub enum Refused {
     KeysUnavailable(String),
 }
 
+/// An Ed25519 public key.
+type PublicKey = [u8; 32];
+
 /// The public keys in force, by `kid`.
 struct KeySet {
-    keys: HashMap<String, Vec<u8>>,
+    keys: HashMap<String, PublicKey>,
     fetched: Option<Instant>,
 }
 
@@ -109,12 +112,15 @@ struct Header {
     kid: Option<String>,
 }
 
+/// The whole claim set, read once; [`Claims`] is what a verified one hands on.
 #[derive(Deserialize)]
-struct Registered {
+struct Payload {
     iss: Option<String>,
     aud: Option<serde_json::Value>,
     exp: Option<u64>,
     iat: Option<u64>,
+    #[serde(flatten)]
+    claims: Claims,
 }
 
 #[derive(Deserialize)]
@@ -138,14 +144,14 @@ fn now() -> u64 {
 }
 
 /// The Ed25519 keys of a JWK set; other key types are skipped.
-fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Vec<u8>>, String> {
+fn parse_jwks(body: &[u8]) -> Result<HashMap<String, PublicKey>, String> {
     let jwks: Jwks = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
     Ok(jwks
         .keys
         .into_iter()
         .filter(|k| k.kty.as_deref() == Some("OKP") && k.crv.as_deref() == Some("Ed25519"))
         .filter_map(|k| {
-            let x = B64URL.decode(k.x?).ok().filter(|x| x.len() == 32)?;
+            let x = PublicKey::try_from(B64URL.decode(k.x?).ok()?).ok()?;
             Some((k.kid?, x))
         })
         .collect())
@@ -170,7 +176,7 @@ impl Verifier {
         }
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Vec<u8>>, String> {
+    async fn fetch(&self) -> Result<HashMap<String, PublicKey>, String> {
         let body = match &self.source {
             KeySource::File(path) => tokio::fs::read(path)
                 .await
@@ -194,7 +200,7 @@ impl Verifier {
     }
 
     /// The key for `kid`, fetching the set when it is stale or does not have it yet.
-    async fn key(&self, kid: &str) -> Result<Vec<u8>, Refused> {
+    async fn key(&self, kid: &str) -> Result<PublicKey, Refused> {
         let mut set = self.keys.lock().await;
         let age = set.fetched.map(|t| t.elapsed());
         let stale = age.is_none_or(|a| a >= REFRESH_EVERY);
@@ -217,7 +223,7 @@ impl Verifier {
         }
         set.keys
             .get(kid)
-            .cloned()
+            .copied()
             .ok_or_else(|| Refused::UnknownKey(kid.to_owned()))
     }
 
@@ -252,8 +258,8 @@ impl Verifier {
         let payload = B64URL
             .decode(claims_b64)
             .map_err(|_| Refused::Malformed("bad claims encoding"))?;
-        let registered: Registered =
-            serde_json::from_slice(&payload).map_err(|_| Refused::Malformed("bad claims"))?;
+        let registered: Payload = serde_json::from_slice(&payload)
+            .map_err(|_| Refused::Malformed("bad claims, or no tenant claim"))?;
         let issuer = registered.iss.unwrap_or_default();
         if issuer != self.issuer {
             return Err(Refused::WrongIssuer(issuer));
@@ -279,11 +285,9 @@ impl Verifier {
         {
             return Err(Refused::BadLifetime);
         }
-        let claims: Claims =
-            serde_json::from_slice(&payload).map_err(|_| Refused::Malformed("no tenant claim"))?;
-        if !crate::valid_tenant_id(&claims.tenant) {
+        if !crate::valid_tenant_id(&registered.claims.tenant) {
             return Err(Refused::BadTenant);
         }
-        Ok(claims)
+        Ok(registered.claims)
     }
 }

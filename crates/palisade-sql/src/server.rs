@@ -12,8 +12,8 @@ use std::sync::Arc;
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-        PaginatedRequestParams, ProtocolVersion, ServerConfig, Tool,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
+        ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerConfig, Tool,
     },
     service::RequestContext,
 };
@@ -154,7 +154,8 @@ impl SqlServer {
     }
 
     async fn run(&self, tenant: &str, request: &CallToolRequestParams) -> Result<Value, SqlError> {
-        let args = request.arguments.clone().unwrap_or_default();
+        let no_arguments = JsonObject::new();
+        let args = request.arguments.as_ref().unwrap_or(&no_arguments);
         let string = |name: &str| match args.get(name) {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(SqlError::Statement(format!(
@@ -230,7 +231,7 @@ impl ServerHandler for SqlServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        if self.get_tool(&request.name).is_none() {
+        if !self.tools.iter().any(|t| t.name == request.name) {
             return Err(McpError::invalid_params(
                 format!("unknown tool {:?}", request.name),
                 None,
