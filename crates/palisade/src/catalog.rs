@@ -231,10 +231,12 @@ pub async fn tenant_tool(tenant: &Tenant, upstream: &Arc<Upstream>, name: &str) 
     }
     let own = format!("{}__{name}", tenant.id);
     let listed = upstream.list(ListKind::Tools).await.ok()?;
+    // A substring search skips the parse for every tool that cannot be the tenant's own.
     let has_own = listed.iter().any(|item| {
-        RawObject::parse(item.get())
-            .and_then(|o| o.get_str("name"))
-            .is_some_and(|n| n == own)
+        item.get().contains(own.as_str())
+            && RawObject::parse(item.get())
+                .and_then(|o| o.get_str("name"))
+                .is_some_and(|n| n == own)
     });
     Some(if has_own { own } else { name.to_owned() })
 }
