@@ -128,6 +128,19 @@ def start_echo(procs):
     return echo, echo.stdout.readline().strip().removeprefix("listening on ")
 
 
+def checked(name, r):
+    """`r` (a bench-load result), or exit if any of its calls failed."""
+    if r["errors"]:
+        sys.exit(f"{name}: {r['errors']} errors: {r.get('error_kinds')} "
+                 f"{r.get('error_messages')}")
+    return r
+
+
+def median_over(rows):
+    """`med(f)`: the median of `f(row)` over the rounds' rows."""
+    return lambda f: statistics.median(f(r) for r in rows)
+
+
 def cpu_per_call(r, label):
     for p in r.get("processes", []):
         if p.get("label") == label and p.get("cpu_us_per_call") is not None:
@@ -178,8 +191,7 @@ def main():
     finally:
         stop(procs)
 
-    def med(f):
-        return statistics.median(f(r) for r in rows)
+    med = median_over(rows)
 
     print(f"\n{args.rounds} rounds, {args.sessions} sessions, {args.rate} calls/s, "
           f"{args.duration} s each; medians over rounds (µs)\n")

@@ -13,12 +13,12 @@ Usage: python3 bench/limits.py [--rounds 3] [--rate 2000] [--duration 10]
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
-from audit import ROOT, cpu_per_call, load, start_echo, start_gateway, stop
+from audit import (ROOT, checked, cpu_per_call, load, median_over, start_echo, start_gateway,
+                   stop)
 
 LIMIT = """[rate_limits]
 default_tier = "t"
@@ -56,9 +56,8 @@ def main():
         for i in range(args.rounds):
             row = {}
             for name, (proc, url, key) in gateways.items():
-                r = load(args, out, f"{name}-{i}", url, key, [("gateway", proc.pid)])
-                if r["errors"]:
-                    sys.exit(f"{name}: {r['errors']} errors: {r.get('error_kinds')}")
+                r = checked(name, load(args, out, f"{name}-{i}", url, key,
+                                       [("gateway", proc.pid)]))
                 row[name] = (r["latency_us"]["p50"], r["latency_us"]["p99"],
                              cpu_per_call(r, "gateway"))
             rows.append(row)
@@ -67,8 +66,7 @@ def main():
     finally:
         stop(procs)
 
-    def med(f):
-        return statistics.median(f(r) for r in rows)
+    med = median_over(rows)
 
     print(f"\n{args.rounds} rounds, {args.sessions} sessions, {args.rate} calls/s, "
           f"{args.duration} s each; medians over rounds (µs)\n")

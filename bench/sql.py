@@ -24,12 +24,12 @@ Usage: python3 bench/sql.py [--rounds 3] [--rate 200] [--duration 10] [--session
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
-from audit import BIN, ROOT, cpu_per_call, load, start_gateway, stop, wait_port
+from audit import (BIN, ROOT, checked, cpu_per_call, load, median_over, start_gateway, stop,
+                   wait_port)
 from dedicated import children, free_port
 
 QUERY = {"sql": "SELECT * FROM orders ORDER BY id LIMIT 100"}
@@ -77,7 +77,7 @@ args = ["serve", "--placement", "shared", "--audience", "echo", "--sqlite-dir", 
         gw, gw_url, key = start_gateway(work, "gateway", None, audit=True, server=server,
                                         port=port)
         procs.append(gw)
-        sql_pids = [pid for pid in children(gw.pid)]
+        sql_pids = children(gw.pid)
         web_port = free_port()
         web = subprocess.Popen([sql_bin, "serve", "--http", f"127.0.0.1:{web_port}",
                                 "--placement", "shared", "--audience", "sql", "--sqlite-dir", db,
@@ -101,9 +101,7 @@ args = ["serve", "--placement", "shared", "--audience", "echo", "--sqlite-dir", 
             }
             row = {}
             for name, r in runs.items():
-                if r["errors"]:
-                    sys.exit(f"{name}: {r['errors']} errors: {r.get('error_kinds')} "
-                             f"{r.get('error_messages')}")
+                checked(name, r)
                 cpu_sql = cpu_per_call(r, "sql" if name != "direct stdio" else "upstream")
                 row[name] = (r["latency_us"]["p50"], r["latency_us"]["p99"],
                              cpu_per_call(r, "gateway"), cpu_sql)
@@ -113,8 +111,7 @@ args = ["serve", "--placement", "shared", "--audience", "echo", "--sqlite-dir", 
     finally:
         stop(procs)
 
-    def med(f):
-        return statistics.median(f(r) for r in rows)
+    med = median_over(rows)
 
     print(f"\n{args.rounds} rounds, {args.sessions} sessions, {args.rate} calls/s, "
           f"{args.duration} s each; query_database returning 100 rows; medians over rounds (µs)\n")
