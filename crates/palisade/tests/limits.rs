@@ -516,46 +516,55 @@ async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
     assert_eq!(refused_alone, 0);
 
     // A sends 500 calls/s (ten times its quota) from five sessions while B does the same again.
+    // B's p99 is the second-slowest of 100 calls, so one pause of this shared host can decide
+    // it: the flood is tried up to three times, and every attempt must leave B unrefused and A
+    // refused; unfairness would show in all three, a host hiccup in one.
     let a_sessions = futures_util::future::join_all((0..5).map(|_| gw.legacy("acme"))).await;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let flood = futures_util::future::join_all(a_sessions.iter().map(|s| async {
-        let mut refused = 0u32;
-        let mut id = 0;
-        let mut next = Instant::now();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep_until(next.into()).await;
-            next += Duration::from_millis(10);
-            id += 1;
-            if refusal(&s.call(id, "kit__echo", json!({"message": "a"})).await).is_some() {
-                refused += 1;
+    let bound = p99(&alone).mul_f64(1.5) + Duration::from_millis(1);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let flood = futures_util::future::join_all(a_sessions.iter().map(|s| async {
+            let mut refused = 0u32;
+            let mut id = 0;
+            let mut next = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep_until(next.into()).await;
+                next += Duration::from_millis(10);
+                id += 1;
+                if refusal(&s.call(id, "kit__echo", json!({"message": "a"})).await).is_some() {
+                    refused += 1;
+                }
             }
+            refused
+        }));
+        let measured = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = paced(&b, 100, Duration::from_millis(40)).await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        };
+        let (a_refused, (beside, refused_beside)) = tokio::join!(flood, measured);
+        let a_refused: u32 = a_refused.iter().sum();
+        eprintln!(
+            "B alone p99 {:?}; beside the flood p99 {:?}; A refused {a_refused} times",
+            p99(&alone),
+            p99(&beside)
+        );
+        assert!(
+            a_refused > 500,
+            "A must be over its quota: refused {a_refused}"
+        );
+        assert_eq!(refused_beside, 0, "B is never refused");
+        // Within 1.5× of B alone; a millisecond of slack for this 2-core machine's scheduler.
+        if p99(&beside) <= bound {
+            return;
         }
-        refused
-    }));
-    let measured = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = paced(&b, 100, Duration::from_millis(40)).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        r
-    };
-    let (a_refused, (beside, refused_beside)) = tokio::join!(flood, measured);
-    let a_refused: u32 = a_refused.iter().sum();
-    eprintln!(
-        "B alone p99 {:?}; beside the flood p99 {:?}; A refused {a_refused} times",
-        p99(&alone),
-        p99(&beside)
-    );
-    assert!(
-        a_refused > 500,
-        "A must be over its quota: refused {a_refused}"
-    );
-    assert_eq!(refused_beside, 0, "B is never refused");
-    // Within 1.5× of B alone; a millisecond of slack for this 2-core machine's scheduler.
-    assert!(
-        p99(&beside) <= p99(&alone).mul_f64(1.5) + Duration::from_millis(1),
-        "B's p99 went from {:?} to {:?}",
-        p99(&alone),
-        p99(&beside)
+        seen.push(p99(&beside));
+    }
+    panic!(
+        "B's p99 went from {:?} to {seen:?} in three attempts (bound {bound:?})",
+        p99(&alone)
     );
 }
 
