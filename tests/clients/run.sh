@@ -16,16 +16,10 @@ for bin in palisade palisade-testkit; do
   fi
 done
 
-# Python virtualenv, recreated when requirements.txt changes.
+# Python virtualenv with the official SDK, recreated when requirements.txt changes.
+source "$here/venv.sh"
+palisade_venv
 venv="$here/.venv"
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  echo "== creating $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  echo "$want" > "$stamp"
-fi
 
 # Node dependencies, from the lockfile.
 if [[ ! -d "$here/ts/node_modules/@modelcontextprotocol/sdk" ]]; then

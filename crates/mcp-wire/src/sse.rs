@@ -6,7 +6,8 @@
 
 use bytes::{Buf, BytesMut};
 
-/// One SSE event. `data` is the joined `data:` lines.
+/// One SSE event. `data` is the joined `data:` lines; `id` is the stream's last event id when
+/// the event was dispatched (an id persists across events, as in `EventSource`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Event {
     pub event: Option<String>,
@@ -34,6 +35,12 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The event that opens a resumable stream: its id (so a client that loses the stream at once
+/// can still resume it), the reconnection delay, and no data.
+pub fn priming(id: &str, retry_ms: u64) -> Vec<u8> {
+    format!("id: {id}\nretry: {retry_ms}\ndata: \n\n").into_bytes()
+}
+
 /// A comment line, used as a keep-alive.
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
@@ -46,10 +53,18 @@ pub enum SseError {
 }
 
 /// Incremental decoder: `push` bytes as they arrive, then take events with `next_event`.
+///
+/// It keeps what a reconnecting client needs, as `EventSource` does: the last event id (set by
+/// any `id:` field, even on an event without data, such as a priming event) and the last
+/// `retry:` delay. Comments and unknown fields are ignored; events without data are not
+/// dispatched.
 pub struct Decoder {
     buf: BytesMut,
-    current: Event,
+    data: String,
     has_data: bool,
+    event: Option<String>,
+    last_id: Option<String>,
+    retry_ms: Option<u64>,
     max_event: usize,
     scanned: usize,
 }
@@ -58,8 +73,11 @@ impl Decoder {
     pub fn new(max_event: usize) -> Decoder {
         Decoder {
             buf: BytesMut::new(),
-            current: Event::default(),
+            data: String::new(),
             has_data: false,
+            event: None,
+            last_id: None,
+            retry_ms: None,
             max_event,
             scanned: 0,
         }
@@ -67,6 +85,16 @@ impl Decoder {
 
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The last event id the stream set, for `Last-Event-ID` on reconnection.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// The reconnection delay the stream asked for, in milliseconds.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     /// The next complete event, `Ok(None)` if more bytes are needed.
@@ -78,7 +106,7 @@ impl Decoder {
                 .map(|p| p + self.scanned)
             else {
                 self.scanned = self.buf.len();
-                if self.buf.len() + self.current.data.len() > self.max_event {
+                if self.buf.len() + self.data.len() > self.max_event {
                     return Err(SseError::TooLarge(self.max_event));
                 }
                 return Ok(None);
@@ -99,11 +127,14 @@ impl Decoder {
             self.scanned = 0;
             let line = std::str::from_utf8(&line).map_err(|_| SseError::Utf8)?;
             if line.is_empty() {
-                if self.has_data {
-                    self.has_data = false;
-                    return Ok(Some(std::mem::take(&mut self.current)));
+                let event = self.event.take();
+                if std::mem::take(&mut self.has_data) {
+                    return Ok(Some(Event {
+                        event,
+                        id: self.last_id.clone(),
+                        data: std::mem::take(&mut self.data),
+                    }));
                 }
-                self.current = Event::default();
                 continue;
             }
             if line.starts_with(':') {
@@ -116,16 +147,19 @@ impl Decoder {
             match field {
                 "data" => {
                     if self.has_data {
-                        self.current.data.push('\n');
+                        self.data.push('\n');
                     }
-                    self.current.data.push_str(value);
+                    self.data.push_str(value);
                     self.has_data = true;
-                    if self.current.data.len() > self.max_event {
+                    if self.data.len() > self.max_event {
                         return Err(SseError::TooLarge(self.max_event));
                     }
                 }
-                "event" => self.current.event = Some(value.to_owned()),
-                "id" if !value.contains('\0') => self.current.id = Some(value.to_owned()),
+                "event" => self.event = Some(value.to_owned()),
+                "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    self.retry_ms = value.parse().ok();
+                }
                 _ => {}
             }
         }
@@ -157,6 +191,35 @@ mod tests {
         let e = d.next_event().unwrap().unwrap();
         assert_eq!(e.data, "{\n  \"a\": 1\n}");
         assert_eq!(e.id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn remembers_the_last_id_and_retry_across_events() {
+        let mut d = Decoder::new(1024);
+        // A priming event (id and retry, empty data), a comment, an event that spans two data
+        // lines, and an event without an id of its own.
+        d.push(&priming("s1_0", 250));
+        d.push(b": ping\n\nid: s1_1\ndata: {\"a\":\ndata: 2}\n\nevent: message\ndata: {}\n\n");
+        let e = d.next_event().unwrap().unwrap();
+        assert_eq!(e.data, "", "a priming event is dispatched with empty data");
+        assert_eq!(e.id.as_deref(), Some("s1_0"));
+        let e = d.next_event().unwrap().unwrap();
+        assert_eq!(
+            (e.id.as_deref(), e.data.as_str()),
+            (Some("s1_1"), "{\"a\":\n2}")
+        );
+        let e = d.next_event().unwrap().unwrap();
+        assert_eq!(e.id.as_deref(), Some("s1_1"), "an id persists");
+        assert_eq!(d.retry_ms(), Some(250));
+        // An id alone is remembered without dispatching anything.
+        d.push(b"id: s1_9\n\nretry: x\n\n");
+        assert_eq!(d.next_event().unwrap(), None);
+        assert_eq!(d.last_event_id(), Some("s1_9"));
+        assert_eq!(
+            d.retry_ms(),
+            Some(250),
+            "a retry that is not a number is ignored"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod onboarding;
 pub mod pipeline;
 pub mod policy;
 pub mod registry;
+pub mod resume;
 pub mod secrets;
 pub mod session;
 pub mod upstream;

@@ -80,6 +80,10 @@ pub enum Out {
     /// (an `InputRequiredResult`) as the response and park the call under `state` until the
     /// client retries with it (see [`Parked`]).
     Park { body: Vec<u8>, state: String },
+    /// The upstream closed the call's stream to be polled (legacy clients only, who can resume
+    /// streams): end the client's stream too, asking it to come back after `retry_ms`; the call
+    /// goes on.
+    Pause { retry_ms: u64 },
 }
 
 /// The prefix of every `requestState` the gateway issues itself.
@@ -633,6 +637,13 @@ impl Forward {
                         &method,
                         params.as_ref().map(|p| p.get()),
                     )));
+                }
+                Step::Event(CallEvent::Paused { retry_ms }) => {
+                    // Only a legacy session can resume a stream; any other client keeps its own
+                    // open while the gateway resumes the upstream's.
+                    if self.era == Era::Legacy && self.session.is_some() {
+                        return Some(Out::Pause { retry_ms });
+                    }
                 }
                 Step::Event(CallEvent::Request {
                     upstream_id,

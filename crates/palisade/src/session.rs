@@ -56,6 +56,8 @@ pub struct Session {
     next_server_request: AtomicU64,
     inflight: Mutex<HashMap<String, CancellationToken>>,
     stream: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// Its resumable SSE streams (event ids, replay after `Last-Event-ID`).
+    pub streams: crate::resume::Logs,
     pub closed: CancellationToken,
 }
 
@@ -194,6 +196,7 @@ impl Sessions {
             next_server_request: AtomicU64::new(1),
             inflight: Mutex::new(HashMap::new()),
             stream: Mutex::new(None),
+            streams: crate::resume::Logs::default(),
             closed: CancellationToken::new(),
         });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

@@ -233,6 +233,10 @@ async fn call_answering(
     {
         decoder.push(&chunk.unwrap());
         while let Some(ev) = decoder.next_event().unwrap() {
+            // A legacy stream opens with a priming event: an id and no data.
+            if ev.data.is_empty() {
+                continue;
+            }
             let msg: Value = serde_json::from_str(&ev.data).unwrap();
             if msg.get("method").is_some() && msg.get("id").is_some() {
                 asked.push(msg["method"].as_str().unwrap().to_owned());

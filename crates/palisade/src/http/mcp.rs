@@ -29,6 +29,7 @@ use crate::dispatch::{self, ModernHeaders, Reply};
 use crate::gateway::Gateway;
 use crate::pipeline::{Caller, Forward, Out};
 use crate::registry::Tenant;
+use crate::resume;
 use crate::session::Session;
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
@@ -162,53 +163,134 @@ async fn respond(
             }
             r
         }
-        Reply::Call(fwd) => call_response(gw, caller.subject.clone(), *fwd).await,
-        Reply::Stream(rx) => sse_response(gw, rx, None),
+        Reply::Call(fwd) => {
+            call_response(gw, caller.session.clone(), caller.subject.clone(), *fwd).await
+        }
+        Reply::Stream(rx) => sse_response(gw, rx),
     }
 }
 
-/// JSON if the first thing the upstream sends is the response; otherwise SSE.
-async fn call_response(gw: &Arc<Gateway>, subject: Arc<str>, mut fwd: Forward) -> Response {
-    match fwd.next().await {
-        Some(Out::Final(body)) => json(
-            StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK),
-            body,
-        ),
-        Some(Out::Park { body, state }) => match park(gw, state, fwd, subject) {
-            Ok(()) => json(StatusCode::OK, body),
-            Err(refusal) => json(StatusCode::TOO_MANY_REQUESTS, refusal),
-        },
-        Some(Out::Message(first)) => {
-            // Calls in flight are not cut off by draining: shutdown gives them the grace period.
-            let gw = gw.clone();
-            let stream = futures_util::stream::unfold(
-                (Some(first), Some(fwd)),
-                move |(first, fwd)| {
-                    let gw = gw.clone();
-                    let subject = subject.clone();
-                    async move {
-                        let mut fwd = fwd?;
-                        if let Some(m) = first {
-                            return Some((event(&m), (None, Some(fwd))));
-                        }
-                        tokio::select! {
-                            out = fwd.next() => match out {
-                                Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, Some(fwd)))),
-                                Some(Out::Park { body, state }) => match park(&gw, state, fwd, subject) {
-                                    Ok(()) => Some((event(&body), (None, None))),
-                                    Err(refusal) => Some((event(&refusal), (None, None))),
-                                },
-                                Some(Out::Cancelled) | None => None,
-                            },
-                            _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, Some(fwd)))),
-                        }
-                    }
-                },
+/// JSON if the first thing the upstream sends is the response; otherwise SSE: a resumable
+/// stream for a legacy session, a plain one for a modern client (2026-07-28 removed
+/// resumability; closing its stream cancels the call).
+async fn call_response(
+    gw: &Arc<Gateway>,
+    session: Option<Arc<Session>>,
+    subject: Arc<str>,
+    mut fwd: Forward,
+) -> Response {
+    let first = match fwd.next().await {
+        Some(Out::Final(body)) => {
+            return json(
+                StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK),
+                body,
             );
-            sse_body(Body::from_stream(stream.map(Ok::<_, Infallible>)))
         }
-        Some(Out::Cancelled) | None => StatusCode::ACCEPTED.into_response(),
+        Some(Out::Park { body, state }) => {
+            return match park(gw, state, fwd, subject) {
+                Ok(()) => json(StatusCode::OK, body),
+                Err(refusal) => json(StatusCode::TOO_MANY_REQUESTS, refusal),
+            };
+        }
+        Some(Out::Cancelled) | None => return StatusCode::ACCEPTED.into_response(),
+        Some(first) => first,
+    };
+    if let Some(session) = session {
+        return resumable_call(session, fwd, first);
     }
+    let Out::Message(first) = first else {
+        // Only legacy sessions are asked to pause.
+        return StatusCode::ACCEPTED.into_response();
+    };
+    // Calls in flight are not cut off by draining: shutdown gives them the grace period.
+    let gw = gw.clone();
+    let stream = futures_util::stream::unfold((Some(first), Some(fwd)), move |(first, fwd)| {
+        let gw = gw.clone();
+        let subject = subject.clone();
+        async move {
+            let mut fwd = fwd?;
+            if let Some(m) = first {
+                return Some((event(&m), (None, Some(fwd))));
+            }
+            tokio::select! {
+                out = fwd.next() => match out {
+                    Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, Some(fwd)))),
+                    Some(Out::Park { body, state }) => match park(&gw, state, fwd, subject) {
+                        Ok(()) => Some((event(&body), (None, None))),
+                        Err(refusal) => Some((event(&refusal), (None, None))),
+                    },
+                    Some(Out::Cancelled) | Some(Out::Pause { .. }) | None => None,
+                },
+                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (None, Some(fwd)))),
+            }
+        }
+    });
+    sse_body(Body::from_stream(stream.map(Ok::<_, Infallible>)))
+}
+
+/// A legacy session's call answered as a resumable stream. The call runs to its end whether or
+/// not the client stays connected (in the legacy era a broken stream is not a cancellation;
+/// `notifications/cancelled` is): every message is recorded for a client that resumes with
+/// `Last-Event-ID`, and sent to the one that is connected.
+fn resumable_call(session: Arc<Session>, mut fwd: Forward, first: Out) -> Response {
+    let log = session.streams.open();
+    let live = log.connect();
+    let priming = log.priming();
+    let driven = log.clone();
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        loop {
+            let out = match next.take() {
+                Some(out) => out,
+                None => tokio::select! {
+                    out = fwd.next() => match out {
+                        Some(out) => out,
+                        None => break,
+                    },
+                    _ = session.closed.cancelled() => break,
+                },
+            };
+            match out {
+                Out::Message(m) => {
+                    let (event, live) = session.streams.push(&driven, &m);
+                    if let Some(tx) = live {
+                        let _ = tx.send(event).await;
+                    }
+                }
+                Out::Final(m) => {
+                    let (event, live) = session.streams.push(&driven, &m);
+                    if let Some(tx) = live {
+                        let _ = tx.send(event).await;
+                    }
+                    break;
+                }
+                Out::Pause { retry_ms } => {
+                    // Mirror the upstream: the client is asked to come back after the delay.
+                    if let Some(tx) = driven.live() {
+                        let _ = tx.send(Bytes::from(format!("retry: {retry_ms}\n\n"))).await;
+                    }
+                    driven.detach();
+                }
+                Out::Cancelled | Out::Park { .. } => break,
+            }
+        }
+        driven.finish();
+    });
+    sse_body(replay_body(vec![priming], Some(live)))
+}
+
+/// An event stream of `first` events, then the live ones until their sender goes away, with
+/// keep-alives while nothing happens.
+fn replay_body(first: Vec<Bytes>, live: Option<mpsc::Receiver<Bytes>>) -> Body {
+    let head = futures_util::stream::iter(first);
+    let tail = futures_util::stream::unfold(live, |live| async move {
+        let mut rx = live?;
+        tokio::select! {
+            event = rx.recv() => event.map(|e| (e, Some(rx))),
+            _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), Some(rx))),
+        }
+    });
+    Body::from_stream(head.chain(tail).map(Ok::<_, Infallible>))
 }
 
 /// Parks a call waiting for input; `Err` is the error to send instead when the tenant has
@@ -237,26 +319,16 @@ fn sse_body(body: Body) -> Response {
     r
 }
 
-/// A long-lived stream fed by `rx`; ends when the session closes or the gateway drains.
-fn sse_response(
-    gw: &Arc<Gateway>,
-    rx: mpsc::Receiver<Vec<u8>>,
-    session: Option<Arc<Session>>,
-) -> Response {
+/// A long-lived stream of messages from `rx` (`subscriptions/listen`); ends when the gateway
+/// drains.
+fn sse_response(gw: &Arc<Gateway>, rx: mpsc::Receiver<Vec<u8>>) -> Response {
     let draining = gw.draining.clone();
-    let stream = futures_util::stream::unfold((rx, session), move |(mut rx, session)| {
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let draining = draining.clone();
         async move {
-            let closed = async {
-                match &session {
-                    Some(s) => s.closed.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                m = rx.recv() => m.map(|m| (event(&m), (rx, session))),
-                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (rx, session))),
-                _ = closed => None,
+                m = rx.recv() => m.map(|m| (event(&m), rx)),
+                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), rx)),
                 _ = draining.cancelled() => None,
             }
         }
@@ -264,7 +336,36 @@ fn sse_response(
     sse_body(Body::from_stream(stream.map(Ok::<_, Infallible>)))
 }
 
-/// GET: the legacy era's stream for messages not tied to a request.
+/// A legacy session's standalone stream: `first` (its priming event, or what a resuming client
+/// missed), then messages from `rx`, each recorded on `log` under its event id; ends when the
+/// session closes or the gateway drains.
+fn standalone_response(
+    gw: &Arc<Gateway>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    session: Arc<Session>,
+    log: Arc<resume::Log>,
+    first: Vec<Bytes>,
+) -> Response {
+    let draining = gw.draining.clone();
+    let head = futures_util::stream::iter(first);
+    let tail = futures_util::stream::unfold(rx, move |mut rx| {
+        let draining = draining.clone();
+        let session = session.clone();
+        let log = log.clone();
+        async move {
+            tokio::select! {
+                m = rx.recv() => m.map(|m| (session.streams.push(&log, &m).0, rx)),
+                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), rx)),
+                _ = session.closed.cancelled() => None,
+                _ = draining.cancelled() => None,
+            }
+        }
+    });
+    sse_body(Body::from_stream(head.chain(tail).map(Ok::<_, Infallible>)))
+}
+
+/// GET: the legacy era's stream for messages not tied to a request, or, with `Last-Event-ID`,
+/// the rest of a stream that broke.
 pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let (principal, tenant) = match gates(&gw, &headers, Need::Get).await {
         Ok(p) => p,
@@ -279,6 +380,28 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
         Ok(s) => s,
         Err(r) => return r,
     };
+    let (log, missed) = match header_str(&headers, mcp_header::LAST_EVENT_ID) {
+        Some(last) => match session.streams.resume(last) {
+            Ok((log, attached)) if !log.standalone => {
+                return sse_body(replay_body(attached.missed, attached.live));
+            }
+            // The standalone stream goes on as a new one, after what the client missed.
+            Ok((log, attached)) => (log, attached.missed),
+            Err(e) => {
+                gw.metrics.rejected("resume");
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::INVALID_REQUEST,
+                    &e.to_string(),
+                );
+            }
+        },
+        None => {
+            let log = session.streams.open_standalone();
+            let priming = log.priming();
+            (log, vec![priming])
+        }
+    };
     let Some((tx, rx)) = session.open_stream() else {
         return rpc_error(
             StatusCode::CONFLICT,
@@ -287,7 +410,7 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
         );
     };
     dispatch::relay_to_session(&gw, &tenant, &session, tx);
-    sse_response(&gw, rx, Some(session))
+    standalone_response(&gw, rx, session, log, missed)
 }
 
 /// DELETE: ends a legacy session.

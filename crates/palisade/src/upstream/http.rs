@@ -21,6 +21,11 @@ use crate::config;
 
 /// Largest message (JSON body or SSE event) accepted from an HTTP upstream.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// The longest reconnection delay an upstream's `retry:` may ask for.
+const MAX_RETRY_MS: u64 = 10_000;
+/// How often an upstream may close a call's stream without sending anything new before the
+/// call is failed (each close is followed by a `Last-Event-ID` reconnection).
+const MAX_RESUMES_WITHOUT_PROGRESS: u32 = 3;
 
 pub struct HttpTransport {
     inner: Arc<Inner>,
@@ -193,6 +198,43 @@ enum ListenEnd {
     Ended,
 }
 
+/// How an event stream ended: what a client needs to resume it.
+#[derive(Default)]
+struct StreamEnd {
+    last_event_id: Option<String>,
+    retry_ms: Option<u64>,
+}
+
+/// How a response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Json,
+    Sse,
+}
+
+/// The framing a response's `Content-Type` names. A body is never parsed by guessing: anything
+/// but JSON or an event stream is an error that names the type.
+fn framing(headers: &HeaderMap) -> Result<Framing, String> {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return Err(
+            "the response has no Content-Type (expected application/json or text/event-stream)"
+                .into(),
+        );
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let media = text.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("text/event-stream") {
+        Ok(Framing::Sse)
+    } else if media.eq_ignore_ascii_case("application/json") {
+        Ok(Framing::Json)
+    } else {
+        Err(format!(
+            "the response's Content-Type `{}` is neither application/json nor text/event-stream",
+            super::truncate(&text, 64)
+        ))
+    }
+}
+
 impl Inner {
     fn request_headers(
         &self,
@@ -282,37 +324,94 @@ impl Inner {
         if !status.is_success() {
             // The modern era answers some JSON-RPC errors with 4xx; the error itself is the
             // answer then, not the status.
-            let json = resp
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
+            let json = matches!(framing(resp.headers()), Ok(Framing::Json));
             if let (Some(id), true) = (call, json && status.is_client_error()) {
                 self.read_messages(up, link, resp, Some(id)).await?;
             }
             return Err(format!("HTTP {status}"));
         }
         let Some(id) = call else { return Ok(()) };
-        self.read_messages(up, link, resp, Some(id)).await?;
-        Err("the upstream closed its response without answering".into())
+        let mut end = self.read_messages(up, link, resp, Some(id)).await?;
+        // A legacy upstream may close a call's stream before answering (SSE polling) and expect
+        // the client to come back for the rest with `Last-Event-ID`.
+        let mut attempts = 0;
+        while up.is_pending(id) {
+            let Some(last) = end.last_event_id.take() else {
+                break;
+            };
+            if attempts >= MAX_RESUMES_WITHOUT_PROGRESS {
+                return Err(format!(
+                    "the upstream closed the call's stream {attempts} times without sending anything new"
+                ));
+            }
+            let retry_ms = end.retry_ms.unwrap_or(1000).min(MAX_RETRY_MS);
+            up.stream_paused(id, retry_ms);
+            tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+            let resumed = self.resume(up, link, &last, id).await?;
+            attempts = if resumed.last_event_id.as_deref().is_some_and(|l| l != last) {
+                0
+            } else {
+                attempts + 1
+            };
+            end = StreamEnd {
+                last_event_id: resumed.last_event_id.or(Some(last)),
+                retry_ms: resumed.retry_ms.or(end.retry_ms),
+            };
+        }
+        if up.is_pending(id) {
+            return Err("the upstream closed its response without answering".into());
+        }
+        Ok(())
     }
 
-    /// Delivers every message of a response (JSON or SSE). Returns when it ends; the caller
-    /// treats a call still pending after that as failed.
+    /// Reopens a legacy session's stream after `last` (`GET` with `Last-Event-ID`); what it
+    /// carries belongs to `call`, whose stream it resumes.
+    async fn resume(
+        &self,
+        up: &Arc<Upstream>,
+        link: &Arc<Link>,
+        last: &str,
+        call: u64,
+    ) -> Result<StreamEnd, String> {
+        let mut headers = self.request_headers(up, link, None);
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.remove(http::header::CONTENT_TYPE);
+        let last = HeaderValue::try_from(last)
+            .map_err(|_| "the upstream sent an event id that cannot be sent back".to_string())?;
+        headers.insert(header::LAST_EVENT_ID, last);
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| format!("resuming the call's stream failed: {}", without_url(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "resuming the call's stream failed: HTTP {}",
+                resp.status()
+            ));
+        }
+        self.read_messages(up, link, resp, Some(call)).await
+    }
+
+    /// Delivers every message of a response, framed as its `Content-Type` says: one JSON-RPC
+    /// message (`application/json`) or an event stream (`text/event-stream`). Returns when it
+    /// ends, with what is needed to resume an event stream; the caller treats a call still
+    /// pending after that as failed or resumes it.
     async fn read_messages(
         &self,
         up: &Arc<Upstream>,
         link: &Arc<Link>,
         resp: reqwest::Response,
         origin: Option<u64>,
-    ) -> Result<(), String> {
-        let is_sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+    ) -> Result<StreamEnd, String> {
+        let framing = framing(resp.headers())?;
         let mut body = resp.bytes_stream();
-        if !is_sse {
+        if framing == Framing::Json {
             let mut buf = Vec::new();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk
@@ -325,7 +424,7 @@ impl Inner {
             let msg = Message::parse(&buf)
                 .map_err(|e| format!("the response is not a JSON-RPC message: {e}"))?;
             up.on_message(link, msg, origin);
-            return Ok(());
+            return Ok(StreamEnd::default());
         }
         let mut decoder = sse::Decoder::new(MAX_MESSAGE);
         while let Some(chunk) = body.next().await {
@@ -333,7 +432,8 @@ impl Inner {
                 .map_err(|e| format!("reading the event stream failed: {}", without_url(&e)))?;
             decoder.push(&chunk);
             while let Some(event) = decoder.next_event().map_err(|e| e.to_string())? {
-                if event.data.is_empty() {
+                // Priming events carry only an id (and a retry delay).
+                if event.data.trim().is_empty() {
                     continue;
                 }
                 match Message::parse(event.data.as_bytes()) {
@@ -342,7 +442,10 @@ impl Inner {
                 }
             }
         }
-        Ok(())
+        Ok(StreamEnd {
+            last_event_id: decoder.last_event_id().map(str::to_owned),
+            retry_ms: decoder.retry_ms(),
+        })
     }
 
     async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {

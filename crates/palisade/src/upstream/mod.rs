@@ -77,6 +77,9 @@ pub enum CallEvent {
         method: String,
         params: Option<Box<RawValue>>,
     },
+    /// An HTTP upstream closed the call's event stream before answering, to be polled: the
+    /// gateway resumes it after `retry_ms` (SSE polling, 2025-11-25).
+    Paused { retry_ms: u64 },
 }
 
 /// Which client a call belongs to, for routing what the upstream sends during it.
@@ -779,6 +782,19 @@ impl Upstream {
                 }
             }
             Transport::Http(t) => t.send(self.clone(), link.clone(), bytes, call, request),
+        }
+    }
+
+    /// Whether a call still waits for its outcome.
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.lock_calls().contains_key(&id)
+    }
+
+    /// The upstream closed a call's stream to be polled; the call is told, so a client that
+    /// can resume streams may be asked to do the same.
+    pub(crate) fn stream_paused(&self, id: u64, retry_ms: u64) {
+        if let Some(call) = self.lock_calls().get(&id) {
+            let _ = call.events.try_send(CallEvent::Paused { retry_ms });
         }
     }
 
