@@ -31,7 +31,10 @@ pub enum Reply {
     /// One JSON-RPC message (HTTP 200).
     Message(Vec<u8>),
     /// The `initialize` result, and the session it opened.
-    Initialized { body: Vec<u8>, session: Arc<str> },
+    Initialized {
+        body: Vec<u8>,
+        session: Arc<Session>,
+    },
     /// A notification or response was taken (HTTP 202).
     Accepted,
     /// A forwarded call: relay its messages, then its response.
@@ -109,12 +112,12 @@ pub async fn request(
                     subs.remove(uri);
                 }
             }
-            // 2026-07-28 has no resources/subscribe: a modern upstream's subscriptions are the
-            // gateway's business, so it acknowledges them itself.
+            // 2026-07-28 has no resources/subscribe: when the gateway speaks it to the upstream
+            // even for legacy clients, subscriptions are its business and it acknowledges them.
             let modern_target = uri
                 .as_deref()
                 .and_then(|u| catalog::resolve_uri(caller.tenant, u))
-                .is_some_and(|t| t.upstream.era() == Some(Era::Modern));
+                .is_some_and(|t| t.upstream.era_for(Era::Legacy) == Some(Era::Modern));
             if modern_target {
                 Reply::Message(jsonrpc::result(id, "{}"))
             } else {
@@ -248,7 +251,7 @@ async fn initialize(
     };
     Reply::Initialized {
         body: jsonrpc::result(&req.id, &body.to_string()),
-        session: session.id.clone(),
+        session,
     }
 }
 
@@ -401,7 +404,17 @@ pub fn relay_to_session(
         Notice::ListChanged(kind) => kind
             .changed_notification()
             .map(|m| jsonrpc::notification(m, None)),
-        Notice::ResourceUpdated { uri, params } => {
+        Notice::ResourceUpdated {
+            uri,
+            params,
+            session: only,
+        } => {
+            if only
+                .as_ref()
+                .is_some_and(|s| s.as_ref() != session.id.as_ref())
+            {
+                return None;
+            }
             let exposed = if namespacing {
                 format!("{}+{uri}", upstream.name)
             } else {

@@ -214,10 +214,7 @@ impl Gateway {
             .values()
             .map(|r| r.upstream.clone())
             .collect();
-        for u in pools
-            .iter()
-            .flat_map(|p| std::iter::once(p.clone()).chain(p.pool_members()))
-        {
+        for u in pools.iter().flat_map(|p| p.instances()) {
             let state = u.state();
             let server = u.name.to_string();
             if state == "ready" {

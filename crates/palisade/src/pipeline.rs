@@ -160,6 +160,9 @@ pub async fn forward(
         Some(p) => RawObject::parse(p.get()).ok_or_else(|| invalid("params must be an object"))?,
         None => RawObject::default(),
     };
+    if caller.era == Era::Modern {
+        check_round_trip_fields(&params, id)?;
+    }
     if let Some(state) = params
         .get_str("requestState")
         .filter(|s| s.starts_with(PARK_PREFIX))
@@ -553,6 +556,33 @@ async fn check_param_headers(
         .map_err(|problem| jsonrpc::error(Some(id), ErrorCode::HEADER_MISMATCH, &problem, None))
 }
 
+/// A 2026-07-28 request's round-trip fields must have their shapes: `inputResponses` an object
+/// whose members are the client's results or errors (objects), `requestState` a string. Checked
+/// here whoever answers the call, since a legacy upstream would never look at them.
+fn check_round_trip_fields(params: &RawObject, id: &Id) -> Result<(), Vec<u8>> {
+    let invalid = |msg: &str| jsonrpc::error(Some(id), ErrorCode::INVALID_PARAMS, msg, None);
+    if let Some(responses) = params.get("inputResponses") {
+        let well_formed = RawObject::parse(responses.get()).is_some_and(|o| {
+            o.keys()
+                .all(|k| o.get(k).is_some_and(|v| v.get().starts_with('{')))
+        });
+        if !well_formed {
+            return Err(invalid(
+                "params.inputResponses must be an object whose members are the results (objects) of the input requests they answer",
+            ));
+        }
+    }
+    if params
+        .get("requestState")
+        .is_some_and(|s| !s.get().starts_with('"'))
+    {
+        return Err(invalid(
+            "params.requestState must be the string the server gave",
+        ));
+    }
+    Ok(())
+}
+
 /// What a legacy session declared at `initialize`, for an upstream hop in the modern era.
 fn client_defaults(session: Option<&Session>) -> ClientDefaults<'_> {
     session.map_or_else(ClientDefaults::default, |s| ClientDefaults {
@@ -560,6 +590,7 @@ fn client_defaults(session: Option<&Session>) -> ClientDefaults<'_> {
         log_level: Some(session::log_name(
             s.log_level.load(std::sync::atomic::Ordering::Relaxed),
         )),
+        closed: Some(&s.closed),
     })
 }
 

@@ -283,7 +283,10 @@ async fn operators_list_restart_and_drain_instances() {
         metrics.contains(r#"palisade_dedicated_instances{server="kit",state="idle"} 2"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"palisade_dedicated_starts_total{server="kit"} 2"#));
+    assert!(
+        metrics.contains(r#"palisade_dedicated_starts_total{server="kit"} 2"#),
+        "{metrics}"
+    );
 
     let (status, _) = gw
         .admin_api(

@@ -460,7 +460,7 @@ async fn list_processes(State(gw): State<Arc<Gateway>>, Path(tenant): Path<Strin
     let list = instances(&gw, &tenant, &InstanceFilter::default()).await?;
     let processes: Vec<Value> = list
         .iter()
-        .flat_map(|u| std::iter::once(u.clone()).chain(u.pool_members()))
+        .flat_map(|u| u.instances())
         .map(|u| to_json(&u.status()))
         .collect();
     ok(StatusCode::OK, json!({ "processes": processes }))

@@ -65,6 +65,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
             );
         }
     };
+    let sse_first = prefers_event_stream(&headers);
     let era = match detect_era(&headers, &msg) {
         Ok(era) => era,
         Err(r) => return r,
@@ -94,7 +95,7 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
             session: None,
             param_headers: param_headers(&headers),
         };
-        return respond(&gw, &principal, &caller, msg).await;
+        return respond(&gw, &principal, &caller, sse_first, msg).await;
     }
     // Legacy: everything but `initialize` belongs to a session.
     let is_initialize = matches!(&msg, Message::Request(r) if r.method == "initialize");
@@ -114,13 +115,14 @@ pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         session,
         param_headers: Vec::new(),
     };
-    respond(&gw, &principal, &caller, msg).await
+    respond(&gw, &principal, &caller, sse_first, msg).await
 }
 
 async fn respond(
     gw: &Arc<Gateway>,
     principal: &Principal,
     caller: &Caller<'_>,
+    sse_first: bool,
     msg: Message,
 ) -> Response {
     let reply = match msg {
@@ -135,7 +137,9 @@ async fn respond(
         }
     };
     match reply {
-        Reply::Message(body) => json(StatusCode::OK, body),
+        Reply::Message(body) => {
+            one_message(caller.session.as_ref(), sse_first, StatusCode::OK, body)
+        }
         Reply::Status(status, body) => {
             let retry = (status == 429).then(|| retry_after_secs(&body)).flatten();
             let mut r = json(
@@ -157,16 +161,78 @@ async fn respond(
             r
         }
         Reply::Initialized { body, session } => {
-            let mut r = json(StatusCode::OK, body);
-            if let Ok(v) = HeaderValue::from_str(&session) {
+            let mut r = one_message(Some(&session), sse_first, StatusCode::OK, body);
+            if let Ok(v) = HeaderValue::from_str(&session.id) {
                 r.headers_mut().insert(mcp_header::SESSION_ID, v);
             }
             r
         }
         Reply::Call(fwd) => {
-            call_response(gw, caller.session.clone(), caller.subject.clone(), *fwd).await
+            let session = caller.session.clone();
+            call_response(gw, session, caller.subject.clone(), sse_first, *fwd).await
         }
         Reply::Stream(rx) => sse_response(gw, rx),
+    }
+}
+
+/// One message for the client: plain JSON, or, for a client that prefers event streams, a
+/// stream of that one event (in a legacy session a resumable one: a priming event first, the
+/// event with its id). Errors with their own HTTP status are always JSON.
+fn one_message(
+    session: Option<&Arc<Session>>,
+    sse_first: bool,
+    status: StatusCode,
+    body: Vec<u8>,
+) -> Response {
+    if !sse_first || status != StatusCode::OK {
+        return json(status, body);
+    }
+    let bytes = match session {
+        Some(session) => {
+            let log = session.streams.open();
+            let (message, _) = session.streams.push(&log, &body);
+            log.finish();
+            [log.priming(), message].concat()
+        }
+        None => sse::encode(None, &body),
+    };
+    sse_body(Body::from(bytes))
+}
+
+/// Whether a client prefers an event stream to JSON for a single message: a higher `q` in
+/// `Accept`, or at equal `q` the type it lists first. Clients must take both; most list JSON
+/// first, and get it.
+fn prefers_event_stream(headers: &HeaderMap) -> bool {
+    let mut json = None;
+    let mut sse = None;
+    let mut position = 0usize;
+    for value in headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            position += 1;
+            let slot = if media.eq_ignore_ascii_case("application/json") {
+                &mut json
+            } else if media.eq_ignore_ascii_case("text/event-stream") {
+                &mut sse
+            } else {
+                continue;
+            };
+            slot.get_or_insert((q, position));
+        }
+    }
+    match (sse, json) {
+        (Some((qs, ps)), Some((qj, pj))) => qs > qj || (qs == qj && ps < pj),
+        (Some(_), None) => true,
+        _ => false,
     }
 }
 
@@ -177,14 +243,13 @@ async fn call_response(
     gw: &Arc<Gateway>,
     session: Option<Arc<Session>>,
     subject: Arc<str>,
+    sse_first: bool,
     mut fwd: Forward,
 ) -> Response {
     let first = match fwd.next().await {
         Some(Out::Final(body)) => {
-            return json(
-                StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK),
-                body,
-            );
+            let status = StatusCode::from_u16(fwd.status()).unwrap_or(StatusCode::OK);
+            return one_message(session.as_ref(), sse_first, status, body);
         }
         Some(Out::Park { body, state }) => {
             return match park(gw, state, fwd, subject) {
@@ -738,6 +803,20 @@ mod tests {
         assert_eq!(host_part("evil.example:80/x"), "evil.example");
         assert!(is_loopback_name("127.0.0.2"));
         assert!(!is_loopback_name("evil.example"));
+    }
+
+    #[test]
+    fn event_stream_preference_follows_q_then_order() {
+        let prefers = |accept: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            prefers_event_stream(&h)
+        };
+        assert!(!prefers("application/json, text/event-stream"));
+        assert!(prefers("text/event-stream, application/json"));
+        assert!(!prefers("text/event-stream;q=0.5, application/json"));
+        assert!(prefers("application/json;q=0.8, text/event-stream"));
+        assert!(!prefers("*/*"));
     }
 
     #[test]

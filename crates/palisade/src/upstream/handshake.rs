@@ -1,11 +1,23 @@
 //! The gateway as an MCP client: the handshake that opens a link, in the upstream's era.
 //!
 //! Legacy upstreams get `initialize` + `notifications/initialized`; modern ones `server/discover`.
-//! With `protocol = "auto"` the gateway asks `server/discover` first: a server that speaks both
-//! eras is then spoken to in the modern one, which keeps modern clients' multi-round input
-//! requests intact (legacy clients are bridged either way). Any failure of that attempt (an
-//! error, no answer, or a server that dies of an unknown request before `initialize`) makes the
-//! upstream legacy for good, so an old server costs at most one restart.
+//! With `protocol = "auto"` each client is served in its own era wherever the upstream speaks
+//! it, so the gateway never costs a client what the server would give it directly (see
+//! `Upstream::call` for where each call goes):
+//! - HTTP: the gateway asks `server/discover` first. A server that answers is spoken to in the
+//!   modern era by 2026-07-28 clients and by the gateway itself (lists, `subscriptions/listen`);
+//!   each legacy client session gets its own upstream session, opened with `initialize`. Any
+//!   failure of the probe (an error, no answer within half the handshake time) makes the
+//!   upstream legacy until the gateway restarts.
+//! - stdio: a process speaks one era, fixed by its first exchange. The gateway asks
+//!   `initialize` first, since most clients are legacy, and starts a second process in the
+//!   modern era when a 2026-07-28 client first calls. A server that answers `initialize` with
+//!   an error and speaks 2026-07-28 is spoken to in that era alone.
+//!
+//! A server that refuses the other era has those clients bridged on its one era (input requests
+//! become `InputRequiredResult` round trips or server→client requests the gateway answers for
+//! them). `protocol = "legacy"` or `"modern"` forces one era for every client, with what a
+//! bridge cannot carry (see the README's era table).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -69,18 +81,31 @@ pub fn provisional() -> &'static UpstreamInfo {
     })
 }
 
-/// How long `auto` waits for `server/discover` before trying `initialize`.
-const DISCOVER_PROBE: Duration = Duration::from_secs(2);
+/// How long `auto` waits for `server/discover` before trying `initialize`: half the handshake's
+/// time, since a slow starter (an interpreter importing its SDK takes seconds) is not a legacy
+/// server; only a silent one is.
+fn discover_probe(up: &Upstream) -> Duration {
+    Duration::from_millis(up.config.connect_timeout_ms / 2)
+}
 
 pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
     match up.config.protocol {
-        UpstreamProtocol::Legacy => initialize(up, link).await?.map_err(|e| e.to_string()),
-        UpstreamProtocol::Modern => discover(up, link, None).await,
+        UpstreamProtocol::Legacy => initialize(up, link).await?.map_err(|code| {
+            up.refused.store(true, Ordering::Relaxed);
+            format!("initialize failed with error {code}")
+        }),
+        // A server that answered, but not with the modern era, refused it.
+        UpstreamProtocol::Modern => discover(up, link, None).await.inspect_err(|_| {
+            if !link.closed.is_cancelled() {
+                up.refused.store(true, Ordering::Relaxed);
+            }
+        }),
+        UpstreamProtocol::Auto if up.config.stdio.is_some() => legacy_first(up, link).await,
         UpstreamProtocol::Auto if up.legacy_only.load(Ordering::Relaxed) => legacy(up, link).await,
         UpstreamProtocol::Auto => {
             // Marked first: if the probe kills the server, the restart goes straight to legacy.
             up.legacy_only.store(true, Ordering::Relaxed);
-            match discover(up, link, Some(DISCOVER_PROBE)).await {
+            match discover(up, link, Some(discover_probe(up))).await {
                 Ok(info) => {
                     up.legacy_only.store(false, Ordering::Relaxed);
                     Ok(info)
@@ -90,6 +115,25 @@ pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Upstream
                     legacy(up, link).await
                 }
             }
+        }
+    }
+}
+
+/// A stdio process speaks one era, fixed by its first exchange: `initialize`, unless the server
+/// answers it with an error and speaks 2026-07-28 (then remembered until the gateway restarts).
+async fn legacy_first(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+    if up.modern_only.load(Ordering::Relaxed) {
+        return discover(up, link, None).await;
+    }
+    match initialize(up, link).await? {
+        Ok(info) => Ok(info),
+        Err(code) => {
+            let info = discover(up, link, None)
+                .await
+                .map_err(|reason| format!("initialize failed with error {code}, and {reason}"))?;
+            tracing::info!(server = %up.name, code, "upstream refused initialize and speaks 2026-07-28; using the modern era");
+            up.modern_only.store(true, Ordering::Relaxed);
+            Ok(info)
         }
     }
 }

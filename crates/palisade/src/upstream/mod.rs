@@ -107,6 +107,8 @@ pub struct Outgoing<'a> {
 pub struct ClientDefaults<'a> {
     pub capabilities: Option<&'a RawValue>,
     pub log_level: Option<&'static str>,
+    /// Cancelled when the legacy session ends (its own upstream session ends with it).
+    pub closed: Option<&'a CancellationToken>,
 }
 
 /// Events every client of this upstream may care about.
@@ -116,6 +118,8 @@ pub enum Notice {
     ResourceUpdated {
         uri: String,
         params: String,
+        /// From a client session's own upstream session: for that session alone.
+        session: Option<Arc<str>>,
     },
     /// A message for one legacy session's GET stream: it trailed the session's last call.
     ForSession {
@@ -234,8 +238,10 @@ impl Link {
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: config::Server,
-    /// Set when `protocol = "auto"` found the upstream does not speak 2026-07-28.
+    /// Set when `protocol = "auto"` found the upstream does not speak 2026-07-28 (HTTP).
     legacy_only: std::sync::atomic::AtomicBool,
+    /// Set when `protocol = "auto"` found the upstream speaks only 2026-07-28 (stdio).
+    modern_only: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     next_link: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
@@ -264,14 +270,46 @@ pub struct Upstream {
     /// The first instance of a pool holds the others, and their supervisors.
     members: Option<Mutex<Vec<Arc<Upstream>>>>,
     member_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// A stdio server spoken to in the legacy era under `protocol = "auto"`: a second process
+    /// of it, in the modern era, for 2026-07-28 clients' calls (see [`Upstream::call`]).
+    era_sibling: Mutex<Option<Arc<Upstream>>>,
+    /// An HTTP server spoken to in the legacy era by legacy clients: one upstream session per
+    /// client session, so that everything the server sends on a session (logs on its GET
+    /// stream, list and resource changes, requests outside calls) has exactly one owner.
+    session_instances: Mutex<HashMap<Arc<str>, Arc<Upstream>>>,
+    /// The server refused the era its sibling or session instances would speak: those
+    /// clients are bridged on this instance's era.
+    other_era_refused: std::sync::atomic::AtomicBool,
+    /// A legacy sibling or session instance: the instance it serves, whose list cache its list
+    /// changes invalidate.
+    primary: Option<std::sync::Weak<Upstream>>,
+    /// A session instance: the client session it serves alone.
+    client_session: Option<Arc<str>>,
+    /// Its handshake was refused: the server does not speak the era it was asked to.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// What sets one instance of a server apart from the others.
+#[derive(Default)]
+struct Kin {
+    /// Dedicated placement: the tenant and where its secrets are.
+    dedicated: Option<(TenantContext, Arc<crate::secrets::Vault>)>,
+    /// Its place in the tenant's pool.
+    index: usize,
+    /// A legacy sibling or session instance: the instance it serves, and that one's notices.
+    primary: Option<(std::sync::Weak<Upstream>, broadcast::Sender<Notice>)>,
+    /// A session instance: the client session it serves.
+    session: Option<Arc<str>>,
 }
 
 /// Lazy start and idle stop of a dedicated instance.
 struct OnDemand {
     /// Stop after this long without use; `None` keeps it running once started.
     idle: Option<Duration>,
-    wanted: std::sync::atomic::AtomicBool,
-    demand: tokio::sync::Notify,
+    /// Whether a process is wanted: set by every use, cleared when the instance goes idle. A
+    /// level, not a wake-up count, so a use while the process was starting leaves nothing
+    /// behind to restart it after it stops.
+    wanted: watch::Sender<bool>,
     /// Last use, in milliseconds since `epoch`.
     last_used: AtomicU64,
     epoch: Instant,
@@ -316,6 +354,8 @@ pub struct InstanceStatus {
     pub index: usize,
     /// `idle` (no process), `starting`, `ready`, `down` (restarting with backoff) or `stopped`.
     pub state: &'static str,
+    /// The protocol era of its live connection: `legacy` or `modern`.
+    pub era: Option<&'static str>,
     pub pid: Option<u32>,
     pub uptime_secs: Option<u64>,
     /// Client calls served by the current process.
@@ -421,7 +461,7 @@ impl Upstream {
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
-        Upstream::build(config, None, metrics, shutdown, http_client, 0)
+        Upstream::build(config, Kin::default(), metrics, shutdown, http_client)
     }
 
     /// A tenant's own instance of a dedicated server: started on first use from the server's
@@ -434,40 +474,47 @@ impl Upstream {
         shutdown: CancellationToken,
         http_client: reqwest::Client,
     ) -> Arc<Upstream> {
-        Upstream::build(
-            config,
-            Some((tenant, vault)),
-            metrics,
-            shutdown,
-            http_client,
-            0,
-        )
+        let kin = Kin {
+            dedicated: Some((tenant, vault)),
+            ..Kin::default()
+        };
+        Upstream::build(config, kin, metrics, shutdown, http_client)
     }
 
     fn build(
         config: config::Server,
-        dedicated: Option<(TenantContext, Arc<crate::secrets::Vault>)>,
+        kin: Kin,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         http_client: reqwest::Client,
-        index: usize,
     ) -> Arc<Upstream> {
+        let index = kin.index;
         let (readiness, _) = watch::channel(Readiness::Starting);
-        let (notices, _) = broadcast::channel(64);
-        let (tenant, vault) = dedicated.unzip();
-        let label: Arc<str> = match &tenant {
-            Some(t) if index > 0 => format!("{}/{}#{index}", config.name, t.tenant).into(),
-            Some(t) => format!("{}/{}", config.name, t.tenant).into(),
-            None => config.name.as_str().into(),
+        let (primary, notices) = match kin.primary {
+            Some((primary, notices)) => (Some(primary), notices),
+            None => (None, broadcast::channel(64).0),
         };
-        let members = (tenant.is_some() && index == 0).then(|| Mutex::new(Vec::new()));
+        let (tenant, vault) = kin.dedicated.unzip();
+        let era = match (&primary, &kin.session, config.protocol) {
+            (_, Some(_), _) => "~session",
+            (Some(_), None, config::UpstreamProtocol::Modern) => "~modern",
+            (Some(_), None, _) => "~legacy",
+            (None, None, _) => "",
+        };
+        let label: Arc<str> = match &tenant {
+            Some(t) if index > 0 => format!("{}/{}#{index}{era}", config.name, t.tenant).into(),
+            Some(t) => format!("{}/{}{era}", config.name, t.tenant).into(),
+            None => format!("{}{era}", config.name).into(),
+        };
+        let members =
+            (tenant.is_some() && index == 0 && primary.is_none()).then(|| Mutex::new(Vec::new()));
         // The first `min_processes` of a pool: wanted from the start, never stopped for
-        // idleness.
-        let warm = config.min_processes > index;
-        let on_demand = tenant.as_ref().map(|_| OnDemand {
-            idle: (config.idle_secs > 0 && !warm).then(|| Duration::from_secs(config.idle_secs)),
-            wanted: std::sync::atomic::AtomicBool::new(warm),
-            demand: tokio::sync::Notify::new(),
+        // idleness. A legacy sibling starts when a legacy client first needs it.
+        let warm = config.min_processes > index && primary.is_none();
+        let idle = tenant.as_ref().map(|_| config.idle_secs).unwrap_or(0);
+        let on_demand = (tenant.is_some() || primary.is_some()).then(|| OnDemand {
+            idle: (idle > 0 && !warm).then(|| Duration::from_secs(idle)),
+            wanted: watch::channel(warm).0,
             last_used: AtomicU64::new(0),
             epoch: Instant::now(),
             restart: std::sync::atomic::AtomicBool::new(false),
@@ -483,9 +530,16 @@ impl Upstream {
             index,
             members,
             member_tasks: Mutex::new(Vec::new()),
+            era_sibling: Mutex::new(None),
+            session_instances: Mutex::new(HashMap::new()),
+            other_era_refused: std::sync::atomic::AtomicBool::new(false),
+            primary,
+            client_session: kin.session,
+            refused: std::sync::atomic::AtomicBool::new(false),
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
+            modern_only: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             next_link: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
@@ -528,13 +582,17 @@ impl Upstream {
         if list.len() + 1 >= self.config.max_processes {
             return None;
         }
+        let kin = Kin {
+            dedicated: Some((tenant, vault)),
+            index: list.len() + 1,
+            ..Kin::default()
+        };
         let member = Upstream::build(
             self.config.clone(),
-            Some((tenant, vault)),
+            kin,
             self.metrics.clone(),
             self.shutdown.child_token(),
             self.http_client.clone(),
-            list.len() + 1,
         );
         let supervised = member.clone();
         let task = tokio::spawn(async move { supervised.supervise().await });
@@ -621,21 +679,20 @@ impl Upstream {
     }
 
     async fn link(&self, wait: Duration) -> Result<Arc<Link>, UpstreamError> {
+        // A tenant's own instance that is down is restarting with backoff: its calls fail at
+        // once with the reason rather than queueing behind a crash loop; so do a legacy
+        // instance's when the server refused the era.
+        let fail_fast = self.tenant.is_some() || self.refused.load(Ordering::Relaxed);
         if let Some(od) = &self.on_demand {
             od.last_used
                 .store(od.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            od.wanted.store(true, Ordering::Release);
             od.drain.store(false, Ordering::Release);
-            match &*self.readiness.borrow() {
-                Readiness::Ready(_) => {}
-                // A tenant's own instance that is down is restarting with backoff: its calls
-                // fail at once with the reason rather than queueing behind a crash loop.
-                Readiness::Down(reason) => {
-                    return Err(self.unavailable(format!("{reason}; restarting with backoff")));
-                }
-                // One stored permit wakes the supervisor, however many callers ask.
-                _ => od.demand.notify_one(),
+            if let Readiness::Down(reason) = &*self.readiness.borrow()
+                && fail_fast
+            {
+                return Err(self.unavailable(format!("{reason}; restarting with backoff")));
             }
+            od.wanted.send_if_modified(|w| !std::mem::replace(w, true));
         }
         let mut rx = self.readiness.subscribe();
         let waited = tokio::time::timeout(wait, async {
@@ -646,10 +703,17 @@ impl Upstream {
                         return Err("the gateway is shutting down".to_string());
                     }
                     // A tenant's own instance that failed to start says why at once.
-                    Readiness::Down(reason) if self.on_demand.is_some() => {
+                    Readiness::Down(reason)
+                        if self.tenant.is_some() || self.refused.load(Ordering::Relaxed) =>
+                    {
                         return Err(reason.clone());
                     }
-                    Readiness::Starting | Readiness::Down(_) | Readiness::Idle => {}
+                    Readiness::Idle => {
+                        if let Some(od) = &self.on_demand {
+                            od.wanted.send_if_modified(|w| !std::mem::replace(w, true));
+                        }
+                    }
+                    Readiness::Starting | Readiness::Down(_) => {}
                 }
                 if rx.changed().await.is_err() {
                     return Err("the gateway is shutting down".to_string());
@@ -696,7 +760,141 @@ impl Upstream {
         };
         let wait = Duration::from_millis(instance.config.connect_timeout_ms);
         let link = instance.link(wait).await?;
+        if let Some(other) = instance.instance_for(&link, &route, defaults.closed) {
+            match other.link(wait).await {
+                Ok(l) => return other.call_on(&l, method, params, route, defaults),
+                Err(e) if other.refused.load(Ordering::Relaxed) => {
+                    tracing::info!(server = %instance.label, error = %e, "upstream refused the other protocol era; those clients are bridged");
+                    instance.other_era_refused.store(true, Ordering::Relaxed);
+                    other.shutdown.cancel();
+                }
+                Err(e) => return Err(e),
+            }
+        }
         instance.call_on(&link, method, params, route, defaults)
+    }
+
+    /// Where a client's call goes when not to this instance's own link (`link`), so that the
+    /// client gets what it would get from the server directly (see the handshake module):
+    /// - a legacy client session of an HTTP server spoken to in the legacy era, or in the modern
+    ///   era under `protocol = "auto"`: its own upstream session, so that everything the server
+    ///   sends on that session (logs on its GET stream, list and resource changes, requests
+    ///   outside calls) has exactly one owner;
+    /// - a 2026-07-28 client of a stdio server spoken to in the legacy era under `auto`: the
+    ///   server's second process, in the modern era.
+    ///
+    /// Made and started on first use; `None`: this instance's own link.
+    fn instance_for(
+        self: &Arc<Self>,
+        link: &Link,
+        route: &Route,
+        closed: Option<&CancellationToken>,
+    ) -> Option<Arc<Upstream>> {
+        let Route::Client { session, .. } = route else {
+            return None;
+        };
+        if self.primary.is_some() {
+            return None;
+        }
+        let era = link.info().era;
+        match session {
+            Some(session) if self.config.http.is_some() => {
+                if era == Era::Modern && self.era_for(Era::Legacy) != Some(Era::Legacy) {
+                    return None;
+                }
+                let closed = closed?;
+                let mut map = lock(&self.session_instances);
+                if let Some(instance) = map.get(session) {
+                    return Some(instance.clone());
+                }
+                let instance = self.spawn_in(Era::Legacy, Some(session.clone()));
+                map.insert(session.clone(), instance.clone());
+                // It ends with its client session (or the gateway).
+                let (me, closed, ended) = (self.clone(), closed.clone(), instance.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = closed.cancelled() => ended.shutdown.cancel(),
+                        _ = ended.shutdown.cancelled() => {}
+                    }
+                    lock(&me.session_instances).retain(|_, i| !Arc::ptr_eq(i, &ended));
+                });
+                Some(instance)
+            }
+            None if era == Era::Legacy && self.era_for(Era::Modern) == Some(Era::Modern) => {
+                let mut slot = lock(&self.era_sibling);
+                Some(
+                    slot.get_or_insert_with(|| self.spawn_in(Era::Modern, None))
+                        .clone(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// A new instance of this server spoken to in `era`, supervised: the era sibling (`session`
+    /// none) or a client session's own upstream session.
+    fn spawn_in(self: &Arc<Self>, era: Era, session: Option<Arc<str>>) -> Arc<Upstream> {
+        let mut config = self.config.clone();
+        config.protocol = match era {
+            Era::Legacy => config::UpstreamProtocol::Legacy,
+            Era::Modern => config::UpstreamProtocol::Modern,
+        };
+        let kin = Kin {
+            dedicated: self.tenant.clone().zip(self.vault.clone()),
+            index: self.index,
+            primary: Some((Arc::downgrade(self), self.notices.clone())),
+            session,
+        };
+        let instance = Upstream::build(
+            config,
+            kin,
+            self.metrics.clone(),
+            self.shutdown.child_token(),
+            self.http_client.clone(),
+        );
+        let supervised = instance.clone();
+        let task = tokio::spawn(async move { supervised.supervise().await });
+        if let Ok(mut tasks) = self.member_tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+        instance
+    }
+
+    /// The era the gateway speaks to this upstream for a client of `client` era, once connected:
+    /// the client's own where `protocol = "auto"` lets it (see [`Upstream::instance_for`]).
+    pub fn era_for(&self, client: Era) -> Option<Era> {
+        let era = self.era()?;
+        let auto = self.config.protocol == config::UpstreamProtocol::Auto
+            && self.primary.is_none()
+            && !self.other_era_refused.load(Ordering::Relaxed);
+        let own = match (client, era) {
+            (Era::Legacy, Era::Modern) => auto && self.config.http.is_some(),
+            (Era::Modern, Era::Legacy) => auto && self.config.stdio.is_some(),
+            _ => false,
+        };
+        Some(if own { client } else { era })
+    }
+
+    /// This instance, its pool's other instances, and their era siblings: the processes and
+    /// links an operator sees (client sessions' own upstream sessions are not listed).
+    pub fn instances(self: &Arc<Self>) -> Vec<Arc<Upstream>> {
+        let mut all = vec![self.clone()];
+        all.extend(self.pool_members());
+        let siblings: Vec<Arc<Upstream>> = all
+            .iter()
+            .filter_map(|u| lock(&u.era_sibling).clone())
+            .collect();
+        all.extend(siblings);
+        all
+    }
+
+    /// The instances restarts and drains reach besides this one.
+    fn dependents(&self) -> Vec<Arc<Upstream>> {
+        let mut all = self.pool_members();
+        all.extend(lock(&self.era_sibling).clone());
+        all.extend(lock(&self.session_instances).values().cloned());
+        all
     }
 
     fn call_on(
@@ -927,11 +1125,23 @@ impl Upstream {
             _ => None,
         };
         if let Some(kind) = kind {
-            self.invalidate(kind);
+            // A legacy instance's lists are its primary's: that cache is the one to drop.
+            let primary = self.primary.as_ref().and_then(std::sync::Weak::upgrade);
+            let cache = primary.as_deref().unwrap_or(self);
+            cache.invalidate(kind);
             if kind == ListKind::Resources {
-                self.invalidate(ListKind::ResourceTemplates);
+                cache.invalidate(ListKind::ResourceTemplates);
             }
-            let _ = self.notices.send(Notice::ListChanged(kind));
+            // A client session's own upstream session told that session alone.
+            let notice = match &self.client_session {
+                Some(session) => Notice::ForSession {
+                    session: session.clone(),
+                    message: jsonrpc::notification(&method, params.as_ref().map(|p| p.get()))
+                        .into(),
+                },
+                None => Notice::ListChanged(kind),
+            };
+            let _ = self.notices.send(notice);
             return;
         }
         if method == "notifications/subscriptions/acknowledged" {
@@ -945,6 +1155,7 @@ impl Upstream {
                 let _ = self.notices.send(Notice::ResourceUpdated {
                     uri,
                     params: p.get().to_owned(),
+                    session: self.client_session.clone(),
                 });
             }
             return;
@@ -1049,11 +1260,12 @@ impl Upstream {
                 break;
             }
             if let Some(od) = &self.on_demand
-                && !od.wanted.load(Ordering::Acquire)
+                && !*od.wanted.borrow()
             {
                 self.readiness.send_replace(Readiness::Idle);
+                let mut wanted = od.wanted.subscribe();
                 tokio::select! {
-                    _ = od.demand.notified() => {}
+                    _ = wanted.wait_for(|w| *w) => {}
                     _ = self.shutdown.cancelled() => break,
                 }
             }
@@ -1068,15 +1280,20 @@ impl Upstream {
                 r = connect => match r {
                     Ok(Ok(link)) => {
                         tracing::info!(server = %self.label, era = ?link.info().era, version = %link.info().protocol_version, "upstream connected");
-                        if self.on_demand.is_some() {
+                        if self.tenant.is_some() {
                             self.metrics
                                 .instance_started(&self.name, started.elapsed().as_secs_f64());
                         }
                         self.invalidate_all();
-                        self.metrics.upstream_up(&self.label, true);
+                        if self.client_session.is_none() {
+                            self.metrics.upstream_up(&self.label, true);
+                        }
                         self.readiness.send_replace(Readiness::Ready(link.clone()));
-                        for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
-                            let _ = self.notices.send(Notice::ListChanged(kind));
+                        // Lists come from the primary instance, not from a legacy sibling.
+                        if self.primary.is_none() {
+                            for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
+                                let _ = self.notices.send(Notice::ListChanged(kind));
+                            }
                         }
                         let retired = tokio::select! {
                             _ = link.closed.cancelled() => None,
@@ -1089,16 +1306,18 @@ impl Upstream {
                                 Some(why)
                             }
                         };
-                        self.metrics.upstream_up(&self.label, false);
+                        if self.client_session.is_none() {
+                            self.metrics.upstream_up(&self.label, false);
+                        }
                         let reason = link.reason();
                         if let Some(why) = retired.filter(|w| *w != Retire::Unhealthy) {
                             if matches!(why, Retire::Idle | Retire::Drain) {
-                                // Idle first, then not wanted: a caller from now on leaves a
-                                // permit that starts the instance again.
-                                self.readiness.send_replace(Readiness::Idle);
+                                // Not wanted, then idle: a caller waiting for the link sees
+                                // the instance idle and wants it again.
                                 if let Some(od) = &self.on_demand {
-                                    od.wanted.store(false, Ordering::Release);
+                                    od.wanted.send_replace(false);
                                 }
+                                self.readiness.send_replace(Readiness::Idle);
                             } else {
                                 self.readiness.send_replace(Readiness::Starting);
                             }
@@ -1131,7 +1350,7 @@ impl Upstream {
                 break;
             }
             self.metrics.upstream_restart(&self.label);
-            if self.on_demand.is_some() {
+            if self.tenant.is_some() {
                 self.metrics.instance_crashed(&self.name);
             }
             let delay = backoff(attempt);
@@ -1213,7 +1432,7 @@ impl Upstream {
             od.restart.store(true, Ordering::Release);
             od.poke.notify_one();
         }
-        for m in self.pool_members() {
+        for m in self.dependents() {
             m.restart();
         }
     }
@@ -1225,7 +1444,7 @@ impl Upstream {
             od.drain.store(true, Ordering::Release);
             od.poke.notify_one();
         }
-        for m in self.pool_members() {
+        for m in self.dependents() {
             m.drain();
         }
     }
@@ -1261,6 +1480,10 @@ impl Upstream {
             server: self.name.clone(),
             index: self.index,
             state,
+            era: link.as_ref().map(|l| match l.info().era {
+                Era::Legacy => "legacy",
+                Era::Modern => "modern",
+            }),
             pid,
             uptime_secs: link.as_ref().map(|l| l.started.elapsed().as_secs()),
             calls: link.as_ref().map_or(0, |l| l.calls.load(Ordering::Relaxed)),
@@ -1353,9 +1576,7 @@ impl Upstream {
             }
         }
         match (&link.transport, link.info().era) {
-            (_, Era::Modern) if link.info().announces_list_changes() => {
-                self.listen_for_changes(&link)
-            }
+            (_, Era::Modern) => self.listen_for_changes(&link),
             (Transport::Http(t), Era::Legacy) => t.open_listen_stream(self.clone(), link.clone()),
             _ => {}
         }
@@ -1411,7 +1632,9 @@ impl Upstream {
     }
 
     /// For a modern upstream: keeps a `subscriptions/listen` open so list changes invalidate the
-    /// cache and reach clients, as `list_changed` notifications do for legacy upstreams.
+    /// cache and reach clients, as `list_changed` notifications do for legacy upstreams. Asked of
+    /// every modern upstream, even one that does not announce `listChanged`: some send changes
+    /// anyway, and a client talking to them directly would see them.
     fn listen_for_changes(self: &Arc<Self>, link: &Arc<Link>) {
         let me = self.clone();
         let link = link.clone();
@@ -1443,7 +1666,12 @@ impl Upstream {
                     }
                 };
                 if refused {
-                    tracing::info!(server = %me.name, "upstream refused subscriptions/listen; list changes will not be noticed");
+                    // Worth an operator's attention only from a server that says its lists change.
+                    if link.info().announces_list_changes() {
+                        tracing::info!(server = %me.name, "upstream refused subscriptions/listen; list changes will not be noticed");
+                    } else {
+                        tracing::debug!(server = %me.name, "upstream refused subscriptions/listen");
+                    }
                     return;
                 }
                 tokio::select! {
@@ -1522,6 +1750,11 @@ fn prepare_params(
     (text, client_token)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the data itself is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// 100 ms doubling to 30 s, with ±25% jitter so a fleet does not restart in lockstep.
 fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1u64 << attempt.min(9)).min(30_000);
@@ -1568,6 +1801,7 @@ mod tests {
         let defaults = ClientDefaults {
             capabilities: Some(&caps),
             log_level: Some("warning"),
+            closed: None,
         };
         let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28", defaults);
         assert!(
