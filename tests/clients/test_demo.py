@@ -2,7 +2,8 @@
 
 The demo's tenants acme and globex share one palisade-sql process (shared placement, SQLite).
 Each sends the same `sql__query_database` call and must get its own orders only: the tenant
-reaches palisade-sql in the gateway's signed assertion, never from the client.
+reaches palisade-sql in the gateway's signed assertion, never from the client. Beside it they
+see a few plain tools of the test upstream, and none of its fault-injection tools.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import socket
 import subprocess
 
 import pytest
+
+from mcp.shared.exceptions import MCPError
 
 from conftest import BIN_DIR, STARTUP_TIMEOUT, _read_line, connect
 
@@ -67,6 +70,29 @@ async def test_demo_tenants_query_their_own_orders(demo, era):
         seen[tenant] = rows
     # Same query, different data.
     assert seen["acme"] != seen["globex"]
+
+
+DEMO_TOOLS = {
+    "sql__query_database",
+    "sql__list_tables",
+    "sql__describe_table",
+    "kit__echo",
+    "kit__add",
+    "kit__progress",
+}
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_demo_tenants_see_a_small_useful_tool_set(demo, era):
+    url, keys = demo
+    async with connect(url, keys["acme"], era) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == DEMO_TOOLS
+        echoed = await client.call_tool("kit__echo", {"message": "hi"})
+        assert echoed.content[0].text == "hi"
+        # The test upstream's fault injection is not the demo's: refused by the tenant's policy.
+        with pytest.raises(MCPError, match="not allowed by the tenant's policy"):
+            await client.call_tool("kit__crash", {})
 
 
 async def test_demo_sql_errors_are_tool_errors(demo):

@@ -36,6 +36,8 @@ pub mod meta {
     pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
     pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
     pub const PROGRESS_TOKEN: &str = "progressToken";
+    /// On the notifications of a `subscriptions/listen` stream: the id of that request.
+    pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
     /// The prefix of every key the modern era reserves; the gateway owns these per hop.
     pub const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
 }

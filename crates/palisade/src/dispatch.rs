@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::pipeline::{self, Addressing, Caller, Forward, Refusal, complete_modern_result};
 use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
-use crate::upstream::{ListKind, Notice, Upstream};
+use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, Upstream};
 
 /// Resource subscriptions one legacy session may hold (per-session state stays bounded).
 const MAX_SUBSCRIPTIONS: usize = 1024;
@@ -112,16 +112,28 @@ pub async fn request(
                     subs.remove(uri);
                 }
             }
-            // 2026-07-28 has no resources/subscribe: when the gateway speaks it to the upstream
-            // even for legacy clients, subscriptions are its business and it acknowledges them.
+            // 2026-07-28 has no resources/subscribe: when the gateway speaks that era to the
+            // upstream even for legacy clients, it subscribes on a listen of its own for the
+            // session, and acknowledges.
             let modern_target = uri
                 .as_deref()
                 .and_then(|u| catalog::resolve_uri(caller.tenant, u))
-                .is_some_and(|t| t.upstream.era_for(Era::Legacy) == Some(Era::Modern));
-            if modern_target {
-                Reply::Message(jsonrpc::result(id, "{}"))
-            } else {
-                forward(Addressing::Resource).await
+                .filter(|t| t.upstream.era_for(Era::Legacy) == Some(Era::Modern));
+            match (modern_target, &caller.session, uri) {
+                (Some(target), Some(session), Some(uri)) => {
+                    if method == "resources/subscribe" {
+                        watch_for_session(
+                            caller.tenant,
+                            session,
+                            target.upstream.clone(),
+                            (uri, target.name),
+                        );
+                    } else {
+                        session.unwatch(&uri);
+                    }
+                    Reply::Message(jsonrpc::result(id, "{}"))
+                }
+                _ => forward(Addressing::Resource).await,
             }
         }
         "logging/setLevel" if caller.era == Era::Legacy => {
@@ -345,7 +357,9 @@ async fn list(
     Reply::Message(jsonrpc::result(id, &page.to_json()))
 }
 
-/// `subscriptions/listen`: acknowledges the accepted filter, then relays list changes.
+/// `subscriptions/listen`: acknowledges the accepted filter, then relays list changes and
+/// updates of the resources it names (those of the tenant's upstreams; at most
+/// [`MAX_SUBSCRIPTIONS`]).
 fn listen(
     gw: &Arc<Gateway>,
     tenant: &Tenant,
@@ -369,22 +383,207 @@ fn listen(
     for (_, key) in &accepted {
         filter.insert((*key).into(), Value::Bool(true));
     }
-    let sub_meta = json!({ "io.modelcontextprotocol/subscriptionId": serde_json::from_str::<Value>(id.as_json()).unwrap_or(Value::Null) });
+    // The resources it names that belong to one of the tenant's upstreams, by upstream.
+    let mut watched: Vec<(Arc<Upstream>, Vec<Watched>)> = Vec::new();
+    let uris = requested["resourceSubscriptions"].as_array();
+    for uri in uris
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .take(MAX_SUBSCRIPTIONS)
+    {
+        let Some(target) = catalog::resolve_uri(tenant, uri) else {
+            continue;
+        };
+        match watched
+            .iter_mut()
+            .find(|(u, _)| Arc::ptr_eq(u, target.upstream))
+        {
+            Some((_, list)) => list.push((uri.to_owned(), target.name)),
+            None => watched.push((target.upstream.clone(), vec![(uri.to_owned(), target.name)])),
+        }
+    }
+    if !watched.is_empty() {
+        let named: Vec<&str> = watched
+            .iter()
+            .flat_map(|(_, l)| l.iter().map(|(exposed, _)| exposed.as_str()))
+            .collect();
+        filter.insert("resourceSubscriptions".into(), json!(named));
+    }
+    let sub_meta = json!({ (meta::SUBSCRIPTION_ID): serde_json::from_str::<Value>(id.as_json()).unwrap_or(Value::Null) });
     let ack = json!({ "notifications": filter, "_meta": sub_meta }).to_string();
     let (tx, rx) = mpsc::channel(64);
     let _ = tx.try_send(jsonrpc::notification(
         "notifications/subscriptions/acknowledged",
         Some(&ack),
     ));
+    // Updates from an upstream spoken to in the legacy era come as its notices; those of the
+    // modern era on a listen of the gateway's own for this stream.
+    let mut by_notice = std::collections::HashSet::new();
+    for (upstream, uris) in watched {
+        if upstream.era_for(Era::Modern) == Some(Era::Modern) {
+            watch_modern(&tenant.id, upstream, uris, tx.clone(), Some(sub_meta.clone()));
+        } else {
+            by_notice.extend(uris.iter().map(|(exposed, _)| exposed.clone()));
+            subscribe_legacy(&tenant.id, upstream, uris);
+        }
+    }
     let kinds: Vec<ListKind> = accepted.iter().map(|(k, _)| *k).collect();
+    let namespacing = tenant.namespacing;
     let params = json!({ "_meta": sub_meta }).to_string();
-    relay_notices(gw, tenant, tx, move |notice, _upstream| match notice {
+    relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
         Notice::ListChanged(kind) if kinds.contains(kind) => kind
             .changed_notification()
             .map(|m| jsonrpc::notification(m, Some(&params))),
+        Notice::ResourceUpdated {
+            uri, session: None, ..
+        } => {
+            let exposed = if namespacing {
+                format!("{}+{uri}", upstream.name)
+            } else {
+                uri.clone()
+            };
+            by_notice.contains(&exposed).then(|| {
+                let p = json!({ "uri": exposed, "_meta": sub_meta });
+                jsonrpc::notification("notifications/resources/updated", Some(&p.to_string()))
+            })
+        }
         _ => None,
     });
     Reply::Stream(rx)
+}
+
+/// A resource a `subscriptions/listen` names: as the client names it, and as its upstream does.
+type Watched = (String, String);
+
+/// How long the gateway's own listen for a client's stream may stay open.
+const LISTEN_FOR: u64 = 365 * 24 * 3600 * 1000;
+
+/// A 2026-07-28 upstream's updates of `uris` for one client: a listen of the gateway's own, open
+/// while `tx` is, whose updates go to `tx` under the client's names (with the client's
+/// subscription id when it listens itself).
+fn watch_modern(
+    tenant: &Arc<str>,
+    upstream: Arc<Upstream>,
+    uris: Vec<Watched>,
+    tx: mpsc::Sender<Vec<u8>>,
+    sub_meta: Option<Value>,
+) {
+    let route = Route::Client {
+        tenant: tenant.clone(),
+        session: None,
+    };
+    tokio::spawn(async move {
+        let own: Vec<&str> = uris.iter().map(|(_, u)| u.as_str()).collect();
+        let params = json!({ "notifications": { "resourceSubscriptions": own } }).to_string();
+        let Some(params) = RawObject::parse(&params) else {
+            return;
+        };
+        let call = upstream
+            .call(
+                "subscriptions/listen",
+                Some(&params),
+                route,
+                Default::default(),
+            )
+            .await;
+        let Ok(mut handle) = call else { return };
+        handle.set_timeout(LISTEN_FOR);
+        loop {
+            let step = tokio::select! {
+                step = handle.next() => step,
+                _ = tx.closed() => return,
+            };
+            let Step::Event(CallEvent::Notification { method, params }) = step else {
+                if matches!(step, Step::Done(_)) {
+                    return;
+                }
+                continue;
+            };
+            let uri = params
+                .as_deref()
+                .and_then(|p| RawObject::parse(p.get()))
+                .and_then(|o| o.get_str("uri"));
+            let Some((exposed, _)) = uri.and_then(|u| uris.iter().find(|(_, own)| *own == u))
+            else {
+                continue;
+            };
+            let mut p = json!({ "uri": exposed });
+            if let Some(m) = &sub_meta {
+                p["_meta"] = m.clone();
+            }
+            let p = p.to_string();
+            if method == "notifications/resources/updated"
+                && tx
+                    .send(jsonrpc::notification(&method, Some(&p)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// A legacy session's subscription to a resource of an upstream spoken to in 2026-07-28: a
+/// listen of the gateway's own for it, whose updates reach the session's GET stream, until the
+/// session unsubscribes or ends.
+fn watch_for_session(
+    tenant: &Tenant,
+    session: &Arc<Session>,
+    upstream: Arc<Upstream>,
+    uri: Watched,
+) {
+    let Some(stop) = session.watch(&uri.0) else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let publisher = upstream.clone();
+    let (session_id, closed) = (session.id.clone(), session.closed.clone());
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                m = rx.recv() => m,
+                _ = stop.cancelled() => None,
+                _ = closed.cancelled() => None,
+            };
+            let Some(message) = message else { return };
+            publisher.publish(Notice::ForSession {
+                session: session_id.clone(),
+                message: message.into(),
+            });
+        }
+    });
+    watch_modern(&tenant.id, upstream, vec![uri], tx, None);
+}
+
+/// A legacy-era upstream's updates of `uris`: subscribed on the connection the gateway shares
+/// among modern clients; its updates reach every listener that names them through the
+/// upstream's notices. (Not unsubscribed when the listener goes: other listeners may share the
+/// subscription, and updates nobody named are not relayed.)
+fn subscribe_legacy(tenant: &Arc<str>, upstream: Arc<Upstream>, uris: Vec<Watched>) {
+    let route = Route::Client {
+        tenant: tenant.clone(),
+        session: None,
+    };
+    tokio::spawn(async move {
+        for (_, own) in uris {
+            let Some(params) = RawObject::parse(&json!({ "uri": own }).to_string()) else {
+                continue;
+            };
+            let call = upstream
+                .call(
+                    "resources/subscribe",
+                    Some(&params),
+                    route.clone(),
+                    Default::default(),
+                )
+                .await;
+            if let Ok(mut handle) = call {
+                while let Step::Event(_) = handle.next().await {}
+            }
+        }
+    });
 }
 
 /// Messages for a legacy session's GET stream: list changes, and updates of subscribed resources.

@@ -790,11 +790,9 @@ impl Forward {
             };
             let (tx, rx) = oneshot::channel();
             let id = session.register_server_request(Awaiting::Gateway(tx));
-            self.outbox.push_back(jsonrpc::request(
-                &id,
-                &method,
-                req.get("params").map(RawValue::get),
-            ));
+            let params = legacy_request_params(&method, req.get_object("params"));
+            self.outbox
+                .push_back(jsonrpc::request(&id, &method, params.as_deref()));
             answers.push((key.to_owned(), rx));
         }
         self.collecting = Some(Collecting {
@@ -956,8 +954,11 @@ impl Forward {
 
     /// Era and namespacing fix-ups of a result. Returns the text and whether it is a tool error.
     fn rewrite_result(&self, result: &RawValue) -> (String, bool) {
-        let needs_rewrite =
-            self.era == Era::Modern || self.uri_prefix.is_some() || self.method == "tools/call";
+        let from_modern = self.era == Era::Legacy && self.upstream.era() == Some(Era::Modern);
+        let needs_rewrite = self.era == Era::Modern
+            || from_modern
+            || self.uri_prefix.is_some()
+            || self.method == "tools/call";
         if !needs_rewrite {
             return (result.get().to_owned(), false);
         }
@@ -990,12 +991,32 @@ impl Forward {
         if self.era == Era::Modern {
             changed |= complete_modern_result(&mut obj, self.method == "resources/read");
         }
+        if from_modern {
+            // The modern era's own fields mean nothing to a legacy client.
+            for field in ["resultType", "ttlMs", "cacheScope"] {
+                changed |= obj.remove(field).is_some();
+            }
+        }
         if changed {
             (obj.to_json(), is_error)
         } else {
             (result.get().to_owned(), is_error)
         }
     }
+}
+
+/// An input request of a 2026-07-28 upstream as the legacy era has it: a URL-mode elicitation
+/// there carries an `elicitationId`, which the modern era's input requests do not.
+fn legacy_request_params(method: &str, params: Option<RawObject>) -> Option<String> {
+    let mut params = params?;
+    let url_mode =
+        method == "elicitation/create" && params.get_str("mode").as_deref() == Some("url");
+    if url_mode && params.get("elicitationId").is_none() {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        params.set_str("elicitationId", &hex::encode(id));
+    }
+    Some(params.to_json())
 }
 
 /// Adds what the modern era requires on results that a legacy upstream does not send:

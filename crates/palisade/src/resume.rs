@@ -109,8 +109,10 @@ impl Logs {
                 .finished
                 .is_none_or(|at| at.elapsed() < FINISHED_KEPT)
         });
+        // Finished streams go first, oldest first; streams still live only when none are.
         while list.len() >= MAX_LOGS {
-            list.pop_front();
+            let finished = list.iter().position(|l| lock(&l.state).finished.is_some());
+            list.remove(finished.unwrap_or(0));
         }
         list.push_back(log.clone());
         log
@@ -220,6 +222,21 @@ impl Log {
         st.live = None;
         st.finished = Some(Instant::now());
     }
+
+    /// A standalone stream goes on after a resume: it no longer expires.
+    pub fn reopen(&self) {
+        lock(&self.state).finished = None;
+    }
+}
+
+/// Finishes a stream when the response serving it goes away (a standalone stream, whose
+/// producer is the response itself).
+pub struct FinishOnDrop(pub Arc<Log>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 fn event_id(stream: u64, seq: u64) -> String {
@@ -301,6 +318,17 @@ mod tests {
             Err(ResumeError::Gap(_))
         ));
         assert!(logs.resume(&format!("{}_3", a.stream)).is_ok());
+    }
+
+    #[test]
+    fn finished_streams_are_forgotten_before_live_ones() {
+        let logs = Logs::default();
+        let live = logs.open();
+        for _ in 0..MAX_LOGS * 2 {
+            logs.open().finish();
+        }
+        assert!(logs.resume(&format!("{}_0", live.stream)).is_ok());
+        assert_eq!(lock(&logs.list).len(), MAX_LOGS);
     }
 
     #[test]

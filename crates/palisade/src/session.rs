@@ -58,6 +58,8 @@ pub struct Session {
     stream: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     /// Its resumable SSE streams (event ids, replay after `Last-Event-ID`).
     pub streams: crate::resume::Logs,
+    /// Resource subscriptions the gateway keeps for it on a 2026-07-28 upstream, by URI.
+    watches: Mutex<HashMap<String, CancellationToken>>,
     pub closed: CancellationToken,
 }
 
@@ -108,6 +110,25 @@ impl Session {
 
     pub fn cancel_call(&self, client_id: &str) {
         if let Some(token) = lock(&self.inflight).remove(client_id) {
+            token.cancel();
+        }
+    }
+
+    /// Starts watching a resource for the session: the token that ends the watch, or `None`
+    /// when it is watched already. Bounded by the session's subscriptions.
+    pub fn watch(&self, uri: &str) -> Option<CancellationToken> {
+        let mut watches = lock(&self.watches);
+        if watches.contains_key(uri) {
+            return None;
+        }
+        let token = self.closed.child_token();
+        watches.insert(uri.to_owned(), token.clone());
+        Some(token)
+    }
+
+    /// Ends the watch of a resource.
+    pub fn unwatch(&self, uri: &str) {
+        if let Some(token) = lock(&self.watches).remove(uri) {
             token.cancel();
         }
     }
@@ -197,6 +218,7 @@ impl Sessions {
             inflight: Mutex::new(HashMap::new()),
             stream: Mutex::new(None),
             streams: crate::resume::Logs::default(),
+            watches: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
         });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

@@ -1,14 +1,20 @@
 //! `palisade demo`: the gateway with embedded defaults and nothing to configure.
 //!
-//! Two tenants, `acme` and `globex`, share the test upstream (`palisade-testkit`, built with the
-//! workspace) over stdio, and `palisade-sql` in shared placement: one process for both, on a
-//! SQLite file per tenant with sample orders, told the tenant by the gateway's signed assertion. Keys and the pepper are fresh for every run and exist only in memory;
-//! the keys are printed once, with a ready command per tenant.
+//! Two tenants, `acme` and `globex`, share `palisade-sql` in shared placement: one process for
+//! both, on a SQLite file per tenant with sample orders, told the tenant by the gateway's signed
+//! assertion. Beside it, a few plain tools of the test upstream (`palisade-testkit`, built with
+//! the workspace); its fault-injection tools (crash, hog, …) are denied by the tenants' policy.
+//! Keys and the pepper are fresh for every run and exist only in memory; the keys are printed
+//! once, with a ready command per tenant.
 
 use anyhow::Context;
 
 use crate::auth::apikey::{Pepper, generate_key};
 use crate::config::Config;
+
+/// What the demo's tenants may call: palisade-sql, and the test upstream's plain tools (not
+/// the ones that crash it, hog it or write garbage, which are there for tests).
+const DEMO_TOOLS: &str = r#"["sql/*", "kit/echo", "kit/add", "kit/progress"]"#;
 
 pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the palisade binary")?;
@@ -70,12 +76,17 @@ args = ["serve", "--placement", "shared", "--audience", "sql", "--sqlite-dir", "
 id = "acme"
 servers = ["kit", "sql"]
 keys = ["{acme}"]
+[tenants.policy]
+allow_tools = {demo_tools}
 
 [[tenants]]
 id = "globex"
 servers = ["kit", "sql"]
 keys = ["{globex}"]
+[tenants.policy]
+allow_tools = {demo_tools}
 "#,
+        demo_tools = DEMO_TOOLS,
         testkit = testkit.display(),
         sql = sql.display(),
         sql_dir = sql_dir.display(),
@@ -91,8 +102,8 @@ keys = ["{globex}"]
     };
     let served = super::serve_with_pepper(config, pepper, &paths, None, |_| {
         println!();
-        println!("Palisade demo: tenants acme and globex share the upstreams `kit` (palisade-testkit) and `sql` (palisade-sql on SQLite).");
-        println!("Tool names are namespaced: kit__echo, kit__add, sql__query_database, sql__list_tables, …");
+        println!("Palisade demo: tenants acme and globex share the upstreams `sql` (palisade-sql on SQLite) and `kit` (palisade-testkit).");
+        println!("Their policy allows sql__query_database, sql__list_tables, sql__describe_table, kit__echo, kit__add and kit__progress.");
         println!("The same query gives each tenant its own orders: the gateway tells palisade-sql the tenant in a signed assertion.\n");
         for (tenant, key) in [("acme", &acme_key), ("globex", &globex_key)] {
             println!("  {tenant}: API key {key}");

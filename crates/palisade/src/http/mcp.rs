@@ -413,13 +413,15 @@ fn standalone_response(
 ) -> Response {
     let draining = gw.draining.clone();
     let head = futures_util::stream::iter(first);
+    // When this response goes away the stream ends, but stays resumable for a while.
+    let guard = Arc::new(resume::FinishOnDrop(log));
     let tail = futures_util::stream::unfold(rx, move |mut rx| {
         let draining = draining.clone();
         let session = session.clone();
-        let log = log.clone();
+        let guard = guard.clone();
         async move {
             tokio::select! {
-                m = rx.recv() => m.map(|m| (session.streams.push(&log, &m).0, rx)),
+                m = rx.recv() => m.map(|m| (session.streams.push(&guard.0, &m).0, rx)),
                 _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), rx)),
                 _ = session.closed.cancelled() => None,
                 _ = draining.cancelled() => None,
@@ -451,7 +453,10 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
                 return sse_body(replay_body(attached.missed, attached.live));
             }
             // The standalone stream goes on as a new one, after what the client missed.
-            Ok((log, attached)) => (log, attached.missed),
+            Ok((log, attached)) => {
+                log.reopen();
+                (log, attached.missed)
+            }
             Err(e) => {
                 gw.metrics.rejected("resume");
                 return rpc_error(

@@ -1,23 +1,22 @@
 //! The gateway as an MCP client: the handshake that opens a link, in the upstream's era.
 //!
 //! Legacy upstreams get `initialize` + `notifications/initialized`; modern ones `server/discover`.
-//! With `protocol = "auto"` each client is served in its own era wherever the upstream speaks
-//! it, so the gateway never costs a client what the server would give it directly (see
-//! `Upstream::call` for where each call goes):
-//! - HTTP: the gateway asks `server/discover` first. A server that answers is spoken to in the
-//!   modern era by 2026-07-28 clients and by the gateway itself (lists, `subscriptions/listen`);
-//!   each legacy client session gets its own upstream session, opened with `initialize`. Any
-//!   failure of the probe (an error, no answer within half the handshake time) makes the
-//!   upstream legacy until the gateway restarts.
-//! - stdio: a process speaks one era, fixed by its first exchange. The gateway asks
-//!   `initialize` first, since most clients are legacy, and starts a second process in the
-//!   modern era when a 2026-07-28 client first calls. A server that answers `initialize` with
-//!   an error and speaks 2026-07-28 is spoken to in that era alone.
+//! With `protocol = "auto"` the gateway asks `server/discover` first; any failure of that
+//! attempt (an error, no answer within half the handshake time, or a server that dies of an
+//! unknown request before `initialize`) makes the upstream legacy until the gateway restarts, so
+//! an old server costs at most one restart. A server that answers is spoken to in the modern era
+//! by 2026-07-28 clients and by the gateway itself (lists, `subscriptions/listen`); what legacy
+//! clients get is `Upstream::call`'s business:
+//! - over HTTP, each legacy client session has its own upstream session, opened with
+//!   `initialize` and the client's own capabilities, so it gets what the server gives it
+//!   directly; a server that refuses `initialize` has its legacy clients bridged;
+//! - over stdio, a process speaks one era, fixed by its first exchange, and one process is what
+//!   a server may expect: legacy clients are bridged (an `InputRequiredResult` becomes
+//!   server→client requests the gateway answers with the client's). A server whose tools use
+//!   only server→client requests, which the modern era removed, wants `protocol = "legacy"`.
 //!
-//! A server that refuses the other era has those clients bridged on its one era (input requests
-//! become `InputRequiredResult` round trips or server→client requests the gateway answers for
-//! them). `protocol = "legacy"` or `"modern"` forces one era for every client, with what a
-//! bridge cannot carry (see the README's era table).
+//! `protocol = "legacy"` or `"modern"` forces one era for every client; the other era's clients
+//! are bridged, with what a bridge cannot carry (see the README's era table).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -30,10 +29,11 @@ use serde_json::Value;
 use super::{Link, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 
-/// What the gateway tells upstreams it can do as a client: it relays sampling, elicitation and
-/// roots requests to the client whose call caused them.
+/// What the gateway tells upstreams it can do as a client: it relays sampling, elicitation (form
+/// and URL) and roots requests to the client whose call caused them. A client session's own
+/// upstream session declares that client's capabilities instead.
 pub const CLIENT_CAPABILITIES: &str =
-    r#"{"sampling":{},"elicitation":{},"roots":{"listChanged":true}}"#;
+    r#"{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":true}}"#;
 
 pub fn client_info() -> String {
     serde_json::json!({ "name": "palisade", "version": env!("CARGO_PKG_VERSION") }).to_string()
@@ -100,7 +100,6 @@ pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Upstream
                 up.refused.store(true, Ordering::Relaxed);
             }
         }),
-        UpstreamProtocol::Auto if up.config.stdio.is_some() => legacy_first(up, link).await,
         UpstreamProtocol::Auto if up.legacy_only.load(Ordering::Relaxed) => legacy(up, link).await,
         UpstreamProtocol::Auto => {
             // Marked first: if the probe kills the server, the restart goes straight to legacy.
@@ -119,25 +118,6 @@ pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Upstream
     }
 }
 
-/// A stdio process speaks one era, fixed by its first exchange: `initialize`, unless the server
-/// answers it with an error and speaks 2026-07-28 (then remembered until the gateway restarts).
-async fn legacy_first(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
-    if up.modern_only.load(Ordering::Relaxed) {
-        return discover(up, link, None).await;
-    }
-    match initialize(up, link).await? {
-        Ok(info) => Ok(info),
-        Err(code) => {
-            let info = discover(up, link, None)
-                .await
-                .map_err(|reason| format!("initialize failed with error {code}, and {reason}"))?;
-            tracing::info!(server = %up.name, code, "upstream refused initialize and speaks 2026-07-28; using the modern era");
-            up.modern_only.store(true, Ordering::Relaxed);
-            Ok(info)
-        }
-    }
-}
-
 async fn legacy(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
     match initialize(up, link).await? {
         Ok(info) => Ok(info),
@@ -150,10 +130,14 @@ async fn initialize(
     up: &Arc<Upstream>,
     link: &Arc<Link>,
 ) -> Result<Result<UpstreamInfo, i64>, String> {
+    let capabilities = up
+        .declared
+        .as_deref()
+        .map_or(CLIENT_CAPABILITIES, |c| c.get());
     let params = format!(
         r#"{{"protocolVersion":"{}","capabilities":{},"clientInfo":{}}}"#,
         era::LATEST_LEGACY,
-        CLIENT_CAPABILITIES,
+        capabilities,
         client_info()
     );
     let result = match up.request_on(link, "initialize", &params, None).await {

@@ -238,10 +238,8 @@ impl Link {
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: config::Server,
-    /// Set when `protocol = "auto"` found the upstream does not speak 2026-07-28 (HTTP).
+    /// Set when `protocol = "auto"` found the upstream does not speak 2026-07-28.
     legacy_only: std::sync::atomic::AtomicBool,
-    /// Set when `protocol = "auto"` found the upstream speaks only 2026-07-28 (stdio).
-    modern_only: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     next_link: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
@@ -270,21 +268,21 @@ pub struct Upstream {
     /// The first instance of a pool holds the others, and their supervisors.
     members: Option<Mutex<Vec<Arc<Upstream>>>>,
     member_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// A stdio server spoken to in the legacy era under `protocol = "auto"`: a second process
-    /// of it, in the modern era, for 2026-07-28 clients' calls (see [`Upstream::call`]).
-    era_sibling: Mutex<Option<Arc<Upstream>>>,
     /// An HTTP server spoken to in the legacy era by legacy clients: one upstream session per
     /// client session, so that everything the server sends on a session (logs on its GET
     /// stream, list and resource changes, requests outside calls) has exactly one owner.
     session_instances: Mutex<HashMap<Arc<str>, Arc<Upstream>>>,
-    /// The server refused the era its sibling or session instances would speak: those
-    /// clients are bridged on this instance's era.
-    other_era_refused: std::sync::atomic::AtomicBool,
-    /// A legacy sibling or session instance: the instance it serves, whose list cache its list
-    /// changes invalidate.
+    /// The server refused the legacy era its session instances would speak: legacy clients
+    /// are bridged on this instance's modern link.
+    legacy_refused: std::sync::atomic::AtomicBool,
+    /// A session instance: the instance it serves, whose list cache its list changes
+    /// invalidate.
     primary: Option<std::sync::Weak<Upstream>>,
     /// A session instance: the client session it serves alone.
     client_session: Option<Arc<str>>,
+    /// A session instance: the capabilities its client declared at `initialize`, which the
+    /// gateway declares upstream in its name (others declare the gateway's own).
+    pub(crate) declared: Option<Box<RawValue>>,
     /// Its handshake was refused: the server does not speak the era it was asked to.
     refused: std::sync::atomic::AtomicBool,
 }
@@ -296,10 +294,12 @@ struct Kin {
     dedicated: Option<(TenantContext, Arc<crate::secrets::Vault>)>,
     /// Its place in the tenant's pool.
     index: usize,
-    /// A legacy sibling or session instance: the instance it serves, and that one's notices.
+    /// A session instance: the instance it serves, and that one's notices.
     primary: Option<(std::sync::Weak<Upstream>, broadcast::Sender<Notice>)>,
     /// A session instance: the client session it serves.
     session: Option<Arc<str>>,
+    /// A session instance: the capabilities its client declared, to declare upstream.
+    declared: Option<Box<RawValue>>,
 }
 
 /// Lazy start and idle stop of a dedicated instance.
@@ -495,16 +495,15 @@ impl Upstream {
             None => (None, broadcast::channel(64).0),
         };
         let (tenant, vault) = kin.dedicated.unzip();
-        let era = match (&primary, &kin.session, config.protocol) {
-            (_, Some(_), _) => "~session",
-            (Some(_), None, config::UpstreamProtocol::Modern) => "~modern",
-            (Some(_), None, _) => "~legacy",
-            (None, None, _) => "",
+        let session = if kin.session.is_some() {
+            "~session"
+        } else {
+            ""
         };
         let label: Arc<str> = match &tenant {
-            Some(t) if index > 0 => format!("{}/{}#{index}{era}", config.name, t.tenant).into(),
-            Some(t) => format!("{}/{}{era}", config.name, t.tenant).into(),
-            None => format!("{}{era}", config.name).into(),
+            Some(t) if index > 0 => format!("{}/{}#{index}{session}", config.name, t.tenant).into(),
+            Some(t) => format!("{}/{}{session}", config.name, t.tenant).into(),
+            None => format!("{}{session}", config.name).into(),
         };
         let members =
             (tenant.is_some() && index == 0 && primary.is_none()).then(|| Mutex::new(Vec::new()));
@@ -530,16 +529,15 @@ impl Upstream {
             index,
             members,
             member_tasks: Mutex::new(Vec::new()),
-            era_sibling: Mutex::new(None),
             session_instances: Mutex::new(HashMap::new()),
-            other_era_refused: std::sync::atomic::AtomicBool::new(false),
+            legacy_refused: std::sync::atomic::AtomicBool::new(false),
             primary,
             client_session: kin.session,
+            declared: kin.declared,
             refused: std::sync::atomic::AtomicBool::new(false),
             name: config.name.as_str().into(),
             config,
             legacy_only: std::sync::atomic::AtomicBool::new(false),
-            modern_only: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             next_link: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
@@ -661,6 +659,12 @@ impl Upstream {
         self.notices.subscribe()
     }
 
+    /// Tells this upstream's listeners something on its behalf (a subscription the gateway
+    /// keeps for a session).
+    pub fn publish(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
+    }
+
     /// The handshake result of the current link, waiting for one up to `wait`.
     pub async fn info(self: &Arc<Self>, wait: Duration) -> Result<UpstreamInfo, UpstreamError> {
         Ok(self.link(wait).await?.info().clone())
@@ -760,13 +764,17 @@ impl Upstream {
         };
         let wait = Duration::from_millis(instance.config.connect_timeout_ms);
         let link = instance.link(wait).await?;
-        if let Some(other) = instance.instance_for(&link, &route, defaults.closed) {
-            match other.link(wait).await {
-                Ok(l) => return other.call_on(&l, method, params, route, defaults),
-                Err(e) if other.refused.load(Ordering::Relaxed) => {
-                    tracing::info!(server = %instance.label, error = %e, "upstream refused the other protocol era; those clients are bridged");
-                    instance.other_era_refused.store(true, Ordering::Relaxed);
-                    other.shutdown.cancel();
+        if let Some(own) = instance.instance_for(&link, &route, defaults) {
+            match own.link(wait).await {
+                Ok(l) => return own.call_on(&l, method, params, route, defaults),
+                Err(e) if own.refused.load(Ordering::Relaxed) => {
+                    tracing::info!(server = %instance.label, error = %e, "upstream refused the legacy era; its legacy clients are bridged to 2026-07-28");
+                    instance.legacy_refused.store(true, Ordering::Relaxed);
+                    own.shutdown.cancel();
+                }
+                // Its own session could not be opened: the shared link still serves the call.
+                Err(e) if link.info().era == Era::Modern => {
+                    tracing::warn!(server = %instance.label, error = %e, "a legacy client's own upstream session failed; its call is bridged");
                 }
                 Err(e) => return Err(e),
             }
@@ -774,76 +782,66 @@ impl Upstream {
         instance.call_on(&link, method, params, route, defaults)
     }
 
-    /// Where a client's call goes when not to this instance's own link (`link`), so that the
-    /// client gets what it would get from the server directly (see the handshake module):
-    /// - a legacy client session of an HTTP server spoken to in the legacy era, or in the modern
-    ///   era under `protocol = "auto"`: its own upstream session, so that everything the server
-    ///   sends on that session (logs on its GET stream, list and resource changes, requests
-    ///   outside calls) has exactly one owner;
-    /// - a 2026-07-28 client of a stdio server spoken to in the legacy era under `auto`: the
-    ///   server's second process, in the modern era.
-    ///
-    /// Made and started on first use; `None`: this instance's own link.
+    /// Where a legacy client session's calls go when the server is reached over HTTP in the
+    /// legacy era, or in the modern era under `protocol = "auto"`: its own upstream session, so
+    /// that it gets what the server gives it directly (server→client requests, resource
+    /// subscriptions, resumable streams) and everything the server sends on that session (logs
+    /// on its GET stream, list and resource changes, requests outside calls) has exactly one
+    /// owner. Made and started on first use; `None`: this instance's own link.
     fn instance_for(
         self: &Arc<Self>,
         link: &Link,
         route: &Route,
-        closed: Option<&CancellationToken>,
+        defaults: ClientDefaults<'_>,
     ) -> Option<Arc<Upstream>> {
-        let Route::Client { session, .. } = route else {
+        let Route::Client {
+            session: Some(session),
+            ..
+        } = route
+        else {
             return None;
         };
-        if self.primary.is_some() {
+        if self.primary.is_some() || self.config.http.is_none() {
             return None;
         }
-        let era = link.info().era;
-        match session {
-            Some(session) if self.config.http.is_some() => {
-                if era == Era::Modern && self.era_for(Era::Legacy) != Some(Era::Legacy) {
-                    return None;
-                }
-                let closed = closed?;
-                let mut map = lock(&self.session_instances);
-                if let Some(instance) = map.get(session) {
-                    return Some(instance.clone());
-                }
-                let instance = self.spawn_in(Era::Legacy, Some(session.clone()));
-                map.insert(session.clone(), instance.clone());
-                // It ends with its client session (or the gateway).
-                let (me, closed, ended) = (self.clone(), closed.clone(), instance.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = closed.cancelled() => ended.shutdown.cancel(),
-                        _ = ended.shutdown.cancelled() => {}
-                    }
-                    lock(&me.session_instances).retain(|_, i| !Arc::ptr_eq(i, &ended));
-                });
-                Some(instance)
-            }
-            None if era == Era::Legacy && self.era_for(Era::Modern) == Some(Era::Modern) => {
-                let mut slot = lock(&self.era_sibling);
-                Some(
-                    slot.get_or_insert_with(|| self.spawn_in(Era::Modern, None))
-                        .clone(),
-                )
-            }
-            _ => None,
+        if link.info().era == Era::Modern && self.era_for(Era::Legacy) != Some(Era::Legacy) {
+            return None;
         }
+        let closed = defaults.closed?;
+        let mut map = lock(&self.session_instances);
+        if let Some(instance) = map.get(session) {
+            return Some(instance.clone());
+        }
+        let declared = defaults.capabilities.map(ToOwned::to_owned);
+        let instance = self.session_instance(session.clone(), declared);
+        map.insert(session.clone(), instance.clone());
+        // It ends with its client session (or the gateway).
+        let (me, closed, ended) = (self.clone(), closed.clone(), instance.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = closed.cancelled() => ended.shutdown.cancel(),
+                _ = ended.shutdown.cancelled() => {}
+            }
+            lock(&me.session_instances).retain(|_, i| !Arc::ptr_eq(i, &ended));
+        });
+        Some(instance)
     }
 
-    /// A new instance of this server spoken to in `era`, supervised: the era sibling (`session`
-    /// none) or a client session's own upstream session.
-    fn spawn_in(self: &Arc<Self>, era: Era, session: Option<Arc<str>>) -> Arc<Upstream> {
+    /// A client session's own upstream session, supervised: the server in the legacy era,
+    /// declaring the client's own capabilities at `initialize`.
+    fn session_instance(
+        self: &Arc<Self>,
+        session: Arc<str>,
+        declared: Option<Box<RawValue>>,
+    ) -> Arc<Upstream> {
         let mut config = self.config.clone();
-        config.protocol = match era {
-            Era::Legacy => config::UpstreamProtocol::Legacy,
-            Era::Modern => config::UpstreamProtocol::Modern,
-        };
+        config.protocol = config::UpstreamProtocol::Legacy;
         let kin = Kin {
             dedicated: self.tenant.clone().zip(self.vault.clone()),
             index: self.index,
             primary: Some((Arc::downgrade(self), self.notices.clone())),
-            session,
+            session: Some(session),
+            declared,
         };
         let instance = Upstream::build(
             config,
@@ -862,37 +860,28 @@ impl Upstream {
     }
 
     /// The era the gateway speaks to this upstream for a client of `client` era, once connected:
-    /// the client's own where `protocol = "auto"` lets it (see [`Upstream::instance_for`]).
+    /// a legacy client's own over HTTP where `protocol = "auto"` lets it (see
+    /// [`Upstream::instance_for`]).
     pub fn era_for(&self, client: Era) -> Option<Era> {
         let era = self.era()?;
         let auto = self.config.protocol == config::UpstreamProtocol::Auto
             && self.primary.is_none()
-            && !self.other_era_refused.load(Ordering::Relaxed);
-        let own = match (client, era) {
-            (Era::Legacy, Era::Modern) => auto && self.config.http.is_some(),
-            (Era::Modern, Era::Legacy) => auto && self.config.stdio.is_some(),
-            _ => false,
-        };
+            && !self.legacy_refused.load(Ordering::Relaxed);
+        let own = client == Era::Legacy && era == Era::Modern && auto && self.config.http.is_some();
         Some(if own { client } else { era })
     }
 
-    /// This instance, its pool's other instances, and their era siblings: the processes and
-    /// links an operator sees (client sessions' own upstream sessions are not listed).
+    /// This instance and its pool's other instances: the processes and links an operator sees
+    /// (client sessions' own upstream sessions are not listed).
     pub fn instances(self: &Arc<Self>) -> Vec<Arc<Upstream>> {
         let mut all = vec![self.clone()];
         all.extend(self.pool_members());
-        let siblings: Vec<Arc<Upstream>> = all
-            .iter()
-            .filter_map(|u| lock(&u.era_sibling).clone())
-            .collect();
-        all.extend(siblings);
         all
     }
 
     /// The instances restarts and drains reach besides this one.
     fn dependents(&self) -> Vec<Arc<Upstream>> {
         let mut all = self.pool_members();
-        all.extend(lock(&self.era_sibling).clone());
         all.extend(lock(&self.session_instances).values().cloned());
         all
     }
@@ -1149,6 +1138,20 @@ impl Upstream {
         }
         if method == "notifications/resources/updated" {
             let obj = params.as_ref().and_then(|p| RawObject::parse(p.get()));
+            // On a client's own `subscriptions/listen` (2026-07-28): that listen's alone, named
+            // by the stream it came on or by its subscription id.
+            let listen = origin.or_else(|| {
+                obj.as_ref()
+                    .and_then(|o| o.get_object("_meta"))
+                    .and_then(|m| m.get(meta::SUBSCRIPTION_ID).map(|v| v.get().to_owned()))
+                    .and_then(|id| id.parse::<u64>().ok())
+            });
+            if let Some(call) =
+                listen.and_then(|id| self.lock_calls().get(&id).map(|c| c.events.clone()))
+            {
+                let _ = call.try_send(CallEvent::Notification { method, params });
+                return;
+            }
             if let (Some(obj), Some(p)) = (obj, params.as_ref())
                 && let Some(uri) = obj.get_str("uri")
             {
@@ -1347,6 +1350,13 @@ impl Upstream {
             };
             self.fail_calls_on(generation, &reason);
             if self.shutdown.is_cancelled() {
+                break;
+            }
+            // A session instance whose era the server refused is not a crash: it waits to be
+            // stopped (its calls go to the shared link).
+            if self.primary.is_some() && self.refused.load(Ordering::Relaxed) {
+                self.readiness.send_replace(Readiness::Down(reason));
+                self.shutdown.cancelled().await;
                 break;
             }
             self.metrics.upstream_restart(&self.label);

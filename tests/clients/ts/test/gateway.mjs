@@ -18,7 +18,7 @@ export function keyHash(pepper, key) {
 }
 
 /** Waits for the first stdout line that starts with `prefix`. */
-function waitForLine(child, prefix, what, timeoutMs = 30000) {
+export function waitForLine(child, prefix, what, timeoutMs = 30000) {
   return new Promise((resolvePromise, reject) => {
     const lines = createInterface({ input: child.stdout });
     const timer = setTimeout(() => reject(new Error(`${what} did not print "${prefix}" in ${timeoutMs} ms`)), timeoutMs);
