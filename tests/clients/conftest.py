@@ -73,6 +73,49 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@dataclass
+class Serving:
+    """A running `palisade serve`: its MCP and admin URLs, and the process."""
+
+    mcp: str
+    admin: str
+    proc: subprocess.Popen
+
+
+@contextmanager
+def serve(config: Path, log_path: Path, **popen):
+    """Runs `palisade serve --config CONFIG` (stderr to LOG_PATH; `popen` as for subprocess.Popen)
+    until it prints its listening line, then yields it. At the end: SIGTERM, and asserts that it
+    exits 0 within SHUTDOWN_TIMEOUT."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [str(BIN_DIR / "palisade"), "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        **popen,
+    )
+    try:
+        try:
+            line = _read_line(proc, "palisade listening ", STARTUP_TIMEOUT, "palisade serve")
+        except RuntimeError:
+            raise RuntimeError(f"gateway did not start; stderr:\n{log_path.read_text(errors='replace')[-4000:]}")
+        fields = dict(part.split("=", 1) for part in line.split()[2:])
+        yield Serving(mcp=fields["mcp"], admin=fields["admin"], proc=proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        log.close()
+        assert code == 0, (
+            f"palisade did not exit 0 within {SHUTDOWN_TIMEOUT}s of SIGTERM (exit code {code}); "
+            f"stderr tail:\n{log_path.read_text(errors='replace')[-3000:]}"
+        )
+
+
 @contextmanager
 def run_gateway(work: Path):
     """Starts kit2 (testkit over HTTP) and `palisade serve` in `work`; SIGTERMs both at the end.
@@ -130,46 +173,23 @@ keys = ["{key_hash(pepper, globex_key)}"]
     )
 
     log_path = work / "palisade.stderr"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(BIN_DIR / "palisade"), "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
     try:
-        line = _read_line(proc, "palisade listening ", STARTUP_TIMEOUT, "palisade serve")
-    except RuntimeError:
-        kit2.kill()
-        raise RuntimeError(f"gateway did not start; stderr:\n{log_path.read_text(errors='replace')[-4000:]}")
-    fields = dict(part.split("=", 1) for part in line.split()[2:])
-    try:
-        yield Gateway(
-            url=fields["mcp"],
-            admin=fields["admin"],
-            acme_key=acme_key,
-            globex_key=globex_key,
-            log_path=log_path,
-        )
+        with serve(config, log_path) as gw:
+            yield Gateway(
+                url=gw.mcp,
+                admin=gw.admin,
+                acme_key=acme_key,
+                globex_key=globex_key,
+                log_path=log_path,
+            )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
         kit2.send_signal(signal.SIGINT)  # the testkit shuts down gracefully on ctrl-c
         try:
             kit2.wait(10)
         except subprocess.TimeoutExpired:
             kit2.kill()
             kit2.wait()
-        log.close()
         kit2_log.close()
-        assert code == 0, (
-            f"palisade did not exit 0 within {SHUTDOWN_TIMEOUT}s of SIGTERM (exit code {code}); "
-            f"stderr tail:\n{log_path.read_text(errors='replace')[-3000:]}"
-        )
 
 
 @pytest.fixture(scope="session")

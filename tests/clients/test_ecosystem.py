@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 import pytest
 from mcp import types
 
-from conftest import BIN_DIR, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, connect, key_hash
+from conftest import BIN_DIR, connect, key_hash, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -281,67 +280,27 @@ def run_ecosystem(work: Path):
     )
 
     log_path = work / "palisade.stderr"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(BIN_DIR / "palisade"), "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        cwd=work,
-        env=env,
-    )
     try:
-        line = _read_stdout_line(proc, "palisade listening ", STARTUP_TIMEOUT)
-        fields = dict(part.split("=", 1) for part in line.split()[2:])
-        eco = Ecosystem(
-            url=fields["mcp"],
-            admin=fields["admin"],
-            admin_key=admin_key,
-            keys=keys,
-            pid=proc.pid,
-            work=work,
-            n8n=n8n,
-            n8n_keys=n8n_keys,
-            log_path=log_path,
-            roots=roots,
-        )
-        _wait_for("/readyz says ready (shared n8n-mcp and time up)", READY_TIMEOUT, lambda: _ready(eco.admin))
-        yield eco
+        with serve(config, log_path, cwd=work, env=env) as gw:
+            eco = Ecosystem(
+                url=gw.mcp,
+                admin=gw.admin,
+                admin_key=admin_key,
+                keys=keys,
+                pid=gw.proc.pid,
+                work=work,
+                n8n=n8n,
+                n8n_keys=n8n_keys,
+                log_path=log_path,
+                roots=roots,
+            )
+            _wait_for("/readyz says ready (shared n8n-mcp and time up)", READY_TIMEOUT, lambda: _ready(eco.admin))
+            yield eco
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        log.close()
         n8n.shutdown()
         n8n.server_close()
         for copy in copies:
             copy.unlink(missing_ok=True)
-        assert code == 0, (
-            f"palisade did not exit 0 within {SHUTDOWN_TIMEOUT}s of SIGTERM (exit code {code}); "
-            f"stderr tail:\n{log_path.read_text(errors='replace')[-3000:]}"
-        )
-
-
-def _read_stdout_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
-    found: list[str] = []
-
-    def reader() -> None:
-        for raw in proc.stdout:  # type: ignore[union-attr]
-            line = raw.decode(errors="replace").strip()
-            if line.startswith(prefix):
-                found.append(line)
-                return
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not found:
-        proc.kill()
-        raise RuntimeError(f"palisade serve did not print {prefix!r} within {timeout}s (exit code {proc.poll()})")
-    return found[0]
 
 
 def _ready(admin: str) -> bool:

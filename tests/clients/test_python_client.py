@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -192,8 +193,13 @@ async def test_bad_key_is_rejected(gateway, era):
 
 @pytest.mark.parametrize("tenant", ["acme", "globex"])
 async def test_log_notifications_arrive_before_the_result(gateway, era, tenant):
-    """Notifications of a call must all be relayed before its result (stdio and HTTP upstreams)."""
+    """Notifications of a call are all relayed, each once, in order; before its result, except
+    where the upstream itself sends them elsewhere: globex's upstream (the testkit over HTTP, on
+    rmcp) sends a legacy session's logs on the session's GET stream, which races the call's
+    result directly as it does through the gateway (the client's own upstream session)."""
     key, tool = (gateway.acme_key, "kit__") if tenant == "acme" else (gateway.globex_key, "kit2__")
+    expected = ["Tool execution started", "Tool processing data", "Tool execution completed"]
+    may_trail = tenant == "globex" and era == "legacy"
     records: list[str] = []
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
@@ -202,15 +208,19 @@ async def test_log_notifications_arrive_before_the_result(gateway, era, tenant):
     options = {"logging_callback": on_log}
     if era == "modern":
         options["log_level"] = "debug"
-    short = []
+    wrong = []
     async with connect(gateway.url, key, era, **options) as client:
         for attempt in range(15):
             records.clear()
             result = await client.call_tool(tool + "test_tool_with_logging", {})
             assert not result.is_error
-            if records != ["Tool execution started", "Tool processing data", "Tool execution completed"]:
-                short.append((attempt, list(records)))
-    assert not short, f"calls whose log notifications were not all relayed before the result: {short}"
+            if may_trail:
+                with anyio.move_on_after(5):
+                    while len(records) < len(expected):
+                        await anyio.sleep(0.01)
+            if records != expected:
+                wrong.append((attempt, list(records)))
+    assert not wrong, f"calls whose log notifications were not all relayed in order, once: {wrong}"
 
 
 async def test_abandoned_input_request_does_not_silence_other_clients(isolated_gateway):

@@ -32,7 +32,7 @@ import mcp_types as types
 import pytest
 from mcp.client.subscriptions import ResourceUpdated
 
-from conftest import BIN_DIR, REPO, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, _read_line, connect, key_hash
+from conftest import BIN_DIR, REPO, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, _read_line, connect, key_hash, serve
 
 # Logging, sampling, roots and resources/subscribe are deprecated in 2026-07-28 and tested on purpose.
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
@@ -145,32 +145,14 @@ servers = ["pyio"]
 keys = ["{key_hash(pepper, keys['pystdio'])}"]
 """
         )
-        log_path = work / "palisade.stderr"
-        log = open(log_path, "wb")
-        gateway = subprocess.Popen(
-            [str(BIN_DIR / "palisade"), "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=log
-        )
-        try:
-            line = _read_line(gateway, "palisade listening ", STARTUP_TIMEOUT, "palisade serve")
-        except RuntimeError:
-            log.close()
-            raise RuntimeError(f"gateway did not start; stderr:\n{log_path.read_text(errors='replace')[-4000:]}")
-        fields = dict(part.split("=", 1) for part in line.split()[2:])
-        try:
+        with serve(config, work / "palisade.stderr") as gw:
             yield {
-                "python-http": Target(fields["mcp"], keys["pyhttp"], "py"),
-                "ts-http": Target(fields["mcp"], keys["tshttp"], "ts"),
-                "python-stdio": Target(fields["mcp"], keys["pystdio"], "pyio"),
+                "python-http": Target(gw.mcp, keys["pyhttp"], "py"),
+                "ts-http": Target(gw.mcp, keys["tshttp"], "ts"),
+                "python-stdio": Target(gw.mcp, keys["pystdio"], "pyio"),
                 "python-http-direct": Target(urls["python-http"], "unused", None),
                 "ts-http-direct": Target(urls["ts-http"], "unused", None),
             }
-        finally:
-            code = _stop(gateway)
-            log.close()
-            assert code == 0, (
-                f"palisade did not exit 0 within {SHUTDOWN_TIMEOUT}s of SIGTERM (exit code {code}); "
-                f"stderr tail:\n{log_path.read_text(errors='replace')[-3000:]}"
-            )
     finally:
         for proc, log in reversed(procs):
             _stop(proc)

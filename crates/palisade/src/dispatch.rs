@@ -422,7 +422,13 @@ fn listen(
     let mut by_notice = std::collections::HashSet::new();
     for (upstream, uris) in watched {
         if upstream.era_for(Era::Modern) == Some(Era::Modern) {
-            watch_modern(&tenant.id, upstream, uris, tx.clone(), Some(sub_meta.clone()));
+            watch_modern(
+                &tenant.id,
+                upstream,
+                uris,
+                tx.clone(),
+                Some(sub_meta.clone()),
+            );
         } else {
             by_notice.extend(uris.iter().map(|(exposed, _)| exposed.clone()));
             subscribe_legacy(&tenant.id, upstream, uris);

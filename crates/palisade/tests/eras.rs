@@ -81,17 +81,7 @@ async fn a_broken_legacy_stream_is_resumed_after_its_last_event() {
         "result":{"action":"accept","content":{"name":"Ada"}}});
     assert_eq!(s.send(answer).await.status, 202);
 
-    let resumed = gw
-        .http
-        .get(&gw.mcp)
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {}", s.key))
-        .header("mcp-session-id", &s.session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("last-event-id", &last_id)
-        .send()
-        .await
-        .unwrap();
+    let resumed = s.resume(&last_id).await;
     assert_eq!(resumed.status(), 200);
     let mut body = resumed.bytes_stream();
     let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
@@ -112,31 +102,11 @@ async fn a_broken_legacy_stream_is_resumed_after_its_last_event() {
 
     // An id this session never issued, or one from the future, is refused, not guessed at.
     for bad in ["nope", "999_1", &format!("{last_id}9")] {
-        let r = gw
-            .http
-            .get(&gw.mcp)
-            .header("accept", "text/event-stream")
-            .header("authorization", format!("Bearer {}", s.key))
-            .header("mcp-session-id", &s.session)
-            .header("last-event-id", bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(s.resume(bad).await.status(), 400, "{bad}");
     }
     // Another session cannot resume this one's stream.
     let other = gw.legacy("acme").await;
-    let r = gw
-        .http
-        .get(&gw.mcp)
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {}", other.key))
-        .header("mcp-session-id", &other.session)
-        .header("last-event-id", &last_id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(other.resume(&last_id).await.status(), 400);
 }
 
 #[tokio::test]

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -211,21 +210,7 @@ async fn serve(mut socket: TcpStream, shared: Shared) {
 
 /// A gateway with tenant `acme` on the scripted upstream, spoken to in `protocol`.
 async fn on_script(protocol: &str) -> Gw {
-    let url = scripted_upstream().await;
-    let server = http_server("web", &url).replace(
-        "[servers.http]",
-        &format!("protocol = \"{protocol}\"\n[servers.http]"),
-    );
-    let gw = Gw::start(
-        &server,
-        &[TenantSpec {
-            id: "acme",
-            servers: &["web"],
-            namespacing: false,
-        }],
-    );
-    gw.ready().await;
-    gw
+    acme_on_http(&scripted_upstream().await, protocol, false).await
 }
 
 #[tokio::test]
@@ -314,17 +299,7 @@ async fn a_call_stream_the_upstream_closes_is_resumed_and_a_legacy_client_polls_
     decoder.push(body.as_bytes());
     while decoder.next_event().unwrap().is_some() {}
     let last = decoder.last_event_id().expect("an event id").to_owned();
-    let rest = gw
-        .http
-        .get(&gw.mcp)
-        .header("accept", "text/event-stream")
-        .header("authorization", format!("Bearer {}", s.key))
-        .header("mcp-session-id", &s.session)
-        .header("last-event-id", &last)
-        .send()
-        .await
-        .unwrap();
-    let answer = read_answer(rest).await;
+    let answer = read_answer(s.resume(&last).await).await;
     assert_eq!(answer.response()["id"], 7, "{:?}", answer.messages);
     assert_eq!(text(answer.response()), "polled");
 
@@ -345,11 +320,9 @@ async fn a_request_on_a_modern_calls_stream_reaches_its_client_in_its_own_era() 
     let gw = on_script("modern").await;
     // A legacy client gets it as a request on its call's stream, and answers it.
     let s = gw.legacy("acme").await;
-    let (asked, final_msg) = call_answering(
-        &s,
-        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"push","arguments":{}}}),
-    )
-    .await;
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"push","arguments":{}}});
+    let (asked, final_msg) = s.call_answering(call, sampling_reply).await;
     assert_eq!(asked, ["sampling/createMessage"]);
     assert_eq!(text(&final_msg), "sampled: four", "{final_msg}");
 
@@ -380,35 +353,4 @@ async fn a_request_on_a_modern_calls_stream_reaches_its_client_in_its_own_era() 
         "{:?}",
         done.messages
     );
-}
-
-/// Runs a legacy call that asks the client for sampling, answering "four"; returns what was
-/// asked and the response.
-async fn call_answering(s: &Legacy<'_>, call: Value) -> (Vec<String>, Value) {
-    let resp = s.start(call).await;
-    let mut body = resp.bytes_stream();
-    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
-    let mut asked = Vec::new();
-    let mut final_msg = Value::Null;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("stream stalled")
-    {
-        decoder.push(&chunk.unwrap());
-        while let Some(ev) = decoder.next_event().unwrap() {
-            if ev.data.is_empty() {
-                continue;
-            }
-            let msg: Value = serde_json::from_str(&ev.data).unwrap();
-            if msg.get("method").is_some() && msg.get("id").is_some() {
-                asked.push(msg["method"].as_str().unwrap().to_owned());
-                let answer = json!({"jsonrpc":"2.0","id":msg["id"],"result":{"role":"assistant",
-                    "model":"m","content":{"type":"text","text":"four"}}});
-                assert_eq!(s.send(answer).await.status, 202);
-            } else if msg.get("result").is_some() || msg.get("error").is_some() {
-                final_msg = msg;
-            }
-        }
-    }
-    (asked, final_msg)
 }

@@ -209,51 +209,6 @@ async fn progress_and_logs_reach_the_caller_with_its_own_token() {
     );
 }
 
-/// Runs a legacy call whose response streams server→client requests, answering each with
-/// `reply(request)`, and returns the final response.
-async fn call_answering(
-    s: &Legacy<'_>,
-    call: Value,
-    reply: impl Fn(&Value) -> Value,
-) -> (Vec<String>, Value) {
-    let resp = s.start(call).await;
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
-    let mut body = resp.bytes_stream();
-    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
-    let mut asked = Vec::new();
-    let mut final_msg = Value::Null;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("stream stalled")
-    {
-        decoder.push(&chunk.unwrap());
-        while let Some(ev) = decoder.next_event().unwrap() {
-            // A legacy stream opens with a priming event: an id and no data.
-            if ev.data.is_empty() {
-                continue;
-            }
-            let msg: Value = serde_json::from_str(&ev.data).unwrap();
-            if msg.get("method").is_some() && msg.get("id").is_some() {
-                asked.push(msg["method"].as_str().unwrap().to_owned());
-                let answer = json!({"jsonrpc":"2.0","id":msg["id"],"result":reply(&msg)});
-                assert_eq!(s.send(answer).await.status, 202);
-            } else if msg.get("result").is_some() || msg.get("error").is_some() {
-                final_msg = msg;
-            }
-        }
-    }
-    (asked, final_msg)
-}
-
-fn sampling_reply(_: &Value) -> Value {
-    json!({"role":"assistant","content":{"type":"text","text":"four"},"model":"test-model","stopReason":"endTurn"})
-}
-
 #[tokio::test]
 async fn sampling_request_goes_to_the_calling_session_and_back() {
     // Upstream of either era: a legacy upstream sends sampling/createMessage mid-call; a modern
@@ -262,7 +217,7 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
         let gw = acme_on_kit(&stdio_server("kit", &format!("protocol = \"{protocol}\""))).await;
         let s = gw.legacy("acme").await;
         let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"kit__sampling","arguments":{"prompt":"2+2?"}}});
-        let (asked, final_msg) = call_answering(&s, call, sampling_reply).await;
+        let (asked, final_msg) = s.call_answering(call, sampling_reply).await;
         assert_eq!(asked, ["sampling/createMessage"], "{protocol} upstream");
         assert_eq!(final_msg["id"], 1);
         assert!(
@@ -537,7 +492,7 @@ async fn http_upstream_in_either_era() {
         assert_eq!(progress.len(), 2, "{protocol}: {:?}", a.messages);
         assert_eq!(progress[0]["params"]["progressToken"], 99);
         let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"web__sampling","arguments":{"prompt":"q"}}});
-        let (asked, final_msg) = call_answering(&s, call, sampling_reply).await;
+        let (asked, final_msg) = s.call_answering(call, sampling_reply).await;
         assert_eq!(asked, ["sampling/createMessage"], "{protocol}");
         assert!(text(&final_msg).contains("four"), "{protocol}: {final_msg}");
         // Modern client, same upstream.
@@ -728,12 +683,12 @@ async fn names_longer_than_64_characters_are_shortened_and_still_reach_their_too
     unique.dedup();
     assert_eq!(unique.len(), tools.len(), "shortened names stay unique");
     let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name": short, "arguments": {}}});
-    let (asked, final_msg) = call_answering(
-        &s,
-        call,
-        |_| json!({"action": "accept", "content": {"name": "Ada"}}),
-    )
-    .await;
+    let (asked, final_msg) = s
+        .call_answering(
+            call,
+            |_| json!({"action": "accept", "content": {"name": "Ada"}}),
+        )
+        .await;
     assert_eq!(asked, ["elicitation/create"], "{final_msg}");
     assert!(final_msg.get("result").is_some(), "{final_msg}");
 }

@@ -373,20 +373,10 @@ impl Inner {
         last: &str,
         call: u64,
     ) -> Result<StreamEnd, String> {
-        let mut headers = self.request_headers(up, link, None);
-        headers.insert(
-            http::header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.remove(http::header::CONTENT_TYPE);
         let last = HeaderValue::try_from(last)
             .map_err(|_| "the upstream sent an event id that cannot be sent back".to_string())?;
-        headers.insert(header::LAST_EVENT_ID, last);
         let resp = self
-            .client
-            .get(self.url.clone())
-            .headers(headers)
-            .send()
+            .get_stream(up, link, Some(last))
             .await
             .map_err(|e| format!("resuming the call's stream failed: {}", without_url(&e)))?;
         if !resp.status().is_success() {
@@ -448,18 +438,33 @@ impl Inner {
         })
     }
 
-    async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
+    /// `GET` on the session: its stream of messages not tied to a request, or with `last` the
+    /// rest of a stream that was closed.
+    async fn get_stream(
+        &self,
+        up: &Arc<Upstream>,
+        link: &Arc<Link>,
+        last: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         let mut headers = self.request_headers(up, link, None);
         headers.insert(
             http::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
         headers.remove(http::header::CONTENT_TYPE);
-        let resp = self
-            .client
+        if let Some(last) = last {
+            headers.insert(header::LAST_EVENT_ID, last);
+        }
+        self.client
             .get(self.url.clone())
             .headers(headers)
             .send()
+            .await
+    }
+
+    async fn listen_once(&self, up: &Arc<Upstream>, link: &Arc<Link>) -> Result<ListenEnd, String> {
+        let resp = self
+            .get_stream(up, link, None)
             .await
             .map_err(|e| format!("GET failed: {}", without_url(&e)))?;
         match resp.status() {

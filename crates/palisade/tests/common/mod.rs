@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
@@ -599,6 +600,62 @@ impl Legacy<'_> {
             .expect("GET stream")
     }
 
+    /// Reopens a broken stream of this session after `last_event_id` (`GET`).
+    pub async fn resume(&self, last_event_id: &str) -> reqwest::Response {
+        self.gw
+            .http
+            .get(&self.gw.mcp)
+            .header("accept", "text/event-stream")
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .expect("GET with Last-Event-ID")
+    }
+
+    /// Runs a call whose response streams server→client requests, answering each with
+    /// `reply(request)`; returns the methods asked and the final response.
+    pub async fn call_answering(
+        &self,
+        call: Value,
+        reply: impl Fn(&Value) -> Value,
+    ) -> (Vec<String>, Value) {
+        let resp = self.start(call).await;
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let mut body = resp.bytes_stream();
+        let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+        let mut asked = Vec::new();
+        let mut final_msg = Value::Null;
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("stream stalled")
+        {
+            decoder.push(&chunk.unwrap());
+            while let Some(ev) = decoder.next_event().unwrap() {
+                // A legacy stream opens with a priming event: an id and no data.
+                if ev.data.is_empty() {
+                    continue;
+                }
+                let msg: Value = serde_json::from_str(&ev.data).unwrap();
+                if msg.get("method").is_some() && msg.get("id").is_some() {
+                    asked.push(msg["method"].as_str().unwrap().to_owned());
+                    let answer = json!({"jsonrpc":"2.0","id":msg["id"],"result":reply(&msg)});
+                    assert_eq!(self.send(answer).await.status, 202);
+                } else if msg.get("result").is_some() || msg.get("error").is_some() {
+                    final_msg = msg;
+                }
+            }
+        }
+        (asked, final_msg)
+    }
+
     /// Starts a POST and returns the raw response, for streaming reads.
     pub async fn start(&self, msg: Value) -> reqwest::Response {
         self.gw
@@ -614,6 +671,11 @@ impl Legacy<'_> {
             .await
             .expect("post")
     }
+}
+
+/// A client's answer to `sampling/createMessage`: "four".
+pub fn sampling_reply(_: &Value) -> Value {
+    json!({"role":"assistant","content":{"type":"text","text":"four"},"model":"test-model","stopReason":"endTurn"})
 }
 
 /// Text of the first content item of a tool result message.
@@ -652,7 +714,13 @@ pub fn listening(mut cmd: Command) -> (Child, String) {
 pub async fn acme_on_web(protocol: &str, namespacing: bool) -> (Gw, Reap) {
     let (web, url) = testkit_http();
     let web = Reap(web);
-    let server = http_server("web", &url).replace(
+    (acme_on_http(&url, protocol, namespacing).await, web)
+}
+
+/// A ready gateway with tenant `acme` on the HTTP server at `url` (server `web`), spoken to in
+/// `protocol`.
+pub async fn acme_on_http(url: &str, protocol: &str, namespacing: bool) -> Gw {
+    let server = http_server("web", url).replace(
         "[servers.http]",
         &format!("protocol = \"{protocol}\"\n[servers.http]"),
     );
@@ -665,7 +733,7 @@ pub async fn acme_on_web(protocol: &str, namespacing: bool) -> (Gw, Reap) {
         }],
     );
     gw.ready().await;
-    (gw, web)
+    gw
 }
 
 /// Kills a child on drop.
