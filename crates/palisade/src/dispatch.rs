@@ -601,6 +601,9 @@ pub fn relay_to_session(
 ) {
     let namespacing = tenant.namespacing;
     let session = session.clone();
+    for upstream in &tenant.upstreams {
+        upstream.session_listening(&session.id);
+    }
     relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
         Notice::ForSession {
             session: owner,

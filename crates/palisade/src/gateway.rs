@@ -126,6 +126,9 @@ impl Gateway {
             .no_proxy()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
+            // Each legacy client session of an HTTP upstream has its own upstream session: idle
+            // connections are kept for the busiest, not for every one.
+            .pool_max_idle_per_host(64)
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();

@@ -591,6 +591,7 @@ fn client_defaults(session: Option<&Session>) -> ClientDefaults<'_> {
             s.log_level.load(std::sync::atomic::Ordering::Relaxed),
         )),
         closed: Some(&s.closed),
+        listening: s.has_stream(),
     })
 }
 

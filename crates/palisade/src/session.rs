@@ -133,6 +133,13 @@ impl Session {
         }
     }
 
+    /// Whether the client holds its GET stream.
+    pub fn has_stream(&self) -> bool {
+        lock(&self.stream)
+            .as_ref()
+            .is_some_and(|tx| !tx.is_closed())
+    }
+
     /// Opens the GET stream; `None` if one is already open (a message must never be sent on
     /// two streams).
     pub fn open_stream(&self) -> Option<StreamEnds> {

@@ -126,16 +126,23 @@ impl HttpTransport {
         }
     }
 
-    /// Opens the legacy GET stream for messages not tied to a request (list_changed, …).
+    /// Opens the legacy GET stream for messages not tied to a request (list_changed, …), unless
+    /// it is open already.
     pub fn open_listen_stream(&self, up: Arc<Upstream>, link: Arc<Link>) {
-        if link.info().era != Era::Legacy
-            || self
-                .inner
-                .session
-                .read()
-                .map(|s| s.is_none())
-                .unwrap_or(true)
-        {
+        let no_session = self
+            .inner
+            .session
+            .read()
+            .map(|s| s.is_none())
+            .unwrap_or(true);
+        let open = self
+            .inner
+            .listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if link.info().era != Era::Legacy || no_session || open {
             return;
         }
         let inner = self.inner.clone();

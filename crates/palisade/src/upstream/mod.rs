@@ -109,6 +109,8 @@ pub struct ClientDefaults<'a> {
     pub log_level: Option<&'static str>,
     /// Cancelled when the legacy session ends (its own upstream session ends with it).
     pub closed: Option<&'a CancellationToken>,
+    /// Whether the legacy session holds its GET stream.
+    pub listening: bool,
 }
 
 /// Events every client of this upstream may care about.
@@ -280,6 +282,8 @@ pub struct Upstream {
     primary: Option<std::sync::Weak<Upstream>>,
     /// A session instance: the client session it serves alone.
     client_session: Option<Arc<str>>,
+    /// A session instance: its client holds its GET stream, so this one holds the upstream's.
+    listening: std::sync::atomic::AtomicBool,
     /// A session instance: the capabilities its client declared at `initialize`, which the
     /// gateway declares upstream in its name (others declare the gateway's own).
     pub(crate) declared: Option<Box<RawValue>>,
@@ -533,6 +537,7 @@ impl Upstream {
             legacy_refused: std::sync::atomic::AtomicBool::new(false),
             primary,
             client_session: kin.session,
+            listening: std::sync::atomic::AtomicBool::new(false),
             declared: kin.declared,
             refused: std::sync::atomic::AtomicBool::new(false),
             name: config.name.as_str().into(),
@@ -657,6 +662,22 @@ impl Upstream {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
+    }
+
+    /// A legacy client session opened its GET stream: its own upstream session opens the
+    /// upstream's, now or when it connects.
+    pub fn session_listening(self: &Arc<Self>, session: &str) {
+        let Some(instance) = lock(&self.session_instances).get(session).cloned() else {
+            return;
+        };
+        instance.listening.store(true, Ordering::Relaxed);
+        let link = match &*instance.readiness.borrow() {
+            Readiness::Ready(link) => link.clone(),
+            _ => return,
+        };
+        if let Transport::Http(t) = &link.transport {
+            t.open_listen_stream(instance.clone(), link.clone());
+        }
     }
 
     /// Tells this upstream's listeners something on its behalf (a subscription the gateway
@@ -814,6 +835,9 @@ impl Upstream {
         }
         let declared = defaults.capabilities.map(ToOwned::to_owned);
         let instance = self.session_instance(session.clone(), declared);
+        instance
+            .listening
+            .store(defaults.listening, Ordering::Relaxed);
         map.insert(session.clone(), instance.clone());
         // It ends with its client session (or the gateway).
         let (me, closed, ended) = (self.clone(), closed.clone(), instance.clone());
@@ -1275,9 +1299,11 @@ impl Upstream {
             self.readiness.send_replace(Readiness::Starting);
             let started = Instant::now();
             let generation = self.next_link.fetch_add(1, Ordering::Relaxed);
+            // Boxed: connecting is the largest of the supervisor's states and a short one, so
+            // a resting supervisor (one per client session of an HTTP upstream) stays small.
             let connect = tokio::time::timeout(
                 Duration::from_millis(self.config.connect_timeout_ms),
-                self.connect(generation),
+                Box::pin(self.connect(generation)),
             );
             let reason = tokio::select! {
                 r = connect => match r {
@@ -1587,7 +1613,13 @@ impl Upstream {
         }
         match (&link.transport, link.info().era) {
             (_, Era::Modern) => self.listen_for_changes(&link),
-            (Transport::Http(t), Era::Legacy) => t.open_listen_stream(self.clone(), link.clone()),
+            // A client session's own upstream session has a GET stream while its client has one:
+            // what the server sends there would reach nobody otherwise, as it would directly.
+            (Transport::Http(t), Era::Legacy)
+                if self.client_session.is_none() || self.listening.load(Ordering::Relaxed) =>
+            {
+                t.open_listen_stream(self.clone(), link.clone())
+            }
             _ => {}
         }
         Ok(link)
@@ -1811,7 +1843,7 @@ mod tests {
         let defaults = ClientDefaults {
             capabilities: Some(&caps),
             log_level: Some("warning"),
-            closed: None,
+            ..ClientDefaults::default()
         };
         let (text, _) = prepare_params(None, 1, Era::Modern, "2026-07-28", defaults);
         assert!(
