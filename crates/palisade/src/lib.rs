@@ -5,7 +5,8 @@
 //! [`registry`], an in-memory cache of the registry store) → [`session`] (legacy era) →
 //! [`dispatch`] (lifecycle answered here, lists to the [`catalog`], calls to the [`pipeline`],
 //! which asks the [`policy`] first) →
-//! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way.
+//! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way;
+//! [`resume`] keeps legacy sessions' event streams resumable.
 //! `ARCHITECTURE.md` is the map.
 
 pub mod assertion;

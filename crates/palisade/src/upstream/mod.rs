@@ -2,9 +2,12 @@
 //!
 //! An [`Upstream`] owns one live connection at a time (a [`Link`]: a child process over stdio, or
 //! an HTTP endpoint with its own MCP session), a supervisor that re-establishes it with
-//! exponential backoff, and the table of calls in flight. Many client sessions share one link:
-//! every request gets a gateway id, so client ids never collide upstream, and the client's
-//! progress token is swapped for the same gateway id so progress finds its way back.
+//! exponential backoff, and the table of calls in flight. Many clients share one link: every
+//! request gets a gateway id, so client ids never collide upstream, and the client's progress
+//! token is swapped for the same gateway id so progress finds its way back. The exception is a
+//! legacy client session of an HTTP server spoken to in the legacy era (or in the modern era
+//! under `protocol = "auto"`): it gets an upstream session of its own, a *session instance*
+//! (see [`Upstream::call`] and the handshake module for why).
 //!
 //! Messages an upstream sends on its own (progress, logs, sampling/elicitation/roots requests)
 //! are routed to the one call that caused them: by the HTTP stream they came on, by progress
