@@ -1,4 +1,5 @@
-"""MCP servers from the ecosystem behind a real `palisade serve`, driven by the official Python client.
+"""MCP servers from the ecosystem behind a real `palisade serve`, driven by the official Python client
+and, for listing and calling each of them, the official TypeScript clients (ts/call.mjs).
 
 One gateway (module scope) fronts, for the tenants acme and globex:
 
@@ -10,8 +11,8 @@ One gateway (module scope) fronts, for the tenants acme and globex:
             (MEMORY_FILE_PATH under the tenant's working directory);
 - `files`   @modelcontextprotocol/server-filesystem, dedicated: the root is a directory per
             tenant given as its argument through `${tenant.id}`;
-- `time`    mcp-server-time (PyPI, on the Python MCP SDK 2.x), shared; it speaks both eras, so
-            2026-07-28 clients reach it in theirs.
+- `time`    mcp-server-time (PyPI, on the Python MCP SDK 2.x), shared; it speaks both eras, and
+            the gateway speaks 2026-07-28 to it (one process), bridging legacy clients.
 
 Every test runs in both client eras. The gateway's configuration is docs/examples/ecosystem.toml
 (the README's example) with this run's paths, ports and keys. The servers are installed by
@@ -539,6 +540,41 @@ async def test_time_server_lists_and_answers(eco: Ecosystem, era: str):
 
 
 # ---- what the era probes leave behind -------------------------------------------------------------
+
+
+def _ts_call(eco: Ecosystem, tenant: str, era: str, tool: str, args: dict) -> dict:
+    """Lists the tenant's tools and calls one with the official TypeScript client of `era`
+    (tests/clients/ts/call.mjs): {"tools": [...], "result": {...}}."""
+    node = shutil.which("node")
+    ts = Path(__file__).resolve().parent / "ts"
+    if node is None or not (ts / "node_modules" / "@modelcontextprotocol" / "client").is_dir():
+        _missing("node and the TypeScript clients (npm ci in tests/clients/ts)")
+    out = subprocess.run(
+        [node, str(ts / "call.mjs"), "--url", eco.url, "--key", eco.keys[tenant], "--era", era,
+         "--tool", tool, "--args", json.dumps(args)],
+        capture_output=True, text=True, timeout=60, cwd=ts,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def test_every_server_answers_the_typescript_clients_too(eco: Ecosystem, era: str):
+    """The official TypeScript clients (v1 in the legacy era, v2 in 2026-07-28) list and call
+    each server from the ecosystem through the gateway, as the Python client does."""
+    tenant = TENANTS[0]
+    for tool, args, says in (
+        ("n8n__search_nodes", {"query": "webhook", "limit": 1}, "webhook"),
+        ("n8n-api__n8n_list_workflows", {}, f"{tenant}-wf-1"),
+        ("memory__read_graph", {}, "entities"),
+        ("files__list_allowed_directories", {}, tenant),
+        ("time__get_current_time", {"timezone": "Asia/Tokyo"}, "+09:00"),
+    ):
+        answer = _ts_call(eco, tenant, era, tool, args)
+        assert tool in answer["tools"], answer["tools"]
+        result = answer["result"]
+        assert not result.get("isError"), (tool, result)
+        text = " ".join(c.get("text", "") for c in result["content"]).lower()
+        assert says.lower() in text, (tool, text[:500])
 
 
 async def test_era_probes_of_legacy_servers_are_not_crashes(eco: Ecosystem):
