@@ -500,11 +500,13 @@ fn watch_modern(
                 step = handle.next() => step,
                 _ = tx.closed() => return,
             };
-            let Step::Event(CallEvent::Notification { method, params }) = step else {
-                if matches!(step, Step::Done(_)) {
-                    return;
+            const UPDATED: &str = "notifications/resources/updated";
+            let params = match step {
+                Step::Done(_) => return,
+                Step::Event(CallEvent::Notification { method, params }) if method == UPDATED => {
+                    params
                 }
-                continue;
+                Step::Event(_) => continue,
             };
             let uri = params
                 .as_deref()
@@ -518,13 +520,8 @@ fn watch_modern(
             if let Some(m) = &sub_meta {
                 p["_meta"] = m.clone();
             }
-            let p = p.to_string();
-            if method == "notifications/resources/updated"
-                && tx
-                    .send(jsonrpc::notification(&method, Some(&p)))
-                    .await
-                    .is_err()
-            {
+            let update = jsonrpc::notification(UPDATED, Some(&p.to_string()));
+            if tx.send(update).await.is_err() {
                 return;
             }
         }

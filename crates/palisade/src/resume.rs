@@ -67,7 +67,7 @@ pub enum ResumeError {
 }
 
 /// What a resuming reader gets: the events it missed, then live ones until the stream ends
-/// (`None` when it already has).
+/// (`None` when it already has, and for a standalone stream, whose new response goes on).
 pub struct Attached {
     pub missed: Vec<Bytes>,
     pub live: Option<mpsc::Receiver<Bytes>>,
@@ -179,8 +179,9 @@ impl Log {
         rx
     }
 
-    /// The events after `seq` and a live receiver for the rest, replacing any reader still
-    /// connected.
+    /// The events after `seq` and, for a call's stream still going, a live receiver for the
+    /// rest, replacing any reader still connected. (A standalone stream has no reader to
+    /// replace: the response serving it records its events itself.)
     fn attach(&self, seq: u64, id: &str) -> Result<Attached, ResumeError> {
         let mut st = lock(&self.state);
         if seq >= st.next_seq {
@@ -196,7 +197,7 @@ impl Log {
             .filter(|(s, _)| *s > seq)
             .map(|(_, e)| e.clone())
             .collect();
-        let live = if st.finished.is_some() {
+        let live = if st.finished.is_some() || self.standalone {
             None
         } else {
             let (tx, rx) = mpsc::channel(64);

@@ -3,6 +3,7 @@
 //! - A legacy client's call answered as an event stream keeps running when the stream breaks
 //!   (a disconnect is not a cancellation in that era), and the client gets the rest with `GET`
 //!   and `Last-Event-ID`: what it missed, once, then the response.
+//! - A broken GET stream is resumed the same way, and goes on live under the same stream.
 //! - Over HTTP each legacy client session has its own upstream session, so what an upstream
 //!   sends on its session's GET stream (rmcp servers send logs there) reaches that session alone,
 //!   however many sessions call at once.
@@ -107,6 +108,62 @@ async fn a_broken_legacy_stream_is_resumed_after_its_last_event() {
     // Another session cannot resume this one's stream.
     let other = gw.legacy("acme").await;
     assert_eq!(other.resume(&last_id).await.status(), 400);
+}
+
+#[tokio::test]
+async fn a_broken_get_stream_is_resumed_and_goes_on() {
+    let gw = one_kit("").await;
+    let s = gw.legacy("acme").await;
+    let get = s.open_get_stream().await;
+    assert_eq!(get.status(), 200);
+    let mut body = get.bytes_stream();
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    let is_change = |m: &Value| m["method"] == "notifications/tools/list_changed";
+    let toggled = s.call(1, "kit__toggle_tool", json!({})).await;
+    assert!(text(toggled.response()).contains("added"));
+    let (events, _) = events_until(&mut body, &mut decoder, |e| {
+        e.iter().any(|(_, m)| is_change(m))
+    })
+    .await;
+    let priming = events[0].0.clone();
+    assert!(events[0].1.is_null() && !priming.is_empty(), "{events:?}");
+    let (change_id, _) = events.iter().find(|(_, m)| is_change(m)).unwrap().clone();
+    // While the stream is open, a second one is refused: a message is never sent twice.
+    assert_eq!(s.resume(&priming).await.status(), 409);
+
+    // The connection breaks. Resuming from the priming event replays what came after it, on
+    // the same stream, which then goes on live.
+    drop(body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        let r = s.resume(&priming).await;
+        if r.status() != 409 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken GET stream was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(resumed.status(), 200);
+    let mut body = resumed.bytes_stream();
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    let toggled = s.call(2, "kit__toggle_tool", json!({})).await;
+    assert!(text(toggled.response()).contains("removed"));
+    let (events, ended) = events_until(&mut body, &mut decoder, |e| {
+        e.iter().filter(|(_, m)| is_change(m)).count() == 2
+    })
+    .await;
+    assert!(!ended, "{events:?}");
+    let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+    let stream = priming.split_once('_').unwrap().0;
+    assert_eq!(ids[0], change_id, "the missed event first: {events:?}");
+    assert_eq!(
+        ids[1],
+        format!("{stream}_2"),
+        "then the same stream's next: {events:?}"
+    );
 }
 
 #[tokio::test]

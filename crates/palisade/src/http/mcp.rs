@@ -316,18 +316,14 @@ fn resumable_call(session: Arc<Session>, mut fwd: Forward, first: Out) -> Respon
                 },
             };
             match out {
-                Out::Message(m) => {
-                    let (event, live) = session.streams.push(&driven, &m);
+                Out::Message(ref m) | Out::Final(ref m) => {
+                    let (event, live) = session.streams.push(&driven, m);
                     if let Some(tx) = live {
                         let _ = tx.send(event).await;
                     }
-                }
-                Out::Final(m) => {
-                    let (event, live) = session.streams.push(&driven, &m);
-                    if let Some(tx) = live {
-                        let _ = tx.send(event).await;
+                    if matches!(out, Out::Final(_)) {
+                        break;
                     }
-                    break;
                 }
                 Out::Pause { retry_ms } => {
                     // Mirror the upstream: the client is asked to come back after the delay.
@@ -452,11 +448,8 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             Ok((log, attached)) if !log.standalone => {
                 return sse_body(replay_body(attached.missed, attached.live));
             }
-            // The standalone stream goes on as a new one, after what the client missed.
-            Ok((log, attached)) => {
-                log.reopen();
-                (log, attached.missed)
-            }
+            // The standalone stream goes on, after what the client missed.
+            Ok((log, attached)) => (log, attached.missed),
             Err(e) => {
                 gw.metrics.rejected("resume");
                 return rpc_error(
@@ -479,6 +472,8 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
             "this session already has an open GET stream",
         );
     };
+    // A resumed standalone stream is live again: it no longer expires.
+    log.reopen();
     dispatch::relay_to_session(&gw, &tenant, &session, tx);
     standalone_response(&gw, rx, session, log, missed)
 }
