@@ -618,14 +618,22 @@ async fn warm_spares_start_with_the_tenant() {
         || children_of(gw.pid()).len() == 4,
     )
     .await;
-    let body = gw.processes("acme", ADMIN_KEY).await;
-    let states: Vec<&str> = body["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["state"].as_str())
-        .collect();
-    assert_eq!(states, ["ready", "ready"], "{body}");
+    // A spawned process is listed as starting until its handshake is done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = gw.processes("acme", ADMIN_KEY).await;
+        let states: Vec<&str> = body["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["state"].as_str())
+            .collect();
+        if states == ["ready", "ready"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two ready spares: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A dedicated HTTP server: each tenant gets its own instance of a templated URL and headers
