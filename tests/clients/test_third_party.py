@@ -205,7 +205,8 @@ async def test_progress_with_the_clients_token(upstream, era):
     assert [(p.progress_token, p.progress, p.total) for p in raw] == [(token, 0, 100), (token, 50, 100), (token, 100, 100)]
 
 
-async def test_log_messages(upstream, era):
+async def logs_of_a_call(upstream, era, level: str) -> list[types.LoggingMessageNotificationParams]:
+    """The logs one `test_tool_with_logging` call brings a client that asked for `level` and above."""
     records: list[types.LoggingMessageNotificationParams] = []
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
@@ -214,12 +215,17 @@ async def test_log_messages(upstream, era):
     # 2026-07-28 servers log only for requests that opt in via _meta logLevel.
     options = {"logging_callback": on_log}
     if era == "modern":
-        options["log_level"] = "info"
+        options["log_level"] = level
     async with connect(upstream.url, upstream.key, era, **options) as client:
         if era == "legacy":
-            await client.set_logging_level("info")
+            await client.set_logging_level(level)
         result = await client.call_tool(upstream.name("test_tool_with_logging"), {})
         assert text_of(result) == "Logging test completed"
+    return records
+
+
+async def test_log_messages(upstream, era):
+    records = await logs_of_a_call(upstream, era, "info")
     assert [(r.level, r.logger, r.data) for r in records] == [
         ("info", "test_tool_with_logging", "Tool execution started"),
         ("info", "test_tool_with_logging", "Tool processing data"),
@@ -229,20 +235,7 @@ async def test_log_messages(upstream, era):
 
 async def test_log_level_filters(upstream, era):
     """Messages below the level the client asked for never reach it (all arrive before the result)."""
-    records: list[types.LoggingMessageNotificationParams] = []
-
-    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
-        records.append(params)
-
-    options = {"logging_callback": on_log}
-    if era == "modern":
-        options["log_level"] = "warning"
-    async with connect(upstream.url, upstream.key, era, **options) as client:
-        if era == "legacy":
-            await client.set_logging_level("warning")
-        result = await client.call_tool(upstream.name("test_tool_with_logging"), {})
-        assert text_of(result) == "Logging test completed"
-    assert records == []
+    assert await logs_of_a_call(upstream, era, "warning") == []
 
 
 async def test_sampling(upstream, era):
