@@ -60,9 +60,22 @@ pub struct Listen {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// A client must send its request headers within this time, or the connection is closed
-    /// (slow-header clients cannot hold connections open).
+    /// (slow-header clients cannot hold connections open). A new connection must send its
+    /// first request's headers within this time too, in either HTTP version.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress for this long is closed (either HTTP version;
+    /// an open SSE stream counts as a request in progress).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive within this time, or the request is answered 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// Connections from one address that have not yet sent an authenticated request, at most;
+    /// further ones are closed at once. Behind a load balancer every client shares its address:
+    /// raise this there.
+    #[serde(default = "default_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
     /// Open connections to the MCP listener at most; further clients wait to be accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -76,6 +89,9 @@ impl Default for Listen {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             header_read_timeout_ms: default_header_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
+            body_read_timeout_ms: default_body_timeout(),
+            max_unauthenticated_per_source: default_unauthenticated_per_source(),
             max_connections: default_max_connections(),
         }
     }
@@ -83,6 +99,15 @@ impl Default for Listen {
 
 fn default_header_timeout() -> u64 {
     10_000
+}
+fn default_idle_timeout() -> u64 {
+    120_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_unauthenticated_per_source() -> usize {
+    128
 }
 fn default_max_connections() -> usize {
     10_000
@@ -626,10 +651,19 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.header_read_timeout_ms == 0 || self.listen.max_connections == 0 {
+        let l = &self.listen;
+        if [
+            l.header_read_timeout_ms,
+            l.idle_timeout_ms,
+            l.body_read_timeout_ms,
+        ]
+        .contains(&0)
+            || l.max_connections == 0
+            || l.max_unauthenticated_per_source == 0
+        {
             return Err(invalid(
                 "listen",
-                "header_read_timeout_ms and max_connections must be greater than 0",
+                "header_read_timeout_ms, idle_timeout_ms, body_read_timeout_ms, max_connections and max_unauthenticated_per_source must be greater than 0",
             ));
         }
         if self.limits.max_body_bytes < 1024 {

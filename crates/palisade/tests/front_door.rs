@@ -441,11 +441,52 @@ async fn the_example_config_checks() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 servers, 2 tenants)"));
 }
 
-#[tokio::test]
-async fn slow_clients_and_connection_floods_are_bounded() {
-    use std::time::Duration;
+/// The MCP listener's address, `host:port`.
+fn addr_of(gw: &Gw) -> String {
+    gw.mcp
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned()
+}
+
+/// A raw connection to the MCP listener from the loopback address `from`.
+async fn connect_from(from: [u8; 4], addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Whether the gateway closes `stream` within `within` (reading whatever it sends first).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut buf))
+        .await
+        .is_ok()
+}
+
+/// A keep-alive HTTP/1.1 request with `key`, and its response head and body as text.
+async fn raw_ping(stream: &mut tokio::net::TcpStream, key: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = Gw::start_full(
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer is small and ends with its JSON body.
+    while !got.ends_with(b"}") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn acme_on_kit_listening(listen: &str) -> Gw {
+    Gw::start_full(
         &stdio_server("kit", ""),
         &[TenantSpec {
             id: "acme",
@@ -453,45 +494,151 @@ async fn slow_clients_and_connection_floods_are_bounded() {
             namespacing: true,
         }],
         "",
-        "header_read_timeout_ms = 1000\nmax_connections = 2\n",
-    );
+        listen,
+    )
+}
+
+#[tokio::test]
+async fn slow_clients_and_connection_floods_are_bounded() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let gw = acme_on_kit_listening("header_read_timeout_ms = 1000\nmax_connections = 3\n");
     gw.ready().await;
-    let addr = gw
-        .mcp
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
+    let addr = addr_of(&gw);
 
     // Headers that never finish: the connection is closed after the timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "a slow-header client is disconnected");
-
-    // Two connections held open fill the listener; a third client waits until one goes (the
-    // held ones send nothing, so the 1 s header timeout would free them too, later than this).
-    let hold1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let hold2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-    let third = gw.post(Some(gw.key("acme")), &[], ping);
-    tokio::pin!(third);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut third)
+        closed_within(&mut slow, Duration::from_secs(5)).await,
+        "a slow-header client is disconnected"
+    );
+
+    // Every slot held by a client that sends nothing, one byte, or only the HTTP/2 preface:
+    // each is closed by its first-request deadline, whatever the protocol, and the listener
+    // serves again.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut one_byte = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+    let mut h2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let waiting = gw.post(Some(gw.key("acme")), &[], ping);
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
             .await
             .is_err(),
         "served while the listener was full"
     );
-    drop(hold1);
-    drop(hold2);
-    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("one byte", &mut one_byte),
+        ("HTTP/2 preface", &mut h2),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "a connection that sent {what} is closed"
+        );
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
-        .expect("served once a slot freed");
+        .expect("served once the silent connections were closed");
     assert_eq!(
         answer.status, 400,
         "a legacy ping without a session: answered, not dropped"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_http_rejections_total{reason="first_request_timeout"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_close_and_busy_ones_stay() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let gw = acme_on_kit_listening("idle_timeout_ms = 1000\nbody_read_timeout_ms = 1000\n");
+    gw.ready().await;
+    let addr = addr_of(&gw);
+    let key = gw.key("acme").to_owned();
+
+    // After its request, a keep-alive connection is closed once idle for the timeout.
+    let mut idle = connect_from([127, 0, 0, 1], &addr).await;
+    let answer = raw_ping(&mut idle, &key).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "an idle connection is closed"
+    );
+
+    // A call running longer than the idle timeout keeps its connection.
+    let legacy = gw.legacy("acme").await;
+    let answer = legacy
+        .call(2, "kit__slow", serde_json::json!({"ms": 2500}))
+        .await;
+    assert!(
+        answer.response().get("result").is_some(),
+        "{}",
+        answer.response()
+    );
+
+    // A body that never finishes is answered 408 after its deadline.
+    let mut partial = connect_from([127, 0, 0, 1], &addr).await;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    partial.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let read = tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a stalled body is not held forever");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("body_read_timeout_ms"), "{got}");
+}
+
+#[tokio::test]
+async fn one_source_cannot_hold_every_unauthenticated_slot() {
+    use std::time::Duration;
+    // A long first-request deadline: what closes connections here is the per-source cap.
+    let gw = acme_on_kit_listening(
+        "header_read_timeout_ms = 60000\nmax_unauthenticated_per_source = 2\n",
+    );
+    gw.ready().await;
+    let addr = addr_of(&gw);
+    let key = gw.key("acme").to_owned();
+
+    // An authenticated connection does not count against its source.
+    let mut authenticated = connect_from([127, 0, 0, 1], &addr).await;
+    assert!(
+        raw_ping(&mut authenticated, &key)
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    let _held1 = connect_from([127, 0, 0, 1], &addr).await;
+    let _held2 = connect_from([127, 0, 0, 1], &addr).await;
+    let mut third = connect_from([127, 0, 0, 1], &addr).await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(5)).await,
+        "a third unauthenticated connection from one address is closed at once"
+    );
+    // Another address, and the authenticated connection, are still served.
+    let mut other = connect_from([127, 0, 0, 2], &addr).await;
+    assert!(raw_ping(&mut other, &key).await.starts_with("HTTP/1.1 400"));
+    assert!(
+        raw_ping(&mut authenticated, &key)
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_http_rejections_total{reason="source_limit"} 1"#),
+        "{metrics}"
     );
 }

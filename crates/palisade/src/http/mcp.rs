@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use crate::auth::{AuthError, Principal};
 use crate::dispatch::{self, ModernHeaders, Reply};
 use crate::gateway::Gateway;
+use crate::http::conn::ClientConn;
 use crate::pipeline::{Caller, Forward, Out};
 use crate::registry::Tenant;
 use crate::resume;
@@ -34,15 +36,31 @@ use crate::session::Session;
 
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 
-pub async fn post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let (principal, tenant) = match gates(&gw, &headers, Need::Post).await {
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    conn: Option<Extension<Arc<ClientConn>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (principal, tenant) = match gates(&gw, conn, &headers, Need::Post).await {
         Ok(p) => p,
         Err(r) => return r,
     };
     let tenant = &*tenant;
-    let bytes = match axum::body::to_bytes(body, gw.config().limits.max_body_bytes).await {
-        Ok(b) => b,
+    let config = gw.config();
+    let within = Duration::from_millis(config.listen.body_read_timeout_ms);
+    let read = axum::body::to_bytes(body, config.limits.max_body_bytes);
+    let bytes = match tokio::time::timeout(within, read).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            gw.metrics.rejected("body_timeout");
+            return rpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::INVALID_REQUEST,
+                "the request body did not arrive in time (listen.body_read_timeout_ms)",
+            );
+        }
+        Ok(Err(_)) => {
             gw.metrics.rejected("body_too_large");
             let msg = format!(
                 "request body exceeds the limit of {} bytes (limits.max_body_bytes)",
@@ -429,8 +447,12 @@ fn standalone_response(
 
 /// GET: the legacy era's stream for messages not tied to a request, or, with `Last-Event-ID`,
 /// the rest of a stream that broke.
-pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (principal, tenant) = match gates(&gw, &headers, Need::Get).await {
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    conn: Option<Extension<Arc<ClientConn>>>,
+    headers: HeaderMap,
+) -> Response {
+    let (principal, tenant) = match gates(&gw, conn, &headers, Need::Get).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -479,8 +501,12 @@ pub async fn get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
 }
 
 /// DELETE: ends a legacy session.
-pub async fn delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (principal, _tenant) = match gates(&gw, &headers, Need::Delete).await {
+pub async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    conn: Option<Extension<Arc<ClientConn>>>,
+    headers: HeaderMap,
+) -> Response {
+    let (principal, _tenant) = match gates(&gw, conn, &headers, Need::Delete).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -506,9 +532,11 @@ enum Need {
     Delete,
 }
 
-/// Origin/Host, Accept, Content-Type and authentication; the principal and its tenant.
+/// Origin/Host, Accept, Content-Type and authentication; the principal and its tenant. A
+/// connection that authenticates no longer counts against its source address.
 async fn gates(
     gw: &Gateway,
+    conn: Option<Extension<Arc<ClientConn>>>,
     headers: &HeaderMap,
     need: Need,
 ) -> Result<(Principal, Arc<Tenant>), Response> {
@@ -557,7 +585,8 @@ async fn gates(
         Need::Delete => {}
     }
     let registry = gw.registry();
-    gw.auth
+    let authenticated = gw
+        .auth
         .authenticate(
             &registry,
             headers
@@ -565,7 +594,11 @@ async fn gates(
                 .map(HeaderValue::as_bytes),
         )
         .await
-        .map_err(|e| refused(gw, &e))
+        .map_err(|e| refused(gw, &e))?;
+    if let Some(Extension(conn)) = conn {
+        conn.authenticated();
+    }
+    Ok(authenticated)
 }
 
 /// The answer to credentials that were not accepted: 401 with a challenge that tells an OAuth

@@ -1,6 +1,7 @@
 //! The HTTP side: the MCP endpoint and the admin listener, and how they start and stop.
-//! The MCP listener bounds what any client can hold before it is even authenticated: a
-//! header-read timeout and a cap on open connections.
+//! The MCP listener bounds what any client can hold before it is even authenticated: deadlines
+//! for connections that are not busy, a cap on open connections and a cap per source address
+//! ([`conn`]).
 //!
 //! Layers, outermost first, are visible in [`mcp::post`]: Origin/Host check → Accept and
 //! Content-Type → authentication → body limit → parse → era detection and header checks →
@@ -8,19 +9,24 @@
 
 pub mod admin;
 pub mod admin_api;
+pub mod conn;
 pub mod mcp;
 pub mod metadata;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::routing::get;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -55,12 +61,14 @@ pub fn admin_router(gw: Arc<Gateway>) -> Router {
 }
 
 /// Serves the MCP endpoint until `drain` fires, then waits for open connections to finish.
-/// Unlike `axum::serve`, it bounds what a client can hold: request headers must arrive within
-/// `listen.header_read_timeout_ms`, and at most `listen.max_connections` connections are open
-/// (beyond that, clients wait in the kernel's accept queue).
+/// Unlike `axum::serve`, it bounds what a client can hold: at most `listen.max_connections`
+/// connections are open (beyond that, clients wait in the kernel's accept queue), each closed at
+/// its deadline when not busy, and each source address holds a bounded number of connections
+/// that have not authenticated (see [`conn`]).
 async fn serve_mcp(
     listener: TcpListener,
     router: Router,
+    gw: Arc<Gateway>,
     drain: CancellationToken,
     listen: &Listen,
 ) {
@@ -69,6 +77,9 @@ async fn serve_mcp(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(listen.header_read_timeout_ms));
+    let first_request = Duration::from_millis(listen.header_read_timeout_ms);
+    let idle = Duration::from_millis(listen.idle_timeout_ms);
+    let sources = conn::Sources::new(listen.max_unauthenticated_per_source);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(listen.max_connections));
     loop {
@@ -79,9 +90,9 @@ async fn serve_mcp(
             },
             _ = drain.cancelled() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -91,15 +102,42 @@ async fn serve_mcp(
             },
             _ = drain.cancelled() => break,
         };
+        let Some(ticket) = sources.admit(peer.ip()) else {
+            gw.metrics.rejected("source_limit");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(
+        let client = conn::ClientConn::new(ticket);
+        let service = {
+            let (client, router) = (client.clone(), router.clone());
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let busy = client.begin();
+                req.extensions_mut().insert(client.clone());
+                let served = tower_service::Service::call(&mut router.clone(), req);
+                async move {
+                    let response = served.await?;
+                    // The connection stays busy until the response body ends or is dropped:
+                    // the closure owns the guard for as long as the body lives.
+                    Ok::<_, Infallible>(response.map(|body| {
+                        Body::new(body.map_frame(move |frame| {
+                            let _ = &busy;
+                            frame
+                        }))
+                    }))
+                }
+            })
+        };
+        let served = graceful.watch(
             builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned(),
         );
+        let gw = gw.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            tokio::select! {
+                _ = served => {}
+                expired = client.expired(first_request, idle) => gw.metrics.rejected(expired.reason()),
+            }
             drop(permit);
         });
     }
@@ -143,6 +181,7 @@ pub async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
     let mcp = serve_mcp(
         bound.mcp,
         mcp_router(gw.clone()),
+        gw.clone(),
         drain.clone(),
         &config.listen,
     );
