@@ -37,6 +37,36 @@ impl ErrorCode {
     pub const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
 }
 
+/// Whether arrays and objects in `bytes` nest deeper than `limit` (the message itself is level
+/// 1). A linear scan that skips strings, for refusing a message before any parser recurses
+/// into it; `bytes` need not be valid JSON.
+pub fn nests_deeper_than(bytes: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Why bytes are not one acceptable JSON-RPC message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -317,6 +347,17 @@ mod tests {
 
     fn parse(s: &str) -> Result<Message, WireError> {
         Message::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nests_deeper_than(nested(64).as_bytes(), 64));
+        assert!(nests_deeper_than(nested(65).as_bytes(), 64));
+        assert!(!nests_deeper_than(br#"{"a":"[[[[\"[[[[","b":[1]}"#, 2));
+        assert!(nests_deeper_than(br#"{"a":"\\","b":[[1]]}"#, 2));
+        // Unbalanced closers do not make room for more openers.
+        assert!(nests_deeper_than(b"]]]][[[", 2));
     }
 
     #[test]

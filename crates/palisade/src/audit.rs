@@ -247,7 +247,7 @@ impl Auditor {
         format!("h:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
     }
 
-    fn record(&self, kind: Kind, c: &CallFacts, args: Option<&RawValue>) -> Record {
+    fn record(&self, kind: Kind, c: &CallFacts) -> Record {
         let mut r = Record::new(kind, &c.tenant, &self.subject(&c.subject), &c.method);
         // The session id is a bearer capability: only a digest of it is recorded.
         r.session = c
@@ -256,14 +256,27 @@ impl Auditor {
             .map(|s| hex::encode(&Sha256::digest(s.as_bytes())[..8]));
         r.server = Some(c.server.to_string());
         r.target = Some(c.target.clone());
-        if let Some(args) = args {
-            let value: serde_json::Value = serde_json::from_str(args.get()).unwrap_or_default();
-            let (key_id, fingerprint) = self.fingerprints.fingerprint(&c.tenant, &value);
-            r.args_fingerprint = Some(fingerprint);
-            r.key_id = Some(key_id);
-            r.args_bytes = Some(args.get().len() as u64);
-        }
         r
+    }
+
+    /// Adds the arguments' fingerprint to `r`; fails rather than fingerprint anything other than
+    /// what was sent. (The front door refuses messages nested deeper than this parser accepts,
+    /// so it fails only if that check is bypassed.)
+    fn fingerprint(
+        &self,
+        r: &mut Record,
+        c: &CallFacts,
+        args: Option<&RawValue>,
+    ) -> Result<(), AuditError> {
+        let Some(args) = args else { return Ok(()) };
+        let value: serde_json::Value = serde_json::from_str(args.get()).map_err(|e| {
+            AuditError::Encode(format!("the arguments cannot be fingerprinted: {e}"))
+        })?;
+        let (key_id, fingerprint) = self.fingerprints.fingerprint(&c.tenant, &value);
+        r.args_fingerprint = Some(fingerprint);
+        r.key_id = Some(key_id);
+        r.args_bytes = Some(args.get().len() as u64);
+        Ok(())
     }
 
     /// Writes the BEGIN record and waits until it is durable; its id ties END to it.
@@ -272,7 +285,8 @@ impl Auditor {
         c: &CallFacts,
         args: Option<&RawValue>,
     ) -> Result<String, AuditError> {
-        let mut r = self.record(Kind::Begin, c, args);
+        let mut r = self.record(Kind::Begin, c);
+        self.fingerprint(&mut r, c, args)?;
         r.decision = Some("allowed".into());
         let id = r.id.clone();
         self.append_durable(r).await?;
@@ -303,7 +317,7 @@ impl Auditor {
     /// Queues the END record of a call (its outcome and latency); it becomes durable with the
     /// next BEGIN's batch or within milliseconds.
     pub async fn end(&self, id: String, c: &CallFacts, outcome: &str, latency_us: u64) {
-        let mut r = self.record(Kind::End, c, None);
+        let mut r = self.record(Kind::End, c);
         r.id = id;
         r.outcome = Some(outcome.to_owned());
         r.latency_us = Some(latency_us);
@@ -312,7 +326,10 @@ impl Auditor {
 
     /// Writes a DENIED record: the call was refused before reaching its upstream.
     pub async fn denied(&self, c: &CallFacts, args: Option<&RawValue>, reason: &str) {
-        let mut r = self.record(Kind::Denied, c, args);
+        let mut r = self.record(Kind::Denied, c);
+        if let Err(e) = self.fingerprint(&mut r, c, args) {
+            tracing::error!(error = %e, tenant = %c.tenant, "audit trail: a DENIED record is written without its arguments' fingerprint");
+        }
         r.decision = Some("denied".into());
         r.outcome = Some(format!("denied: {reason}"));
         self.append_deferred(r, "a DENIED").await;

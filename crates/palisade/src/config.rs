@@ -352,6 +352,10 @@ pub struct Limits {
     /// Largest accepted request body; larger gets 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in a client's message; deeper gets 400 (-32600).
+    /// At most 100, below what the gateway's and most upstreams' JSON parsers accept.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
     /// Legacy sessions idle this long are closed.
     #[serde(default = "default_session_idle")]
     pub session_idle_secs: u64,
@@ -371,6 +375,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: default_max_body(),
+            max_json_depth: default_max_json_depth(),
             session_idle_secs: default_session_idle(),
             shutdown_grace_secs: default_drain(),
             max_sessions_per_tenant: default_max_sessions(),
@@ -381,6 +386,9 @@ impl Default for Limits {
 
 fn default_max_body() -> usize {
     4 * 1024 * 1024
+}
+fn default_max_json_depth() -> usize {
+    64
 }
 fn default_session_idle() -> u64 {
     30 * 60
@@ -668,6 +676,12 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
+        }
+        if !(2..=100).contains(&self.limits.max_json_depth) {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be between 2 and 100",
+            ));
         }
         let mut names = HashSet::new();
         for (i, s) in self.servers.iter().enumerate() {

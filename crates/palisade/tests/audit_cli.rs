@@ -419,3 +419,56 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn deep_arguments_are_refused_at_the_door_and_the_deepest_allowed_are_found() {
+    let gw = two_tenants_on_kit("");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let headers = [
+        ("mcp-session-id", acme.session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let call = |args: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"kit__echo","arguments":{args}}}}}"#
+        )
+    };
+    // 128 levels: refused at once, never forwarded (an upstream's parser would drop it and the
+    // client would wait for the whole call timeout).
+    let deep = format!(r#"{{"message":"deep","nest":{}}}"#, nest(128));
+    let a = gw.post(Some(&acme.key), &headers, call(&deep)).await;
+    assert_eq!((a.status, code(a.response())), (400, -32600));
+    let message = a.response()["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_json_depth"), "{message}");
+
+    // The deepest message allowed (64 levels: envelope, params, arguments and 61 arrays) is
+    // forwarded, and its BEGIN record carries a real fingerprint that `find` locates.
+    let deepest = format!(r#"{{"message":"deepest","nest":{}}}"#, nest(61));
+    let a = gw.post(Some(&acme.key), &headers, call(&deepest)).await;
+    assert_eq!(common::text(a.response()), "deepest", "{:?}", a.response());
+    let trail = wait_for_ends(&gw, 1).await;
+    let begins: Vec<&Value> = trail
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "BEGIN")
+        .collect();
+    assert_eq!(
+        begins.len(),
+        1,
+        "the refused call left no BEGIN: {trail:#?}"
+    );
+    let out = find(&gw, "acme", &deepest, None);
+    assert_eq!(
+        printed_ids(&out, "BEGIN"),
+        [begins[0]["id"].as_str().unwrap()],
+        "{out}"
+    );
+    let out = find(&gw, "acme", r#"{"message":"deepest","nest":null}"#, None);
+    assert_eq!(out.trim(), "0 calls found", "not fingerprinted as null");
+}
+
+fn code(response: &Value) -> i64 {
+    response["error"]["code"].as_i64().unwrap_or_default()
+}

@@ -73,6 +73,14 @@ pub async fn post(
             );
         }
     };
+    if jsonrpc::nests_deeper_than(&bytes, config.limits.max_json_depth) {
+        gw.metrics.rejected("too_deep");
+        let msg = format!(
+            "the message nests arrays and objects deeper than {} levels (limits.max_json_depth)",
+            config.limits.max_json_depth
+        );
+        return rpc_error(StatusCode::BAD_REQUEST, ErrorCode::INVALID_REQUEST, &msg);
+    }
     let msg = match Message::parse(&bytes) {
         Ok(m) => m,
         Err(e) => {
