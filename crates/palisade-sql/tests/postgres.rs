@@ -4,8 +4,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Issuer, Server, error_text, rows, tenants_in};
+use palisade_sql::backend::Limits;
+use palisade_sql::backend::postgres::Postgres;
 use serde_json::json;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _};
 
 /// A scratch database migrated for palisade-sql, with its own login and reader roles.
@@ -267,6 +272,84 @@ fn no_sql_reaches_another_tenants_rows() {
         None,
     );
     assert_eq!(rows(&after)[0], json!(["acme", pg.reader]));
+}
+
+#[test]
+fn a_cancelled_call_leaves_no_transaction_to_the_next() {
+    let Some(pg) = Scratch::new("cancel") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options: PgConnectOptions = pg.login_url().parse().unwrap();
+        let backend = Postgres::connect(options, pg.reader.clone()).await.unwrap();
+        // The connection `connect` used goes back to the pool in a task of its own: once it is
+        // idle there, every call below takes that one connection in turn.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let limits = Limits {
+            max_rows: 100,
+            max_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+        };
+        // Dropped mid-statement: after its BEGIN, tenant setting and SET LOCAL ROLE, before
+        // its ROLLBACK.
+        let call = backend.query("acme", "SELECT pg_sleep(1)", Vec::new(), limits);
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), call).await;
+        assert!(cancelled.is_err(), "the call should have been cut short");
+        // Once the statement has ended, a connection handed back to the pool would sit idle
+        // in its transaction there, to be taken by the next call.
+        let mut admin = sqlx::PgConnection::connect(&pg.admin_url()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let sleeping: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename = $1 AND state = 'active' AND query LIKE '%pg_sleep%'",
+            )
+            .bind(&pg.login)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if sleeping == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pg_sleep never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left_open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE usename = $1 AND state LIKE 'idle in transaction%'",
+        )
+        .bind(&pg.login)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(
+            left_open, 0,
+            "a connection of the cancelled call is still inside its transaction"
+        );
+        // The next call, another tenant's, runs in a transaction of its own, begun just now
+        // (inside the cancelled call's, `now()` would be seconds old).
+        let after = backend
+            .query(
+                "globex",
+                "SELECT current_setting('app.tenant_id') AS tenant, current_user::text AS role, \
+                 clock_timestamp() - now() < interval '1 second' AS fresh",
+                Vec::new(),
+                limits,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the call after a cancelled one failed: {e}"));
+        assert_eq!(
+            after.rows,
+            [vec![json!("globex"), json!(pg.reader), json!(true)]]
+        );
+    });
 }
 
 #[test]

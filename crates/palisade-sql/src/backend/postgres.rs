@@ -16,16 +16,21 @@
 //! 3. `ROLLBACK` and `pg_advisory_unlock_all()`, so nothing a call did outlives it on the
 //!    pooled connection.
 //!
+//! A call whose future is dropped before step 3 has finished (the call was cancelled, or timed
+//! out around us) does not give its connection back to the pool: `CallConnection` closes it
+//! instead, so the next call can never start inside another call's transaction.
+//!
 //! The server refuses to start as a superuser or BYPASSRLS role.
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, Statement as _};
 
 use super::{Collector, Column, Limits, META_LIMITS, Param, Rows, SqlError};
@@ -84,6 +89,46 @@ impl<'de> serde::Deserialize<'de> for OrderedRow {
     }
 }
 
+/// A pooled connection inside a call's transaction, from `begin` to `end`.
+///
+/// sqlx hands a dropped [`PoolConnection`] back to the pool after only a ping, which waits for
+/// whatever was in flight and succeeds inside an open transaction. So a call dropped between
+/// `BEGIN` and the end of its `ROLLBACK` would leave its transaction, with its tenant setting
+/// and `SET LOCAL ROLE`, to whichever call takes the connection next. Unless `end` has rolled
+/// back, dropping this guard closes the connection instead (sqlx's `close_on_drop`: the pool
+/// may open a fresh connection in its place, and the server ends the old session, rolling the
+/// transaction back, once a statement still running there ends or hits its statement
+/// timeout). Closing rather than rolling back on the way back to the pool needs no async work
+/// in `Drop` and does not wait for a cancelled statement to finish.
+struct CallConnection {
+    conn: PoolConnection<sqlx::Postgres>,
+    /// Set once the transaction is rolled back and the connection clean.
+    ended: bool,
+}
+
+impl Deref for CallConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for CallConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for CallConnection {
+    fn drop(&mut self) {
+        if !self.ended {
+            // `conn` is dropped right after this, and then closes instead of going back.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 impl Postgres {
     /// Connects (lazily; the first call opens connections) and checks the login role cannot
     /// bypass row-level security.
@@ -116,11 +161,7 @@ impl Postgres {
     }
 
     /// Opens the call's transaction on a pooled connection, as `tenant`, as the reader role.
-    async fn begin(
-        &self,
-        tenant: &str,
-        limits: Limits,
-    ) -> Result<PoolConnection<sqlx::Postgres>, SqlError> {
+    async fn begin(&self, tenant: &str, limits: Limits) -> Result<CallConnection, SqlError> {
         // Both values are checked to be plain identifiers, so nothing can be injected; the
         // setup is one round trip.
         if !crate::valid_tenant_id(tenant) {
@@ -128,7 +169,11 @@ impl Postgres {
                 "{tenant:?} is not a valid tenant id"
             )));
         }
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        // Guarded from here on: `BEGIN` may be sent before this future is dropped.
+        let mut conn = CallConnection {
+            conn: self.pool.acquire().await.map_err(unavailable)?,
+            ended: false,
+        };
         let setup = format!(
             "BEGIN READ ONLY; \
              SELECT set_config('app.tenant_id', '{tenant}', true), set_config('statement_timeout', '{}', true); \
@@ -155,14 +200,17 @@ impl Postgres {
         Ok(conn)
     }
 
-    /// Ends the call's transaction; a connection that cannot be cleaned is closed, not reused.
-    async fn end(&self, mut conn: PoolConnection<sqlx::Postgres>) {
+    /// Ends the call's transaction; a connection that cannot be cleaned (or whose cleaning is
+    /// itself cancelled) is closed by the guard, not reused.
+    async fn end(&self, mut conn: CallConnection) {
         let cleaned = sqlx::raw_sql("ROLLBACK; SELECT pg_advisory_unlock_all()")
             .execute(&mut *conn)
             .await;
-        if let Err(error) = cleaned {
-            tracing::warn!(%error, "closing a connection that could not be rolled back");
-            conn.close_on_drop();
+        match cleaned {
+            Ok(_) => conn.ended = true,
+            Err(error) => {
+                tracing::warn!(%error, "closing a connection that could not be rolled back");
+            }
         }
     }
 
@@ -180,7 +228,7 @@ impl Postgres {
     }
 
     async fn run(
-        conn: &mut PoolConnection<sqlx::Postgres>,
+        conn: &mut PgConnection,
         sql: &str,
         params: Vec<Param>,
         limits: Limits,
@@ -205,7 +253,7 @@ impl Postgres {
         let mut columns = Vec::new();
         let mut collected = Collector::new(limits);
         {
-            let mut stream = query.fetch(&mut **conn);
+            let mut stream = query.fetch(&mut *conn);
             while let Some(row) = stream.try_next().await.map_err(|e| sql_error(e, limits))? {
                 let text: String = row.try_get(0).map_err(|e| sql_error(e, limits))?;
                 let OrderedRow(fields) = serde_json::from_str(&text)
@@ -220,7 +268,7 @@ impl Postgres {
         }
         if columns.is_empty() {
             // No rows: the statement's description still names the columns.
-            if let Ok(statement) = (&mut **conn)
+            if let Ok(statement) = (&mut *conn)
                 .prepare(AssertSqlSafe(body.to_owned()).into_sql_str())
                 .await
             {

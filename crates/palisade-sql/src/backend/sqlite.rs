@@ -26,11 +26,169 @@ pub struct Sqlite {
     dir: PathBuf,
 }
 
+/// The SQL functions a read-only query may call, by the name SQLite resolves (compared
+/// ignoring ASCII case): the core scalar functions, aggregates, window functions, date and
+/// time, JSON (`->` and `->>` are functions of those names to the authorizer) and the math
+/// functions where they are compiled in.
+///
+/// An allow-list, not a deny-list, because SQLite and its bundled extensions register
+/// functions no query needs and some that are dangerous: `fts3_tokenizer` returns a raw
+/// pointer (a leak of the address layout), `load_extension` loads code,
+/// `sqlite_compileoption_*` and `sqlite_source_id` describe the build, `sqlite_log` writes to
+/// the process's error log. Whatever a new SQLite version or extension adds is refused until
+/// it is listed here.
+const ALLOWED_FUNCTIONS: &[&str] = &[
+    // Core scalar functions.
+    "abs",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "format",
+    "glob",
+    "hex",
+    "if",
+    "ifnull",
+    "iif",
+    "instr",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nullif",
+    "octet_length",
+    "printf",
+    "quote",
+    "random",
+    "randomblob",
+    "replace",
+    "round",
+    "rtrim",
+    "sign",
+    "soundex",
+    "substr",
+    "substring",
+    "trim",
+    "typeof",
+    "unhex",
+    "unicode",
+    "unistr",
+    "unlikely",
+    "upper",
+    "zeroblob",
+    // Aggregates (`max` and `min` above are both).
+    "avg",
+    "count",
+    "group_concat",
+    "median",
+    "percentile",
+    "percentile_cont",
+    "percentile_disc",
+    "string_agg",
+    "sum",
+    "total",
+    // Window functions.
+    "cume_dist",
+    "dense_rank",
+    "first_value",
+    "lag",
+    "last_value",
+    "lead",
+    "nth_value",
+    "ntile",
+    "percent_rank",
+    "rank",
+    "row_number",
+    // Date and time (`CURRENT_TIMESTAMP` and the like call the functions of those names).
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date",
+    "datetime",
+    "julianday",
+    "strftime",
+    "time",
+    "timediff",
+    "unixepoch",
+    // JSON: values in, values out; none touches a table.
+    "->",
+    "->>",
+    "json",
+    "json_array",
+    "json_array_length",
+    "json_error_position",
+    "json_extract",
+    "json_group_array",
+    "json_group_object",
+    "json_insert",
+    "json_object",
+    "json_patch",
+    "json_pretty",
+    "json_quote",
+    "json_remove",
+    "json_replace",
+    "json_set",
+    "json_type",
+    "json_valid",
+    "jsonb",
+    "jsonb_array",
+    "jsonb_extract",
+    "jsonb_group_array",
+    "jsonb_group_object",
+    "jsonb_insert",
+    "jsonb_object",
+    "jsonb_patch",
+    "jsonb_remove",
+    "jsonb_replace",
+    "jsonb_set",
+    // Math, where SQLite is built with SQLITE_ENABLE_MATH_FUNCTIONS (the bundled one is not).
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "ceil",
+    "ceiling",
+    "cos",
+    "cosh",
+    "degrees",
+    "exp",
+    "floor",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "mod",
+    "pi",
+    "pow",
+    "power",
+    "radians",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+];
+
+fn allowed_function(name: &str) -> bool {
+    ALLOWED_FUNCTIONS
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
 /// Only reads of the main database (its tables, views and schema) and of the statement's own
-/// CTEs are allowed.
+/// CTEs are allowed, and calls of the functions in [`ALLOWED_FUNCTIONS`].
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
-        AuthAction::Select | AuthAction::Recursive | AuthAction::Function { .. } => {
+        AuthAction::Select | AuthAction::Recursive => Authorization::Allow,
+        AuthAction::Function { function_name } if allowed_function(function_name) => {
             Authorization::Allow
         }
         // No database name: a CTE or subquery of this statement.
@@ -41,8 +199,24 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     }
 }
 
+/// The function the authorizer refused to call, when that is why `error` happened (SQLite
+/// reports it as a plain `SQLITE_ERROR` with this message, not as `SQLITE_AUTH`).
+fn refused_function(error: &rusqlite::Error) -> Option<&str> {
+    let message = match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message,
+        rusqlite::Error::SqlInputError { msg, .. } => msg,
+        _ => return None,
+    };
+    message.strip_prefix("not authorized to use function: ")
+}
+
 /// Says what a SQLite failure means for the caller.
 fn statement_error(error: rusqlite::Error, limits: Limits) -> SqlError {
+    if let Some(function) = refused_function(&error) {
+        return SqlError::Statement(format!(
+            "not authorized: the function {function} is not allowed here (built-in scalar, aggregate, window, date and JSON functions are)"
+        ));
+    }
     match &error {
         rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::OperationInterrupted => {
             SqlError::Timeout(limits.timeout.as_millis())
@@ -293,6 +467,49 @@ mod tests {
             let m = message(lite.query_blocking("acme", sql, &[], META_LIMITS));
             assert!(m.contains("not authorized"), "{sql}: {m}");
         }
+    }
+
+    #[test]
+    fn only_listed_functions_may_be_called() {
+        let (_dir, lite) = setup();
+        for sql in [
+            "SELECT fts3_tokenizer('simple')",
+            "SELECT FTS3_Tokenizer('porter')",
+            "SELECT load_extension('/tmp/evil')",
+            "SELECT sqlite_compileoption_get(0)",
+            "SELECT sqlite_source_id()",
+            "SELECT sqlite_log(1, 'x')",
+            "SELECT id FROM orders WHERE hex(fts3_tokenizer('simple')) <> ''",
+        ] {
+            let m = message(lite.query_blocking("acme", sql, &[], META_LIMITS));
+            assert!(
+                m.contains("not authorized: the function") && m.contains("is not allowed here"),
+                "{sql}: {m}"
+            );
+        }
+        let rows = lite
+            .query_blocking(
+                "acme",
+                "SELECT lower('A'), count(*), json_extract('{\"a\":1}', '$.a'), '{\"b\":2}' ->> '$.b', \
+                 length(datetime('now')), length(CURRENT_TIMESTAMP), COALESCE(NULL, 3), row_number() OVER () \
+                 FROM orders WHERE item LIKE '%a%' OR item GLOB '*'",
+                &[],
+                META_LIMITS,
+            )
+            .unwrap();
+        assert_eq!(
+            rows.rows,
+            [vec![
+                Value::from("a"),
+                Value::from(150),
+                Value::from(1),
+                Value::from(2),
+                Value::from(19),
+                Value::from(19),
+                Value::from(3),
+                Value::from(1),
+            ]]
+        );
     }
 
     #[test]
