@@ -78,6 +78,7 @@ mod tests {
     fn claims(exp: i64) -> Claims {
         Claims {
             issuer: Arc::from("i"),
+            admin_issuer: false,
             subject: "s".into(),
             tenant: None,
             scopes: vec![],

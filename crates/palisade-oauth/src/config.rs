@@ -56,6 +56,14 @@ pub struct IssuerConfig {
     /// Or: every token of this issuer belongs to this tenant (issuer-per-tenant).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// With `tenant_claim`: the tenants its tokens may name, exact ids or patterns with `*`
+    /// (`acme-*`); a token naming any other is refused. Default: every tenant.
+    #[serde(default = "any_tenant")]
+    pub tenants: Vec<String>,
+    /// Whether its tokens may open the admin API (with the admin scope and no tenant). Only
+    /// issuers marked so can mint admin tokens; an issuer-per-tenant (`tenant`) never can.
+    #[serde(default)]
+    pub admin: bool,
     /// JSON pointer to a string or an array of strings holding the caller's roles.
     #[serde(default)]
     pub roles_claim: Option<String>,
@@ -67,6 +75,9 @@ pub struct IssuerConfig {
     pub algorithms: Vec<String>,
 }
 
+fn any_tenant() -> Vec<String> {
+    vec!["*".to_owned()]
+}
 fn default_leeway_secs() -> u64 {
     30
 }
@@ -87,6 +98,14 @@ fn default_algorithms() -> Vec<String> {
 }
 
 impl IssuerConfig {
+    /// Whether its tokens may name `tenant`.
+    pub fn may_name(&self, tenant: &str) -> bool {
+        match &self.tenant {
+            Some(fixed) => fixed == tenant,
+            None => self.tenants.iter().any(|p| glob(p, tenant)),
+        }
+    }
+
     /// An issuer with the default algorithms and no tenant mapping, roles or extra claims.
     pub fn new(issuer: impl Into<String>) -> Self {
         IssuerConfig {
@@ -94,6 +113,8 @@ impl IssuerConfig {
             jwks_uri: None,
             tenant_claim: None,
             tenant: None,
+            tenants: any_tenant(),
+            admin: false,
             roles_claim: None,
             required_claims: Vec::new(),
             algorithms: default_algorithms(),
@@ -197,9 +218,11 @@ impl OAuthConfig {
                         "{key}: both tenant_claim and tenant are set; keep tenant_claim (tenant read from the token) or tenant (every token of this issuer belongs to that tenant), not both"
                     ));
                 }
+                // An admin-only issuer: its tokens name no tenant.
+                (None, None) if iss.admin => {}
                 (None, None) => {
                     return Err(format!(
-                        "{key}: set exactly one of tenant_claim (a JSON pointer such as \"/tenant_id\") or tenant (issuer-per-tenant)"
+                        "{key}: set exactly one of tenant_claim (a JSON pointer such as \"/tenant_id\") or tenant (issuer-per-tenant), or admin = true for an issuer of admin tokens only"
                     ));
                 }
                 (Some(ptr), None) => check_pointer(ptr, &format!("{key}.tenant_claim"))?,
@@ -210,6 +233,21 @@ impl OAuthConfig {
                         ));
                     }
                 }
+            }
+            if iss.tenant.is_some() && iss.admin {
+                return Err(format!(
+                    "{key}: an issuer-per-tenant (tenant) cannot be an admin issuer, or that tenant's identity provider could administer every tenant; configure a separate issuer with admin = true"
+                ));
+            }
+            if iss.tenant.is_some() && iss.tenants != any_tenant() {
+                return Err(format!(
+                    "{key}.tenants: only applies with tenant_claim; an issuer with a fixed tenant names only that one"
+                ));
+            }
+            if iss.tenants.is_empty() || iss.tenants.iter().any(String::is_empty) {
+                return Err(format!(
+                    "{key}.tenants: list tenant ids or patterns such as \"acme-*\" (the default, [\"*\"], is every tenant)"
+                ));
             }
             if let Some(ptr) = &iss.roles_claim {
                 check_pointer(ptr, &format!("{key}.roles_claim"))?;
@@ -291,4 +329,66 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 /// Whether a URL may be fetched for keys or metadata (same rule as the configuration).
 pub(crate) fn fetchable(value: &str) -> bool {
     check_url(value, "", true).is_ok()
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (case-sensitive:
+/// tenant ids are).
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_patterns() {
+        assert!(glob("*", "acme"));
+        assert!(glob("acme", "acme") && !glob("acme", "acme2"));
+        assert!(glob("acme-*", "acme-eu") && !glob("acme-*", "globex"));
+        assert!(glob("*-eu", "acme-eu") && !glob("*-eu", "acme-us"));
+        assert!(glob("a*b*c", "abc") && glob("a*b*c", "aXbYc") && !glob("a*b*c", "acb"));
+        assert!(!glob("ab*ba", "aba"), "the parts may not overlap");
+        let mut shared = IssuerConfig::new("https://idp.example.com");
+        shared.tenant_claim = Some("/org".into());
+        shared.tenants = vec!["acme".into(), "initech-*".into()];
+        assert!(shared.may_name("acme") && shared.may_name("initech-1"));
+        assert!(!shared.may_name("globex"));
+        let mut own = IssuerConfig::new("https://acme.example.com");
+        own.tenant = Some("acme".into());
+        assert!(own.may_name("acme") && !own.may_name("globex"));
+    }
+
+    #[test]
+    fn a_tenants_issuer_cannot_be_an_admin_issuer() {
+        let mut own = IssuerConfig::new("https://acme.example.com");
+        own.tenant = Some("acme".into());
+        own.admin = true;
+        let config = OAuthConfig::new("https://mcp.example.com/mcp", vec![own]);
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("cannot be an admin issuer"), "{e}");
+        let mut admins = IssuerConfig::new("https://admins.example.com");
+        admins.admin = true;
+        let config = OAuthConfig::new("https://mcp.example.com/mcp", vec![admins]);
+        assert_eq!(
+            config.validate(),
+            Ok(()),
+            "an admin-only issuer needs no tenant"
+        );
+    }
 }

@@ -43,6 +43,9 @@ pub enum TokenError {
     /// `aud` does not contain the gateway's resource URI.
     #[error("token audience does not include this resource")]
     Audience,
+    /// The tenant the token names is not one its issuer may issue tokens for (`tenants`).
+    #[error("token names a tenant its issuer is not allowed to issue tokens for")]
+    TenantNotAllowed,
     /// A required claim is absent (or not of the expected type).
     #[error("token lacks the required claim `{0}`")]
     MissingClaim(String),

@@ -30,6 +30,8 @@ const STARTUP_WAIT: Duration = Duration::from_secs(15);
 pub struct Claims {
     /// The configured issuer that signed the token.
     pub issuer: Arc<str>,
+    /// Whether that issuer is configured to issue admin tokens (`admin = true`).
+    pub admin_issuer: bool,
     /// `sub`.
     pub subject: String,
     /// From the issuer's `tenant_claim` pointer (None when absent, empty or not a string), or the
@@ -410,6 +412,11 @@ impl Verifier {
                 .map(str::to_owned),
             (None, None) => None,
         };
+        if let Some(t) = &tenant
+            && !issuer.cfg.may_name(t)
+        {
+            return Err(TokenError::TenantNotAllowed);
+        }
         let scopes = match (obj.get("scope"), obj.get("scp")) {
             (Some(v @ Value::String(_)), _) => strings(v, true),
             (_, Some(v)) => strings(v, true),
@@ -425,6 +432,7 @@ impl Verifier {
         let token_id = obj.get("jti").and_then(Value::as_str).map(str::to_owned);
         Ok(Claims {
             issuer: Arc::clone(&issuer.name),
+            admin_issuer: issuer.cfg.admin,
             subject,
             tenant,
             scopes,

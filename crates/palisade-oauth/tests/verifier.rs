@@ -82,6 +82,7 @@ async fn es256_token_with_tenant_claim_scope_and_roles() {
         claims,
         Claims {
             issuer: Arc::from(idp.issuer("").as_str()),
+            admin_issuer: false,
             subject: SUB.into(),
             tenant: Some(TENANT.into()),
             scopes: vec!["tools:read".into(), "tools:call".into()],
@@ -159,6 +160,27 @@ async fn missing_or_non_string_tenant_claim_gives_none() {
     assert_eq!(v.verify(&key.token(&c)).await.unwrap().tenant, None);
     c["tenant_id"] = json!(42);
     assert_eq!(v.verify(&key.token(&c)).await.unwrap().tenant, None);
+}
+
+#[tokio::test]
+async fn a_shared_issuer_names_only_its_allowed_tenants() {
+    let idp = Idp::start().await;
+    let key = TestKey::es256("k");
+    idp.set_keys("", &[&key]);
+    let mut cfg = issuer_cfg(&idp.issuer(""));
+    cfg.tenants = vec![TENANT.into(), "initech-*".into()];
+    let v = started(oauth(vec![cfg])).await;
+    let mut c = claims_for(&idp.issuer(""));
+    let claims = v.verify(&key.token(&c)).await.unwrap();
+    assert_eq!(claims.tenant.as_deref(), Some(TENANT));
+    assert!(!claims.admin_issuer);
+    c["tenant_id"] = json!("initech-7");
+    assert!(v.verify(&key.token(&c)).await.is_ok());
+    c["tenant_id"] = json!("globex");
+    assert_eq!(
+        expect_err(&v, &key.token(&c), &["globex"]).await,
+        TokenError::TenantNotAllowed
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

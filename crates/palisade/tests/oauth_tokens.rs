@@ -399,23 +399,109 @@ async fn admin_raw(gw: &Gw, path: &str, token: &str) -> (u16, HeaderMap, String)
     (status, headers, r.text().await.unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_needs_the_admin_scope() {
-    let (idp, es, _ed, gw) = setup().await;
-    let iss = idp.issuer("");
+/// Issuer-per-tenant: acme's own identity provider, a shared one allowed to name `glob*`
+/// tenants only, and one configured as the admins' issuer; one ES256 key each.
+async fn three_issuers() -> (Idp, TestKey, Gw) {
+    let idp = Idp::start().await;
+    let es = TestKey::es256("es-1");
+    for path in ["acme", "shared", "admins"] {
+        idp.set_keys(path, &[&es]);
+    }
+    let table = format!(
+        r#"[oauth]
+resource = "{RESOURCE}"
+scopes_supported = ["mcp", "palisade:admin"]
+required_scopes = ["mcp"]
+[[oauth.issuers]]
+issuer = "{}"
+tenant = "acme"
+[[oauth.issuers]]
+issuer = "{}"
+tenant_claim = "/tenant_id"
+tenants = ["glob*"]
+[[oauth.issuers]]
+issuer = "{}"
+tenant_claim = "/tenant_id"
+admin = true
+"#,
+        idp.issuer("acme"),
+        idp.issuer("shared"),
+        idp.issuer("admins")
+    );
+    let gw = common::two_tenants_on_kit_with("", &table);
+    gw.ready().await;
+    (idp, es, gw)
+}
 
-    let admin = es.token(&claims(&iss, "acme", "palisade:admin"));
+async fn admin_post(gw: &Gw, path: &str, token: &str, body: Value) -> (u16, String) {
+    let r = gw
+        .http
+        .post(format!("{}{path}", gw.admin))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("admin request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_issuers_mint_admin_tokens() {
+    let (idp, es, gw) = three_issuers().await;
+    let admin_scope = "mcp palisade:admin";
+
+    // acme's own identity provider: its tokens work for acme, never on the admin API, whatever
+    // scope they carry, so it cannot give itself globex's keys.
+    let acme = es.token(&claims(&idp.issuer("acme"), "acme", admin_scope));
+    assert_eq!(initialize(&gw, &acme).await.status, 200);
+    let (status, _, body) = admin_raw(&gw, "/admin/v1/tenants", &acme).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not an admin issuer"), "{body}");
+    let (status, body) = admin_post(
+        &gw,
+        "/admin/v1/tenants/globex/keys",
+        &acme,
+        json!({"scopes": ["mcp"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "acme's IdP issued a globex key: {body}");
+
+    // The admins' issuer: an admin token names no tenant and carries the admin scope.
+    let admins = idp.issuer("admins");
+    let mut no_tenant = claims(&admins, "", admin_scope);
+    no_tenant.as_object_mut().unwrap().remove("tenant_id");
+    let admin = es.token(&no_tenant);
     let (status, headers, body) = admin_raw(&gw, "/admin/v1/tenants", &admin).await;
     assert_eq!(status, 200, "{body}");
-    let listed: Value = serde_json::from_str(&body).expect("json");
-    assert!(listed.to_string().contains("globex"), "{listed}");
+    assert!(body.contains("globex"), "{body}");
     assert_clean("admin token", &headers, &body, &admin, &[]);
-
-    let tenant = es.token(&claims(&iss, "acme", "mcp"));
-    let (status, headers, body) = admin_raw(&gw, "/admin/v1/tenants", &tenant).await;
+    let named = es.token(&claims(&admins, "acme", admin_scope));
+    let (status, headers, body) = admin_raw(&gw, "/admin/v1/tenants", &named).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("must carry no tenant"), "{body}");
+    assert_clean(
+        "admin token naming a tenant",
+        &headers,
+        &body,
+        &named,
+        &["acme"],
+    );
+    no_tenant["scope"] = json!("mcp");
+    let unscoped = es.token(&no_tenant);
+    let (status, _, body) = admin_raw(&gw, "/admin/v1/tenants", &unscoped).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("palisade:admin"), "{body}");
-    assert_clean("tenant token on admin", &headers, &body, &tenant, &["acme"]);
+
+    // The shared issuer names only the tenants it is allowed to.
+    let shared = idp.issuer("shared");
+    let globex = es.token(&claims(&shared, "globex", "mcp"));
+    assert_eq!(initialize(&gw, &globex).await.status, 200);
+    let not_allowed = es.token(&claims(&shared, "acme", "mcp"));
+    let a = initialize(&gw, &not_allowed).await;
+    assert_eq!(a.status, 401, "{:?}", a.messages);
+    assert!(message(&a).contains("not allowed"), "{}", message(&a));
+    assert_answer_clean("tenant not allowed", &a, &not_allowed, &["acme"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! The admin API, `/admin/v1` on the admin listener: tenants, keys, policies and sessions.
 //!
 //! Every route but the OpenAPI document needs an admin credential: an admin API key
-//! (`[admin] keys`) or an access token from a configured issuer carrying the admin scope.
+//! (`[admin] keys`) or an access token with the admin scope and no tenant from an issuer
+//! configured with `admin = true`.
 //! Tenant credentials are never admin credentials; [`gate`] checks them before any route runs.
 //! Writes go to the registry store through [`Onboarding`], then this replica refreshes at once
 //! (others within a second). Errors are `{"error": {"code", "message"}}`; `openapi.json`
@@ -217,7 +218,17 @@ async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<String, Response> {
     {
         let token =
             std::str::from_utf8(credential).map_err(|_| deny(401, "invalid credentials"))?;
+        // An admin token: from an issuer configured as an admin issuer, naming no tenant, with
+        // the admin scope. A tenant's identity provider can therefore never mint one.
         return match verifier.verify(token).await {
+            Ok(claims) if !claims.admin_issuer => Err(deny(
+                403,
+                "the token's issuer is not an admin issuer; admin tokens come only from issuers configured with admin = true",
+            )),
+            Ok(claims) if claims.tenant.is_some() => Err(deny(
+                403,
+                "the token names a tenant; an admin token must carry no tenant",
+            )),
             Ok(claims) if claims.scopes.iter().any(|s| *s == config.admin.scope) => {
                 Ok(format!("{}@{}", claims.subject, claims.issuer))
             }
