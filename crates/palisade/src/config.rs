@@ -369,6 +369,14 @@ pub struct Limits {
     /// with an error instead of parking.
     #[serde(default = "default_max_parked")]
     pub max_parked_per_tenant: usize,
+    /// Bytes a tenant's legacy sessions may store in all (what their clients declared, their
+    /// subscriptions, and a fixed cost per session); `initialize` or `resources/subscribe`
+    /// beyond it is refused.
+    #[serde(default = "default_session_memory")]
+    pub session_memory_per_tenant: usize,
+    /// `initialize` per tenant: sessions opened per second on average, in bursts of `burst`.
+    #[serde(default = "default_initialize_rate")]
+    pub initialize_rate: palisade_limits::Rate,
 }
 
 impl Default for Limits {
@@ -380,12 +388,23 @@ impl Default for Limits {
             shutdown_grace_secs: default_drain(),
             max_sessions_per_tenant: default_max_sessions(),
             max_parked_per_tenant: default_max_parked(),
+            session_memory_per_tenant: default_session_memory(),
+            initialize_rate: default_initialize_rate(),
         }
     }
 }
 
 fn default_max_body() -> usize {
     4 * 1024 * 1024
+}
+fn default_session_memory() -> usize {
+    64 << 20
+}
+fn default_initialize_rate() -> palisade_limits::Rate {
+    palisade_limits::Rate {
+        per_second: 50.0,
+        burst: 200,
+    }
 }
 fn default_max_json_depth() -> usize {
     64
@@ -676,6 +695,19 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
+        }
+        if self.limits.session_memory_per_tenant < 1 << 20 {
+            return Err(invalid(
+                "limits.session_memory_per_tenant",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        let rate = self.limits.initialize_rate;
+        if !(rate.per_second > 0.0 && rate.per_second.is_finite()) || rate.burst == 0 {
+            return Err(invalid(
+                "limits.initialize_rate",
+                "per_second must be a positive number and burst at least 1",
+            ));
         }
         if !(2..=100).contains(&self.limits.max_json_depth) {
             return Err(invalid(

@@ -23,9 +23,6 @@ use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
 use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, Upstream};
 
-/// Resource subscriptions one legacy session may hold (per-session state stays bounded).
-const MAX_SUBSCRIPTIONS: usize = 1024;
-
 /// What the transport sends back.
 pub enum Reply {
     /// One JSON-RPC message (HTTP 200).
@@ -91,25 +88,12 @@ pub async fn request(
                 .and_then(|p| RawObject::parse(p.get()))
                 .and_then(|o| o.get_str("uri"));
             if let (Some(session), Some(uri)) = (&caller.session, &uri) {
-                let mut subs = session
-                    .subscriptions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
                 if method == "resources/subscribe" {
-                    if subs.len() >= MAX_SUBSCRIPTIONS && !subs.contains(uri) {
-                        let msg = format!(
-                            "a session may hold at most {MAX_SUBSCRIPTIONS} resource subscriptions; unsubscribe from some first"
-                        );
-                        return Reply::Message(jsonrpc::error(
-                            Some(id),
-                            ErrorCode::LIMIT_REACHED,
-                            &msg,
-                            None,
-                        ));
+                    if let Err(refused) = session.subscribe(uri) {
+                        return Reply::Message(subscribe_refused(caller.tenant, id, &refused));
                     }
-                    subs.insert(uri.clone());
                 } else {
-                    subs.remove(uri);
+                    session.unsubscribe(uri);
                 }
             }
             // 2026-07-28 has no resources/subscribe: when the gateway speaks that era to the
@@ -242,29 +226,85 @@ async fn initialize(
         .and_then(|o| o.get("capabilities").map(ToOwned::to_owned))
         .filter(|c| c.get().starts_with('{'))
         .unwrap_or_else(|| RawObject::default().to_raw());
+    if capabilities.get().len() > session::MAX_CAPABILITIES_BYTES {
+        gw.metrics.rejected("session_limit");
+        return Reply::Message(jsonrpc::error(
+            Some(&req.id),
+            ErrorCode::INVALID_PARAMS,
+            &format!(
+                "params.capabilities is larger than {} bytes; declare only the capabilities the client has",
+                session::MAX_CAPABILITIES_BYTES
+            ),
+            None,
+        ));
+    }
     let session = match gw.sessions.create(principal, version, capabilities) {
         Ok(session) => session,
-        Err(session::Full(limit)) => {
+        Err(refused) => {
             gw.metrics.rejected("session_limit");
-            let data = json!({ "limit": "limits.max_sessions_per_tenant", "value": limit });
-            return Reply::Status(
-                429,
-                jsonrpc::error(
-                    Some(&req.id),
-                    ErrorCode::LIMIT_REACHED,
-                    &format!(
-                        "tenant `{}` already has {limit} open sessions (limits.max_sessions_per_tenant): end unused ones with DELETE, or raise the limit",
-                        tenant.id
-                    ),
-                    Some(&data),
-                ),
-            );
+            return session_refused(tenant, &req.id, &refused);
         }
     };
     Reply::Initialized {
         body: jsonrpc::result(&req.id, &body.to_string()),
         session,
     }
+}
+
+/// The 429 answer to an `initialize` the tenant may not make now.
+fn session_refused(tenant: &Tenant, id: &Id, refused: &session::Refused) -> Reply {
+    let (message, data) = match refused {
+        session::Refused::Full(limit) => (
+            format!(
+                "tenant `{}` already has {limit} open sessions (limits.max_sessions_per_tenant): end unused ones with DELETE, or raise the limit",
+                tenant.id
+            ),
+            json!({ "limit": "limits.max_sessions_per_tenant", "value": limit }),
+        ),
+        session::Refused::Memory(budget) => (
+            format!(
+                "tenant `{}`'s sessions already store {budget} bytes (limits.session_memory_per_tenant): end unused ones with DELETE, or raise the limit",
+                tenant.id
+            ),
+            json!({ "limit": "limits.session_memory_per_tenant", "value": budget }),
+        ),
+        session::Refused::Rate { retry_after } => (
+            format!(
+                "tenant `{}` opens sessions faster than limits.initialize_rate allows; retry later",
+                tenant.id
+            ),
+            json!({ "limit": "limits.initialize_rate", "retryAfterMs": retry_after.as_millis() as u64 }),
+        ),
+    };
+    Reply::Status(
+        429,
+        jsonrpc::error(Some(id), ErrorCode::LIMIT_REACHED, &message, Some(&data)),
+    )
+}
+
+/// The answer to a `resources/subscribe` the session may not hold.
+fn subscribe_refused(tenant: &Tenant, id: &Id, refused: &session::SubscribeRefused) -> Vec<u8> {
+    let (code, message) = match refused {
+        session::SubscribeRefused::UriTooLong => (
+            ErrorCode::INVALID_PARAMS,
+            format!("params.uri is longer than {} bytes", session::MAX_URI_BYTES),
+        ),
+        session::SubscribeRefused::TooMany => (
+            ErrorCode::LIMIT_REACHED,
+            format!(
+                "a session may hold at most {} resource subscriptions; unsubscribe from some first",
+                session::MAX_SUBSCRIPTIONS
+            ),
+        ),
+        session::SubscribeRefused::Memory(budget) => (
+            ErrorCode::LIMIT_REACHED,
+            format!(
+                "tenant `{}`'s sessions already store {budget} bytes (limits.session_memory_per_tenant); unsubscribe or end unused sessions",
+                tenant.id
+            ),
+        ),
+    };
+    jsonrpc::error(Some(id), code, &message, None)
 }
 
 async fn discover(_gw: &Arc<Gateway>, tenant: &Tenant, id: &Id) -> Vec<u8> {
@@ -390,7 +430,7 @@ fn listen(
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .take(MAX_SUBSCRIPTIONS)
+        .take(session::MAX_SUBSCRIPTIONS)
     {
         let Some(target) = catalog::resolve_uri(tenant, uri) else {
             continue;
@@ -625,12 +665,7 @@ pub fn relay_to_session(
             } else {
                 uri.clone()
             };
-            if !session
-                .subscriptions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&exposed)
-            {
+            if !session.is_subscribed(&exposed) {
                 return None;
             }
             let mut obj = RawObject::parse(params)?;

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
 use crate::secrets::{MasterKey, Vault};
-use crate::session::Sessions;
+use crate::session::{SessionLimits, Sessions};
 use crate::upstream::{TenantContext, Upstream};
 
 /// How often the store's revision is polled.
@@ -144,11 +144,7 @@ impl Gateway {
             tracing::warn!("the audit trail is off ([audit] enabled = false)");
             None
         };
-        let sessions = Sessions::new(
-            Duration::from_secs(config.limits.session_idle_secs),
-            config.limits.max_sessions_per_tenant,
-            metrics.clone(),
-        );
+        let sessions = Sessions::new(SessionLimits::of(&config.limits), metrics.clone());
         let gw = Arc::new(Gateway {
             auth: Authenticator::new(pepper, verifier),
             config: ArcSwap::from_pointee(config.clone()),

@@ -683,10 +683,21 @@ impl Forward {
                     params,
                 }) => match (&self.session, self.era) {
                     (Some(session), Era::Legacy) => {
-                        let id = session.register_server_request(Awaiting::Upstream(
-                            self.upstream.clone(),
-                            upstream_id,
-                        ));
+                        let awaiting =
+                            Awaiting::Upstream(self.upstream.clone(), upstream_id.clone());
+                        let Some(id) = session.register_server_request(awaiting) else {
+                            // The client already has the most requests it may leave unanswered:
+                            // the upstream hears so at once rather than waiting for nothing.
+                            let error = format!(
+                                r#"{{"code":{},"message":"the client already has {} requests awaiting its answer"}}"#,
+                                ErrorCode::LIMIT_REACHED.0,
+                                session::MAX_PENDING_REQUESTS
+                            );
+                            if let Ok(error) = RawValue::from_string(error) {
+                                self.upstream.respond(&upstream_id, Err(&error)).await;
+                            }
+                            continue;
+                        };
                         return Some(Out::Message(jsonrpc::request(
                             &id,
                             &method,
@@ -790,7 +801,11 @@ impl Forward {
                 continue;
             };
             let (tx, rx) = oneshot::channel();
-            let id = session.register_server_request(Awaiting::Gateway(tx));
+            let id = session
+                .register_server_request(Awaiting::Gateway(tx))
+                .ok_or_else(|| {
+                    fail("the client already has too many requests awaiting its answer")
+                })?;
             let params = legacy_request_params(&method, req.get_object("params"));
             self.outbox
                 .push_back(jsonrpc::request(&id, &method, params.as_deref()));

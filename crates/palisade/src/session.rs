@@ -5,9 +5,14 @@
 //! A session id is 256 random bits and is bound to the principal that opened it: presented with
 //! any other principal's credentials it is unknown (404), exactly like an id that never existed.
 //! Sessions cost O(1) memory while idle and are closed after the configured idle time.
+//!
+//! Everything a client can make a session store is bounded: the capabilities it declares
+//! ([`MAX_CAPABILITIES_BYTES`]), its resource subscriptions (count and URI length), its pending
+//! server→client requests (count, and they expire). Per tenant, `initialize` is rate-limited and
+//! what its sessions store is counted against `limits.session_memory_per_tenant`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,9 +22,27 @@ use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use palisade_limits::Rate;
+use palisade_limits::local::Local;
+
 use crate::auth::{AuthMethod, Principal};
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
+
+/// Largest `capabilities` object a client may declare at `initialize`.
+pub const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
+/// Resource subscriptions one session may hold, and the longest URI one may name.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+pub const MAX_URI_BYTES: usize = 4096;
+/// Server→client requests awaiting a session's answer, at most; each expires after
+/// [`PENDING_TTL`] (the call that asked has ended by then).
+pub const MAX_PENDING_REQUESTS: usize = 64;
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// What one session costs besides what its client declared (its maps, channels, resume log
+/// index): the unit the per-tenant memory budget counts in, with the bytes of what it stores.
+const SESSION_BYTES: usize = 2048;
+const SUBSCRIPTION_BYTES: usize = 64;
 
 /// Who waits for the client's answer to a server→client request.
 pub enum Awaiting {
@@ -51,8 +74,8 @@ pub struct Session {
     last_seen: AtomicU64,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub log_level: AtomicU64,
-    pub subscriptions: Mutex<HashSet<String>>,
-    server_requests: Mutex<HashMap<String, Awaiting>>,
+    subscriptions: Mutex<HashSet<String>>,
+    server_requests: Mutex<HashMap<String, (Instant, Awaiting)>>,
     next_server_request: AtomicU64,
     inflight: Mutex<HashMap<String, CancellationToken>>,
     stream: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
@@ -61,6 +84,18 @@ pub struct Session {
     /// Resource subscriptions the gateway keeps for it on a 2026-07-28 upstream, by URI.
     watches: Mutex<HashMap<String, CancellationToken>>,
     pub closed: CancellationToken,
+    /// Its tenant's use, and the bytes this session is charged there.
+    usage: Arc<Usage>,
+    charged: AtomicUsize,
+}
+
+/// Why a subscription was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeRefused {
+    UriTooLong,
+    TooMany,
+    /// The tenant's sessions hold their whole memory budget.
+    Memory(usize),
 }
 
 impl Session {
@@ -68,24 +103,88 @@ impl Session {
         self.last_seen.store(now, Ordering::Relaxed);
     }
 
-    /// Registers a server→client request and returns the id the client sees.
-    pub fn register_server_request(&self, awaiting: Awaiting) -> Id {
+    /// Registers a server→client request and returns the id the client sees; `None` when the
+    /// session already awaits [`MAX_PENDING_REQUESTS`] answers (after forgetting expired ones
+    /// and those nobody waits for any more).
+    pub fn register_server_request(&self, awaiting: Awaiting) -> Option<Id> {
+        let mut map = lock(&self.server_requests);
+        if map.len() >= MAX_PENDING_REQUESTS {
+            map.retain(|_, (at, a)| {
+                at.elapsed() < PENDING_TTL && !matches!(a, Awaiting::Gateway(tx) if tx.is_closed())
+            });
+            if map.len() >= MAX_PENDING_REQUESTS {
+                return None;
+            }
+        }
         let n = self.next_server_request.fetch_add(1, Ordering::Relaxed);
         let id = Id::number(n);
-        lock(&self.server_requests).insert(id.as_json().to_owned(), awaiting);
-        id
+        map.insert(id.as_json().to_owned(), (Instant::now(), awaiting));
+        Some(id)
     }
 
     /// Takes the server request a client response answers.
     pub fn take_server_request(&self, client_id: &Id) -> Option<Awaiting> {
-        lock(&self.server_requests).remove(client_id.as_json())
+        lock(&self.server_requests)
+            .remove(client_id.as_json())
+            .map(|(_, a)| a)
+    }
+
+    /// Subscribes the session to a resource (as the client names it); `Ok(false)` when it was
+    /// subscribed already.
+    pub fn subscribe(&self, uri: &str) -> Result<bool, SubscribeRefused> {
+        if uri.len() > MAX_URI_BYTES {
+            return Err(SubscribeRefused::UriTooLong);
+        }
+        let mut subs = lock(&self.subscriptions);
+        if subs.contains(uri) {
+            return Ok(false);
+        }
+        if subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(SubscribeRefused::TooMany);
+        }
+        self.charge(uri.len() + SUBSCRIPTION_BYTES)
+            .map_err(SubscribeRefused::Memory)?;
+        subs.insert(uri.to_owned());
+        Ok(true)
+    }
+
+    pub fn unsubscribe(&self, uri: &str) {
+        if lock(&self.subscriptions).remove(uri) {
+            self.release(uri.len() + SUBSCRIPTION_BYTES);
+        }
+    }
+
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        lock(&self.subscriptions).contains(uri)
+    }
+
+    /// Counts `bytes` more against the tenant's budget; `Err(budget)` when they do not fit.
+    fn charge(&self, bytes: usize) -> Result<(), usize> {
+        self.usage.charge(bytes)?;
+        self.charged.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release(&self, bytes: usize) {
+        // Saturating: a session closed meanwhile has released everything already.
+        let less = |held: usize| Some(held.saturating_sub(bytes));
+        if self
+            .charged
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, less)
+            != Ok(0)
+        {
+            let _ = self
+                .usage
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, less);
+        }
     }
 
     /// The client-facing id of a pending request an upstream sent, forgetting it (the upstream
     /// cancelled it).
     pub fn forget_server_request(&self, upstream: &Arc<Upstream>, upstream_id: &Id) -> Option<Id> {
         let mut map = lock(&self.server_requests);
-        let key = map.iter().find_map(|(k, a)| match a {
+        let key = map.iter().find_map(|(k, (_, a))| match a {
             Awaiting::Upstream(u, uid) if Arc::ptr_eq(u, upstream) && uid == upstream_id => {
                 Some(k.clone())
             }
@@ -159,17 +258,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct Sessions {
     map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
-    /// Open sessions per tenant, kept under `map`'s write lock.
-    per_tenant: Mutex<HashMap<Arc<str>, usize>>,
-    max_per_tenant: usize,
-    idle: Duration,
+    /// Each tenant's use; its session count changes under `map`'s write lock.
+    per_tenant: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
+    limits: SessionLimits,
+    /// `initialize` per tenant.
+    opened: Local,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
 
-/// A tenant already has the most sessions it may open.
+/// What bounds a tenant's sessions (from `[limits]`).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub idle: Duration,
+    pub max_per_tenant: usize,
+    pub memory_per_tenant: usize,
+    pub initialize: Rate,
+}
+
+impl SessionLimits {
+    pub fn of(limits: &Limits) -> SessionLimits {
+        SessionLimits {
+            idle: Duration::from_secs(limits.session_idle_secs),
+            max_per_tenant: limits.max_sessions_per_tenant,
+            memory_per_tenant: limits.session_memory_per_tenant,
+            initialize: limits.initialize_rate,
+        }
+    }
+}
+
+/// One tenant's sessions and the bytes they store.
+struct Usage {
+    sessions: AtomicUsize,
+    bytes: AtomicUsize,
+    budget: usize,
+}
+
+impl Usage {
+    fn charge(&self, bytes: usize) -> Result<(), usize> {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&b| b <= self.budget)
+            })
+            .map(|_| ())
+            .map_err(|_| self.budget)
+    }
+}
+
+/// Why a tenant may not open a session now.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Full(pub usize);
+pub enum Refused {
+    /// It has `limits.max_sessions_per_tenant` open.
+    Full(usize),
+    /// Its sessions hold `limits.session_memory_per_tenant` bytes.
+    Memory(usize),
+    /// It opens them faster than `limits.initialize_rate`.
+    Rate { retry_after: Duration },
+}
 
 /// Why a session id was not accepted.
 #[derive(Debug, PartialEq, Eq)]
@@ -179,12 +324,12 @@ pub enum Lookup {
 }
 
 impl Sessions {
-    pub fn new(idle: Duration, max_per_tenant: usize, metrics: Arc<Metrics>) -> Sessions {
+    pub fn new(limits: SessionLimits, metrics: Arc<Metrics>) -> Sessions {
         Sessions {
             map: RwLock::new(HashMap::new()),
             per_tenant: Mutex::new(HashMap::new()),
-            max_per_tenant,
-            idle,
+            limits,
+            opened: Local::new(),
             epoch: Instant::now(),
             metrics,
         }
@@ -199,7 +344,29 @@ impl Sessions {
         principal: &Principal,
         protocol_version: &str,
         client_capabilities: Box<serde_json::value::RawValue>,
-    ) -> Result<Arc<Session>, Full> {
+    ) -> Result<Arc<Session>, Refused> {
+        if let palisade_limits::Verdict::Limited { retry_after } =
+            self.opened.check(&principal.tenant, self.limits.initialize)
+        {
+            return Err(Refused::Rate { retry_after });
+        }
+        let cost = SESSION_BYTES + client_capabilities.get().len();
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let usage = lock(&self.per_tenant)
+            .entry(principal.tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(Usage {
+                    sessions: AtomicUsize::new(0),
+                    bytes: AtomicUsize::new(0),
+                    budget: self.limits.memory_per_tenant,
+                })
+            })
+            .clone();
+        if usage.sessions.load(Ordering::Relaxed) >= self.limits.max_per_tenant {
+            return Err(Refused::Full(self.limits.max_per_tenant));
+        }
+        usage.charge(cost).map_err(Refused::Memory)?;
+        usage.sessions.fetch_add(1, Ordering::Relaxed);
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -227,14 +394,9 @@ impl Sessions {
             streams: crate::resume::Logs::default(),
             watches: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
+            usage,
+            charged: AtomicUsize::new(cost),
         });
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let mut counts = lock(&self.per_tenant);
-        let count = counts.entry(principal.tenant.clone()).or_insert(0);
-        if *count >= self.max_per_tenant {
-            return Err(Full(self.max_per_tenant));
-        }
-        *count += 1;
         map.insert(id, session.clone());
         self.metrics.session_opened();
         Ok(session)
@@ -260,12 +422,13 @@ impl Sessions {
         let session = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
             let session = map.remove(id)?;
-            let mut counts = lock(&self.per_tenant);
-            if let Some(n) = counts.get_mut(&session.tenant) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts.remove(&session.tenant);
-                }
+            let usage = &session.usage;
+            usage.bytes.fetch_sub(
+                session.charged.swap(0, Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            if usage.sessions.fetch_sub(1, Ordering::Relaxed) == 1 {
+                lock(&self.per_tenant).remove(&session.tenant);
             }
             session
         };
@@ -278,7 +441,7 @@ impl Sessions {
     /// returns how many.
     pub fn reap_idle(&self) -> usize {
         let now = self.now();
-        let idle = self.idle.as_secs();
+        let idle = self.limits.idle.as_secs();
         let wall = crate::auth::now_ms() / 1000;
         self.close_where(|s| {
             now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
@@ -368,13 +531,135 @@ mod tests {
         }
     }
 
+    fn limits(idle_secs: u64, max_per_tenant: usize) -> SessionLimits {
+        SessionLimits {
+            idle: Duration::from_secs(idle_secs),
+            max_per_tenant,
+            memory_per_tenant: 64 << 20,
+            initialize: Rate {
+                per_second: 1000.0,
+                burst: 1000,
+            },
+        }
+    }
+
+    fn sessions(limits: SessionLimits) -> Sessions {
+        Sessions::new(limits, Arc::new(Metrics::new()))
+    }
+
+    fn caps_of(bytes: usize) -> Box<serde_json::value::RawValue> {
+        let pad = "x".repeat(bytes.saturating_sub(8));
+        serde_json::value::RawValue::from_string(format!(r#"{{"x":"{pad}"}}"#)).unwrap()
+    }
+
+    #[test]
+    fn a_tenants_sessions_fit_its_memory_budget() {
+        let sessions = sessions(SessionLimits {
+            memory_per_tenant: 2 * SESSION_BYTES + 9_500,
+            ..limits(60, 100)
+        });
+        let a = principal("acme", "k");
+        let big = sessions.create(&a, "2025-11-25", caps_of(8_000)).unwrap();
+        let small = sessions.create(&a, "2025-11-25", caps()).unwrap();
+        assert_eq!(
+            sessions.create(&a, "2025-11-25", caps_of(8_000)).err(),
+            Some(Refused::Memory(2 * SESSION_BYTES + 9_500))
+        );
+        assert!(
+            sessions
+                .create(&principal("globex", "k"), "2025-11-25", caps_of(8_000))
+                .is_ok(),
+            "per tenant"
+        );
+        // Subscriptions count too, and give their bytes back.
+        let uri = "u".repeat(1_000);
+        assert_eq!(small.subscribe(&uri), Ok(true));
+        assert_eq!(small.subscribe(&uri), Ok(false), "once");
+        assert!(matches!(
+            small.subscribe(&"v".repeat(1_000)),
+            Err(SubscribeRefused::Memory(_))
+        ));
+        small.unsubscribe(&uri);
+        assert_eq!(small.subscribe(&"v".repeat(1_000)), Ok(true));
+        sessions.remove(&big.id);
+        assert!(sessions.create(&a, "2025-11-25", caps_of(8_000)).is_ok());
+        // Closing a session gives back all it held, subscriptions included.
+        sessions.close_all();
+        assert!(lock(&sessions.per_tenant).is_empty());
+        small.unsubscribe(&"v".repeat(1_000));
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_in_length_and_number() {
+        let sessions = sessions(limits(60, 10));
+        let s = sessions
+            .create(&principal("acme", "k"), "2025-11-25", caps())
+            .unwrap();
+        assert_eq!(
+            s.subscribe(&"u".repeat(MAX_URI_BYTES + 1)),
+            Err(SubscribeRefused::UriTooLong)
+        );
+        for i in 0..MAX_SUBSCRIPTIONS {
+            assert_eq!(s.subscribe(&format!("file:///{i}")), Ok(true));
+        }
+        assert_eq!(
+            s.subscribe("file:///one-more"),
+            Err(SubscribeRefused::TooMany)
+        );
+        assert_eq!(s.subscribe("file:///0"), Ok(false), "held ones stay");
+    }
+
+    #[test]
+    fn pending_server_requests_are_bounded_and_abandoned_ones_forgotten() {
+        let sessions = sessions(limits(60, 10));
+        let s = sessions
+            .create(&principal("acme", "k"), "2025-11-25", caps())
+            .unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_PENDING_REQUESTS {
+            let (tx, rx) = oneshot::channel();
+            assert!(s.register_server_request(Awaiting::Gateway(tx)).is_some());
+            waiting.push(rx);
+        }
+        let (tx, _rx) = oneshot::channel();
+        assert!(s.register_server_request(Awaiting::Gateway(tx)).is_none());
+        // Nobody waits for one any more: its place is free.
+        waiting.pop();
+        let (tx, _rx) = oneshot::channel();
+        assert!(s.register_server_request(Awaiting::Gateway(tx)).is_some());
+    }
+
+    #[test]
+    fn initialize_is_rate_limited_per_tenant() {
+        let sessions = sessions(SessionLimits {
+            initialize: Rate {
+                per_second: 0.5,
+                burst: 2,
+            },
+            ..limits(60, 100)
+        });
+        let a = principal("acme", "k");
+        assert!(sessions.create(&a, "2025-11-25", caps()).is_ok());
+        assert!(sessions.create(&a, "2025-11-25", caps()).is_ok());
+        assert!(matches!(
+            sessions.create(&a, "2025-11-25", caps()),
+            Err(Refused::Rate { retry_after }) if retry_after > Duration::ZERO
+        ));
+        assert!(
+            sessions
+                .create(&principal("globex", "k"), "2025-11-25", caps())
+                .is_ok(),
+            "per tenant"
+        );
+    }
+
     fn caps() -> Box<serde_json::value::RawValue> {
         serde_json::value::RawValue::from_string("{}".into()).unwrap()
     }
 
     #[test]
     fn sessions_are_bound_to_their_principal() {
-        let sessions = Sessions::new(Duration::from_secs(60), 10, Arc::new(Metrics::new()));
+        let sessions = sessions(limits(60, 10));
         let a = principal("acme", "key:1");
         let s = sessions.create(&a, "2025-11-25", caps()).unwrap();
         assert!(s.id.len() >= 43);
@@ -393,13 +678,13 @@ mod tests {
 
     #[test]
     fn sessions_per_tenant_are_capped() {
-        let sessions = Sessions::new(Duration::from_secs(60), 2, Arc::new(Metrics::new()));
+        let sessions = sessions(limits(60, 2));
         let a = principal("acme", "k");
         let first = sessions.create(&a, "2025-11-25", caps()).unwrap();
         sessions.create(&a, "2025-11-25", caps()).unwrap();
         assert_eq!(
             sessions.create(&a, "2025-11-25", caps()).err(),
-            Some(Full(2))
+            Some(Refused::Full(2))
         );
         assert!(
             sessions
@@ -416,7 +701,7 @@ mod tests {
 
     #[test]
     fn idle_sessions_are_reaped() {
-        let sessions = Sessions::new(Duration::from_secs(0), 10, Arc::new(Metrics::new()));
+        let sessions = sessions(limits(0, 10));
         let s = sessions
             .create(&principal("acme", "k"), "2025-11-25", caps())
             .unwrap();
@@ -428,7 +713,7 @@ mod tests {
 
     #[test]
     fn sessions_end_when_their_credential_expires() {
-        let sessions = Sessions::new(Duration::from_secs(3600), 10, Arc::new(Metrics::new()));
+        let sessions = sessions(limits(3600, 10));
         let now = crate::auth::now_ms() / 1000;
         let mut expired = principal("acme", "a");
         expired.expires_at = Some(now - 1);

@@ -426,6 +426,49 @@ async fn per_tenant_state_is_capped() {
 }
 
 #[tokio::test]
+async fn what_a_client_makes_a_session_store_is_bounded() {
+    let gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+        "[limits]\ninitialize_rate = { per_second = 0.01, burst = 2 }\n",
+    );
+    gw.ready().await;
+    let key = gw.key("acme").to_owned();
+    let init = |capabilities: Value| {
+        json!({"jsonrpc":"2.0","id":9,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":capabilities,"clientInfo":{"name":"t","version":"1"}}}).to_string()
+    };
+    // Capabilities larger than a session stores: refused before any session exists.
+    let huge = json!({"experimental": {"pad": "x".repeat(20_000)}});
+    let a = gw.post(Some(&key), &[], init(huge)).await;
+    assert_eq!(code(&a), -32602, "{:?}", a.messages);
+    assert!(a.headers.get("mcp-session-id").is_none());
+
+    // A subscription to a URI longer than a session stores.
+    let session = gw.legacy("acme").await;
+    let long = format!("kit+file:///{}", "u".repeat(5_000));
+    let a = session
+        .request(2, "resources/subscribe", json!({ "uri": long }))
+        .await;
+    assert_eq!(code(&a), -32602, "{:?}", a.messages);
+
+    // The tenant's `initialize` rate: a burst of two, then 429 with when to retry.
+    let _second = gw.legacy("acme").await;
+    let a = gw.post(Some(&key), &[], init(json!({}))).await;
+    assert_eq!((a.status, code(&a)), (429, -32005), "{:?}", a.messages);
+    assert!(
+        a.response()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.initialize_rate")
+    );
+    assert!(a.headers.get("retry-after").is_some(), "{:?}", a.headers);
+}
+
+#[tokio::test]
 async fn the_example_config_checks() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/palisade.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
