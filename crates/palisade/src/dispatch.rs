@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::pipeline::{self, Addressing, Caller, Forward, Refusal, complete_modern_result};
 use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
-use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, Upstream};
+use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, UpdateOwner, Upstream};
 
 /// What the transport sends back.
 pub enum Reply {
@@ -140,9 +140,7 @@ pub async fn request(
                 )),
             }
         }
-        "subscriptions/listen" if caller.era == Era::Modern => {
-            listen(gw, caller.tenant, id, params)
-        }
+        "subscriptions/listen" if caller.era == Era::Modern => listen(gw, caller, id, params),
         other => {
             let body = jsonrpc::error(
                 Some(id),
@@ -399,13 +397,14 @@ async fn list(
 
 /// `subscriptions/listen`: acknowledges the accepted filter, then relays list changes and
 /// updates of the resources it names (those of the tenant's upstreams; at most
-/// [`MAX_SUBSCRIPTIONS`]).
+/// [`session::MAX_SUBSCRIPTIONS`]).
 fn listen(
     gw: &Arc<Gateway>,
-    tenant: &Tenant,
+    caller: &Caller<'_>,
     id: &Id,
     params: Option<&serde_json::value::RawValue>,
 ) -> Reply {
+    let (tenant, subject) = (caller.tenant, &caller.subject);
     let requested: Value = params
         .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
         .map(|p| p["notifications"].clone())
@@ -463,7 +462,7 @@ fn listen(
     for (upstream, uris) in watched {
         if upstream.era_for(Era::Modern) == Some(Era::Modern) {
             watch_modern(
-                &tenant.id,
+                client_route(&tenant.id, subject),
                 upstream,
                 uris,
                 tx.clone(),
@@ -471,19 +470,31 @@ fn listen(
             );
         } else {
             by_notice.extend(uris.iter().map(|(exposed, _)| exposed.clone()));
-            subscribe_legacy(&tenant.id, upstream, uris);
+            let subscribes = uris
+                .iter()
+                .filter_map(|(_, own)| {
+                    let mut params = RawObject::parse(&json!({ "uri": own }).to_string())?;
+                    pipeline::tell_the_tenant(gw, caller, &upstream, None, &mut params);
+                    upstream.subscribed(&tenant.id, own);
+                    Some(params)
+                })
+                .collect();
+            subscribe_legacy(client_route(&tenant.id, subject), upstream, subscribes);
         }
     }
     let kinds: Vec<ListKind> = accepted.iter().map(|(k, _)| *k).collect();
     let namespacing = tenant.namespacing;
+    let tenant_id = tenant.id.clone();
     let params = json!({ "_meta": sub_meta }).to_string();
     relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
         Notice::ListChanged(kind) if kinds.contains(kind) => kind
             .changed_notification()
             .map(|m| jsonrpc::notification(m, Some(&params))),
         Notice::ResourceUpdated {
-            uri, session: None, ..
-        } => {
+            uri,
+            owner: UpdateOwner::Tenant(owner),
+            ..
+        } if *owner == tenant_id => {
             let exposed = if namespacing {
                 format!("{}+{uri}", upstream.name)
             } else {
@@ -499,6 +510,15 @@ fn listen(
     Reply::Stream(rx)
 }
 
+/// The route of what the gateway itself keeps open for a client (no session of the upstream's).
+fn client_route(tenant: &Arc<str>, subject: &Arc<str>) -> Route {
+    Route::Client {
+        tenant: tenant.clone(),
+        subject: subject.clone(),
+        session: None,
+    }
+}
+
 /// A resource a `subscriptions/listen` names: as the client names it, and as its upstream does.
 type Watched = (String, String);
 
@@ -509,16 +529,12 @@ const LISTEN_FOR: u64 = 365 * 24 * 3600 * 1000;
 /// while `tx` is, whose updates go to `tx` under the client's names (with the client's
 /// subscription id when it listens itself).
 fn watch_modern(
-    tenant: &Arc<str>,
+    route: Route,
     upstream: Arc<Upstream>,
     uris: Vec<Watched>,
     tx: mpsc::Sender<Vec<u8>>,
     sub_meta: Option<Value>,
 ) {
-    let route = Route::Client {
-        tenant: tenant.clone(),
-        session: None,
-    };
     tokio::spawn(async move {
         let own: Vec<&str> = uris.iter().map(|(_, u)| u.as_str()).collect();
         let params = json!({ "notifications": { "resourceSubscriptions": own } }).to_string();
@@ -597,23 +613,17 @@ fn watch_for_session(
             });
         }
     });
-    watch_modern(&tenant.id, upstream, vec![uri], tx, None);
+    let route = client_route(&tenant.id, &session.subject);
+    watch_modern(route, upstream, vec![uri], tx, None);
 }
 
 /// A legacy-era upstream's updates of `uris`: subscribed on the connection the gateway shares
 /// among modern clients; its updates reach every listener that names them through the
 /// upstream's notices. (Not unsubscribed when the listener goes: other listeners may share the
 /// subscription, and updates nobody named are not relayed.)
-fn subscribe_legacy(tenant: &Arc<str>, upstream: Arc<Upstream>, uris: Vec<Watched>) {
-    let route = Route::Client {
-        tenant: tenant.clone(),
-        session: None,
-    };
+fn subscribe_legacy(route: Route, upstream: Arc<Upstream>, subscribes: Vec<RawObject>) {
     tokio::spawn(async move {
-        for (_, own) in uris {
-            let Some(params) = RawObject::parse(&json!({ "uri": own }).to_string()) else {
-                continue;
-            };
+        for params in subscribes {
             let call = upstream
                 .call(
                     "resources/subscribe",
@@ -649,15 +659,12 @@ pub fn relay_to_session(
         Notice::ListChanged(kind) => kind
             .changed_notification()
             .map(|m| jsonrpc::notification(m, None)),
-        Notice::ResourceUpdated {
-            uri,
-            params,
-            session: only,
-        } => {
-            if only
-                .as_ref()
-                .is_some_and(|s| s.as_ref() != session.id.as_ref())
-            {
+        Notice::ResourceUpdated { uri, params, owner } => {
+            let mine = match owner {
+                UpdateOwner::Session(id) => *id == session.id,
+                UpdateOwner::Tenant(tenant) => *tenant == session.tenant,
+            };
+            if !mine {
                 return None;
             }
             let exposed = if namespacing {

@@ -55,6 +55,12 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnattributedLabels {
+    server: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -103,6 +109,7 @@ pub struct Metrics {
     restarts: Family<ServerLabels, Counter>,
     up: Family<ServerLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
+    unattributed: Family<UnattributedLabels, Counter>,
     list_failures: Family<ListLabels, Counter>,
     config_reloads: Family<OutcomeOnly, Counter>,
     registry_refresh_failures: Counter,
@@ -193,6 +200,12 @@ impl Metrics {
             "http_rejections",
             "Requests refused at the front door, by reason",
             rejections.clone(),
+        );
+        let unattributed = Family::<UnattributedLabels, Counter>::default();
+        registry.register(
+            "upstream_unattributed",
+            "Messages an upstream sent on its own whose owner could not be established: dropped (a request is refused to the upstream), never guessed",
+            unattributed.clone(),
         );
         let list_failures = Family::<ListLabels, Counter>::default();
         registry.register(
@@ -291,6 +304,7 @@ impl Metrics {
             restarts,
             up,
             rejections,
+            unattributed,
         }
     }
 
@@ -388,6 +402,16 @@ impl Metrics {
     /// A BEGIN record became durable after `seconds`.
     pub fn audit_begin(&self, seconds: f64) {
         self.audit_seconds.observe(seconds);
+    }
+
+    /// A message from `server` with no established owner: `notification` or `request`.
+    pub fn unattributed(&self, server: &str, kind: &'static str) {
+        self.unattributed
+            .get_or_create(&UnattributedLabels {
+                server: server.to_owned(),
+                kind,
+            })
+            .inc();
     }
 
     pub fn rejected(&self, reason: &'static str) {

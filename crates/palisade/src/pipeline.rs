@@ -343,6 +343,7 @@ pub async fn forward(
     // 3. Send it upstream.
     let route = Route::Client {
         tenant: tenant.id.clone(),
+        subject: caller.subject.clone(),
         session: caller.session.as_ref().map(|s| s.id.clone()),
     };
     // The audit record: durable before the call leaves (invariant 2), or the call is refused.
@@ -372,22 +373,13 @@ pub async fn forward(
         }
         _ => None,
     };
-    // The tenant context a shared server trusts: signed here, never taken from the client.
-    let mut meta = params.get_object("_meta").unwrap_or_default();
-    let mut meta_changed = meta.remove(assertion::META_KEY).is_some();
-    if upstream.config.placement == Placement::Shared && AUDITED.contains(&method) {
-        let token = gw.assertions.mint(&assertion::Context {
-            tenant: &tenant.id,
-            subject: &caller.subject,
-            scopes: &caller.scopes,
-            audit_id: audit.as_ref().map(|a| a.id.as_str()),
-            audience: &upstream.name,
-        });
-        meta.set_str(assertion::META_KEY, &token);
-        meta_changed = true;
-    }
-    if meta_changed {
-        params.set_object("_meta", &meta);
+    let audit_id = audit.as_ref().map(|a| a.id.as_str());
+    tell_the_tenant(gw, caller, &upstream, audit_id, &mut params);
+    // What a shared server sends about a resource reaches only the tenants subscribed to it.
+    match method {
+        "resources/subscribe" => upstream.subscribed(&tenant.id, &target.name),
+        "resources/unsubscribe" => upstream.unsubscribed(&tenant.id, &target.name),
+        _ => {}
     }
     let started = Instant::now();
     let defaults = client_defaults(caller.session.as_deref());
@@ -423,6 +415,7 @@ pub async fn forward(
     let cancel = caller.session.as_ref().map(|s| s.track_call(id));
     let route = Route::Client {
         tenant: tenant.id.clone(),
+        subject: caller.subject.clone(),
         session: caller.session.as_ref().map(|s| s.id.clone()),
     };
     let uri_prefix = (addressing == Addressing::Resource && tenant.namespacing)
@@ -454,7 +447,43 @@ pub async fn forward(
 }
 
 /// The methods whose calls are audited (ARCHITECTURE §7).
-const AUDITED: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
+/// Requests that can carry a tenant's data: rate-limited, audited, and sent to a shared server
+/// with the tenant's signed context.
+const AUDITED: [&str; 6] = [
+    "tools/call",
+    "resources/read",
+    "prompts/get",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+];
+
+/// The tenant context a shared server trusts, in `params._meta`: signed here for the caller,
+/// never taken from the client (a client's own entry of that name is removed).
+pub fn tell_the_tenant(
+    gw: &Gateway,
+    caller: &Caller<'_>,
+    upstream: &Upstream,
+    audit_id: Option<&str>,
+    params: &mut RawObject,
+) {
+    let mut meta = params.get_object("_meta").unwrap_or_default();
+    let mut changed = meta.remove(assertion::META_KEY).is_some();
+    if upstream.config.placement == Placement::Shared {
+        let token = gw.assertions.mint(&assertion::Context {
+            tenant: &caller.tenant.id,
+            subject: &caller.subject,
+            scopes: &caller.scopes,
+            audit_id,
+            audience: &upstream.name,
+        });
+        meta.set_str(assertion::META_KEY, &token);
+        changed = true;
+    }
+    if changed {
+        params.set_object("_meta", &meta);
+    }
+}
 
 /// A call's audit identity: its BEGIN's id, for the END record.
 struct Audited {

@@ -692,3 +692,187 @@ async fn names_longer_than_64_characters_are_shortened_and_still_reach_their_too
     assert_eq!(asked, ["elicitation/create"], "{final_msg}");
     assert!(final_msg.get("result").is_some(), "{final_msg}");
 }
+
+/// Waits until the gateway has counted `n` unattributed messages of `kind` from `kit`.
+async fn unattributed(gw: &Gw, kind: &str, n: u64) {
+    let series =
+        format!(r#"palisade_upstream_unattributed_total{{server="kit",kind="{kind}"}} {n}"#);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = gw.metrics().await;
+        if metrics.contains(&series) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted {series}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A shared stdio server logs and asks after its call answered (as a background task would):
+/// with another tenant's call in flight, the only candidate, neither reaches it. Once a process
+/// has carried one principal's calls only, the same late messages do reach that principal.
+#[tokio::test]
+async fn messages_without_an_established_owner_reach_nobody() {
+    // Legacy: the era in which servers may ask the client on their own.
+    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let globex = gw.legacy("globex").await;
+    let late = json!({"message": "globex-private-log", "after_ms": 300});
+    let (in_flight, ()) = tokio::join!(acme.call(1, "kit__slow", json!({"ms": 2500})), async {
+        let a = globex.call(1, "kit__log", late).await;
+        assert_eq!(text(a.response()), "will log");
+        unattributed(&gw, "notification", 1).await;
+        unattributed(&gw, "request", 1).await;
+    });
+    assert_eq!(text(in_flight.response()), "slept");
+    assert_eq!(
+        in_flight.messages.len(),
+        1,
+        "only acme's own result: {:?}",
+        in_flight.messages
+    );
+    assert!(!format!("{:?}", in_flight.messages).contains("globex-private"));
+
+    // One principal's process: its own late log reaches its call in flight.
+    let solo = one_kit("protocol = \"legacy\"").await;
+    let acme = solo.legacy("acme").await;
+    let late = json!({"message": "acme-own-log", "after_ms": 300});
+    let (in_flight, ()) = tokio::join!(acme.call(2, "kit__slow", json!({"ms": 2500})), async {
+        assert_eq!(
+            text(acme.call(1, "kit__log", late).await.response()),
+            "will log"
+        );
+    });
+    assert!(
+        in_flight
+            .messages
+            .iter()
+            .any(|m| m["params"]["data"] == "acme-own-log"),
+        "{:?}",
+        in_flight.messages
+    );
+}
+
+/// A GET stream read one message at a time.
+struct Events {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: mcp_wire::sse::Decoder,
+    ready: std::collections::VecDeque<Value>,
+}
+
+impl Events {
+    fn of(resp: reqwest::Response) -> Events {
+        Events {
+            body: resp.bytes_stream().boxed(),
+            decoder: mcp_wire::sse::Decoder::new(1 << 20),
+            ready: Default::default(),
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(v) = self.ready.pop_front() {
+                return v;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("no event in time")
+                .expect("stream ended")
+                .unwrap();
+            self.decoder.push(&chunk);
+            while let Some(ev) = self.decoder.next_event().unwrap() {
+                if !ev.data.is_empty() {
+                    self.ready
+                        .push_back(serde_json::from_str(&ev.data).unwrap());
+                }
+            }
+        }
+    }
+}
+
+/// Two tenants on one shared server subscribe to the same resource: its update cannot be told
+/// apart, so it reaches neither; once one tenant alone is subscribed, it reaches that tenant
+/// alone. Subscribing and completing are audited for the tenant like calls.
+#[tokio::test]
+async fn a_shared_servers_resource_updates_reach_only_the_subscribed_tenant() {
+    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let globex = gw.legacy("globex").await;
+    let mut acme_events = Events::of(acme.open_get_stream().await);
+    let mut globex_events = Events::of(globex.open_get_stream().await);
+    let watched = json!({"uri": "kit+test://watched-resource"});
+    for (s, id) in [(&acme, 1), (&globex, 1)] {
+        let a = s.request(id, "resources/subscribe", watched.clone()).await;
+        assert_eq!(a.response()["result"], json!({}), "{:?}", a.messages);
+    }
+    assert_eq!(
+        text(acme.call(2, "kit__touch", json!({})).await.response()),
+        "touched"
+    );
+    unattributed(&gw, "notification", 1).await;
+
+    let a = globex
+        .request(3, "resources/unsubscribe", watched.clone())
+        .await;
+    assert_eq!(a.response()["result"], json!({}), "{:?}", a.messages);
+    assert_eq!(
+        text(acme.call(4, "kit__touch", json!({})).await.response()),
+        "touched"
+    );
+    let update = acme_events.next().await;
+    assert_eq!(
+        update["method"], "notifications/resources/updated",
+        "{update}"
+    );
+    assert_eq!(update["params"]["uri"], "kit+test://watched-resource");
+    // A list change reaches both streams after the update: globex's first message is it.
+    globex.call(5, "kit__toggle_tool", json!({})).await;
+    let first = globex_events.next().await;
+    assert_eq!(
+        first["method"], "notifications/tools/list_changed",
+        "{first}"
+    );
+    assert_eq!(
+        acme_events.next().await["method"],
+        "notifications/tools/list_changed"
+    );
+
+    // Every request that can carry a tenant's data left a BEGIN record of its tenant.
+    let complete = json!({"ref": {"type": "ref/prompt", "name": "kit__test_prompt_with_arguments"}, "argument": {"name": "arg1", "value": ""}});
+    let a = globex.request(6, "completion/complete", complete).await;
+    assert!(
+        a.response()["result"]["completion"]["values"].is_array(),
+        "{:?}",
+        a.messages
+    );
+    let trail = gw.config.with_file_name("palisade-data").join("audit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text: String = palisade_audit::list_files(&trail)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned())
+            .collect();
+        let begun = |tenant: &str, method: &str| {
+            text.lines().any(|l| {
+                l.contains(r#""kind":"BEGIN""#)
+                    && l.contains(&format!(r#""tenant":"{tenant}""#))
+                    && l.contains(&format!(r#""method":"{method}""#))
+            })
+        };
+        if begun("acme", "resources/subscribe")
+            && begun("globex", "resources/subscribe")
+            && begun("globex", "resources/unsubscribe")
+            && begun("globex", "completion/complete")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -160,9 +160,10 @@ fn definitions() -> Vec<Value> {
         ),
         def(
             "log",
-            "Sends one notifications/message log record",
+            "Sends one notifications/message log record (with after_ms: answers first, then logs and asks the client to sample, as a background task would)",
             json!({
                 "message": { "type": "string" },
+                "after_ms": { "type": "integer" },
                 "level": {
                     "type": "string",
                     "default": "info",
@@ -254,6 +255,12 @@ fn definitions() -> Vec<Value> {
             "count",
             "Appends a line (`message`, or `1`) to $TESTKIT_COUNT_FILE, durably, and returns its line count: counts executions",
             json!({ "message": { "type": "string" } }),
+            &[],
+        ),
+        def(
+            "touch",
+            "Announces a change of test://watched-resource (notifications/resources/updated)",
+            json!({}),
             &[],
         ),
         def(
@@ -487,6 +494,13 @@ pub async fn call(
             ))
         }
         "count" => count(args.string_or("message", "1")).await,
+        "touch" => {
+            let uri = rmcp::model::ResourceUpdatedNotificationParam::new("test://watched-resource");
+            match ctx.peer.notify_resource_updated(uri).await {
+                Ok(()) => Ok(text("touched")),
+                Err(error) => Err(format!("the update could not be sent: {error}")),
+            }
+        }
         "toggle_tool" => {
             let added = toggle(&kit.shared.extra_tool);
             kit.list_changed(&ctx, ListChange::Tools).await;
@@ -563,6 +577,28 @@ async fn log(
     let level_name = args.string_or("level", "info")?;
     let level: LoggingLevel = serde_json::from_value(json!(level_name))
         .map_err(|_| format!("unknown log level '{level_name}'"))?;
+    if args.0.get("after_ms").is_some() {
+        let ms = args.uint("after_ms")?;
+        let peer = ctx.peer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let log = serde_json::from_value(
+                json!({ "level": level, "logger": "testkit", "data": message }),
+            );
+            if let Ok(log) = log {
+                let _ = peer.notify_logging_message(log).await;
+            }
+            let params = json!({
+                "messages": [{ "role": "user", "content": { "type": "text", "text": message } }],
+                "maxTokens": 10,
+            });
+            let request = rmcp::model::ServerRequest::CustomRequest(
+                rmcp::model::CustomRequest::new("sampling/createMessage", Some(params)),
+            );
+            let _ = peer.send_request(request).await;
+        });
+        return Ok(text("will log"));
+    }
     kit.log(ctx, level, "testkit", json!(message)).await;
     Ok(text("logged"))
 }

@@ -90,11 +90,23 @@ pub enum CallEvent {
 pub enum Route {
     /// The gateway's own traffic (handshake, list fan-out).
     Internal,
-    /// A client request; `session` is the legacy session id, if any.
+    /// A client request: the principal's tenant and subject, and its legacy session id, if
+    /// any.
     Client {
         tenant: Arc<str>,
+        subject: Arc<str>,
         session: Option<Arc<str>>,
     },
+}
+
+/// Whose a resource update is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateOwner {
+    /// It came on a client session's own upstream session: for that session alone.
+    Session(Arc<str>),
+    /// For this tenant's subscribed sessions and listeners: the instance is the tenant's own, or
+    /// the tenant is the only one subscribed to the resource on a shared server.
+    Tenant(Arc<str>),
 }
 
 /// A request on its way upstream: its method, and its params as the gateway holds them.
@@ -120,11 +132,11 @@ pub struct ClientDefaults<'a> {
 #[derive(Clone, Debug)]
 pub enum Notice {
     ListChanged(ListKind),
+    /// A resource changed; only its owner's subscribed clients hear of it.
     ResourceUpdated {
         uri: String,
         params: String,
-        /// From a client session's own upstream session: for that session alone.
-        session: Option<Arc<str>>,
+        owner: UpdateOwner,
     },
     /// A message for one legacy session's GET stream: it trailed the session's last call.
     ForSession {
@@ -212,6 +224,9 @@ pub struct Link {
     started: Instant,
     /// Client calls sent on this link (for recycling and the process list).
     calls: AtomicU64,
+    /// The principals whose calls this link has carried: messages nobody can be named the
+    /// owner of are attributed only while there has been one.
+    served: attribution::Served,
 }
 
 enum Transport {
@@ -292,6 +307,10 @@ pub struct Upstream {
     pub(crate) declared: Option<Box<RawValue>>,
     /// Its handshake was refused: the server does not speak the era it was asked to.
     refused: std::sync::atomic::AtomicBool,
+    /// The tenants subscribed to each resource through this instance (by the upstream's URI),
+    /// counted, so that an update on a shared server reaches a tenant only when it is the one
+    /// subscribed. Bounded by the sessions' own subscription limits.
+    subscribers: Mutex<HashMap<String, HashMap<Arc<str>, usize>>>,
 }
 
 /// What sets one instance of a server apart from the others.
@@ -537,6 +556,7 @@ impl Upstream {
             members,
             member_tasks: Mutex::new(Vec::new()),
             session_instances: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(HashMap::new()),
             legacy_refused: std::sync::atomic::AtomicBool::new(false),
             primary,
             client_session: kin.session,
@@ -680,6 +700,49 @@ impl Upstream {
         };
         if let Transport::Http(t) = &link.transport {
             t.open_listen_stream(instance.clone(), link.clone());
+        }
+    }
+
+    /// `tenant` subscribed to the resource `uri` (the upstream's name) through this instance.
+    pub fn subscribed(&self, tenant: &Arc<str>, uri: &str) {
+        let mut subs = lock(&self.subscribers);
+        *subs
+            .entry(uri.to_owned())
+            .or_default()
+            .entry(tenant.clone())
+            .or_insert(0) += 1;
+    }
+
+    /// `tenant` unsubscribed from `uri` through this instance.
+    pub fn unsubscribed(&self, tenant: &Arc<str>, uri: &str) {
+        let mut subs = lock(&self.subscribers);
+        if let Some(tenants) = subs.get_mut(uri) {
+            if let Some(n) = tenants.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    tenants.remove(tenant);
+                }
+            }
+            if tenants.is_empty() {
+                subs.remove(uri);
+            }
+        }
+    }
+
+    /// Whose an update of `uri` from this instance is; `None` when that is not established
+    /// (several tenants, or none, subscribed to it on a shared server).
+    fn update_owner(&self, uri: &str) -> Option<UpdateOwner> {
+        if let Some(session) = &self.client_session {
+            return Some(UpdateOwner::Session(session.clone()));
+        }
+        if let Some(ctx) = &self.tenant {
+            return Some(UpdateOwner::Tenant(ctx.tenant.clone()));
+        }
+        let subs = lock(&self.subscribers);
+        let mut tenants = subs.get(uri)?.keys();
+        match (tenants.next(), tenants.next()) {
+            (Some(only), None) => Some(UpdateOwner::Tenant(only.clone())),
+            _ => None,
         }
     }
 
@@ -922,8 +985,12 @@ impl Upstream {
         defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if matches!(route, Route::Client { .. }) {
+        if let Route::Client {
+            tenant, subject, ..
+        } = &route
+        {
             link.calls.fetch_add(1, Ordering::Relaxed);
+            link.served.record(tenant, subject);
         }
         let info = link.info();
         let (text, client_progress_token) =
@@ -1080,8 +1147,16 @@ impl Upstream {
         calls: &HashMap<u64, PendingCall>,
         origin: Option<u64>,
     ) -> Option<Owner> {
+        if let Some(id) = origin {
+            return calls.contains_key(&id).then_some(Owner::Call(id));
+        }
+        // Nothing names the owner: the message may come from anything any call on this link
+        // set going, so it is attributed only if every call it carried was one principal's.
+        if !link.served.by_one() {
+            return None;
+        }
         if matches!(link.transport, Transport::Stdio(_)) {
-            return owner(calls, origin, std::iter::empty());
+            return owner(calls, std::iter::empty());
         }
         let now = Instant::now();
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -1089,7 +1164,7 @@ impl Upstream {
             .iter()
             .filter(|(t, _)| now.duration_since(*t) <= TRAILING)
             .map(|(_, r)| r);
-        owner(calls, origin, trailing)
+        owner(calls, trailing)
     }
 
     /// Fails every call that was in flight on a link that is gone.
@@ -1182,10 +1257,15 @@ impl Upstream {
             if let (Some(obj), Some(p)) = (obj, params.as_ref())
                 && let Some(uri) = obj.get_str("uri")
             {
+                let Some(owner) = self.update_owner(&uri) else {
+                    self.metrics.unattributed(&self.name, "notification");
+                    tracing::debug!(server = %self.name, "resource update with subscribers in several tenants; dropped");
+                    return;
+                };
                 let _ = self.notices.send(Notice::ResourceUpdated {
                     uri,
                     params: p.get().to_owned(),
-                    session: self.client_session.clone(),
+                    owner,
                 });
             }
             return;
@@ -1233,6 +1313,7 @@ impl Upstream {
                 });
             }
             _ => {
+                self.metrics.unattributed(&self.name, "notification");
                 tracing::debug!(server = %self.name, %method, "notification not attributable to one client session; dropped");
             }
         }
@@ -1266,6 +1347,7 @@ impl Upstream {
             // upstream's one client, exposes no roots of its own.
             jsonrpc::result(&req.id, r#"{"roots":[]}"#)
         } else {
+            self.metrics.unattributed(&self.name, "request");
             tracing::warn!(server = %self.name, method = %req.method, "server request not attributable to one client call; refused");
             jsonrpc::error(
                 Some(&req.id),
@@ -1600,6 +1682,7 @@ impl Upstream {
             close_reason: Mutex::new(None),
             started: Instant::now(),
             calls: AtomicU64::new(0),
+            served: attribution::Served::default(),
         });
         if let (Transport::Stdio(t), Some(inbox)) = (&link.transport, inbox) {
             t.start_reader(self.clone(), link.clone(), inbox);
