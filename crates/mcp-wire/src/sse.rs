@@ -25,11 +25,22 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Vec<u8> {
         out.push(b'\n');
     }
     out.extend_from_slice(b"event: message\n");
-    for line in data.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // SSE ends a line at CR LF, LF or a lone CR: each becomes a `data:` line of its own, so no
+    // byte of the message can end a field early (JSON allows CR as whitespace between tokens).
+    let mut rest = data;
+    loop {
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+            .unwrap_or(rest.len());
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
+        out.extend_from_slice(&rest[..end]);
         out.push(b'\n');
+        match rest.get(end..end + 2) {
+            Some(b"\r\n") => rest = &rest[end + 2..],
+            _ if end < rest.len() => rest = &rest[end + 1..],
+            _ => break,
+        }
     }
     out.push(b'\n');
     out
@@ -169,6 +180,24 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carriage_returns_in_a_message_do_not_break_its_event() {
+        let message = b"{\"a\":1,\r\"b\":[2,\r\n3],\n\"c\":\"x\\ry\"}";
+        let encoded = encode(Some("7"), message);
+        assert!(
+            !encoded.windows(2).any(|w| w[0] == b'\r'),
+            "no CR on the wire"
+        );
+        let mut d = Decoder::new(1024);
+        d.push(&encoded);
+        let event = d.next_event().unwrap().unwrap();
+        assert_eq!(event.id.as_deref(), Some("7"));
+        let decoded: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        let original: serde_json::Value = serde_json::from_slice(message).unwrap();
+        assert_eq!(decoded, original);
+        assert_eq!(d.next_event().unwrap(), None, "one event, not several");
+    }
 
     #[test]
     fn decodes_split_input_and_line_endings() {

@@ -678,7 +678,41 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        /// Durations are bounded so that adding one to the clock can never overflow.
+        const MAX_MS: u64 = 24 * 3600 * 1000;
+        const MAX_SECS: u64 = 30 * 24 * 3600;
+        fn at_most(key: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+            if value > max {
+                let unit = if max == MAX_MS {
+                    "ms (a day)"
+                } else {
+                    "s (30 days)"
+                };
+                return Err(invalid(
+                    key,
+                    format!("{value} is too long; use at most {max} {unit}"),
+                ));
+            }
+            Ok(())
+        }
         let l = &self.listen;
+        for (name, value) in [
+            ("listen.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("listen.idle_timeout_ms", l.idle_timeout_ms),
+            ("listen.body_read_timeout_ms", l.body_read_timeout_ms),
+        ] {
+            at_most(name, value, MAX_MS)?;
+        }
+        at_most(
+            "limits.session_idle_secs",
+            self.limits.session_idle_secs,
+            MAX_SECS,
+        )?;
+        at_most(
+            "limits.shutdown_grace_secs",
+            self.limits.shutdown_grace_secs,
+            MAX_SECS,
+        )?;
         if [
             l.header_read_timeout_ms,
             l.idle_timeout_ms,
@@ -814,6 +848,30 @@ impl Config {
             }
             if s.call_timeout_ms == 0 || s.connect_timeout_ms == 0 || s.list_timeout_ms == 0 {
                 return Err(invalid(key, "timeouts must be greater than 0"));
+            }
+            let mut durations = vec![
+                ("call_timeout_ms", s.call_timeout_ms, MAX_MS),
+                ("connect_timeout_ms", s.connect_timeout_ms, MAX_MS),
+                ("list_timeout_ms", s.list_timeout_ms, MAX_MS),
+                ("health_timeout_ms", s.health_timeout_ms, MAX_MS),
+                ("queue_ms", s.queue_ms, MAX_MS),
+                ("idle_secs", s.idle_secs, MAX_SECS),
+                ("max_age_secs", s.max_age_secs, MAX_SECS),
+                ("health_interval_secs", s.health_interval_secs, MAX_SECS),
+            ];
+            durations.extend(
+                s.breaker
+                    .map(|b| ("breaker.open_secs", b.open_secs, MAX_SECS)),
+            );
+            if let Some(q) = s.quarantine {
+                durations.push(("quarantine.window_secs", q.window_secs, MAX_SECS));
+                durations.push(("quarantine.for_secs", q.for_secs, MAX_SECS));
+            }
+            for (name, value, max) in durations {
+                at_most(&format!("{key}.{name}"), value, max)?;
+            }
+            for (tool, ms) in &s.tool_timeouts_ms {
+                at_most(&format!("{key}.tool_timeouts_ms.{tool}"), *ms, MAX_MS)?;
             }
         }
         let mut tenant_ids = HashSet::new();
@@ -1103,6 +1161,28 @@ servers = ["kit"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let huge = BASE.replace(
+            "name = \"kit\"\n",
+            "name = \"kit\"\ncall_timeout_ms = 9223372036854775807\n",
+        );
+        let err = Config::from_toml(&huge).unwrap_err().to_string();
+        assert!(
+            err.contains("servers[0].call_timeout_ms") && err.contains("at most 86400000 ms"),
+            "{err}"
+        );
+        let tool = BASE.replace(
+            "name = \"kit\"\n",
+            "name = \"kit\"\ntool_timeouts_ms = { slow = 90000000 }\n",
+        );
+        let err = Config::from_toml(&tool).unwrap_err().to_string();
+        assert!(err.contains("tool_timeouts_ms.slow"), "{err}");
+        let idle = format!("[limits]\nsession_idle_secs = 99999999\n{BASE}");
+        let err = Config::from_toml(&idle).unwrap_err().to_string();
+        assert!(err.contains("limits.session_idle_secs"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! a pattern without `/` matches the tool name on any server. Deny wins over allow. A denied tool
 //! is absent from `tools/list` and refused on `tools/call`; a tool whose scopes the caller lacks
 //! is listed (so the client can step up) and refused with `insufficient_scope`.
+//!
+//! Some upstreams match tool names without regard to case, so a pattern that restricts (deny,
+//! scopes, per-tool rates) matches any case of a name, and one that permits (allow) only its
+//! exact case: `DELETE_all` can never slip past a deny of `delete_*`, nor an allow of `read_*`
+//! let `READ_all` through.
 
 use std::collections::BTreeMap;
 
@@ -69,7 +74,7 @@ impl RateSet {
     pub fn tool(&self, server: &str, tool: &str) -> Option<(&str, Rate)> {
         self.tools
             .iter()
-            .find(|(p, _)| matches_tool(p, server, tool))
+            .find(|(p, _)| matches_tool(p, server, tool, Case::Any))
             .map(|(p, r)| (p.as_str(), *r))
     }
 
@@ -144,9 +149,9 @@ impl Policy {
 
     /// Whether the tool is allowed, regardless of scopes.
     pub fn allows_tool(&self, server: &str, tool: &str) -> bool {
-        let hit = |p: &String| matches_tool(p, server, tool);
-        (self.allow_tools.is_empty() || self.allow_tools.iter().any(hit))
-            && !self.deny_tools.iter().any(hit)
+        let hit = |case| move |p: &String| matches_tool(p, server, tool, case);
+        (self.allow_tools.is_empty() || self.allow_tools.iter().any(hit(Case::Exact)))
+            && !self.deny_tools.iter().any(hit(Case::Any))
     }
 
     /// Checks a call of `server/tool` by a caller holding `scopes`.
@@ -156,7 +161,7 @@ impl Policy {
         }
         let mut missing: Vec<&str> = Vec::new();
         for (pattern, needed) in &self.tool_scopes {
-            if !matches_tool(pattern, server, tool) {
+            if !matches_tool(pattern, server, tool, Case::Any) {
                 continue;
             }
             for s in needed {
@@ -194,18 +199,29 @@ fn check_pattern(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn matches_tool(pattern: &str, server: &str, tool: &str) -> bool {
+/// How a pattern's letters match a name's.
+#[derive(Clone, Copy)]
+enum Case {
+    /// Only the same case: for patterns that permit.
+    Exact,
+    /// Any case (ASCII): for patterns that restrict.
+    Any,
+}
+
+fn matches_tool(pattern: &str, server: &str, tool: &str, case: Case) -> bool {
     match pattern.split_once('/') {
         Some((sp, tp)) => {
-            glob(sp.as_bytes(), server.as_bytes()) && glob(tp.as_bytes(), tool.as_bytes())
+            glob(sp.as_bytes(), server.as_bytes(), case)
+                && glob(tp.as_bytes(), tool.as_bytes(), case)
         }
-        None => glob(pattern.as_bytes(), tool.as_bytes()),
+        None => glob(pattern.as_bytes(), tool.as_bytes(), case),
     }
 }
 
-/// `*` matches any run of bytes, `?` one byte; everything else matches itself. Iterative with
-/// one backtrack point, so hostile patterns cannot make it exponential.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+/// `*` matches any run of bytes, `?` one byte; everything else matches itself (in any case with
+/// [`Case::Any`]). Iterative with one backtrack point, so hostile patterns cannot make it
+/// exponential.
+fn glob(pattern: &[u8], text: &[u8], case: Case) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -214,7 +230,11 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if c == b'?' || c == text[t] => {
+            Some(&c)
+                if c == b'?'
+                    || c == text[t]
+                    || matches!(case, Case::Any) && c.eq_ignore_ascii_case(&text[t]) =>
+            {
                 p += 1;
                 t += 1;
             }
@@ -237,6 +257,7 @@ mod tests {
 
     #[test]
     fn globs() {
+        let glob = |p: &[u8], t: &[u8]| glob(p, t, Case::Exact);
         assert!(glob(b"*", b""));
         assert!(glob(b"echo", b"echo"));
         assert!(!glob(b"echo", b"echoes"));
@@ -246,6 +267,35 @@ mod tests {
         assert!(glob(b"a?c", b"abc"));
         assert!(glob(b"*a*b*c*", b"xxaxxbxxcxx"));
         assert!(!glob(b"*a*b*c*d", b"xxaxxbxxcxx"));
+        assert!(!glob(b"echo", b"ECHO"));
+    }
+
+    #[test]
+    fn restrictions_match_any_case_and_permissions_only_their_own() {
+        let mut p = Policy {
+            allow_tools: vec!["read_*".into(), "delete_*".into()],
+            deny_tools: vec!["delete_*".into()],
+            ..Policy::default()
+        };
+        p.tool_scopes
+            .insert("read_secret*".into(), vec!["admin".into()]);
+        assert!(p.allows_tool("kit", "read_x"));
+        assert!(!p.allows_tool("kit", "READ_x"), "not what the allow names");
+        assert!(!p.allows_tool("kit", "DELETE_all") && !p.allows_tool("kit", "Delete_all"));
+        p.allow_tools.push("READ_*".into());
+        assert_eq!(
+            p.check_call("kit", "READ_SECRETS", &[]),
+            Err(Denied::Scopes("admin".into())),
+            "a scope requirement holds in any case"
+        );
+        p.rates.tools.insert(
+            "read_*".into(),
+            Rate {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        assert!(p.rates.tool("kit", "READ_x").is_some(), "so does a rate");
     }
 
     #[test]
