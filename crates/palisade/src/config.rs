@@ -374,6 +374,9 @@ pub struct Limits {
     /// beyond it is refused.
     #[serde(default = "default_session_memory")]
     pub session_memory_per_tenant: usize,
+    /// `subscriptions/listen` streams a tenant may hold open at once.
+    #[serde(default = "default_max_listens")]
+    pub max_listens_per_tenant: usize,
     /// `initialize` per tenant: sessions opened per second on average, in bursts of `burst`.
     #[serde(default = "default_initialize_rate")]
     pub initialize_rate: palisade_limits::Rate,
@@ -390,12 +393,16 @@ impl Default for Limits {
             max_parked_per_tenant: default_max_parked(),
             session_memory_per_tenant: default_session_memory(),
             initialize_rate: default_initialize_rate(),
+            max_listens_per_tenant: default_max_listens(),
         }
     }
 }
 
 fn default_max_body() -> usize {
     4 * 1024 * 1024
+}
+fn default_max_listens() -> usize {
+    1000
 }
 fn default_session_memory() -> usize {
     64 << 20

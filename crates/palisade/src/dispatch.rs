@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::auth::Principal;
 use crate::catalog;
 use crate::gateway::Gateway;
+use crate::listens::{Full, Listen};
 use crate::pipeline::{self, Addressing, Caller, Forward, Refusal, complete_modern_result};
 use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
@@ -36,8 +37,11 @@ pub enum Reply {
     Accepted,
     /// A forwarded call: relay its messages, then its response.
     Call(Box<Forward>),
-    /// A long-lived stream of notifications (`subscriptions/listen`).
-    Stream(mpsc::Receiver<Vec<u8>>),
+    /// A long-lived stream of notifications (`subscriptions/listen`), open while `listen` is.
+    Stream {
+        rx: mpsc::Receiver<Vec<u8>>,
+        listen: Listen,
+    },
     /// An error the modern era puts in the HTTP status as well.
     Status(u16, Vec<u8>),
     /// The caller lacks scopes (HTTP 403 with an `insufficient_scope` challenge).
@@ -140,7 +144,9 @@ pub async fn request(
                 )),
             }
         }
-        "subscriptions/listen" if caller.era == Era::Modern => listen(gw, caller, id, params),
+        "subscriptions/listen" if caller.era == Era::Modern => {
+            listen(gw, principal, caller, id, params)
+        }
         other => {
             let body = jsonrpc::error(
                 Some(id),
@@ -400,11 +406,28 @@ async fn list(
 /// [`session::MAX_SUBSCRIPTIONS`]).
 fn listen(
     gw: &Arc<Gateway>,
+    principal: &Principal,
     caller: &Caller<'_>,
     id: &Id,
     params: Option<&serde_json::value::RawValue>,
 ) -> Reply {
     let (tenant, subject) = (caller.tenant, &caller.subject);
+    let max = gw.config().limits.max_listens_per_tenant;
+    let listen = match gw.listens.open(principal, max) {
+        Ok(listen) => listen,
+        Err(Full(limit)) => {
+            gw.metrics.rejected("listen_limit");
+            let data = json!({ "limit": "limits.max_listens_per_tenant", "value": limit });
+            let message = format!(
+                "tenant `{}` already holds {limit} subscriptions/listen streams (limits.max_listens_per_tenant); close unused ones",
+                tenant.id
+            );
+            return Reply::Status(
+                429,
+                jsonrpc::error(Some(id), ErrorCode::LIMIT_REACHED, &message, Some(&data)),
+            );
+        }
+    };
     let requested: Value = params
         .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
         .map(|p| p["notifications"].clone())
@@ -507,7 +530,7 @@ fn listen(
         }
         _ => None,
     });
-    Reply::Stream(rx)
+    Reply::Stream { rx, listen }
 }
 
 /// The route of what the gateway itself keeps open for a client (no session of the upstream's).

@@ -33,6 +33,7 @@ use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
 use crate::config::{Config, Placement};
 use crate::limits::Protection;
+use crate::listens::Listens;
 use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
@@ -93,6 +94,8 @@ pub struct Gateway {
     /// Signs the tenant context of calls to shared servers.
     pub assertions: Assertions,
     pub sessions: Sessions,
+    /// Open `subscriptions/listen` streams.
+    pub listens: Arc<Listens>,
     pub names: Names,
     /// Calls waiting for a modern client's input (see [`Parked`]).
     pub parked: Arc<Parked>,
@@ -158,6 +161,7 @@ impl Gateway {
             protection: Protection::new(&config.rate_limits)?,
             assertions,
             sessions,
+            listens: Arc::default(),
             names: Names::default(),
             parked: Arc::new(Parked::default()),
             metrics,
@@ -344,17 +348,21 @@ impl Gateway {
         });
         drop(dedicated);
         self.registry.store(new.clone());
-        let closed = self.sessions.close_where(|s| {
+        let doomed = |tenant: &str, key: Option<&str>| {
             let tenant_ok = new
-                .tenant(&s.tenant)
+                .tenant(tenant)
                 .is_some_and(|t| t.status == Status::Active);
-            let key_ok = s.key.as_deref().is_none_or(|k| new.key_is_live(k));
+            let key_ok = key.is_none_or(|k| new.key_is_live(k));
             !(tenant_ok && key_ok)
-        });
+        };
+        let closed = self
+            .sessions
+            .close_where(|s| doomed(&s.tenant, s.key.as_deref()))
+            + self.listens.end_where(doomed);
         if closed > 0 {
             tracing::info!(
                 sessions = closed,
-                "ended sessions of suspended or deleted tenants and revoked keys"
+                "ended sessions and listens of suspended or deleted tenants and revoked keys"
             );
         }
     }

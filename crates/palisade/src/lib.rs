@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod limits;
+pub mod listens;
 pub mod metrics;
 pub mod onboarding;
 pub mod pipeline;

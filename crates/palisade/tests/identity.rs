@@ -224,6 +224,64 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
 }
 
 #[tokio::test]
+async fn listen_streams_are_capped_and_end_with_their_key() {
+    let gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+        &format!(
+            "{}[limits]\nmax_listens_per_tenant = 1\n",
+            admin_table(ADMIN_KEY)
+        ),
+    );
+    gw.ready().await;
+    let (_, issued) = gw
+        .admin_api(
+            "POST",
+            "/admin/v1/tenants/acme/keys",
+            Some(ADMIN_KEY),
+            Some(json!({})),
+        )
+        .await;
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let id = issued["id"].as_str().unwrap().to_owned();
+
+    let mut listen = gw.listen(&key).await;
+    assert_eq!(listen.status(), 200);
+    let ack = listen.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&ack).contains("acknowledged"));
+    let second = gw.listen(gw.key("acme")).await;
+    assert_eq!(second.status(), 429, "one listen per tenant here");
+    let body = second.text().await.unwrap();
+    assert!(body.contains("limits.max_listens_per_tenant"), "{body}");
+
+    let (status, _) = gw
+        .admin_api(
+            "DELETE",
+            &format!("/admin/v1/tenants/acme/keys/{id}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let took = time_until(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = listen.chunk().await {}
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the revoked key's listen stream stayed open"
+    );
+    // Its place is free again.
+    let mut again = gw.listen(gw.key("acme")).await;
+    assert_eq!(again.status(), 200);
+    assert!(again.chunk().await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn expired_keys_are_refused() {
     let gw = acme_with_admin("").await;
     let out = gw.cli(&["key", "issue", "acme", "--expires-in-secs", "1"]);

@@ -344,18 +344,7 @@ async fn list_changed_reaches_listeners(protocol: &str) {
     // A legacy GET stream, and a modern subscriptions/listen stream.
     let get = s.open_get_stream().await;
     assert_eq!(get.status(), 200);
-    let listen = gw
-        .http
-        .post(&gw.mcp)
-        .header("accept", ACCEPT)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", s.key))
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "subscriptions/listen")
-        .body(json!({"jsonrpc":"2.0","id":"sub-1","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let listen = gw.listen(&s.key).await;
     assert_eq!(listen.status(), 200);
 
     let toggled = s.call(2, "kit__toggle_tool", json!({})).await;

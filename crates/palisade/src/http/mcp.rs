@@ -29,6 +29,7 @@ use crate::auth::{AuthError, Principal};
 use crate::dispatch::{self, ModernHeaders, Reply};
 use crate::gateway::Gateway;
 use crate::http::conn::ClientConn;
+use crate::listens::Listen;
 use crate::pipeline::{Caller, Forward, Out};
 use crate::registry::Tenant;
 use crate::resume;
@@ -197,7 +198,7 @@ async fn respond(
             let session = caller.session.clone();
             call_response(gw, session, caller.subject.clone(), sse_first, *fwd).await
         }
-        Reply::Stream(rx) => sse_response(gw, rx),
+        Reply::Stream { rx, listen } => sse_response(gw, rx, listen),
     }
 }
 
@@ -408,15 +409,29 @@ fn sse_body(body: Body) -> Response {
 
 /// A long-lived stream of messages from `rx` (`subscriptions/listen`); ends when the gateway
 /// drains.
-fn sse_response(gw: &Arc<Gateway>, rx: mpsc::Receiver<Vec<u8>>) -> Response {
+/// A `subscriptions/listen` stream: ends when the client goes, the gateway drains, or the
+/// credential it was opened with expires or is revoked.
+fn sse_response(gw: &Arc<Gateway>, rx: mpsc::Receiver<Vec<u8>>, listen: Listen) -> Response {
     let draining = gw.draining.clone();
-    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+    let expiry = listen.expires_at.map(|at| {
+        let left = at.saturating_sub(crate::auth::now_ms() / 1000).max(0);
+        tokio::time::Instant::now() + Duration::from_secs(left.unsigned_abs())
+    });
+    let stream = futures_util::stream::unfold((rx, listen), move |(mut rx, listen)| {
         let draining = draining.clone();
         async move {
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                m = rx.recv() => m.map(|m| (event(&m), rx)),
-                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), rx)),
+                m = rx.recv() => m.map(|m| (event(&m), (rx, listen))),
+                _ = tokio::time::sleep(KEEPALIVE_EVERY) => Some((Bytes::from_static(sse::KEEPALIVE), (rx, listen))),
                 _ = draining.cancelled() => None,
+                _ = listen.end.cancelled() => None,
+                _ = expired => None,
             }
         }
     });

@@ -539,6 +539,21 @@ impl Gw {
         l
     }
 
+    /// Opens a 2026-07-28 `subscriptions/listen` stream for list changes with `key`.
+    pub async fn listen(&self, key: &str) -> reqwest::Response {
+        self.http
+            .post(&self.mcp)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .body(json!({"jsonrpc":"2.0","id":"sub-1","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string())
+            .send()
+            .await
+            .expect("listen")
+    }
+
     /// A modern-era (2026-07-28) request with correct `_meta` and headers, from a client that
     /// can answer sampling and elicitation requests.
     pub async fn modern(&self, tenant: &str, id: u64, method: &str, mut params: Value) -> Answer {
