@@ -187,7 +187,7 @@ pub async fn forward(
             } else {
                 "prompt"
             };
-            let mut target = catalog::resolve_name(&gw.names, tenant, kind, &name)
+            let target = catalog::resolve_name(&gw.names, tenant, kind, &name)
                 .await
                 .ok_or_else(|| invalid(&format!("unknown {what}: {name}")))?;
             // A server with per-tenant tools: the caller's own, or a common one; never
@@ -220,10 +220,9 @@ pub async fn forward(
                     check_param_headers(caller, &target, &params, id).await?;
                 }
             }
-            if let Some(own) = own {
-                target.name = own;
-            }
-            params.set_str("name", &target.name);
+            // Policy, rate limits, audit and metrics all know the tool by the name the tenant
+            // sees; only the upstream is told its own name for it.
+            params.set_str("name", own.as_deref().unwrap_or(&target.name));
             (target, label)
         }
         Addressing::Resource => {
@@ -386,7 +385,9 @@ pub async fn forward(
     let handle = match upstream.call(method, Some(&params), route, defaults).await {
         Ok(mut h) => {
             if method == "tools/call"
-                && let Some(ms) = upstream.config.tool_timeouts_ms.get(target.name.as_str())
+                && let Some(ms) = params
+                    .get_str("name")
+                    .and_then(|name| upstream.config.tool_timeouts_ms.get(name.as_str()))
             {
                 h.set_timeout(*ms);
             }

@@ -189,7 +189,9 @@ async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
         "args = [\"stdio\"]",
         "args = [\"stdio\"]\nenv = { TESTKIT_TENANT_TOOLS = \"acme,globex\" }",
     );
-    let gw = Gw::start(
+    // A rate on the tool as tenants know it: it holds for each tenant's own tool.
+    let rates = "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntools = { \"kit/monthly_report\" = { per_second = 0.01, burst = 1 } }\n";
+    let gw = Gw::start_with(
         &server,
         &[
             common::TenantSpec {
@@ -203,6 +205,7 @@ async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
                 namespacing: true,
             },
         ],
+        rates,
     );
     gw.ready().await;
     for (tenant, other) in [("acme", "globex"), ("globex", "acme")] {
@@ -230,5 +233,21 @@ async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
             .await;
         let msg = a.response()["error"]["message"].as_str().unwrap_or("");
         assert!(msg.contains("unknown tool"), "{:?}", a.response());
+        let a = s.call(4, "kit__monthly_report", json!({})).await;
+        assert_eq!(
+            a.response()["error"]["code"],
+            -32029,
+            "the tool's rate applies: {:?}",
+            a.response()
+        );
     }
+    // The audit trail names the tool as the policy and the rate limit did.
+    let trail = gw.config.with_file_name("palisade-data").join("audit");
+    let text: String = palisade_audit::list_files(&trail)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned())
+        .collect();
+    assert!(text.contains(r#""target":"monthly_report""#), "{text}");
+    assert!(!text.contains("__monthly_report"), "{text}");
 }
