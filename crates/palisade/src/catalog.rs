@@ -25,37 +25,50 @@ use crate::upstream::{ListKind, Upstream};
 /// Items per page of a merged list.
 const PAGE: usize = 1000;
 
-/// The reverse map of shortened names: short name → (server, original name).
+/// Shortened names most a gateway remembers; past it the map starts again (it is a cache: a
+/// shortened name it no longer knows is found again by listing).
+const MAX_SHORT_NAMES: usize = 65_536;
+
+/// The reverse map of shortened names, per tenant: (tenant, short name) → (server, original
+/// name). A short name ends in 64 bits of the full name's SHA-256, so only a server can make
+/// two of its own names collide; the first one keeps the short name.
 #[derive(Default)]
 pub struct Names {
-    short: Mutex<HashMap<String, (Arc<str>, String)>>,
+    short: Mutex<HashMap<(Arc<str>, String), (Arc<str>, String)>>,
 }
 
 impl Names {
-    /// The namespaced form of `name` on `server`.
-    pub fn expose(&self, server: &Arc<str>, name: &str) -> String {
+    /// The namespaced form of `name` on `server`, as `tenant` sees it.
+    pub fn expose(&self, tenant: &Arc<str>, server: &Arc<str>, name: &str) -> String {
         let full = format!("{server}__{name}");
         if full.len() <= MAX_NAME_LEN {
             return full;
         }
-        let digest = hex::encode(&Sha256::digest(full.as_bytes())[..5]);
+        let digest = hex::encode(&Sha256::digest(full.as_bytes())[..8]);
         let mut keep = MAX_NAME_LEN - digest.len() - 1;
         while !full.is_char_boundary(keep) {
             keep -= 1;
         }
         let short = format!("{}_{digest}", &full[..keep]);
-        self.short
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(short.clone(), (server.clone(), name.to_owned()));
+        let mut map = self.short.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (tenant.clone(), short.clone());
+        if map.len() >= MAX_SHORT_NAMES && !map.contains_key(&key) {
+            map.clear();
+        }
+        let entry = map
+            .entry(key)
+            .or_insert_with(|| (server.clone(), name.to_owned()));
+        if entry.0 != *server || entry.1 != name {
+            tracing::warn!(%server, "two names shorten alike; the first keeps the short name");
+        }
         short
     }
 
-    fn lookup(&self, name: &str) -> Option<(Arc<str>, String)> {
+    fn lookup(&self, tenant: &Arc<str>, name: &str) -> Option<(Arc<str>, String)> {
         self.short
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&(tenant.clone(), name.to_owned()))
             .cloned()
     }
 }
@@ -98,7 +111,7 @@ pub async fn resolve_name<'a>(
 }
 
 fn from_short<'a>(names: &Names, tenant: &'a Tenant, name: &str) -> Option<Target<'a>> {
-    let (server, original) = names.lookup(name)?;
+    let (server, original) = names.lookup(&tenant.id, name)?;
     tenant.upstream(&server).map(|upstream| Target {
         upstream,
         name: original,
@@ -189,7 +202,7 @@ pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<B
                     let Some(name) = obj.get_str("name") else {
                         continue;
                     };
-                    ("name", names.expose(&upstream.name, &name))
+                    ("name", names.expose(&tenant.id, &upstream.name, &name))
                 }
                 ListKind::Resources => {
                     let Some(uri) = obj.get_str("uri") else {
@@ -296,16 +309,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_names_are_shortened_stably() {
+    fn long_names_are_shortened_stably_per_tenant() {
         let names = Names::default();
+        let (acme, globex): (Arc<str>, Arc<str>) = ("acme".into(), "globex".into());
         let server: Arc<str> = "kit".into();
-        assert_eq!(names.expose(&server, "echo"), "kit__echo");
+        assert_eq!(names.expose(&acme, &server, "echo"), "kit__echo");
         let long = "a".repeat(80);
-        let short = names.expose(&server, &long);
+        let short = names.expose(&acme, &server, &long);
         assert_eq!(short.len(), MAX_NAME_LEN);
-        assert_eq!(short, names.expose(&server, &long));
-        assert_ne!(short, names.expose(&server, &format!("{long}b")));
-        assert_eq!(names.lookup(&short), Some((server, long)));
+        assert_eq!(short, names.expose(&acme, &server, &long));
+        assert_ne!(short, names.expose(&acme, &server, &format!("{long}b")));
+        assert_eq!(names.lookup(&acme, &short), Some((server, long)));
+        assert_eq!(names.lookup(&globex, &short), None, "another tenant's");
+    }
+
+    #[test]
+    fn the_short_name_map_is_bounded() {
+        let names = Names::default();
+        let (tenant, server): (Arc<str>, Arc<str>) = ("acme".into(), "kit".into());
+        for i in 0..MAX_SHORT_NAMES + 10 {
+            names.expose(&tenant, &server, &format!("{}{i}", "n".repeat(70)));
+        }
+        assert!(names.short.lock().unwrap().len() <= MAX_SHORT_NAMES);
     }
 
     #[test]
