@@ -34,8 +34,11 @@ const MAX_SHORT_NAMES: usize = 65_536;
 /// two of its own names collide; the first one keeps the short name.
 #[derive(Default)]
 pub struct Names {
-    short: Mutex<HashMap<(Arc<str>, String), (Arc<str>, String)>>,
+    short: Mutex<HashMap<(Arc<str>, String), Original>>,
 }
+
+/// The server and original name a short name stands for.
+type Original = (Arc<str>, String);
 
 impl Names {
     /// The namespaced form of `name` on `server`, as `tenant` sees it.
@@ -64,7 +67,7 @@ impl Names {
         short
     }
 
-    fn lookup(&self, tenant: &Arc<str>, name: &str) -> Option<(Arc<str>, String)> {
+    fn lookup(&self, tenant: &Arc<str>, name: &str) -> Option<Original> {
         self.short
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,10 +1,14 @@
 //! The list cache: every page of an upstream's tools, prompts, resources and templates,
 //! fetched on first use and dropped when the upstream announces a change (or reconnects).
 //! A generation counter keeps a fetch that raced a change from caching stale items.
+//!
+//! Bounded: one list (every page) is at most [`MAX_LIST_BYTES`], or the fetch fails; all cached
+//! lists of the gateway hold at most [`MAX_CACHED_BYTES`], beyond which lists are served
+//! without being cached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mcp_wire::RawObject;
@@ -13,12 +17,36 @@ use serde_json::value::RawValue;
 
 use super::{ClientDefaults, ListKind, Route, Step, Upstream, UpstreamError, truncate};
 
+/// The bytes of one list, all pages, at most.
+pub const MAX_LIST_BYTES: usize = 16 << 20;
+/// The bytes every cached list of the gateway holds together, at most.
+pub const MAX_CACHED_BYTES: usize = 256 << 20;
+/// What cached lists hold now: process-wide, as the memory it bounds is.
+static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `bytes` more against [`MAX_CACHED_BYTES`]; `false` when they do not fit.
+fn reserve(bytes: usize) -> bool {
+    CACHED_BYTES
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            held.checked_add(bytes).filter(|&b| b <= MAX_CACHED_BYTES)
+        })
+        .is_ok()
+}
+
 /// One upstream list, all pages, with the names it holds (for bounded metric labels).
 pub(super) struct CachedList {
     items: Arc<Vec<Box<RawValue>>>,
+    /// Reserved in [`CACHED_BYTES`] until dropped.
+    bytes: usize,
     names: std::collections::HashSet<String>,
     /// Tools only: the `x-mcp-header` annotations of the tools that have any.
     header_params: HashMap<String, Vec<HeaderParam>>,
+}
+
+impl Drop for CachedList {
+    fn drop(&mut self) {
+        CACHED_BYTES.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -68,6 +96,7 @@ impl Upstream {
             return Ok(Arc::new(Vec::new()));
         }
         let mut items = Vec::new();
+        let mut bytes = 0;
         let mut cursor: Option<String> = None;
         for _page in 0..100 {
             let mut params = RawObject::default();
@@ -106,39 +135,56 @@ impl Upstream {
                 ListKind::Resources => page.resources,
                 ListKind::ResourceTemplates => page.resource_templates,
             };
-            items.extend(field.unwrap_or_default());
+            let field = field.unwrap_or_default();
+            bytes += field.iter().map(|i| i.get().len()).sum::<usize>();
+            if bytes > MAX_LIST_BYTES {
+                return Err(UpstreamError::Failed {
+                    server: self.name.clone(),
+                    reason: format!(
+                        "{} is larger than {MAX_LIST_BYTES} bytes in all; the gateway does not serve it",
+                        kind.method()
+                    ),
+                });
+            }
+            items.extend(field);
             match page.next_cursor {
                 Some(c) if !c.is_empty() => cursor = Some(c),
                 _ => break,
             }
         }
         let items = Arc::new(items);
-        if self.list_generation.load(Ordering::Relaxed) == generation {
-            let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) {
-                "name"
-            } else {
-                "uri"
-            };
-            let mut names = std::collections::HashSet::new();
-            let mut header_params = HashMap::new();
-            for item in items.iter() {
-                let Some(name) = RawObject::parse(item.get()).and_then(|o| o.get_str(key)) else {
-                    continue;
-                };
-                if kind == ListKind::Tools && item.get().contains("x-mcp-header") {
-                    header_params.insert(name.clone(), param_headers::annotations(item.get()));
-                }
-                names.insert(name);
-            }
-            self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                kind,
-                CachedList {
-                    items: items.clone(),
-                    names,
-                    header_params,
-                },
-            );
+        if self.list_generation.load(Ordering::Relaxed) != generation {
+            return Ok(items);
         }
+        if !reserve(bytes) {
+            tracing::warn!(server = %self.name, list = kind.label(), "the list cache is full ({MAX_CACHED_BYTES} bytes); serving this list uncached");
+            return Ok(items);
+        }
+        let key = if matches!(kind, ListKind::Tools | ListKind::Prompts) {
+            "name"
+        } else {
+            "uri"
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut header_params = HashMap::new();
+        for item in items.iter() {
+            let Some(name) = RawObject::parse(item.get()).and_then(|o| o.get_str(key)) else {
+                continue;
+            };
+            if kind == ListKind::Tools && item.get().contains("x-mcp-header") {
+                header_params.insert(name.clone(), param_headers::annotations(item.get()));
+            }
+            names.insert(name);
+        }
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            kind,
+            CachedList {
+                items: items.clone(),
+                bytes,
+                names,
+                header_params,
+            },
+        );
         Ok(items)
     }
 
@@ -172,5 +218,16 @@ impl Upstream {
             .unwrap_or_else(|e| e.into_inner())
             .get(&kind)
             .is_some_and(|l| l.names.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_lists_never_exceed_the_gateways_budget() {
+        assert!(!reserve(MAX_CACHED_BYTES + 1));
+        assert!(!reserve(usize::MAX), "no overflow either");
     }
 }
