@@ -3,8 +3,9 @@
 //!
 //! Order (each step relies on the previous ones): setsid; PR_SET_PDEATHSIG(SIGKILL); join the
 //! cgroups (before Landlock hides `/sys`, and before a user namespace drops the rights to do it);
-//! rlimits (lowered only, core dumps 0); namespaces (user first; a pid namespace forks once: the
-//! child continues as pid 1, the parent waits and exits with the child's status); chdir(workdir);
+//! rlimits (lowered only, core dumps 0); namespaces (user first; in a mount namespace the
+//! plan's hidden paths are covered; a pid namespace forks once: the child continues as pid 1
+//! with a `/proc` of its own, the parent waits and exits with the child's status); chdir(workdir);
 //! Landlock; PR_SET_NO_NEW_PRIVS; seccomp (last, as it also refuses `unshare`/`mount`); execvp.
 //!
 //! A failing layer listed in `required` (or a failing exec) prints one line
@@ -35,6 +36,11 @@ pub struct Plan {
     pub program: PathBuf,
     /// Arguments after the program name. The environment is the helper's own.
     pub args: Vec<String>,
+    /// Paths the process must not see (the gateway's data directory and secret files): with a
+    /// mount namespace, an empty read-only tmpfs covers each directory and `/dev/null` each
+    /// file; the working directory stays reachable where it was, even inside one of them.
+    #[serde(default)]
+    pub hidden: Vec<PathBuf>,
 }
 
 /// Applies the plan to the calling process and execs the program; never returns. Call it first
@@ -104,7 +110,14 @@ fn run(plan: &Plan) -> Result<Infallible, SandboxError> {
     step(p, Layer::Rlimits, "rlimits", || apply_rlimits(p))?;
 
     if p.namespaces.any() {
-        step(p, Layer::Namespaces, "namespaces", || unshare(p))?;
+        let unshared = unshare(p);
+        step(p, Layer::Namespaces, "namespaces", || unshared.clone())?;
+        // With a mount namespace in place, hiding cannot fail for want of support: a failure
+        // is unexpected, and the process does not start with the gateway's files in view.
+        if unshared.is_ok() && p.namespaces.mount {
+            hide(&plan.hidden, &plan.workdir)
+                .map_err(|e| SandboxError::layer("hiding the gateway's files", e))?;
+        }
         if p.namespaces.pid {
             fork_into_pid_namespace(p)?;
         }
@@ -254,6 +267,63 @@ fn unshare(p: &Profile) -> Result<(), String> {
     Ok(())
 }
 
+/// Covers each of `paths` in the (new, private) mount namespace, keeping `workdir` reachable.
+fn hide(paths: &[PathBuf], workdir: &std::path::Path) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use std::os::fd::AsRawFd;
+    // Opened before anything is covered, so it can be bound back where it was.
+    let workdir =
+        &std::fs::canonicalize(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let kept = std::fs::File::open(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let kept_path = format!("/proc/self/fd/{}", kept.as_raw_fd());
+    let sealed = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue; // nothing there to hide
+        };
+        let covered = |e: nix::Error| format!("hiding {}: {e}", path.display());
+        if !meta.is_dir() {
+            mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(covered)?;
+            continue;
+        }
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            sealed,
+            Some("size=64k,mode=0755"),
+        )
+        .map_err(covered)?;
+        if workdir.starts_with(path) {
+            std::fs::create_dir_all(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+            mount(
+                Some(kept_path.as_str()),
+                workdir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("keeping {}: {e}", workdir.display()))?;
+        }
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | sealed,
+            None::<&str>,
+        )
+        .map_err(covered)?;
+    }
+    Ok(())
+}
+
 /// After `unshare(CLONE_NEWPID)` only a child enters the namespace: fork once. The child
 /// returns and continues as pid 1; the parent waits and exits with the child's status (re-raising
 /// its fatal signal). Only when unshare actually created the namespace is a fork needed.
@@ -288,9 +358,9 @@ fn fork_into_pid_namespace(p: &Profile) -> Result<(), SandboxError> {
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                     None::<&str>,
                 );
-                if let Err(e) = r
-                    && p.requires(Layer::Namespaces)
-                {
+                // Both namespaces exist, so this cannot fail for want of support; without it
+                // the host's /proc (other processes' environments) would stay in view.
+                if let Err(e) = r {
                     return Err(SandboxError::layer(
                         "namespaces",
                         format!("mounting /proc: {e}"),

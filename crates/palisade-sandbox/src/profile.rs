@@ -68,6 +68,38 @@ pub struct Profile {
     pub required: Vec<Layer>,
 }
 
+impl Profile {
+    /// What a dedicated server's processes get when its config names no sandbox: kept from
+    /// each other and from the gateway (their own pid, mount and IPC namespaces, so they see and
+    /// can signal only their own processes and their `/proc` shows only those; the gateway's
+    /// data and secret files hidden; ptrace refused), and otherwise free to read and connect
+    /// as the server needs. Every layer is best effort: what the host lacks is skipped, said
+    /// so at start and by `palisade doctor`.
+    pub fn isolation() -> Profile {
+        Profile {
+            namespaces: Namespaces {
+                pid: true,
+                mount: true,
+                ipc: true,
+                // Unprivileged, namespaces need a user namespace of their own.
+                user: !nix::unistd::geteuid().is_root(),
+                network: false,
+            },
+            landlock: Landlock {
+                enabled: false,
+                ..Landlock::default()
+            },
+            ..Profile::default()
+        }
+    }
+
+    /// Whether its processes are kept from other tenants' processes and the gateway: a pid
+    /// and a mount namespace (with Landlock or the hidden paths keeping the gateway's files).
+    pub fn isolates(&self) -> bool {
+        self.enabled && self.namespaces.pid && self.namespaces.mount
+    }
+}
+
 impl Default for Profile {
     fn default() -> Self {
         Profile {

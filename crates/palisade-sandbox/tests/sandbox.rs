@@ -40,6 +40,7 @@ fn plan(
         cgroup_procs: cgroup.map(|c| c.procs_files()).unwrap_or_default(),
         program: PathBuf::from(program),
         args: args.iter().map(|s| s.to_string()).collect(),
+        hidden: Vec::new(),
     }
 }
 
@@ -74,7 +75,12 @@ fn host() -> HostSupport {
     detect()
 }
 
+/// A test whose kernel feature is missing: skipped here, a failure under `CI=true`.
 fn skip(why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this host lacks what the test needs: {why}"
+    );
     println!("skipped: {why}");
 }
 
@@ -548,6 +554,63 @@ fn pid_namespace_makes_the_child_pid_1() {
     );
     assert!(out.stdout.contains("pid=1\n"), "{out:?}");
     assert_eq!(out.code, Some(7), "the exit status passes through: {out:?}");
+}
+
+/// The default isolation hides the gateway's files from the process: a directory (here the one
+/// holding the working directory, which stays usable) and a secret file.
+#[test]
+fn isolation_hides_the_gateways_files_but_keeps_the_workdir() {
+    let h = host();
+    if !(h.pid_namespaces && h.mount_namespaces && (h.is_root || h.user_namespaces)) {
+        return skip("cannot create pid and mount namespaces");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let workdir = data.path().join("tenants/acme/kit");
+    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::write(data.path().join("signing.key"), "private").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("pepper");
+    std::fs::write(&secret, "pepper-value").unwrap();
+    let mut profile = Profile::isolation();
+    profile.required = vec![Layer::Namespaces];
+    let mut p = plan(
+        profile,
+        &workdir,
+        None,
+        "/bin/sh",
+        &[
+            "-c",
+            &format!(
+                "cat {key} 2>&1; cat {secret}; echo; ls {data}; echo mine > own && cat own; echo planted > {data}/x 2>&1; echo pid=$$",
+                key = data.path().join("signing.key").display(),
+                secret = secret.display(),
+                data = data.path().display(),
+            ),
+        ],
+    );
+    p.hidden = vec![data.path().to_owned(), secret.clone()];
+    let out = run_plan(&p);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        !out.stdout.contains("private"),
+        "the data directory is hidden: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("pepper-value"),
+        "the secret file is hidden: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("mine\n"),
+        "the workdir still works: {out:?}"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert!(out.stdout.contains("pid=1\n"), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("own")).unwrap(),
+        "mine\n",
+        "written where the gateway sees it"
+    );
+    assert!(!data.path().join("x").exists());
 }
 
 #[test]

@@ -1087,6 +1087,34 @@ pub struct DataPaths {
     pub data_dir: PathBuf,
 }
 
+impl Config {
+    /// Files and directories holding the gateway's secrets and state, which no process it
+    /// starts may see: the data directory (registry, audit trail, assertion keys, other
+    /// tenants' working directories) and every configured secret file.
+    pub fn private_paths(&self, data_dir: &Path) -> Vec<PathBuf> {
+        let mut paths = vec![data_dir.to_owned()];
+        paths.extend(self.audit.dir.iter().map(|d| data_dir.join(d)));
+        paths.extend(
+            [
+                &self.auth.pepper_file,
+                &self.secrets.master_key_file,
+                &self.audit.key_file,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
+        for t in &self.tenants {
+            paths.extend(t.secrets.values().filter_map(|s| s.file.clone()));
+        }
+        // Absolute, as the sandbox helper covers them from the process's own root.
+        paths
+            .into_iter()
+            .filter_map(|p| std::fs::canonicalize(&p).ok())
+            .collect()
+    }
+}
+
 /// The PATH a stdio child gets when its config sets none.
 pub const DEFAULT_CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 

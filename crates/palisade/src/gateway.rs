@@ -172,6 +172,7 @@ impl Gateway {
             changing: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
+        crate::upstream::sandbox::keep_private(config.private_paths(&gw.data_dir));
         report_sandboxes(&config);
         gw.sync_upstreams(&config);
         gw.store.reconcile(&declared(&config)).await?;
@@ -494,15 +495,26 @@ impl Gateway {
 /// layer the host lacks is a warning, or an error when the profile requires it (those processes
 /// will not start). Also sweeps the cgroups left by gateways that were killed.
 fn report_sandboxes(config: &Config) {
-    if config.servers.iter().any(|s| s.sandbox.is_some()) {
+    let dedicated: Vec<&crate::config::Server> = config
+        .servers
+        .iter()
+        .filter(|s| s.placement == Placement::Dedicated && s.stdio.is_some())
+        .collect();
+    if !dedicated.is_empty() {
         crate::upstream::sandbox::sweep_stale();
     }
-    for server in &config.servers {
-        let Some(profile) = &server.sandbox else {
-            continue;
-        };
-        let level = crate::upstream::sandbox::host().level(profile);
+    for server in dedicated {
+        let profile = crate::upstream::sandbox::profile_of(server);
+        let level = crate::upstream::sandbox::host().level(&profile);
         tracing::info!(server = %server.name, level = %level.label(), "sandbox for the tenants' processes");
+        let kept_apart = profile.isolates()
+            && !level
+                .skipped
+                .iter()
+                .any(|(l, _)| *l == palisade_sandbox::Layer::Namespaces);
+        if !kept_apart {
+            tracing::warn!(server = %server.name, "THE TENANTS' PROCESSES OF THIS SERVER ARE NOT KEPT APART: without their own pid and mount namespaces one tenant's code can signal the gateway and other tenants' processes, read their environment (their secrets) and the gateway's data directory; see `palisade doctor`");
+        }
         for (layer, why) in &level.skipped {
             if profile.requires(*layer) {
                 tracing::error!(server = %server.name, layer = layer.name(), %why, "a required sandbox layer is unavailable on this host: the tenants' processes of this server will not start (see `palisade doctor`)");

@@ -14,6 +14,11 @@ const ACME_KEY: &str = "pal_dedicated_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 const GLOBEX_KEY: &str = "pal_dedicated_globex_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const ADMIN_KEY: &str = "pal_dedicated_admin_key_ccccccccccccccccccccccccccccccccc";
 
+/// A dedicated server's sandbox here: none. These tests tell processes apart by the pid they
+/// report, which only the host's pid namespace gives; `sandbox.rs` tests the default
+/// isolation, in which every process is pid 1 of its own namespace.
+const NO_SANDBOX: &str = "[servers.sandbox]\nenabled = false\n";
+
 /// A gateway whose server `kit` is dedicated (with `server_extra` keys), and tenants `acme`
 /// and `globex`, each with a `token` secret read from a file.
 async fn dedicated(server_extra: &str) -> (Gw, tempfile::TempDir) {
@@ -29,7 +34,7 @@ async fn dedicated(server_extra: &str) -> (Gw, tempfile::TempDir) {
         tenants.push_str(&tenant_entry(id, "kit", key, &secrets));
     }
     let server = format!(
-        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n{server_extra}\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ TENANT_ID = \"${{tenant.id}}\", TOKEN = \"${{secret:token}}\" }}\n",
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n{server_extra}\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ TENANT_ID = \"${{tenant.id}}\", TOKEN = \"${{secret:token}}\" }}\n{NO_SANDBOX}",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &tenants);
@@ -405,7 +410,7 @@ async fn secrets_in_the_store_are_sealed_and_reach_the_process() {
         tenant_entry("globex", "kit", GLOBEX_KEY, ""),
     );
     let server = format!(
-        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ DB = \"${{secret:db}}\" }}\n",
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\nenv = {{ DB = \"${{secret:db}}\" }}\n{NO_SANDBOX}",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &top);

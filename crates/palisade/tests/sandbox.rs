@@ -14,22 +14,29 @@ const ACME_KEY: &str = "pal_sandbox_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const GLOBEX_KEY: &str = "pal_sandbox_globex_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const ADMIN_KEY: &str = "pal_sandbox_admin_key_ccccccccccccccccccccccccccccccccccc";
 
-/// `None` (after printing why) when the host lacks what the sandbox tests need.
+/// `None` (after printing why) when the host lacks what the sandbox tests need; under
+/// `CI=true` that is a failure, not a skip.
 fn host_ready() -> Option<()> {
     let host = palisade_sandbox::detect();
-    if host.landlock_abi.is_none() {
-        eprintln!("skipped: this kernel has no Landlock");
-        return None;
-    }
-    if !host.cgroups_usable() {
-        eprintln!("skipped: no writable cgroup hierarchy (run as root with cgroups mounted)");
-        return None;
-    }
-    if !host.seccomp {
-        eprintln!("skipped: this kernel has no seccomp filters");
-        return None;
-    }
-    Some(())
+    let missing = if host.landlock_abi.is_none() {
+        "this kernel has no Landlock"
+    } else if !host.cgroups_usable() {
+        "no writable cgroup hierarchy (run as root with cgroups mounted)"
+    } else if !host.seccomp {
+        "this kernel has no seccomp filters"
+    } else {
+        return Some(());
+    };
+    skip(missing)
+}
+
+fn skip(why: &str) -> Option<()> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this host lacks what the test needs: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
 }
 
 /// A gateway whose dedicated server `kit` runs sandboxed with `sandbox` (TOML keys of
@@ -59,6 +66,93 @@ async fn call(gw: &Gw, key: &str, tool: &str, args: Value) -> Value {
 async fn text_of(gw: &Gw, key: &str, tool: &str, args: Value) -> String {
     let r = call(gw, key, tool, args).await;
     common::text(&r).to_owned()
+}
+
+/// `None` (after printing why) when the host cannot give processes their own pid and mount
+/// namespaces; under `CI=true` that is a failure, not a skip.
+fn namespaces_ready() -> Option<()> {
+    let host = palisade_sandbox::detect();
+    let ready =
+        host.pid_namespaces && host.mount_namespaces && (host.is_root || host.user_namespaces);
+    if ready {
+        return Some(());
+    }
+    skip("no pid and mount namespaces on this host")
+}
+
+/// With no `[servers.sandbox]` at all, a dedicated server's processes are kept apart by
+/// default: each sees only its own processes (pid 1 of its own namespace), not the gateway's
+/// `/proc` entry and environment, not the gateway's data directory (assertion keys, registry,
+/// audit trail) nor its secret files, not another tenant's working directory; and it still
+/// reads the system and writes its own directory.
+#[tokio::test]
+async fn without_a_sandbox_table_tenants_processes_are_kept_apart() {
+    if namespaces_ready().is_none() {
+        return;
+    }
+    let tenants = format!(
+        "{}{}{}",
+        admin_table(ADMIN_KEY),
+        tenant_entry("acme", "kit", ACME_KEY, ""),
+        tenant_entry("globex", "kit", GLOBEX_KEY, ""),
+    );
+    let server = format!(
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
+        testkit().display()
+    );
+    let gw = Gw::start_with(&server, &[], &tenants);
+    gw.healthy().await;
+    let acme: Value =
+        serde_json::from_str(&text_of(&gw, ACME_KEY, "whoami", json!({})).await).expect("whoami");
+    let globex: Value =
+        serde_json::from_str(&text_of(&gw, GLOBEX_KEY, "whoami", json!({})).await).expect("whoami");
+    assert_eq!(acme["pid"], 1, "its own pid namespace: {acme}");
+    let (acme_dir, globex_dir) = (
+        acme["cwd"].as_str().unwrap().to_owned(),
+        globex["cwd"].as_str().unwrap().to_owned(),
+    );
+    let probe = |key: &'static str, path: String, write: bool| {
+        let gw = &gw;
+        async move { text_of(gw, key, "fs_probe", json!({"path": path, "write": write})).await }
+    };
+    assert_eq!(
+        probe(GLOBEX_KEY, format!("{globex_dir}/secret"), true).await,
+        "ok"
+    );
+    assert_eq!(probe(ACME_KEY, format!("{acme_dir}/own"), true).await, "ok");
+    assert_eq!(
+        probe(ACME_KEY, format!("{acme_dir}/own"), false).await,
+        "ok"
+    );
+
+    let data = gw.config.with_file_name("palisade-data");
+    let key_file = std::fs::read_dir(data.join("assertion-keys"))
+        .expect("assertion keys")
+        .flatten()
+        .next()
+        .expect("a signing key")
+        .path();
+    let hidden = [
+        format!("/proc/{}/environ", gw.pid()),
+        format!("/proc/{}/cmdline", gw.pid()),
+        key_file.display().to_string(),
+        data.join("palisade.db").display().to_string(),
+        format!("{globex_dir}/secret"),
+    ];
+    for path in hidden {
+        let answer = probe(ACME_KEY, path.clone(), false).await;
+        assert!(answer.starts_with("error"), "acme read {path}: {answer}");
+    }
+    let answer = probe(ACME_KEY, data.join("planted").display().to_string(), true).await;
+    assert!(
+        answer.starts_with("error"),
+        "acme wrote into the data directory: {answer}"
+    );
+    assert_eq!(probe(ACME_KEY, "/etc/hostname".into(), false).await, "ok");
+
+    let body = gw.processes("acme", ADMIN_KEY).await;
+    let level = body["processes"][0]["sandbox"].as_str().unwrap_or("");
+    assert!(level.contains("+ns+"), "{level}");
 }
 
 #[tokio::test]
@@ -198,6 +292,51 @@ async fn doctor_reports_what_the_host_supports() {
     for layer in ["landlock", "seccomp", "cgroup", "namespace"] {
         assert!(report.to_lowercase().contains(layer), "{report}");
     }
+
+    // With a config: each dedicated server, and whether its tenants' processes are kept apart
+    // (by default they are; a server that turns its sandbox off is called out).
+    if namespaces_ready().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("palisade.toml");
+    let server = |name: &str, extra: &str| {
+        format!(
+            "[[servers]]\nname = \"{name}\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n{extra}",
+            testkit().display()
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            server("apart", ""),
+            server("open", "[servers.sandbox]\nenabled = false\n")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (apart, open) = report
+        .split_once("server open")
+        .expect("both servers reported");
+    assert!(
+        apart.contains("server apart")
+            && apart.contains("default isolation")
+            && apart.contains("kept apart"),
+        "{report}"
+    );
+    assert!(!apart.contains("NOT"), "{report}");
+    assert!(open.contains("NOT kept apart"), "{report}");
 }
 
 /// The cgroups of a gateway that was killed (its pid gone) are swept when another starts.
@@ -211,7 +350,7 @@ async fn a_dead_gateways_cgroups_are_swept_at_start() {
         .map(std::path::Path::new)
         .find(|m| m.join("cgroup.procs").exists())
     else {
-        eprintln!("skipped: no pids or unified cgroup hierarchy at the usual place");
+        skip("no pids or unified cgroup hierarchy at the usual place");
         return;
     };
     // A pid above the kernel's maximum can never be alive.

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palisade_sandbox::Layer;
 
 use crate::auth::apikey::Pepper;
-use crate::config::{Config, DataPaths};
+use crate::config::{Config, DataPaths, Placement};
 use crate::gateway::Gateway;
 use crate::http::{self, Bound};
 pub use onboard::{KeyCommand, PolicyCommand, SecretCommand, StoreArgs, TenantCommand};
@@ -192,10 +193,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", host.report());
             if let Some(path) = config {
                 let c = load(&path)?;
-                for s in &c.servers {
-                    let Some(profile) = &s.sandbox else { continue };
-                    let level = host.level(profile);
-                    println!("server {}: sandbox {}", s.name, level.label());
+                let dedicated = c
+                    .servers
+                    .iter()
+                    .filter(|s| s.placement == Placement::Dedicated && s.stdio.is_some());
+                for s in dedicated {
+                    let profile = crate::upstream::sandbox::profile_of(s);
+                    let level = host.level(&profile);
+                    let whose = if s.sandbox.is_some() {
+                        "its [servers.sandbox]"
+                    } else {
+                        "the default isolation"
+                    };
+                    println!("server {}: sandbox {} ({whose})", s.name, level.label());
+                    let apart = profile.isolates()
+                        && !level.skipped.iter().any(|(l, _)| *l == Layer::Namespaces);
+                    if apart {
+                        println!(
+                            "  tenants' processes are kept apart: own pid and mount namespaces, the gateway's data and secret files hidden"
+                        );
+                    } else {
+                        println!(
+                            "  WARNING: tenants' processes are NOT kept apart: they can signal each other and the gateway and read each other's environment"
+                        );
+                    }
                     for (layer, why) in &level.skipped {
                         let required = if profile.requires(*layer) {
                             " (REQUIRED: its processes will not start)"

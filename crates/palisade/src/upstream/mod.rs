@@ -1643,13 +1643,12 @@ impl Upstream {
                 Some(ctx) => {
                     let stored = self.stored_secrets(ctx).await?;
                     filled = template::stdio_for(stdio, ctx, &stored)?;
-                    if let Some(profile) = &self.config.sandbox {
-                        let spawn = sandbox::prepare(profile, &filled, &ctx.tenant, &self.name)?;
-                        if let Ok(mut level) = self.sandbox_level.lock() {
-                            *level = Some(spawn.level.clone());
-                        }
-                        sandboxed = Some(spawn);
+                    let profile = sandbox::profile_of(&self.config);
+                    let spawn = sandbox::prepare(&profile, &filled, &ctx.tenant, &self.name)?;
+                    if let Ok(mut level) = self.sandbox_level.lock() {
+                        *level = Some(spawn.level.clone());
                     }
+                    sandboxed = Some(spawn);
                     &filled
                 }
                 None => stdio,

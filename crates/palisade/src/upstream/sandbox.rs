@@ -13,6 +13,19 @@ use std::sync::OnceLock;
 use palisade_sandbox::{Cgroup, DEFAULT_CGROUP_ROOT, HostSupport, Layer, Plan, Profile};
 
 static HOST: OnceLock<HostSupport> = OnceLock::new();
+/// What no sandboxed process may see (set once at start, see [`keep_private`]).
+static HIDDEN: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// The gateway's own files (data directory, secret files), hidden from every process it starts
+/// in a mount namespace.
+pub fn keep_private(paths: Vec<PathBuf>) {
+    let _ = HIDDEN.set(paths);
+}
+
+/// The profile a dedicated stdio server's processes run with: its own, or [`Profile::isolation`].
+pub fn profile_of(server: &config::Server) -> Profile {
+    server.sandbox.clone().unwrap_or_else(Profile::isolation)
+}
 
 /// This gateway's cgroup root: `palisade-<pid>`.
 fn cgroup_root() -> &'static str {
@@ -140,6 +153,7 @@ pub fn prepare(
         cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
         program,
         args: cfg.args.clone(),
+        hidden: HIDDEN.get().cloned().unwrap_or_default(),
     };
     let plan = serde_json::to_string(&plan).map_err(|e| format!("sandbox plan: {e}"))?;
     let exe = std::env::current_exe()
