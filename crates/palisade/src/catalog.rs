@@ -96,29 +96,25 @@ pub async fn resolve_name<'a>(
             name: name.to_owned(),
         });
     }
-    if let Some(t) = from_short(names, tenant, name) {
-        return Some(t);
-    }
-    if name.len() == MAX_NAME_LEN {
+    // A shortened name this gateway does not know (say, after a restart): list once to
+    // learn it again.
+    if name.len() == MAX_NAME_LEN && names.lookup(&tenant.id, name).is_none() {
         let _ = list_items(names, tenant, kind).await;
-        if let Some(t) = from_short(names, tenant, name) {
-            return Some(t);
-        }
     }
-    let (server, original) = name.split_once("__")?;
-    let upstream = tenant.upstream(server)?;
+    let (server, original) = unexpose(names, &tenant.id, name)?;
     Some(Target {
-        upstream,
-        name: original.to_owned(),
+        upstream: tenant.upstream(&server)?,
+        name: original,
     })
 }
 
-fn from_short<'a>(names: &Names, tenant: &'a Tenant, name: &str) -> Option<Target<'a>> {
-    let (server, original) = names.lookup(&tenant.id, name)?;
-    tenant.upstream(&server).map(|upstream| Target {
-        upstream,
-        name: original,
-    })
+/// What an exposed tool or prompt name stands for, as `tenant` sees it: (server, original name).
+fn unexpose(names: &Names, tenant: &Arc<str>, name: &str) -> Option<(String, String)> {
+    if let Some((server, original)) = names.lookup(tenant, name) {
+        return Some((server.to_string(), original));
+    }
+    let (server, original) = name.split_once("__")?;
+    Some((server.to_owned(), original.to_owned()))
 }
 
 /// Resolves a resource URI (or URI template) for this tenant.
@@ -324,6 +320,35 @@ mod tests {
         assert_ne!(short, names.expose(&acme, &server, &format!("{long}b")));
         assert_eq!(names.lookup(&acme, &short), Some((server, long)));
         assert_eq!(names.lookup(&globex, &short), None, "another tenant's");
+    }
+
+    proptest::proptest! {
+        /// Names exposed to a tenant lead back to their server and name, never to another's,
+        /// and another tenant can never resolve a shortened name it was not shown.
+        #[test]
+        fn exposed_names_round_trip_and_stay_with_their_tenant(
+            server in "[a-z0-9-]{1,32}",
+            names_of in proptest::collection::vec("[ -~]{1,120}", 1..8),
+        ) {
+            let names = Names::default();
+            let (acme, globex): (Arc<str>, Arc<str>) = ("acme".into(), "globex".into());
+            let server: Arc<str> = server.into();
+            let mut exposed = std::collections::HashMap::new();
+            for name in &names_of {
+                let shown = names.expose(&acme, &server, name);
+                proptest::prop_assert!(shown.len() <= MAX_NAME_LEN);
+                proptest::prop_assert_eq!(
+                    unexpose(&names, &acme, &shown),
+                    Some((server.to_string(), name.clone()))
+                );
+                if shown.len() == MAX_NAME_LEN && shown != format!("{server}__{name}") {
+                    proptest::prop_assert_eq!(names.lookup(&globex, &shown), None);
+                }
+                if let Some(before) = exposed.insert(shown.clone(), name.clone()) {
+                    proptest::prop_assert_eq!(&before, name, "two names collide as {}", shown);
+                }
+            }
+        }
     }
 
     #[test]
