@@ -84,6 +84,37 @@ async fn a_hung_call_times_out_and_is_cancelled_upstream() {
     assert_eq!(text(a.response()).len(), 2_000_000);
 }
 
+/// Chaos: a shared upstream frozen with SIGSTOP. No call hangs past its timeout, and once the
+/// process runs again, calls work without a restart.
+#[tokio::test]
+async fn a_frozen_upstream_times_calls_out_and_serves_again_when_thawed() {
+    use nix::sys::signal::{Signal, kill};
+    let gw = one_kit("call_timeout_ms = 500").await;
+    let s = gw.legacy("acme").await;
+    the_next_call_works(&s, 1).await;
+    let kids = children_of(gw.pid());
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let pid = nix::unistd::Pid::from_raw(kids[0] as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    for id in 2..4 {
+        let a = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.call(id, "kit__echo", json!({"message": "frozen"})),
+        )
+        .await
+        .expect("a call to a frozen upstream must end at its timeout");
+        let msg = error_message(&a);
+        assert!(msg.contains("did not answer within 500 ms"), "{msg}");
+    }
+    kill(pid, Signal::SIGCONT).unwrap();
+    the_next_call_works(&s, 4).await;
+    assert_eq!(
+        children_of(gw.pid()),
+        kids,
+        "the same process, not a restart"
+    );
+}
+
 #[tokio::test]
 async fn one_upstream_down_does_not_fail_the_list() {
     // Nothing listens on this port.
