@@ -54,7 +54,10 @@ fn plain(value: &Value) -> Option<String> {
 /// The header value a client sends for an argument.
 pub fn encode(value: &Value) -> Option<String> {
     let text = plain(value)?;
-    let safe = text.bytes().all(|b| (0x20..0x7f).contains(&b)) && text.trim() == text;
+    // Text that reads as an encoded value is encoded itself, or `decode` would unwrap it.
+    let looks_encoded = text.starts_with("=?base64?") && text.ends_with("?=");
+    let safe =
+        text.bytes().all(|b| (0x20..0x7f).contains(&b)) && text.trim() == text && !looks_encoded;
     Some(if safe {
         text
     } else {
@@ -111,6 +114,15 @@ pub fn check<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_looks_encoded_round_trips() {
+        for text in ["=?base64?SGk=?=", "=?base64?SGVsbG8?=", "=?base64??="] {
+            let header = encode(&Value::String(text.into())).unwrap();
+            assert_ne!(header, text, "sent encoded");
+            assert_eq!(decode(&header).as_deref(), Ok(text));
+        }
+    }
 
     #[test]
     fn annotations_are_read_from_the_schema() {
