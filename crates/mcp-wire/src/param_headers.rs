@@ -3,8 +3,8 @@
 //! that HTTP infrastructure can route on them. A server that reads the body must check the two
 //! agree; an intermediary that is a client upstream must send them.
 //!
-//! Values that are not plain visible ASCII (or that have surrounding whitespace) travel as
-//! `=?base64?…?=`.
+//! Values that are not plain visible ASCII (or that have surrounding whitespace, or look
+//! encoded themselves) travel as `=?base64?…?=`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
