@@ -317,6 +317,16 @@ mod tests {
         canonical_json(&v)
     }
 
+    /// Found by fuzzing: without exact float parsing, canonicalizing twice gave another text
+    /// (and so another fingerprint for the same arguments).
+    #[test]
+    fn canonical_json_is_idempotent_for_extreme_numbers() {
+        for text in ["4444444444444444110408734", "1.7976931348623157e308", "5e-324", "0.1"] {
+            let once = num(text);
+            assert_eq!(num(&once), once, "{text}");
+        }
+    }
+
     #[test]
     fn jcs_key_order_and_nesting() {
         let v = json!({"b": [3, {"z": 1, "a": null}], "a": true, "": "x"});
