@@ -321,7 +321,12 @@ mod tests {
     /// (and so another fingerprint for the same arguments).
     #[test]
     fn canonical_json_is_idempotent_for_extreme_numbers() {
-        for text in ["4444444444444444110408734", "1.7976931348623157e308", "5e-324", "0.1"] {
+        for text in [
+            "4444444444444444110408734",
+            "1.7976931348623157e308",
+            "5e-324",
+            "0.1",
+        ] {
             let once = num(text);
             assert_eq!(num(&once), once, "{text}");
         }

@@ -222,10 +222,7 @@ impl Verifier {
                 }
             }
         }
-        set.keys
-            .get(kid)
-            .copied()
-            .ok_or(Refused::UnknownKey)
+        set.keys.get(kid).copied().ok_or(Refused::UnknownKey)
     }
 
     /// Verifies `token` and returns its claims.
