@@ -58,7 +58,7 @@ fn forged_expired_misdirected_and_altered_assertions_are_refused() {
             "does not publish",
         ),
         (altered, "signature does not verify"),
-        (unsigned, "only EdDSA"),
+        (unsigned, "does not use EdDSA"),
         (
             issuer.sign(&with("globex", |c| c["exp"] = (now() - 10).into())),
             "expired",
