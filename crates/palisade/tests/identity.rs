@@ -45,6 +45,29 @@ async fn time_until<F: std::future::Future>(limit: Duration, ended: F) -> Option
         .map(|_| start.elapsed())
 }
 
+/// Revokes one of acme's API keys through `gw`'s admin API; the key as the API returns it.
+async fn revoke(gw: &Gw, id: &str) -> Value {
+    let (status, revoked) = gw
+        .admin_api(
+            "DELETE",
+            &format!("/admin/v1/tenants/acme/keys/{id}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    revoked
+}
+
+/// Whether the gateway ends `stream` within `limit`.
+async fn ends_within(stream: &mut reqwest::Response, limit: Duration) -> bool {
+    time_until(limit, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await
+    .is_some()
+}
+
 #[tokio::test]
 async fn admin_api_onboards_a_tenant_without_restart() {
     let gw = acme_with_admin("").await;
@@ -165,21 +188,12 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
     let s = gw.legacy_as(&key).await;
     let mut stream = s.open_get_stream().await;
     assert_eq!(stream.status(), 200);
-    let (status, revoked) = gw
-        .admin_api(
-            "DELETE",
-            &format!("/admin/v1/tenants/acme/keys/{id}"),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    let revoked = revoke(&gw, &id).await;
     assert!(revoked["revoked_at"].is_i64());
-    let took = time_until(Duration::from_secs(1), async {
-        while let Ok(Some(_)) = stream.chunk().await {}
-    })
-    .await;
-    assert!(took.is_some(), "the revoked key's GET stream stayed open");
+    assert!(
+        ends_within(&mut stream, Duration::from_secs(1)).await,
+        "the revoked key's GET stream stayed open"
+    );
     let a = s.request(1, "tools/list", json!({})).await;
     assert_eq!(a.status, 401);
 
@@ -192,12 +206,8 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let took = time_until(Duration::from_secs(1), async {
-        while let Ok(Some(_)) = stream.chunk().await {}
-    })
-    .await;
     assert!(
-        took.is_some(),
+        ends_within(&mut stream, Duration::from_secs(1)).await,
         "the suspended tenant's GET stream stayed open"
     );
     let a = gw
@@ -258,21 +268,9 @@ async fn listen_streams_are_capped_and_end_with_their_key() {
     let body = second.text().await.unwrap();
     assert!(body.contains("limits.max_listens_per_tenant"), "{body}");
 
-    let (status, _) = gw
-        .admin_api(
-            "DELETE",
-            &format!("/admin/v1/tenants/acme/keys/{id}"),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let took = time_until(Duration::from_secs(5), async {
-        while let Ok(Some(_)) = listen.chunk().await {}
-    })
-    .await;
+    revoke(&gw, &id).await;
     assert!(
-        took.is_some(),
+        ends_within(&mut listen, Duration::from_secs(5)).await,
         "the revoked key's listen stream stayed open"
     );
     // Its place is free again.
@@ -688,24 +686,9 @@ async fn replicas_share_the_postgres_registry() {
     // Revoked on one replica: the other's open session ends within a second.
     let s = two.legacy_as(&key).await;
     let mut stream = s.open_get_stream().await;
-    let (status, _) = one
-        .admin_api(
-            "DELETE",
-            &format!(
-                "/admin/v1/tenants/acme/keys/{}",
-                issued["id"].as_str().unwrap()
-            ),
-            Some(ADMIN_KEY),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let ended = time_until(Duration::from_secs(1), async {
-        while let Ok(Some(_)) = stream.chunk().await {}
-    })
-    .await;
+    revoke(&one, issued["id"].as_str().unwrap()).await;
     assert!(
-        ended.is_some(),
+        ends_within(&mut stream, Duration::from_secs(1)).await,
         "the other replica kept the revoked key's stream open"
     );
     assert_eq!(s.request(2, "tools/list", json!({})).await.status, 401);

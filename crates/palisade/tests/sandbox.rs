@@ -42,6 +42,12 @@ fn skip(why: &str) -> Option<()> {
 /// A gateway whose dedicated server `kit` runs sandboxed with `sandbox` (TOML keys of
 /// `[servers.sandbox]`), for tenants `acme` and `globex`.
 async fn sandboxed(sandbox: &str) -> Gw {
+    dedicated_kit(&format!("[servers.sandbox]\n{sandbox}\n")).await
+}
+
+/// A gateway whose server `kit` is dedicated (with `sandbox_table`, TOML of its own, after
+/// `[servers.stdio]`), for tenants `acme` and `globex`.
+async fn dedicated_kit(sandbox_table: &str) -> Gw {
     let tenants = format!(
         "{}{}{}",
         admin_table(ADMIN_KEY),
@@ -49,7 +55,7 @@ async fn sandboxed(sandbox: &str) -> Gw {
         tenant_entry("globex", "kit", GLOBEX_KEY, ""),
     );
     let server = format!(
-        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n[servers.sandbox]\n{sandbox}\n",
+        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n{sandbox_table}",
         testkit().display()
     );
     let gw = Gw::start_with(&server, &[], &tenants);
@@ -90,18 +96,7 @@ async fn without_a_sandbox_table_tenants_processes_are_kept_apart() {
     if namespaces_ready().is_none() {
         return;
     }
-    let tenants = format!(
-        "{}{}{}",
-        admin_table(ADMIN_KEY),
-        tenant_entry("acme", "kit", ACME_KEY, ""),
-        tenant_entry("globex", "kit", GLOBEX_KEY, ""),
-    );
-    let server = format!(
-        "[[servers]]\nname = \"kit\"\nplacement = \"dedicated\"\n[servers.stdio]\ncommand = \"{}\"\nargs = [\"stdio\"]\n",
-        testkit().display()
-    );
-    let gw = Gw::start_with(&server, &[], &tenants);
-    gw.healthy().await;
+    let gw = dedicated_kit("").await;
     let acme: Value =
         serde_json::from_str(&text_of(&gw, ACME_KEY, "whoami", json!({})).await).expect("whoami");
     let globex: Value =
