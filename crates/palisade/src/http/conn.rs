@@ -44,7 +44,7 @@ pub struct ClientConn {
     /// When the connection was accepted, or when its last request ended.
     last: Mutex<Instant>,
     served: AtomicBool,
-    /// Woken when a request ends: the deadline moves.
+    /// Woken when the last request in progress ends.
     ended: Notify,
     /// Held until the first request that authenticates, or the connection's end.
     unauthenticated: Mutex<Option<SourceTicket>>,
@@ -97,9 +97,15 @@ impl ClientConn {
                     Expired::FirstRequest
                 };
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.ended.notified() => {}
+            if served {
+                // From here on the deadline only moves later: no request needs to wake us.
+                tokio::time::sleep_until(deadline).await;
+            } else {
+                // The first request's end may bring the deadline forward (to `idle`).
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = self.ended.notified() => {}
+                }
             }
         }
     }
@@ -113,9 +119,10 @@ impl Drop for Busy {
         if let Ok(mut last) = self.0.last.lock() {
             *last = Instant::now();
         }
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
-        // A stored permit if the watcher is not waiting: no end goes unnoticed.
-        self.0.ended.notify_one();
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A stored permit if the watcher is not waiting: no end goes unnoticed.
+            self.0.ended.notify_one();
+        }
     }
 }
 

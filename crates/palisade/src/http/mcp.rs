@@ -407,8 +407,6 @@ fn sse_body(body: Body) -> Response {
     r
 }
 
-/// A long-lived stream of messages from `rx` (`subscriptions/listen`); ends when the gateway
-/// drains.
 /// A `subscriptions/listen` stream: ends when the client goes, the gateway drains, or the
 /// credential it was opened with expires or is revoked.
 fn sse_response(gw: &Arc<Gateway>, rx: mpsc::Receiver<Vec<u8>>, listen: Listen) -> Response {
