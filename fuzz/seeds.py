@@ -8,7 +8,6 @@ inputs are separated by a NUL byte (see each target's header comment). Standard 
 import hashlib
 import json
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -17,9 +16,12 @@ CORPUS = os.path.join(HERE, "corpus")
 
 
 def write(target, seeds):
+    """Replaces the target's seed-* files; finding-* files (reproducers) stay."""
     d = os.path.join(CORPUS, target)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
+    os.makedirs(d, exist_ok=True)
+    for name in os.listdir(d):
+        if name.startswith("seed-"):
+            os.remove(os.path.join(d, name))
     for i, s in enumerate(seeds):
         if isinstance(s, str):
             s = s.encode()
@@ -62,6 +64,15 @@ write("sse_decoder", [
     b"event: message\ndata: {}\n\nid: s1_9\n\nretry: x\n\n",
     b"\x01\x05data: 0123456789012345678901234567890123456789\n\n",
     b"\x10\x07id: 7\nevent: message\ndata: {\ndata:   \"a\": 1\ndata: }\n\n",
+])
+
+# Stdio lines: crates/mcp-wire/src/lines.rs tests. Byte 0: limit - 1 (mod 64), byte 1: mode
+# (even: refuse, odd: truncate) and chunk seed.
+write("stdio_lines", [
+    b"\x07\x00one\r\ntwo\nthree-is-long\nfour",
+    b"\x07\x01one\r\ntwo\nthree-is-long\nfour",
+    b"\x03\x03abcd\r\nabcd\r",
+    b"\x3f\x02" + MESSAGES[0].encode() + b"\n" + MESSAGES[8].encode() + b"\r\n\n \n",
 ])
 
 # Mcp-Param-* headers: crates/mcp-wire/src/param_headers.rs and testkit's conformance tool.

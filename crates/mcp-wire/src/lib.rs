@@ -1,5 +1,6 @@
 //! The MCP wire format, and nothing else: JSON-RPC 2.0 envelopes parsed from raw bytes, the
-//! protocol eras with their versions, headers and `_meta` keys, and the SSE codec.
+//! protocol eras with their versions, headers and `_meta` keys, the SSE codec and stdio's line
+//! framing.
 //!
 //! This crate does no I/O and knows nothing of tenants or upstreams. Its one rule: bytes the
 //! gateway does not own pass through untouched. Params and results stay [`RawValue`]s, and the
@@ -10,6 +11,7 @@
 
 pub mod era;
 pub mod jsonrpc;
+pub mod lines;
 pub mod param_headers;
 pub mod raw;
 pub mod sse;

@@ -176,7 +176,10 @@ impl Auditor {
             .replica
             .clone()
             .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        let cfg = AuditConfig::new(audit_dir(config, data_dir), &replica);
+        let mut cfg = AuditConfig::new(audit_dir(config, data_dir), &replica);
+        if let Some(bytes) = config.audit.max_file_bytes {
+            cfg.max_file_bytes = bytes;
+        }
         let mut logs = Vec::new();
         for sink in &config.audit.sinks {
             logs.push(match sink {

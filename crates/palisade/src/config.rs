@@ -160,6 +160,9 @@ pub struct Audit {
     pub enabled: bool,
     /// Where the files go; relative to the data directory. Default: `audit`.
     pub dir: Option<PathBuf>,
+    /// A file is closed and a new one started once it holds this many bytes (default 64 MiB,
+    /// at least 64 KiB). Each file's space is reserved 4 MiB at a time.
+    pub max_file_bytes: Option<u64>,
     /// The secret the trail's keys derive from (fingerprints, subject hashes, checkpoint
     /// signatures), ≥ 32 bytes. Default: `audit.key` in the data directory, made on first start.
     pub key_file: Option<PathBuf>,
@@ -211,6 +214,7 @@ impl Default for Audit {
             dir: None,
             key_file: None,
             key_env: None,
+            max_file_bytes: None,
             replica: None,
             plain_subjects: false,
             sinks: default_audit_sinks(),
@@ -1000,6 +1004,12 @@ impl Config {
                 return Err(invalid(
                     "audit.sinks",
                     "name at least one of \"file\", \"postgres\", \"stdout\", or set audit.enabled = false",
+                ));
+            }
+            if self.audit.max_file_bytes.is_some_and(|b| b < 64 << 10) {
+                return Err(invalid(
+                    "audit.max_file_bytes",
+                    "too small: use at least 65536 (64 KiB)",
                 ));
             }
             if self.audit.sinks.contains(&AuditSink::Postgres)

@@ -91,9 +91,17 @@ pub async fn request(
             let uri = params
                 .and_then(|p| RawObject::parse(p.get()))
                 .and_then(|o| o.get_str("uri"));
+            let target = uri
+                .as_deref()
+                .and_then(|u| catalog::resolve_uri(caller.tenant, u));
             if let (Some(session), Some(uri)) = (&caller.session, &uri) {
                 if method == "resources/subscribe" {
-                    if let Err(refused) = session.subscribe(uri) {
+                    // What a shared server sends about a resource reaches only the tenants
+                    // subscribed to it: this one is while the session holds the subscription.
+                    let subscriber = target
+                        .as_ref()
+                        .map(|t| t.upstream.subscriber(&caller.tenant.id, &t.name));
+                    if let Err(refused) = session.subscribe(uri, subscriber) {
                         return Reply::Message(subscribe_refused(caller.tenant, id, &refused));
                     }
                 } else {
@@ -103,10 +111,8 @@ pub async fn request(
             // 2026-07-28 has no resources/subscribe: when the gateway speaks that era to the
             // upstream even for legacy clients, it subscribes on a listen of its own for the
             // session, and acknowledges.
-            let modern_target = uri
-                .as_deref()
-                .and_then(|u| catalog::resolve_uri(caller.tenant, u))
-                .filter(|t| t.upstream.era_for(Era::Legacy) == Some(Era::Modern));
+            let modern_target =
+                target.filter(|t| t.upstream.era_for(Era::Legacy) == Some(Era::Modern));
             match (modern_target, &caller.session, uri) {
                 (Some(target), Some(session), Some(uri)) => {
                     if method == "resources/subscribe" {
@@ -482,6 +488,9 @@ fn listen(
     // Updates from an upstream spoken to in the legacy era come as its notices; those of the
     // modern era on a listen of the gateway's own for this stream.
     let mut by_notice = std::collections::HashSet::new();
+    // This listen counts among the subscribers of what it names on shared servers while it
+    // lives: the relay below holds these.
+    let mut subscribers = Vec::new();
     for (upstream, uris) in watched {
         if upstream.era_for(Era::Modern) == Some(Era::Modern) {
             watch_modern(
@@ -498,7 +507,7 @@ fn listen(
                 .filter_map(|(_, own)| {
                     let mut params = RawObject::parse(&json!({ "uri": own }).to_string())?;
                     pipeline::tell_the_tenant(gw, caller, &upstream, None, &mut params);
-                    upstream.subscribed(&tenant.id, own);
+                    subscribers.push(upstream.subscriber(&tenant.id, own));
                     Some(params)
                 })
                 .collect();
@@ -509,26 +518,30 @@ fn listen(
     let namespacing = tenant.namespacing;
     let tenant_id = tenant.id.clone();
     let params = json!({ "_meta": sub_meta }).to_string();
-    relay_notices(gw, tenant, tx, move |notice, upstream| match notice {
-        Notice::ListChanged(kind) if kinds.contains(kind) => kind
-            .changed_notification()
-            .map(|m| jsonrpc::notification(m, Some(&params))),
-        Notice::ResourceUpdated {
-            uri,
-            owner: UpdateOwner::Tenant(owner),
-            ..
-        } if *owner == tenant_id => {
-            let exposed = if namespacing {
-                format!("{}+{uri}", upstream.name)
-            } else {
-                uri.clone()
-            };
-            by_notice.contains(&exposed).then(|| {
-                let p = json!({ "uri": exposed, "_meta": sub_meta });
-                jsonrpc::notification("notifications/resources/updated", Some(&p.to_string()))
-            })
+    relay_notices(gw, tenant, tx, move |notice, upstream| {
+        // Held for as long as the relay runs, that is as long as the listen.
+        let _subscribers = &subscribers;
+        match notice {
+            Notice::ListChanged(kind) if kinds.contains(kind) => kind
+                .changed_notification()
+                .map(|m| jsonrpc::notification(m, Some(&params))),
+            Notice::ResourceUpdated {
+                uri,
+                owner: UpdateOwner::Tenant(owner),
+                ..
+            } if *owner == tenant_id => {
+                let exposed = if namespacing {
+                    format!("{}+{uri}", upstream.name)
+                } else {
+                    uri.clone()
+                };
+                by_notice.contains(&exposed).then(|| {
+                    let p = json!({ "uri": exposed, "_meta": sub_meta });
+                    jsonrpc::notification("notifications/resources/updated", Some(&p.to_string()))
+                })
+            }
+            _ => None,
         }
-        _ => None,
     });
     Reply::Stream { rx, listen }
 }

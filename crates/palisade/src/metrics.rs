@@ -54,8 +54,9 @@ struct LimitLabels {
     limit: &'static str,
 }
 
+/// A server and a kind of message (notification, request).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UnattributedLabels {
+struct MessageLabels {
     server: String,
     kind: &'static str,
 }
@@ -109,7 +110,8 @@ pub struct Metrics {
     restarts: Family<ServerLabels, Counter>,
     up: Family<ServerLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
-    unattributed: Family<UnattributedLabels, Counter>,
+    unattributed: Family<MessageLabels, Counter>,
+    event_drops: Family<MessageLabels, Counter>,
     list_failures: Family<ListLabels, Counter>,
     config_reloads: Family<OutcomeOnly, Counter>,
     registry_refresh_failures: Counter,
@@ -201,11 +203,17 @@ impl Metrics {
             "Requests refused at the front door, by reason",
             rejections.clone(),
         );
-        let unattributed = Family::<UnattributedLabels, Counter>::default();
+        let unattributed = Family::<MessageLabels, Counter>::default();
         registry.register(
             "upstream_unattributed",
             "Messages an upstream sent on its own whose owner could not be established: dropped (a request is refused to the upstream), never guessed",
             unattributed.clone(),
+        );
+        let event_drops = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "call_events_dropped",
+            "Messages for a call in flight dropped because its client reads its stream slower than the upstream writes (a dropped request is refused to the upstream)",
+            event_drops.clone(),
         );
         let list_failures = Family::<ListLabels, Counter>::default();
         registry.register(
@@ -305,6 +313,7 @@ impl Metrics {
             up,
             rejections,
             unattributed,
+            event_drops,
         }
     }
 
@@ -407,7 +416,16 @@ impl Metrics {
     /// A message from `server` with no established owner: `notification` or `request`.
     pub fn unattributed(&self, server: &str, kind: &'static str) {
         self.unattributed
-            .get_or_create(&UnattributedLabels {
+            .get_or_create(&MessageLabels {
+                server: server.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn event_dropped(&self, server: &str, kind: &'static str) {
+        self.event_drops
+            .get_or_create(&MessageLabels {
                 server: server.to_owned(),
                 kind,
             })

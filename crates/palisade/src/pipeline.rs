@@ -374,12 +374,6 @@ pub async fn forward(
     };
     let audit_id = audit.as_ref().map(|a| a.id.as_str());
     tell_the_tenant(gw, caller, &upstream, audit_id, &mut params);
-    // What a shared server sends about a resource reaches only the tenants subscribed to it.
-    match method {
-        "resources/subscribe" => upstream.subscribed(&tenant.id, &target.name),
-        "resources/unsubscribe" => upstream.unsubscribed(&tenant.id, &target.name),
-        _ => {}
-    }
     let started = Instant::now();
     let defaults = client_defaults(caller.session.as_deref());
     let handle = match upstream.call(method, Some(&params), route, defaults).await {

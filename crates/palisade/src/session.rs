@@ -11,7 +11,7 @@
 //! server→client requests (count, and they expire). Per tenant, `initialize` is rate-limited and
 //! what its sessions store is counted against `limits.session_memory_per_tenant`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use palisade_limits::local::Local;
 use crate::auth::{AuthMethod, Principal};
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Subscriber, Upstream};
 
 /// Largest `capabilities` object a client may declare at `initialize`.
 pub const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
@@ -74,7 +74,9 @@ pub struct Session {
     last_seen: AtomicU64,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub log_level: AtomicU64,
-    subscriptions: Mutex<HashSet<String>>,
+    /// The resources it subscribed to (as the client names them), each with its count among
+    /// the upstream's subscribers.
+    subscriptions: Mutex<HashMap<String, Option<Subscriber>>>,
     server_requests: Mutex<HashMap<String, (Instant, Awaiting)>>,
     next_server_request: AtomicU64,
     inflight: Mutex<HashMap<String, CancellationToken>>,
@@ -129,14 +131,18 @@ impl Session {
             .map(|(_, a)| a)
     }
 
-    /// Subscribes the session to a resource (as the client names it); `Ok(false)` when it was
-    /// subscribed already.
-    pub fn subscribe(&self, uri: &str) -> Result<bool, SubscribeRefused> {
+    /// Subscribes the session to a resource (as the client names it), holding `subscriber`
+    /// until it unsubscribes or ends; `Ok(false)` when it was subscribed already.
+    pub fn subscribe(
+        &self,
+        uri: &str,
+        subscriber: Option<Subscriber>,
+    ) -> Result<bool, SubscribeRefused> {
         if uri.len() > MAX_URI_BYTES {
             return Err(SubscribeRefused::UriTooLong);
         }
         let mut subs = lock(&self.subscriptions);
-        if subs.contains(uri) {
+        if subs.contains_key(uri) {
             return Ok(false);
         }
         if subs.len() >= MAX_SUBSCRIPTIONS {
@@ -144,18 +150,18 @@ impl Session {
         }
         self.charge(uri.len() + SUBSCRIPTION_BYTES)
             .map_err(SubscribeRefused::Memory)?;
-        subs.insert(uri.to_owned());
+        subs.insert(uri.to_owned(), subscriber);
         Ok(true)
     }
 
     pub fn unsubscribe(&self, uri: &str) {
-        if lock(&self.subscriptions).remove(uri) {
+        if lock(&self.subscriptions).remove(uri).is_some() {
             self.release(uri.len() + SUBSCRIPTION_BYTES);
         }
     }
 
     pub fn is_subscribed(&self, uri: &str) -> bool {
-        lock(&self.subscriptions).contains(uri)
+        lock(&self.subscriptions).contains_key(uri)
     }
 
     /// Counts `bytes` more against the tenant's budget; `Err(budget)` when they do not fit.
@@ -386,7 +392,7 @@ impl Sessions {
             client_capabilities,
             last_seen: AtomicU64::new(self.now()),
             log_level: AtomicU64::new(0),
-            subscriptions: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(HashMap::new()),
             server_requests: Mutex::new(HashMap::new()),
             next_server_request: AtomicU64::new(1),
             inflight: Mutex::new(HashMap::new()),
@@ -433,6 +439,7 @@ impl Sessions {
             session
         };
         session.closed.cancel();
+        lock(&session.subscriptions).clear();
         self.metrics.session_closed();
         Some(session)
     }
@@ -573,14 +580,14 @@ mod tests {
         );
         // Subscriptions count too, and give their bytes back.
         let uri = "u".repeat(1_000);
-        assert_eq!(small.subscribe(&uri), Ok(true));
-        assert_eq!(small.subscribe(&uri), Ok(false), "once");
+        assert_eq!(small.subscribe(&uri, None), Ok(true));
+        assert_eq!(small.subscribe(&uri, None), Ok(false), "once");
         assert!(matches!(
-            small.subscribe(&"v".repeat(1_000)),
+            small.subscribe(&"v".repeat(1_000), None),
             Err(SubscribeRefused::Memory(_))
         ));
         small.unsubscribe(&uri);
-        assert_eq!(small.subscribe(&"v".repeat(1_000)), Ok(true));
+        assert_eq!(small.subscribe(&"v".repeat(1_000), None), Ok(true));
         sessions.remove(&big.id);
         assert!(sessions.create(&a, "2025-11-25", caps_of(8_000)).is_ok());
         // Closing a session gives back all it held, subscriptions included.
@@ -596,17 +603,17 @@ mod tests {
             .create(&principal("acme", "k"), "2025-11-25", caps())
             .unwrap();
         assert_eq!(
-            s.subscribe(&"u".repeat(MAX_URI_BYTES + 1)),
+            s.subscribe(&"u".repeat(MAX_URI_BYTES + 1), None),
             Err(SubscribeRefused::UriTooLong)
         );
         for i in 0..MAX_SUBSCRIPTIONS {
-            assert_eq!(s.subscribe(&format!("file:///{i}")), Ok(true));
+            assert_eq!(s.subscribe(&format!("file:///{i}"), None), Ok(true));
         }
         assert_eq!(
-            s.subscribe("file:///one-more"),
+            s.subscribe("file:///one-more", None),
             Err(SubscribeRefused::TooMany)
         );
-        assert_eq!(s.subscribe("file:///0"), Ok(false), "held ones stay");
+        assert_eq!(s.subscribe("file:///0", None), Ok(false), "held ones stay");
     }
 
     #[test]

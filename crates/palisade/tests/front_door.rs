@@ -685,3 +685,203 @@ async fn one_source_cannot_hold_every_unauthenticated_slot() {
         "{metrics}"
     );
 }
+
+/// The gateway's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The gateway's open file descriptors.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A client that never reads its stream while the upstream floods it with progress (20,000
+/// notifications of 8 KiB, 160 MB): the gateway drops what does not fit the call's queue and
+/// counts it instead of buffering, so its memory grows by far less than the flood; the call's
+/// result is kept and arrives once the client reads.
+#[tokio::test]
+async fn a_client_that_never_reads_costs_bounded_memory() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = one_kit("").await;
+    let s = gw.legacy("acme").await;
+    let before = rss_kib(gw.pid());
+    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
+        "name":"kit__progress","arguments":{"steps":20000,"message_bytes":8192},
+        "_meta":{"progressToken":"p"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        s.key,
+        s.session,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+
+    // Not reading: the flood goes on upstream until most of it has been dropped.
+    let dropped = r#"palisade_call_events_dropped_total{server="kit",kind="notification"}"#;
+    let mut peak = before;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        peak = peak.max(rss_kib(gw.pid()));
+        let n = metric(&gw.metrics().await, dropped);
+        if n >= 15_000.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n} notifications dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What it may hold for this stream: 64 queued events of ~8 KiB, hyper's write buffer, and
+    // the allocator's slack; the flood was 160 MB.
+    assert!(
+        peak < before + 48 * 1024,
+        "memory grew from {before} KiB to {peak} KiB for one unread stream"
+    );
+
+    // Reading now: the stream ends with the call's result.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let done = br#""text":"done""#;
+    while !got.windows(done.len()).any(|w| w == done) {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the result never came")
+            .unwrap();
+        assert!(n > 0, "the stream ended without the result");
+        got.extend_from_slice(&buf[..n]);
+        // Keep only a tail: what matters is the end.
+        if got.len() > 1 << 20 {
+            got.drain(..got.len() - 1024);
+        }
+    }
+}
+
+/// 10,000 connections that never send a request, from 100 source addresses (within the
+/// per-source limit): a client is still served beside them, each costs little memory, and the
+/// gateway closes them all at their first-request deadline, giving their files back.
+#[tokio::test]
+async fn ten_thousand_idle_connections() {
+    use std::time::Duration;
+    let gw = acme_on_kit_listening("header_read_timeout_ms = 15000\nmax_connections = 10100\n");
+    gw.ready().await;
+    let addr = addr_of(&gw);
+    let s = gw.legacy("acme").await;
+    let (rss_before, files_before) = (rss_kib(gw.pid()), open_files(gw.pid()));
+
+    // In batches the listen backlog holds, each accepted before the next.
+    let mut idle = Vec::with_capacity(10_000);
+    for batch in 0..20u32 {
+        let connects = (batch * 500..(batch + 1) * 500).map(|i| {
+            let from = [127, 0, 1 + (i / 100 / 250) as u8, 1 + (i / 100 % 250) as u8];
+            connect_from(from, &addr)
+        });
+        idle.extend(futures_util::future::join_all(connects).await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while open_files(gw.pid()) < files_before + idle.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} files open with {} connections",
+                open_files(gw.pid()),
+                idle.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let answer = s
+        .call(1, "kit__echo", json!({"message": "still here"}))
+        .await;
+    assert_eq!(
+        text(answer.response()),
+        "still here",
+        "{:?}",
+        answer.messages
+    );
+    let rss_held = rss_kib(gw.pid());
+    let per_connection = (rss_held.saturating_sub(rss_before)) * 1024 / 10_000;
+    eprintln!("10,000 idle connections: {per_connection} bytes of gateway memory each");
+    assert!(
+        per_connection < 16 * 1024,
+        "{per_connection} bytes of memory per idle connection"
+    );
+
+    // All closed by the gateway at their deadline.
+    for stream in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(30)).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_files(gw.pid()) > files_before + 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} files still open, {files_before} before",
+            open_files(gw.pid())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"palisade_http_rejections_total{reason="first_request_timeout"} 10000"#),
+        "{metrics}"
+    );
+}
+
+/// A client that opens legacy sessions as fast as it can from 8 connections and abandons
+/// them: `initialize` is refused (429) beyond the tenant's rate (a burst of 200, then 50 a
+/// second, the defaults), another tenant still opens a session, and the abandoned sessions are
+/// reaped once idle.
+#[tokio::test]
+async fn a_client_that_abandons_sessions_as_fast_as_it_can() {
+    use std::time::{Duration, Instant};
+    let gw = two_tenants_on_kit_with("", "[limits]\nsession_idle_secs = 2\n");
+    gw.ready().await;
+    let key = gw.key("acme").to_owned();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"greedy","version":"1"}}}).to_string();
+    let started = Instant::now();
+    let loops = (0..8).map(|_| async {
+        let (mut opened, mut refused) = (0u32, 0u32);
+        for _ in 0..150 {
+            let a = gw.post(Some(&key), &[], init.clone()).await;
+            match a.status {
+                200 => opened += 1,
+                429 => refused += 1,
+                status => panic!("initialize answered {status}: {:?}", a.messages),
+            }
+        }
+        (opened, refused)
+    });
+    let counts = futures_util::future::join_all(loops).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let opened: u32 = counts.iter().map(|c| c.0).sum();
+    let refused: u32 = counts.iter().map(|c| c.1).sum();
+    assert!(refused > 0, "{opened} sessions opened, none refused");
+    assert!(
+        f64::from(opened) <= 200.0 + 50.0 * (elapsed + 1.0),
+        "{opened} sessions opened in {elapsed:.1} s"
+    );
+    let globex = gw.legacy("globex").await;
+    assert!(!globex.session.is_empty());
+    let active = metric(&gw.metrics().await, "palisade_sessions_active");
+    assert_eq!(active, f64::from(opened + 1), "sessions held");
+
+    // Abandoned: reaped once idle (2 s here, checked every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = metric(&gw.metrics().await, "palisade_sessions_active");
+        if active == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{active} sessions still open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

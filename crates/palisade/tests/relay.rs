@@ -783,6 +783,63 @@ impl Events {
     }
 }
 
+/// A tenant stops counting among a resource's subscribers on a shared server when what held its
+/// subscription ends without unsubscribing: a legacy session deleted, a modern listen closed.
+/// Then the other tenant, alone subscribed, gets its updates.
+#[tokio::test]
+async fn subscribers_that_go_away_stop_counting() {
+    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    gw.ready().await;
+    let acme = gw.legacy("acme").await;
+    let mut acme_events = Events::of(acme.open_get_stream().await);
+    let watched = json!({"uri": "kit+test://watched-resource"});
+    let a = acme
+        .request(1, "resources/subscribe", watched.clone())
+        .await;
+    assert_eq!(a.response()["result"], json!({}), "{:?}", a.messages);
+
+    // A globex session subscribes and is deleted; a globex listen names it and is closed.
+    let globex = gw.legacy("globex").await;
+    let a = globex
+        .request(1, "resources/subscribe", watched.clone())
+        .await;
+    assert_eq!(a.response()["result"], json!({}), "{:?}", a.messages);
+    assert_eq!(globex.delete().await, 204);
+    let notifications = json!({"resourceSubscriptions": ["kit+test://watched-resource"]});
+    let listen = gw.listen_for(gw.key("globex"), notifications).await;
+    assert_eq!(listen.status(), 200);
+    let acknowledged = first_messages(listen, 1).await;
+    assert_eq!(
+        acknowledged[0]["method"], "notifications/subscriptions/acknowledged",
+        "{acknowledged:?}"
+    );
+    // `first_messages` dropped the stream: the listen is closed. Its end is seen by the
+    // gateway a moment later, so touch until the update arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut id = 2;
+    let update = loop {
+        assert_eq!(
+            text(acme.call(id, "kit__touch", json!({})).await.response()),
+            "touched"
+        );
+        id += 1;
+        if let Ok(update) =
+            tokio::time::timeout(Duration::from_millis(200), acme_events.next()).await
+        {
+            break update;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never reached acme: globex still counts as subscribed"
+        );
+    };
+    assert_eq!(
+        update["method"], "notifications/resources/updated",
+        "{update}"
+    );
+    assert_eq!(update["params"]["uri"], "kit+test://watched-resource");
+}
+
 /// Two tenants on one shared server subscribe to the same resource: its update cannot be told
 /// apart, so it reaches neither; once one tenant alone is subscribed, it reaches that tenant
 /// alone. Subscribing and completing are audited for the tenant like calls.

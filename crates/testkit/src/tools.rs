@@ -154,8 +154,11 @@ fn definitions() -> Vec<Value> {
         ),
         def(
             "progress",
-            "Sends `steps` progress notifications, then returns \"done\"",
-            json!({ "steps": { "type": "integer", "minimum": 0, "default": 3 } }),
+            "Sends `steps` progress notifications (each with a message of `message_bytes`), then returns \"done\"",
+            json!({
+                "steps": { "type": "integer", "minimum": 0, "default": 3 },
+                "message_bytes": { "type": "integer", "minimum": 0, "default": 0 },
+            }),
             &[],
         ),
         def(
@@ -366,15 +369,18 @@ pub async fn call(
                 },
             }],
         }))?),
-        "progress" => match args.uint_or("steps", 3) {
-            Ok(steps) if steps <= PROGRESS_MAX_STEPS => {
+        "progress" => match (args.uint_or("steps", 3), args.uint_or("message_bytes", 0)) {
+            (Ok(steps), Ok(bytes)) if steps <= PROGRESS_MAX_STEPS && bytes <= 1 << 20 => {
+                let message = (bytes > 0).then(|| "x".repeat(bytes as usize));
                 for step in 1..=steps {
-                    send_progress(&ctx, step as f64, Some(steps as f64), None).await;
+                    send_progress(&ctx, step as f64, Some(steps as f64), message.as_deref()).await;
                 }
                 Ok(text("done"))
             }
-            Ok(_) => Err(format!("steps must be at most {PROGRESS_MAX_STEPS}")),
-            Err(error) => Err(error),
+            (Ok(_), Ok(_)) => Err(format!(
+                "steps must be at most {PROGRESS_MAX_STEPS} and message_bytes at most 1 MiB"
+            )),
+            (Err(error), _) | (_, Err(error)) => Err(error),
         },
         "log" => log(kit, &ctx, &args).await,
         "sampling" => return sampling(kit, &ctx, &request, &args).await,

@@ -77,6 +77,15 @@ impl ClientConn {
     }
 
     /// Resolves when the connection is past its deadline while not busy.
+    /// The deadline that applies to the connection now.
+    pub fn deadline(&self) -> Expired {
+        if self.served.load(Ordering::Acquire) {
+            Expired::Idle
+        } else {
+            Expired::FirstRequest
+        }
+    }
+
     pub async fn expired(&self, first_request: Duration, idle: Duration) -> Expired {
         loop {
             let served = self.served.load(Ordering::Acquire);
@@ -91,11 +100,7 @@ impl ClientConn {
                 .map(|l| *l + limit)
                 .unwrap_or_else(|_| Instant::now());
             if Instant::now() >= deadline {
-                return if served {
-                    Expired::Idle
-                } else {
-                    Expired::FirstRequest
-                };
+                return self.deadline();
             }
             if served {
                 // From here on the deadline only moves later: no request needs to wake us.

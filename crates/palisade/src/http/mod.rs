@@ -135,7 +135,16 @@ async fn serve_mcp(
         let gw = gw.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = served => {}
+                served = served => {
+                    // hyper's own header deadline may close a silent connection first: the
+                    // same refusal, counted the same.
+                    let timed_out = served.is_err_and(|e| {
+                        e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout)
+                    });
+                    if timed_out {
+                        gw.metrics.rejected(client.deadline().reason());
+                    }
+                }
                 expired = client.expired(first_request, idle) => gw.metrics.rejected(expired.reason()),
             }
             drop(permit);
@@ -145,6 +154,22 @@ async fn serve_mcp(
 }
 
 /// The bound listeners (ports may have been 0 in the config).
+/// Connections the kernel completes and queues while the gateway is busy accepting (capped by
+/// `net.core.somaxconn`). The usual 128 overflows under a burst of new connections, and a
+/// client whose handshake overflowed believes it is connected while the gateway never sees it.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub struct Bound {
     pub mcp: TcpListener,
     pub admin: TcpListener,
@@ -152,13 +177,13 @@ pub struct Bound {
 
 impl Bound {
     pub async fn bind(mcp: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
-        let mcp_listener = TcpListener::bind(mcp).await.map_err(|e| {
+        let mcp_listener = listen_on(mcp).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {mcp} (listen.mcp): {e}"),
             )
         })?;
-        let admin_listener = TcpListener::bind(admin).await.map_err(|e| {
+        let admin_listener = listen_on(admin).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {admin} (listen.admin): {e}"),

@@ -120,6 +120,7 @@ mod tests {
             route,
             waiting_on_client: false,
             events,
+            queued: Default::default(),
             done,
             client_progress_token: None,
             link: 1,

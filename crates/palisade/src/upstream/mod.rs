@@ -25,7 +25,7 @@ pub mod stdio;
 pub mod template;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,36 @@ pub enum CallEvent {
     /// gateway resumes it after `retry_ms` (SSE polling, 2025-11-25).
     Paused { retry_ms: u64 },
 }
+
+impl CallEvent {
+    /// Its size against the call's queue budget ([`MAX_QUEUED_EVENT_BYTES`]).
+    fn size(&self) -> usize {
+        match self {
+            CallEvent::Notification { method, params }
+            | CallEvent::Request { method, params, .. } => {
+                method.len() + params.as_ref().map_or(0, |p| p.get().len())
+            }
+            CallEvent::Paused { .. } => 0,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            CallEvent::Notification { .. } => "notification",
+            CallEvent::Request { .. } => "request",
+            CallEvent::Paused { .. } => "pause",
+        }
+    }
+}
+
+/// How far a call's client may fall behind its upstream: at most this many events, and this many
+/// bytes of them (or one event of any size), wait for the client to read its stream. Beyond
+/// that, notifications for the call are dropped and requests refused to the upstream, counted
+/// in `palisade_call_events_dropped_total`; the call itself goes on and its result is kept.
+/// So a client that never reads holds at most this much of the gateway's memory per call, plus
+/// what its connection buffers (hyper's write buffer, about 400 KiB).
+const MAX_QUEUED_EVENTS: usize = 64;
+const MAX_QUEUED_EVENT_BYTES: usize = 4 << 20;
 
 /// Which client a call belongs to, for routing what the upstream sends during it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +228,8 @@ struct PendingCall {
     /// messages the upstream sends on its own.
     waiting_on_client: bool,
     events: mpsc::Sender<CallEvent>,
+    /// Bytes of `events` the client has not read yet.
+    queued: Arc<AtomicUsize>,
     done: oneshot::Sender<Outcome>,
     client_progress_token: Option<Box<RawValue>>,
     link: u64,
@@ -309,8 +341,36 @@ pub struct Upstream {
     refused: std::sync::atomic::AtomicBool,
     /// The tenants subscribed to each resource through this instance (by the upstream's URI),
     /// counted, so that an update on a shared server reaches a tenant only when it is the one
-    /// subscribed. Bounded by the sessions' own subscription limits.
+    /// subscribed. Each count is a live [`Subscriber`] held by a session or a listen, so this
+    /// is bounded by their own limits and empties when they end.
     subscribers: Mutex<HashMap<String, HashMap<Arc<str>, usize>>>,
+}
+
+/// One tenant's subscription to a resource on an instance, counted while this lives.
+pub struct Subscriber {
+    upstream: std::sync::Weak<Upstream>,
+    tenant: Arc<str>,
+    uri: String,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let Some(upstream) = self.upstream.upgrade() else {
+            return;
+        };
+        let mut subs = lock(&upstream.subscribers);
+        if let Some(tenants) = subs.get_mut(&self.uri) {
+            if let Some(n) = tenants.get_mut(&self.tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    tenants.remove(&self.tenant);
+                }
+            }
+            if tenants.is_empty() {
+                subs.remove(&self.uri);
+            }
+        }
+    }
 }
 
 /// What sets one instance of a server apart from the others.
@@ -406,6 +466,7 @@ pub struct CallHandle {
     upstream: Arc<Upstream>,
     id: u64,
     events: mpsc::Receiver<CallEvent>,
+    queued: Arc<AtomicUsize>,
     done: oneshot::Receiver<Outcome>,
     deadline: tokio::time::Instant,
     /// The timeout the deadline came from, for the error.
@@ -453,7 +514,10 @@ impl CallHandle {
         }
         let step = tokio::select! {
             biased;
-            Some(ev) = self.events.recv() => return Step::Event(ev),
+            Some(ev) = self.events.recv() => {
+                self.queued.fetch_sub(ev.size(), Ordering::Relaxed);
+                return Step::Event(ev);
+            }
             outcome = &mut self.done => outcome.unwrap_or_else(|_| Err(UpstreamError::Lost {
                 server: self.upstream.name.clone(),
                 reason: "the connection closed".into(),
@@ -703,29 +767,19 @@ impl Upstream {
         }
     }
 
-    /// `tenant` subscribed to the resource `uri` (the upstream's name) through this instance.
-    pub fn subscribed(&self, tenant: &Arc<str>, uri: &str) {
-        let mut subs = lock(&self.subscribers);
-        *subs
+    /// Counts `tenant` among the subscribers of the resource `uri` (the upstream's name) on
+    /// this instance until the returned guard is dropped, with the session or listen that holds
+    /// the subscription.
+    pub fn subscriber(self: &Arc<Self>, tenant: &Arc<str>, uri: &str) -> Subscriber {
+        *lock(&self.subscribers)
             .entry(uri.to_owned())
             .or_default()
             .entry(tenant.clone())
             .or_insert(0) += 1;
-    }
-
-    /// `tenant` unsubscribed from `uri` through this instance.
-    pub fn unsubscribed(&self, tenant: &Arc<str>, uri: &str) {
-        let mut subs = lock(&self.subscribers);
-        if let Some(tenants) = subs.get_mut(uri) {
-            if let Some(n) = tenants.get_mut(tenant) {
-                *n -= 1;
-                if *n == 0 {
-                    tenants.remove(tenant);
-                }
-            }
-            if tenants.is_empty() {
-                subs.remove(uri);
-            }
+        Subscriber {
+            upstream: Arc::downgrade(self),
+            tenant: tenant.clone(),
+            uri: uri.to_owned(),
         }
     }
 
@@ -996,7 +1050,8 @@ impl Upstream {
         let (text, client_progress_token) =
             prepare_params(params, id, info.era, &info.protocol_version, defaults);
         let bytes = jsonrpc::request(&Id::number(id), method, Some(&text));
-        let (events_tx, events) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(MAX_QUEUED_EVENTS);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (done_tx, done) = oneshot::channel();
         self.lock_calls().insert(
             id,
@@ -1004,6 +1059,7 @@ impl Upstream {
                 route,
                 waiting_on_client: false,
                 events: events_tx,
+                queued: queued.clone(),
                 done: done_tx,
                 client_progress_token,
                 link: link.generation,
@@ -1014,6 +1070,7 @@ impl Upstream {
             upstream: self.clone(),
             id,
             events,
+            queued,
             done,
             deadline: tokio::time::Instant::now()
                 + Duration::from_millis(self.config.call_timeout_ms),
@@ -1066,6 +1123,32 @@ impl Upstream {
         }
     }
 
+    /// Queues `event` for a call's client within the call's budget ([`MAX_QUEUED_EVENTS`]);
+    /// `false` when the client has fallen too far behind (counted) or is gone.
+    fn deliver(&self, call: &PendingCall, event: CallEvent) -> bool {
+        let size = event.size();
+        let kind = event.kind();
+        let held = call.queued.fetch_add(size, Ordering::Relaxed);
+        let sent = if held == 0 || held + size <= MAX_QUEUED_EVENT_BYTES {
+            call.events.try_send(event).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => true,
+                mpsc::error::TrySendError::Closed(_) => false,
+            })
+        } else {
+            Err(true)
+        };
+        match sent {
+            Ok(()) => true,
+            Err(behind) => {
+                call.queued.fetch_sub(size, Ordering::Relaxed);
+                if behind {
+                    self.metrics.event_dropped(&self.name, kind);
+                }
+                false
+            }
+        }
+    }
+
     /// Whether a call still waits for its outcome.
     pub(crate) fn is_pending(&self, id: u64) -> bool {
         self.lock_calls().contains_key(&id)
@@ -1075,7 +1158,7 @@ impl Upstream {
     /// can resume streams may be asked to do the same.
     pub(crate) fn stream_paused(&self, id: u64, retry_ms: u64) {
         if let Some(call) = self.lock_calls().get(&id) {
-            let _ = call.events.try_send(CallEvent::Paused { retry_ms });
+            self.deliver(call, CallEvent::Paused { retry_ms });
         }
     }
 
@@ -1248,11 +1331,12 @@ impl Upstream {
                     .and_then(|m| m.get(meta::SUBSCRIPTION_ID).map(|v| v.get().to_owned()))
                     .and_then(|id| id.parse::<u64>().ok())
             });
-            if let Some(call) =
-                listen.and_then(|id| self.lock_calls().get(&id).map(|c| c.events.clone()))
-            {
-                let _ = call.try_send(CallEvent::Notification { method, params });
-                return;
+            if let Some(id) = listen {
+                let calls = self.lock_calls();
+                if let Some(call) = calls.get(&id) {
+                    self.deliver(call, CallEvent::Notification { method, params });
+                    return;
+                }
             }
             if let (Some(obj), Some(p)) = (obj, params.as_ref())
                 && let Some(uri) = obj.get_str("uri")
@@ -1285,10 +1369,8 @@ impl Upstream {
                 && let Some(token) = &call.client_progress_token
             {
                 obj.set_raw(meta::PROGRESS_TOKEN, token.clone());
-                let _ = call.events.try_send(CallEvent::Notification {
-                    method,
-                    params: Some(obj.to_raw()),
-                });
+                let params = Some(obj.to_raw());
+                self.deliver(call, CallEvent::Notification { method, params });
             }
             return;
         }
@@ -1297,9 +1379,7 @@ impl Upstream {
         match self.owner_of(link, &calls, origin) {
             Some(Owner::Call(id)) => {
                 if let Some(call) = calls.get(&id) {
-                    let _ = call
-                        .events
-                        .try_send(CallEvent::Notification { method, params });
+                    self.deliver(call, CallEvent::Notification { method, params });
                 }
             }
             Some(Owner::Session(Route::Client {
@@ -1327,34 +1407,38 @@ impl Upstream {
         let delivered = {
             let calls = self.lock_calls();
             match self.owner_of(link, &calls, origin) {
-                Some(Owner::Call(id)) => calls.get(&id).is_some_and(|call| {
-                    call.events
-                        .try_send(CallEvent::Request {
-                            upstream_id: req.id.clone(),
-                            method: req.method.clone(),
-                            params: req.params,
-                        })
-                        .is_ok()
+                Some(Owner::Call(id)) => calls.get(&id).map(|call| {
+                    let event = CallEvent::Request {
+                        upstream_id: req.id.clone(),
+                        method: req.method.clone(),
+                        params: req.params,
+                    };
+                    self.deliver(call, event)
                 }),
-                _ => false,
+                _ => None,
             }
         };
-        if delivered {
-            return;
-        }
-        let reply = if req.method == "roots/list" {
-            // Asked outside any call (e.g. right after the handshake): the gateway, the
-            // upstream's one client, exposes no roots of its own.
-            jsonrpc::result(&req.id, r#"{"roots":[]}"#)
-        } else {
-            self.metrics.unattributed(&self.name, "request");
-            tracing::warn!(server = %self.name, method = %req.method, "server request not attributable to one client call; refused");
-            jsonrpc::error(
+        let reply = match delivered {
+            Some(true) => return,
+            Some(false) => jsonrpc::error(
                 Some(&req.id),
                 jsonrpc::ErrorCode::INTERNAL_ERROR,
-                "the gateway could not attribute this request to exactly one client call in flight",
+                "the client of this call is not reading what the gateway sends it; request refused",
                 None,
-            )
+            ),
+            // Asked outside any call (e.g. right after the handshake): the gateway, the
+            // upstream's one client, exposes no roots of its own.
+            None if req.method == "roots/list" => jsonrpc::result(&req.id, r#"{"roots":[]}"#),
+            None => {
+                self.metrics.unattributed(&self.name, "request");
+                tracing::warn!(server = %self.name, method = %req.method, "server request not attributable to one client call; refused");
+                jsonrpc::error(
+                    Some(&req.id),
+                    jsonrpc::ErrorCode::INTERNAL_ERROR,
+                    "the gateway could not attribute this request to exactly one client call in flight",
+                    None,
+                )
+            }
         };
         self.send(link, reply, None, None);
     }
@@ -1728,6 +1812,7 @@ impl Upstream {
                 route: Route::Internal,
                 waiting_on_client: false,
                 events: events_tx,
+                queued: Default::default(),
                 done: done_tx,
                 client_progress_token: None,
                 link: link.generation,

@@ -10,8 +10,9 @@ use std::process::Stdio as ProcStdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mcp_wire::Message;
+use mcp_wire::lines::{Lines, OverLong};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -162,8 +163,8 @@ impl StdioTransport {
         // tenant, so operators can follow one tenant's servers.
         let tenant: Option<Arc<str>> = up.tenant.as_ref().map(|t| t.tenant.clone());
         tokio::spawn(async move {
-            let mut lines = LineReader::new(stderr, MAX_STDERR_LINE);
-            while let Ok(Some(line)) = lines.next_line(true).await {
+            let mut lines = LineReader::new(stderr, MAX_STDERR_LINE, OverLong::Truncate);
+            while let Ok(Some(line)) = lines.next_line().await {
                 let text = String::from_utf8_lossy(&line);
                 match &tenant {
                     Some(t) => {
@@ -179,9 +180,9 @@ impl StdioTransport {
         let pgid = self.pgid;
         let exited = self.exited.clone();
         tokio::spawn(async move {
-            let mut lines = LineReader::new(stdout, max);
+            let mut lines = LineReader::new(stdout, max, OverLong::Refuse);
             let reason = loop {
-                match lines.next_line(false).await {
+                match lines.next_line().await {
                     Ok(Some(line)) => {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
@@ -232,77 +233,43 @@ impl StdioTransport {
     }
 }
 
-/// Splits a byte stream into lines no longer than `max` bytes.
+/// Reads a byte stream as lines no longer than `max` bytes (the framing is
+/// [`mcp_wire::lines::Lines`]; this only feeds it).
 struct LineReader<R> {
     inner: R,
-    buf: BytesMut,
-    max: usize,
-    scanned: usize,
-    discarding: bool,
+    lines: Lines,
+    chunk: Box<[u8]>,
+    done: bool,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R, max: usize) -> Self {
+    fn new(inner: R, max: usize, over_long: OverLong) -> Self {
         LineReader {
             inner,
-            buf: BytesMut::with_capacity(8192),
-            max,
-            scanned: 0,
-            discarding: false,
+            lines: Lines::new(max, over_long),
+            chunk: vec![0; 8192].into_boxed_slice(),
+            done: false,
         }
     }
 
-    fn too_long(&self) -> String {
-        format!("it wrote a line longer than {} bytes on stdout", self.max)
-    }
-
-    /// The next line without its newline. An over-long line is an error, or with `truncate`
-    /// is cut to `max` bytes and the rest skipped.
-    async fn next_line(&mut self, truncate: bool) -> Result<Option<BytesMut>, String> {
+    /// The next line without its newline; `None` at the end of the stream.
+    async fn next_line(&mut self) -> Result<Option<BytesMut>, String> {
         loop {
-            if let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
-                let end = self.scanned + pos;
-                let mut line = self.buf.split_to(end);
-                self.buf.advance(1);
-                self.scanned = 0;
-                if std::mem::take(&mut self.discarding) {
-                    continue;
-                }
-                if line.last() == Some(&b'\r') {
-                    line.truncate(line.len() - 1);
-                }
-                if line.len() > self.max {
-                    if !truncate {
-                        return Err(self.too_long());
-                    }
-                    line.truncate(self.max);
-                }
-                return Ok(Some(line));
+            match self.lines.next_line() {
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) if self.done => return Ok(None),
+                Ok(None) => {}
+                Err(e) => return Err(format!("it wrote {e} on stdout")),
             }
-            self.scanned = self.buf.len();
-            if self.buf.len() > self.max {
-                if !truncate {
-                    return Err(self.too_long());
-                }
-                if !self.discarding {
-                    let line = self.buf.split_to(self.max);
-                    self.buf.clear();
-                    self.scanned = 0;
-                    self.discarding = true;
-                    return Ok(Some(line));
-                }
-                self.buf.clear();
-                self.scanned = 0;
-            }
-            match self.inner.read_buf(&mut self.buf).await {
+            match self.inner.read(&mut self.chunk).await {
                 Ok(0) => {
-                    if self.buf.is_empty() || self.discarding {
-                        return Ok(None);
-                    }
-                    self.scanned = 0;
-                    return Ok(Some(std::mem::take(&mut self.buf)));
+                    self.done = true;
+                    return self
+                        .lines
+                        .finish()
+                        .map_err(|e| format!("it wrote {e} on stdout"));
                 }
-                Ok(_) => {}
+                Ok(n) => self.lines.push(&self.chunk[..n]),
                 Err(e) => return Err(format!("reading its stdout failed: {e}")),
             }
         }
@@ -314,18 +281,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lines_are_bounded() {
+    async fn lines_are_read_to_the_end_of_the_stream() {
         let data: &[u8] = b"one\r\ntwo\nthree-is-long\nfour";
-        let mut r = LineReader::new(data, 8);
-        assert_eq!(&r.next_line(false).await.unwrap().unwrap()[..], b"one");
-        assert_eq!(&r.next_line(false).await.unwrap().unwrap()[..], b"two");
-        assert!(r.next_line(false).await.is_err());
-
-        let mut r = LineReader::new(data, 8);
-        r.next_line(true).await.unwrap();
-        r.next_line(true).await.unwrap();
-        assert_eq!(&r.next_line(true).await.unwrap().unwrap()[..], b"three-is");
-        assert_eq!(&r.next_line(true).await.unwrap().unwrap()[..], b"four");
-        assert!(r.next_line(true).await.unwrap().is_none());
+        let mut r = LineReader::new(data, 8, OverLong::Truncate);
+        let mut got = Vec::new();
+        while let Some(line) = r.next_line().await.unwrap() {
+            got.push(line.to_vec());
+        }
+        let want: [&[u8]; 4] = [b"one", b"two", b"three-is", b"four"];
+        assert_eq!(got, want);
+        let mut r = LineReader::new(data, 8, OverLong::Refuse);
+        r.next_line().await.unwrap();
+        r.next_line().await.unwrap();
+        assert_eq!(
+            r.next_line().await.unwrap_err(),
+            "it wrote a line longer than 8 bytes on stdout"
+        );
     }
 }

@@ -23,6 +23,25 @@ pub const ACCEPT: &str = "application/json, text/event-stream";
 pub const PEPPER: &str = "pppppppppppppppppppppppppppppppppppppppppppppppp";
 
 /// The config form of an API key under [`PEPPER`].
+/// `None` after printing why the test cannot run on this host; under `CI=true` a failure.
+pub fn skip(why: &str) -> Option<()> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this host lacks what the test needs: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The number in a metrics line `series value`, 0 when absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn stored_hash(key: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PEPPER.as_bytes()).expect("hmac");
     mac.update(key.as_bytes());
@@ -136,6 +155,8 @@ pub struct Gw {
     pub toml: String,
     _dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// Environment variables the gateway process gets besides the test's own.
+    env: Vec<(String, String)>,
 }
 
 impl Gw {
@@ -157,6 +178,16 @@ impl Gw {
         Gw::start_at(servers, tenants, extra_top, listen_extra, "127.0.0.1:0")
     }
 
+    /// [`Gw::start_with`], the gateway process getting `env` besides the test's environment.
+    pub fn start_with_env(
+        servers: &str,
+        tenants: &[TenantSpec<'_>],
+        extra_top: &str,
+        env: &[(&str, &str)],
+    ) -> Gw {
+        Gw::launch(servers, tenants, extra_top, "", "127.0.0.1:0", env)
+    }
+
     /// [`Gw::start_full`] with the MCP listener on `mcp` (for configs that name its URL).
     pub fn start_at(
         servers: &str,
@@ -164,6 +195,17 @@ impl Gw {
         extra_top: &str,
         listen_extra: &str,
         mcp: &str,
+    ) -> Gw {
+        Gw::launch(servers, tenants, extra_top, listen_extra, mcp, &[])
+    }
+
+    fn launch(
+        servers: &str,
+        tenants: &[TenantSpec<'_>],
+        extra_top: &str,
+        listen_extra: &str,
+        mcp: &str,
+        env: &[(&str, &str)],
     ) -> Gw {
         let dir = tempfile::tempdir().expect("tempdir");
         let pepper = dir.path().join("pepper");
@@ -187,7 +229,11 @@ impl Gw {
         }
         let config = dir.path().join("palisade.toml");
         std::fs::write(&config, &toml).expect("config");
-        let (child, mcp, admin, log, stdout) = spawn_gateway(&config);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, mcp, admin, log, stdout) = spawn_gateway(&config, &env);
         Gw {
             child,
             mcp,
@@ -199,6 +245,7 @@ impl Gw {
             toml,
             _dir: dir,
             http: reqwest::Client::new(),
+            env,
         }
     }
 
@@ -207,7 +254,7 @@ impl Gw {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, mcp, admin, log, stdout) = spawn_gateway(&self.config);
+        let (child, mcp, admin, log, stdout) = spawn_gateway(&self.config, &self.env);
         self.child = child;
         self.mcp = mcp;
         self.admin = admin;
@@ -372,11 +419,12 @@ type Spawned = (
 
 /// Starts `palisade serve` on `config`: the child, its MCP and admin addresses, and its stderr
 /// (the log) and stdout, each collected by a thread.
-fn spawn_gateway(config: &Path) -> Spawned {
+fn spawn_gateway(config: &Path, env: &[(String, String)]) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["--log-format", "json", "serve", "--config"])
         .arg(config)
         .env("PALISADE_LOG", "info,palisade=debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -541,6 +589,12 @@ impl Gw {
 
     /// Opens a 2026-07-28 `subscriptions/listen` stream for list changes with `key`.
     pub async fn listen(&self, key: &str) -> reqwest::Response {
+        self.listen_for(key, json!({"toolsListChanged": true}))
+            .await
+    }
+
+    /// Opens a 2026-07-28 `subscriptions/listen` stream for `notifications` with `key`.
+    pub async fn listen_for(&self, key: &str, notifications: Value) -> reqwest::Response {
         self.http
             .post(&self.mcp)
             .header("accept", ACCEPT)
@@ -548,7 +602,7 @@ impl Gw {
             .header("authorization", format!("Bearer {key}"))
             .header("mcp-protocol-version", "2026-07-28")
             .header("mcp-method", "subscriptions/listen")
-            .body(json!({"jsonrpc":"2.0","id":"sub-1","method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string())
+            .body(json!({"jsonrpc":"2.0","id":"sub-1","method":"subscriptions/listen","params":{"notifications":notifications,"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string())
             .send()
             .await
             .expect("listen")
@@ -600,6 +654,20 @@ impl Legacy<'_> {
     pub async fn call(&self, id: u64, tool: &str, args: Value) -> Answer {
         self.request(id, "tools/call", json!({"name": tool, "arguments": args}))
             .await
+    }
+
+    /// Ends the session (`DELETE`); the HTTP status.
+    pub async fn delete(&self) -> u16 {
+        self.gw
+            .http
+            .delete(&self.gw.mcp)
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("mcp-session-id", &self.session)
+            .send()
+            .await
+            .expect("DELETE")
+            .status()
+            .as_u16()
     }
 
     /// Opens the session's GET stream (messages not tied to a request).
