@@ -52,11 +52,13 @@ pub fn split_line(line: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// Chain state: the next sequence number and the head hash.
+/// Chain state: the next sequence number, the head hash, and the seq the last checkpoint
+/// covers (each checkpoint names the one before it, so removing one shows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chain {
     next_seq: u64,
     head: [u8; 32],
+    checkpoint: u64,
 }
 
 impl Default for Chain {
@@ -71,15 +73,28 @@ impl Chain {
         Chain {
             next_seq: 1,
             head: GENESIS_HASH,
+            checkpoint: 0,
         }
     }
 
-    /// Continue after a record with `last_seq` and hash `head`.
-    pub fn resume(last_seq: u64, head: [u8; 32]) -> Self {
+    /// Continue after a record with `last_seq` and hash `head`, the last checkpoint covering
+    /// seq `last_checkpoint` (0 if none).
+    pub fn resume(last_seq: u64, head: [u8; 32], last_checkpoint: u64) -> Self {
         Chain {
             next_seq: last_seq + 1,
             head,
+            checkpoint: last_checkpoint,
         }
+    }
+
+    /// Seq the last checkpoint covers (0 if none).
+    pub fn last_checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// A checkpoint now covers the chain up to its last record.
+    pub fn checkpointed(&mut self) {
+        self.checkpoint = self.last_seq();
     }
 
     /// Seq of the last appended record (0 if none).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chain::{Chain, Head, split_line};
-use crate::writer::{AuditConfig, AuditLog, Sink};
+use crate::writer::{AuditConfig, AuditLog, CheckpointLine, Sink};
 use crate::{AuditError, Record};
 
 /// Append-only JSONL files in one directory.
@@ -176,40 +176,49 @@ impl Sink for FileSink {
     }
 }
 
-/// Last stored record `(seq, hash)` in `dir`, ignoring a torn final line; `None` if empty.
-fn scan_head(dir: &Path) -> Result<Option<Head>, AuditError> {
+/// The chain as `dir` leaves it: its last stored record (ignoring a torn final line) and the
+/// last checkpoint, which may be in an earlier file when the writer crashed.
+fn scan_chain(dir: &Path) -> Result<Chain, AuditError> {
     if !dir.exists() {
-        return Ok(None);
+        return Ok(Chain::new());
     }
-    for path in list_files(dir)?.iter().rev() {
+    let mut last: Option<Head> = None;
+    let mut checkpoint: Option<u64> = None;
+    'files: for path in list_files(dir)?.iter().rev() {
         let text = read_file(path)?.text;
         for line in text.lines().rev() {
             if line.starts_with("{\"checkpoint\"") {
-                continue;
+                if checkpoint.is_none() {
+                    checkpoint = serde_json::from_str::<CheckpointLine>(line)
+                        .ok()
+                        .map(|c| c.checkpoint.seq);
+                }
+            } else if last.is_none()
+                && let Some((_, hex_hash)) = split_line(line)
+                && let Ok(rec) = serde_json::from_str::<Record>(line)
+            {
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(hex_hash, &mut h).map_err(|e| {
+                    AuditError::Config(format!("bad hash in {}: {e}", path.display()))
+                })?;
+                last = Some((rec.seq, h));
             }
-            let Some((_, hex_hash)) = split_line(line) else {
-                continue;
-            };
-            let Ok(rec) = serde_json::from_str::<Record>(line) else {
-                continue;
-            };
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(hex_hash, &mut h)
-                .map_err(|e| AuditError::Config(format!("bad hash in {}: {e}", path.display())))?;
-            return Ok(Some((rec.seq, h)));
+            if last.is_some() && checkpoint.is_some() {
+                break 'files;
+            }
         }
     }
-    Ok(None)
+    Ok(match last {
+        Some((seq, head)) => Chain::resume(seq, head, checkpoint.unwrap_or(0)),
+        None => Chain::new(),
+    })
 }
 
 impl AuditLog {
     /// Open (or create) the file trail in `cfg.dir`, continuing its chain in a new file.
     /// `signing_seed` is the Ed25519 private seed for checkpoints.
     pub fn open(cfg: AuditConfig, signing_seed: &[u8; 32]) -> Result<Self, AuditError> {
-        let chain = match scan_head(&cfg.dir)? {
-            Some((seq, head)) => Chain::resume(seq, head),
-            None => Chain::new(),
-        };
+        let chain = scan_chain(&cfg.dir)?;
         let sink = FileSink::create(&cfg.dir, chain.last_seq() + 1)?;
         AuditLog::start(cfg, signing_seed, Box::new(sink), chain, "file")
     }
@@ -221,6 +230,76 @@ mod tests {
     use crate::{Kind, verify};
 
     const SEED: [u8; 32] = [5u8; 32];
+
+    /// A reopened trail links its next checkpoint to the last one before, whether the
+    /// earlier writer closed or crashed; removing that earlier checkpoint then shows.
+    #[tokio::test]
+    async fn checkpoints_stay_linked_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = AuditConfig::new(d.path(), "r");
+        cfg.checkpoint_every = 2;
+        let append = async |log: &AuditLog, n: usize| {
+            for _ in 0..n {
+                log.append(Record::new(Kind::Begin, "t1", "s", "tools/call"))
+                    .await
+                    .unwrap();
+            }
+        };
+        // Closed cleanly, then one that crashes (dropped unclosed), then one that closes.
+        let log = AuditLog::open(cfg.clone(), &SEED).unwrap();
+        append(&log, 3).await;
+        log.close().await.unwrap();
+        let crashed = AuditLog::open(cfg.clone(), &SEED).unwrap();
+        append(&crashed, 2).await;
+        drop(crashed);
+        let log = AuditLog::open(cfg.clone(), &SEED).unwrap();
+        append(&log, 2).await;
+        log.close().await.unwrap();
+        let strict = |dir: &Path| {
+            crate::verify_with(
+                dir,
+                &log.public_key(),
+                crate::VerifyOptions {
+                    expect_closed: true,
+                },
+            )
+        };
+        let r = strict(d.path());
+        assert!(r.ok(), "{:?}", r.problem);
+
+        // Each checkpoint names the one before it.
+        let files = list_files(d.path()).unwrap();
+        let checkpoints: Vec<CheckpointLine> = files
+            .iter()
+            .flat_map(|f| {
+                read_file(f)
+                    .unwrap()
+                    .text
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        let mut before = 0;
+        for c in &checkpoints {
+            assert_eq!(c.checkpoint.prev, Some(before), "{checkpoints:?}");
+            before = c.checkpoint.seq;
+        }
+
+        // Without the first file's close checkpoint, the next checkpoint's link is broken.
+        let first = &files[0];
+        let text = read_file(first).unwrap().text;
+        let kept: Vec<&str> = text.lines().collect();
+        fs::write(first, kept[..kept.len() - 1].join("\n") + "\n").unwrap();
+        let r = strict(d.path());
+        assert!(
+            r.problem
+                .as_ref()
+                .is_some_and(|p| p.to_string().contains("a checkpoint was removed")),
+            "{r:?}"
+        );
+    }
 
     #[tokio::test]
     async fn preallocated_padding_is_not_content() {

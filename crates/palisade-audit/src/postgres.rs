@@ -18,7 +18,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection as _, Row as _};
 
-use crate::chain::{Head, split_line};
+use crate::chain::{Chain, split_line};
 use crate::writer::{CheckpointLine, Sink};
 use crate::{AuditError, Record};
 
@@ -185,7 +185,7 @@ pub struct PgSink {
 impl PgSink {
     /// Connect, take the replica's lock and find where its chain ends: `(sink, last stored
     /// record's seq and hash)`. Blocking: call it outside an async runtime's thread.
-    pub fn connect(url: &str, replica: &str) -> Result<(PgSink, Option<Head>), AuditError> {
+    pub fn connect(url: &str, replica: &str) -> Result<(PgSink, Chain), AuditError> {
         let runtime = Arc::new(
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -214,12 +214,21 @@ impl PgSink {
             .fetch_optional(&mut conn)
             .await
             .map_err(|e| db_error("cannot read the audit table", &e))?;
+            let checkpoint: Option<i64> = sqlx::query_scalar(
+                "SELECT max(seq) FROM palisade_audit WHERE replica = $1 AND kind = 'checkpoint'",
+            )
+            .bind(&sink.replica)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| db_error("cannot read the audit table", &e))?;
             sink.next_pos = next;
             sink.conn = Some(conn);
-            Ok::<_, AuditError>(last)
+            Ok::<_, AuditError>((last, checkpoint))
         })?;
-        let head = match head {
-            None => None,
+        let (head, checkpoint) = head;
+        let checkpoint = checkpoint.map_or(0, |seq| seq as u64);
+        let chain = match head {
+            None => Chain::new(),
             Some(line) => {
                 let rec: Record = serde_json::from_str(&line).map_err(|e| {
                     AuditError::Config(format!(
@@ -233,10 +242,10 @@ impl PgSink {
                         "the last audit row of {replica} has a bad hash: {e}"
                     ))
                 })?;
-                Some((rec.seq, h))
+                Chain::resume(rec.seq, h, checkpoint)
             }
         };
-        Ok((sink, head))
+        Ok((sink, chain))
     }
 
     /// A connection that holds this replica's lock, on a role that cannot change rows.

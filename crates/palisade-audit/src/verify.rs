@@ -3,7 +3,8 @@
 //! Checks, per record line: the stored hash equals SHA-256(prev_hash ‖ body) (else *modified*),
 //! seq follows the previous record (else *deleted* or *reordered*), prev_hash equals the previous
 //! record's hash. Per checkpoint: the Ed25519 signature is valid (else *bad checkpoint
-//! signature*) and seq/hash match the chain so far. At the end: a last file ending with a
+//! signature*), seq/hash match the chain so far, and the checkpoint it names as its
+//! predecessor is the last one seen (else a checkpoint was removed). At the end: a last file ending with a
 //! `rotate` checkpoint lost its successor (*truncated*); with `expect_closed`, a trail that does
 //! not end with a `close` checkpoint is *truncated*. A final line without newline that is not
 //! valid JSON is a *torn tail* (a crash), reported separately and not as tampering.
@@ -317,6 +318,20 @@ pub fn verify_sources(
                         ));
                         return rep;
                     }
+                    if let Some(prev) = c.checkpoint.prev
+                        && prev != rep.last_checkpoint_seq
+                    {
+                        rep.problem = Some(problem(
+                            lineno,
+                            Some(c.checkpoint.seq),
+                            ProblemKind::CheckpointMismatch(format!(
+                                "the checkpoint before it covered seq {prev}, but the trail's \
+                                 last checkpoint covers seq {}: a checkpoint was removed",
+                                rep.last_checkpoint_seq
+                            )),
+                        ));
+                        return rep;
+                    }
                     rep.checkpoints += 1;
                     rep.last_checkpoint_seq = c.checkpoint.seq;
                     end_reason = Some(c.checkpoint.reason.clone());
@@ -469,13 +484,10 @@ mod tests {
             let text = String::from_utf8(original.clone()).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             let (a, b) = (a % lines.len(), b % lines.len());
-            // Records only: a periodic checkpoint deleted from the middle goes unnoticed (the
-            // next one still matches the chain), a known gap; its records stay intact.
-            if !lines[a].starts_with("{\"checkpoint\"") {
-                let mut deleted = lines.clone();
-                deleted.remove(a);
-                proptest::prop_assert!(!verifies((deleted.join("\n") + "\n").as_bytes()), "deleted line {a}");
-            }
+            // Any line, a checkpoint too: the next checkpoint names the one before it.
+            let mut deleted = lines.clone();
+            deleted.remove(a);
+            proptest::prop_assert!(!verifies((deleted.join("\n") + "\n").as_bytes()), "deleted line {a}");
             if lines[a] != lines[b] {
                 let mut swapped = lines.clone();
                 swapped.swap(a, b);

@@ -95,6 +95,10 @@ pub struct Checkpoint {
     pub time: String,
     /// `periodic`, `rotate` (last line of a file that has a successor) or `close`.
     pub reason: String,
+    /// The seq the checkpoint before this one covers (0 if none), so that removing a
+    /// checkpoint shows. Absent in trails written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<u64>,
 }
 
 impl Checkpoint {
@@ -409,13 +413,16 @@ impl Writer {
         }
     }
 
-    fn checkpoint_line(&self, reason: &str) -> String {
+    /// A signed checkpoint of the chain as it stands; the chain then counts it as its last.
+    fn checkpoint_line(&mut self, reason: &str) -> String {
         let cp = Checkpoint {
             seq: self.chain.last_seq(),
             hash: hex::encode(self.chain.head()),
             time: now_rfc3339(),
             reason: reason.to_owned(),
+            prev: Some(self.chain.last_checkpoint()),
         };
+        self.chain.checkpointed();
         let sig = B64.encode(self.key.sign(&cp.signed_bytes()).as_ref());
         let line = CheckpointLine {
             checkpoint: cp,
@@ -614,7 +621,8 @@ impl Writer {
         buf.push('\n');
         self.since_checkpoint += 1;
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
-            buf.push_str(&self.checkpoint_line("periodic"));
+            let cp = self.checkpoint_line("periodic");
+            buf.push_str(&cp);
             self.since_checkpoint = 0;
             self.last_checkpoint = Instant::now();
         }

@@ -23,7 +23,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
 use crate::{Rate, Verdict};
 
@@ -32,10 +34,10 @@ const SHARDS: usize = 16;
 /// the memory it saves.
 const MIN_SWEEP: usize = 1024;
 
-type Instant = <DefaultClock as Clock>::Instant;
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-struct Bucket {
-    limiter: DefaultDirectRateLimiter,
+struct Bucket<C: Clock> {
+    limiter: Limiter<C>,
     /// The rate the limiter was built with, compared bit for bit so a NaN rate does not
     /// count as a change on every call.
     per_second_bits: u64,
@@ -43,25 +45,25 @@ struct Bucket {
     /// The last call let through. The bucket's theoretical arrival time is at most
     /// `last_allowed + refill`, so from then on the bucket is full. Refusals leave the
     /// bucket's state unchanged, so they do not move this.
-    last_allowed: Instant,
+    last_allowed: C::Instant,
     /// burst × interval: the time an empty bucket takes to fill.
     refill: Duration,
 }
 
-impl Bucket {
-    fn is_full(&self, now: Instant) -> bool {
+impl<C: Clock> Bucket<C> {
+    fn is_full(&self, now: C::Instant) -> bool {
         Duration::from(now.duration_since(self.last_allowed)) >= self.refill
     }
 }
 
-struct Shard {
-    map: HashMap<String, Bucket>,
+struct Shard<C: Clock> {
+    map: HashMap<String, Bucket<C>>,
     /// Sweep idle buckets when the map reaches this size (see the module invariants).
     sweep_at: usize,
 }
 
-impl Shard {
-    fn evict_idle(&mut self, now: Instant) -> usize {
+impl<C: Clock> Shard<C> {
+    fn evict_idle(&mut self, now: C::Instant) -> usize {
         let before = self.map.len();
         self.map.retain(|_, b| !b.is_full(now));
         self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
@@ -70,11 +72,12 @@ impl Shard {
 }
 
 /// In-process rate limits by key. Cheap to share behind an `Arc`; all methods take `&self`.
-pub struct Local {
-    shards: Box<[Mutex<Shard>]>,
+/// The clock is the monotonic one; tests may give another ([`Local::with_clock`]).
+pub struct Local<C: Clock = DefaultClock> {
+    shards: Box<[Mutex<Shard<C>>]>,
     hasher: RandomState,
     /// One clock for every bucket, so instants from different buckets compare.
-    clock: DefaultClock,
+    clock: C,
 }
 
 impl Default for Local {
@@ -83,7 +86,7 @@ impl Default for Local {
     }
 }
 
-impl std::fmt::Debug for Local {
+impl<C: Clock + Clone> std::fmt::Debug for Local<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Local").field("keys", &self.keys()).finish()
     }
@@ -91,6 +94,12 @@ impl std::fmt::Debug for Local {
 
 impl Local {
     pub fn new() -> Local {
+        Local::with_clock(DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Local<C> {
+    pub fn with_clock(clock: C) -> Local<C> {
         Local {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -101,11 +110,11 @@ impl Local {
                 })
                 .collect(),
             hasher: RandomState::new(),
-            clock: DefaultClock::default(),
+            clock,
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard<C>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding a shard cannot leave a bucket half-updated (governor's state
         // is one atomic), so a poisoned lock is still safe to use.
@@ -319,6 +328,82 @@ mod tests {
         }
         // Each shard sweeps at MIN_SWEEP or at twice its live keys; nearly all are idle.
         assert!(l.keys() <= SHARDS * MIN_SWEEP, "{}", l.keys());
+    }
+
+    /// GCRA as the textbook gives it, one key at a time: the theoretical arrival time `tat`
+    /// of the next call; a call at `now` passes unless `now < tat - interval × (burst - 1)`,
+    /// and moves `tat` to `max(tat, now) + interval`. A bucket checked with another rate
+    /// starts over, full.
+    #[derive(Default)]
+    struct Model {
+        keys: HashMap<&'static str, (u64, u32, u64)>,
+    }
+
+    impl Model {
+        fn check(&mut self, now: u64, key: &'static str, rate: Rate) -> Verdict {
+            let t = rate.interval().as_nanos() as u64;
+            let burst = rate.burst.max(1);
+            let tat = match self.keys.get(key) {
+                Some(&(bits, b, tat)) if bits == rate.per_second.to_bits() && b == burst => tat,
+                _ => now,
+            };
+            let earliest = tat.saturating_sub(t * u64::from(burst - 1));
+            if now < earliest {
+                return Verdict::Limited {
+                    retry_after: Duration::from_nanos(earliest - now),
+                };
+            }
+            let tat = tat.max(now) + t;
+            self.keys
+                .insert(key, (rate.per_second.to_bits(), burst, tat));
+            Verdict::Allowed
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Wait(u64),
+        Check(usize, usize),
+        Evict,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..3_000_000_000).prop_map(Step::Wait),
+            (0usize..3, 0usize..3).prop_map(|(k, r)| Step::Check(k, r)),
+            Just(Step::Evict),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The limiter agrees with the model on every answer, including each refusal's retry
+        /// time, whatever the keys, waits, rate changes and evictions in between.
+        #[test]
+        fn agrees_with_the_gcra_model(steps in proptest::collection::vec(step(), 1..200)) {
+            const KEYS: [&str; 3] = ["tenant:a", "tenant:b", "tool:a/x"];
+            let rates = [rate(2.0, 3), rate(0.5, 1), rate(1000.0, 50)];
+            let clock = governor::clock::FakeRelativeClock::default();
+            let limiter = Local::with_clock(clock.clone());
+            let mut model = Model::default();
+            let mut now = 0u64;
+            for step in steps {
+                match step {
+                    Step::Wait(ns) => {
+                        clock.advance(Duration::from_nanos(ns));
+                        now += ns;
+                    }
+                    Step::Check(k, r) => {
+                        let got = limiter.check(KEYS[k], rates[r]);
+                        let want = model.check(now, KEYS[k], rates[r]);
+                        proptest::prop_assert_eq!(got, want, "{} at {} ns", KEYS[k], now);
+                    }
+                    Step::Evict => {
+                        limiter.evict_idle();
+                    }
+                }
+            }
+        }
     }
 
     /// Rough timing, not an assertion: `cargo test -p palisade-limits -- --ignored --nocapture`.

@@ -197,12 +197,11 @@ impl Auditor {
                         .postgres_url()
                         .ok_or(AuditSetupError::NoPostgresUrl)?;
                     // Connecting blocks; this runs on a runtime thread at startup.
-                    let (sink, head) =
+                    let (sink, chain) =
                         std::thread::scope(|s| s.spawn(|| PgSink::connect(&url, &replica)).join())
                             .map_err(|_| {
                                 AuditError::Config("the audit database connect panicked".into())
                             })??;
-                    let chain = head.map_or_else(Chain::new, |(seq, h)| Chain::resume(seq, h));
                     AuditLog::start(
                         cfg.clone().without_rotation(),
                         &keys.signing_seed,

@@ -351,6 +351,51 @@ mod tests {
         }
     }
 
+    fn listed(tenant: &str, n: usize) -> Vec<Box<RawValue>> {
+        (0..n)
+            .map(|i| RawValue::from_string(format!(r#"{{"name":"{tenant}-{i}"}}"#)).unwrap())
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Whatever cursor a caller sends (one minted for another tenant's longer list, or
+        /// any string), a page holds only items of the caller's own list, in order, and the
+        /// next cursor continues it.
+        #[test]
+        fn cursors_never_leave_the_callers_list(
+            own in 0usize..2500,
+            other in 0usize..5000,
+            offset in 0usize..5000,
+            junk in "[A-Za-z0-9_-]{0,24}",
+            minted in proptest::bool::ANY,
+        ) {
+            let mine = listed("acme", own);
+            let cursor = if minted {
+                // A cursor the gateway issued while paging globex's list.
+                let theirs = listed("globex", other);
+                let at = offset.min(theirs.len());
+                encode_cursor(at)
+            } else {
+                junk
+            };
+            let Ok(page) = page(ListKind::Tools, &mine, Some(&cursor)) else {
+                return Ok(());
+            };
+            let items: Vec<serde_json::Value> =
+                serde_json::from_str(page.get("tools").unwrap().get()).unwrap();
+            proptest::prop_assert!(items.len() <= PAGE);
+            let start = decode_cursor(&cursor).unwrap();
+            for (i, item) in items.iter().enumerate() {
+                proptest::prop_assert_eq!(&item["name"], &format!("acme-{}", start + i));
+            }
+            let next = page.get_str("nextCursor");
+            proptest::prop_assert_eq!(next.is_some(), start + items.len() < own);
+            if let Some(next) = next {
+                proptest::prop_assert_eq!(decode_cursor(&next), Some(start + items.len()));
+            }
+        }
+    }
+
     #[test]
     fn the_short_name_map_is_bounded() {
         let names = Names::default();
