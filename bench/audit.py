@@ -45,6 +45,13 @@ def wait_port(port, proc, what):
     sys.exit(f"{what} did not start listening on port {port}")
 
 
+def new_key(pepper, tenant="bench"):
+    """A fresh API key and its stored hash under `pepper`."""
+    key = f"pal_{tenant}_" + secrets.token_hex(16)
+    return key, "hmac-sha256:" + hmac.new(pepper.encode(), key.encode(),
+                                          hashlib.sha256).hexdigest()
+
+
 def start_gateway(work, name, echo_url, audit, extra="", server=None, port=None):
     """A release gateway in front of `echo_url` for tenant `bench`; `extra` TOML goes first.
 
@@ -56,8 +63,7 @@ def start_gateway(work, name, echo_url, audit, extra="", server=None, port=None)
     with open(os.path.join(conf, "pepper"), "w") as f:
         f.write(pepper)
     os.chmod(os.path.join(conf, "pepper"), 0o600)
-    key = "pal_bench_" + secrets.token_hex(16)
-    digest = hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
+    key, stored = new_key(pepper)
     port, admin = port or free_port(), free_port()
     server = server or f"""[[servers]]
 name = "echo"
@@ -82,7 +88,7 @@ pepper_file = "{conf}/pepper"
 id = "bench"
 servers = ["echo"]
 namespacing = false
-keys = ["hmac-sha256:{digest}"]
+keys = ["{stored}"]
 """)
     log = open(os.path.join(conf, "gateway.log"), "w")
     proc = subprocess.Popen(

@@ -112,6 +112,7 @@ pub struct Metrics {
     rejections: Family<ReasonLabels, Counter>,
     unattributed: Family<MessageLabels, Counter>,
     event_drops: Family<MessageLabels, Counter>,
+    tasks: Gauge,
     list_failures: Family<ListLabels, Counter>,
     config_reloads: Family<OutcomeOnly, Counter>,
     registry_refresh_failures: Counter,
@@ -184,6 +185,12 @@ impl Metrics {
             "sessions_active",
             "Open legacy-era client sessions",
             sessions.clone(),
+        );
+        let tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the gateway's async runtime (a count that keeps growing is a leak)",
+            tasks.clone(),
         );
         let restarts = Family::<ServerLabels, Counter>::default();
         registry.register(
@@ -314,6 +321,7 @@ impl Metrics {
             rejections,
             unattributed,
             event_drops,
+            tasks,
         }
     }
 
@@ -505,6 +513,9 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
