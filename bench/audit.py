@@ -98,6 +98,44 @@ keys = ["{stored}"]
     return proc, f"http://127.0.0.1:{port}/mcp", key
 
 
+class Gateway:
+    """A release gateway with `servers` and one key per tenant (`keys`), each tenant on every
+    server; `url`, `admin` and `pid` say where it is."""
+
+    def __init__(self, work, servers, tenants, extra="", namespacing=True):
+        pepper = os.urandom(32).hex()
+        with open(os.path.join(work, "pepper"), "w") as f:
+            f.write(pepper)
+        os.chmod(os.path.join(work, "pepper"), 0o600)
+        port, admin = free_port(), free_port()
+        names = [line.split('"')[1] for line in servers.splitlines()
+                 if line.startswith("name = ")]
+        self.keys, entries = {}, []
+        for t in tenants:
+            key, stored = new_key(pepper, t)
+            self.keys[t] = key
+            entries.append(f'[[tenants]]\nid = "{t}"\nservers = {json.dumps(names)}\n'
+                           f'namespacing = {json.dumps(namespacing)}\nkeys = ["{stored}"]\n')
+        conf = os.path.join(work, "palisade.toml")
+        with open(conf, "w") as f:
+            f.write(f"""{extra}
+[listen]
+mcp = "127.0.0.1:{port}"
+admin = "127.0.0.1:{admin}"
+
+[auth]
+pepper_file = "{work}/pepper"
+
+{servers}
+{"".join(entries)}""")
+        log = open(os.path.join(work, "gateway.log"), "w")
+        self.proc = subprocess.Popen([os.path.join(BIN, "palisade"), "serve", "--config", conf],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        wait_port(port, self.proc, "gateway")
+        self.url, self.admin = f"http://127.0.0.1:{port}/mcp", f"http://127.0.0.1:{admin}"
+        self.pid = self.proc.pid
+
+
 def load(args, out, name, url, key=None, pids=(), extra=()):
     """Runs bench-load against `url` (or, with `url` None, what `extra` names) and returns its
     JSON result, saved in `out`."""

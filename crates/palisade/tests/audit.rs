@@ -245,17 +245,6 @@ fn start(trail: &Trail, servers: &str) -> Gw {
     )
 }
 
-fn cli_ok(gw: &Gw, args: &[&str]) -> String {
-    let out = gw.cli(args);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "palisade {args:?}: {said}");
-    said
-}
-
 /// The fingerprint the gateway records for `args` of a call by `tenant`.
 fn fingerprint(gw: &Gw, tenant: &str, args: &Value) -> String {
     let config = palisade::config::Config::load(&gw.config).unwrap();
@@ -426,26 +415,23 @@ async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
         assert!(!gw.log().contains(marker), "{marker} in the log");
         assert!(!gw.stdout().contains(marker), "{marker} on stdout");
     }
-    let said = cli_ok(&gw, &["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]);
     assert!(said.contains("OK"), "{said}");
 
     // The call is found by its arguments, on this sink too.
     let args = gw.config.with_file_name("args.json");
     std::fs::write(&args, json!({ "message": message }).to_string()).unwrap();
-    let found = cli_ok(
-        &gw,
-        &[
-            "audit",
-            "find",
-            "--tenant",
-            "acme",
-            "--args",
-            args.to_str().unwrap(),
-        ],
-    );
+    let found = gw.cli_ok(&[
+        "audit",
+        "find",
+        "--tenant",
+        "acme",
+        "--args",
+        args.to_str().unwrap(),
+    ]);
     assert!(found.ends_with("1 calls found\n"), "{found}");
     assert!(!found.contains(EMAIL), "{found}");
-    let tail = cli_ok(&gw, &["audit", "tail", "--tenant", "globex", "--json"]);
+    let tail = gw.cli_ok(&["audit", "tail", "--tenant", "globex", "--json"]);
     let kinds: Vec<String> = tail
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].to_string())
@@ -470,7 +456,17 @@ async fn kill_9_mid_load_leaves_no_executed_call_without_begin(trail: Trail) {
         let (mcp, key) = (mcp.clone(), key.clone());
         load.push(tokio::spawn(count_until_gone(mcp, key, c)));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed mid-load: once the upstream has run a few dozen calls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&count_file)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 30
+    {
+        assert!(std::time::Instant::now() < deadline, "no load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.kill_and_restart();
     let mut answered = 0;
     for l in load {
@@ -516,7 +512,7 @@ async fn kill_9_mid_load_leaves_no_executed_call_without_begin(trail: Trail) {
         .call(1, "kit__count", json!({"message": "after-restart"}))
         .await;
     assert!(a.response()["result"].is_object());
-    let said = cli_ok(&gw, &["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]);
     assert!(said.contains("OK"), "{said}");
 }
 
@@ -633,7 +629,7 @@ async fn an_unwritable_sink_refuses_calls_until_it_recovers(trail: Trail) {
             .count(),
         2
     );
-    let said = cli_ok(&gw, &["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]);
     assert!(said.contains("OK"), "{said}");
 }
 
@@ -689,7 +685,7 @@ async fn verify_names_each_kind_of_tampering(trail: Trail) {
         })
         .await;
     assert_eq!(gw.terminate(), Some(0));
-    let untouched = cli_ok(&gw, &["audit", "verify", "--expect-closed"]);
+    let untouched = gw.cli_ok(&["audit", "verify", "--expect-closed"]);
     assert!(untouched.contains("OK"), "{untouched}");
     let lines = trail.all_lines(&gw).await;
     let records: Vec<usize> = (0..lines.len())

@@ -186,10 +186,20 @@ impl Tally {
     }
 }
 
-/// `sessions` clients calling back to back until `stop`; every call runs or is refused as
-/// unaudited, none hangs.
-async fn load(sessions: &[Legacy<'_>], tally: &Tally, stop: &std::sync::atomic::AtomicBool) {
+/// Runs `chaos` while four clients of acme call back to back, counting in `tally`; every call
+/// runs or is refused as unaudited, none hangs.
+async fn under_load(gw: &Gw, tally: &Tally, chaos: impl std::future::Future<Output = ()>) {
     use std::sync::atomic::Ordering::Relaxed;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(gw.legacy("acme").await);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let chaos = async {
+        chaos.await;
+        stop.store(true, Relaxed);
+    };
+    let stop = &stop;
     let clients = sessions.iter().enumerate().map(|(n, s)| async move {
         let mut id = (n as u64) << 32;
         while !stop.load(Relaxed) {
@@ -201,7 +211,7 @@ async fn load(sessions: &[Legacy<'_>], tally: &Tally, stop: &std::sync::atomic::
             };
         }
     });
-    futures_util::future::join_all(clients).await;
+    tokio::join!(futures_util::future::join_all(clients), chaos);
 }
 
 /// The registry and the audit sink both on PostgreSQL, which crashes under load and comes
@@ -230,21 +240,8 @@ async fn postgres_crashes_and_restarts_under_load() {
         cluster.url("postgres", "registry"),
         cluster.url("palisade_audit_w", "audit"),
     );
-    let gw = Gw::start_with(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-        &top,
-    );
-    gw.ready().await;
-    let mut sessions = Vec::new();
-    for _ in 0..4 {
-        sessions.push(gw.legacy("acme").await);
-    }
-    let (tally, stop) = (Tally::default(), std::sync::atomic::AtomicBool::new(false));
+    let gw = acme_on_kit_with(&top).await;
+    let tally = Tally::default();
     let chaos = async {
         tally
             .until("calls run", Duration::from_secs(10), |(ran, _)| ran >= 20)
@@ -280,9 +277,8 @@ async fn postgres_crashes_and_restarts_under_load() {
                 ran >= ran_down + 20
             })
             .await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    tokio::join!(load(&sessions, &tally, &stop), chaos);
+    under_load(&gw, &tally, chaos).await;
     let (ran, refused) = tally.get();
 
     // The registry takes writes again: a key issued now works.
@@ -322,13 +318,7 @@ async fn postgres_crashes_and_restarts_under_load() {
     eprintln!(
         "{ran} calls ran, {refused} refused while PostgreSQL was down; {begun} BEGIN records"
     );
-    let said = gw.cli(&["audit", "verify"]);
-    assert!(
-        said.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&said.stdout),
-        String::from_utf8_lossy(&said.stderr)
-    );
+    gw.cli_ok(&["audit", "verify"]);
 }
 
 /// A tmpfs of the test's own, unmounted when dropped.
@@ -388,21 +378,8 @@ async fn the_audit_disk_fills_up_under_load() {
         "[audit]\ndir = \"{}\"\nmax_file_bytes = 65536\n",
         disk.path().display()
     );
-    let gw = Gw::start_with(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-        &top,
-    );
-    gw.ready().await;
-    let mut sessions = Vec::new();
-    for _ in 0..4 {
-        sessions.push(gw.legacy("acme").await);
-    }
-    let (tally, stop) = (Tally::default(), std::sync::atomic::AtomicBool::new(false));
+    let gw = acme_on_kit_with(&top).await;
+    let tally = Tally::default();
     let chaos = async {
         tally
             .until("calls run", Duration::from_secs(10), |(ran, _)| ran >= 5)
@@ -420,9 +397,8 @@ async fn the_audit_disk_fills_up_under_load() {
                 ran >= ran_full + 20
             })
             .await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    tokio::join!(load(&sessions, &tally, &stop), chaos);
+    under_load(&gw, &tally, chaos).await;
     let (ran, refused) = tally.get();
 
     let text: String = palisade_audit::list_files(disk.path())
@@ -435,13 +411,7 @@ async fn the_audit_disk_fills_up_under_load() {
         .filter(|l| l.contains(r#""kind":"BEGIN""#))
         .count() as u64;
     assert!(begun >= ran, "{ran} calls ran, {begun} BEGIN records");
-    let said = gw.cli(&["audit", "verify"]);
-    assert!(
-        said.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&said.stdout),
-        String::from_utf8_lossy(&said.stderr)
-    );
+    gw.cli_ok(&["audit", "verify"]);
     eprintln!("{ran} calls ran, {refused} refused while the disk was full; {begun} BEGIN records");
 }
 
@@ -683,11 +653,5 @@ async fn the_wall_clock_steps() {
     }
     refilled(400).await;
     assert_eq!(metric(&gw.metrics().await, "palisade_sessions_active"), 1.0);
-    let said = gw.cli(&["audit", "verify"]);
-    assert!(
-        said.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&said.stdout),
-        String::from_utf8_lossy(&said.stderr)
-    );
+    gw.cli_ok(&["audit", "verify"]);
 }

@@ -97,6 +97,22 @@ pub async fn one_kit(extra: &str) -> Gw {
     acme_on_kit(&stdio_server("kit", extra)).await
 }
 
+/// A ready gateway with a stdio testkit server `kit` and tenant `acme` on it, `extra_top` (TOML
+/// tables) first in its config.
+pub async fn acme_on_kit_with(extra_top: &str) -> Gw {
+    let gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &[TenantSpec {
+            id: "acme",
+            servers: &["kit"],
+            namespacing: true,
+        }],
+        extra_top,
+    );
+    gw.ready().await;
+    gw
+}
+
 /// A ready gateway with the given servers, one of them `kit`, and tenant `acme` on `kit`.
 pub async fn acme_on_kit(servers: &str) -> Gw {
     let gw = Gw::start(
@@ -275,6 +291,18 @@ impl Gw {
             .arg(&self.config)
             .output()
             .expect("run palisade")
+    }
+
+    /// `palisade <args> --config <its config>`, which must succeed; what it printed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "palisade {args:?}: {said}");
+        said
     }
 
     /// An admin API request: status and JSON body (`Null` when empty).
