@@ -285,6 +285,7 @@ pub async fn serve_with_pepper(
     config_path: Option<PathBuf>,
     on_bound: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
+    raise_open_file_limit(config.listen.max_connections);
     let store = open_store(&paths.database_url).await?;
     let bound = Bound::bind(config.listen.mcp, config.listen.admin).await?;
     let gw = Gateway::open(config, pepper, store, paths.data_dir.clone()).await?;
@@ -301,6 +302,32 @@ pub async fn serve_with_pepper(
     http::serve(gw, bound).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Each connection holds a file descriptor, and the usual soft limit (1024) is far below
+/// `listen.max_connections`: past it, accepting fails and clients wait. The soft limit is
+/// raised to the hard one (as Go's runtime does), and a limit that is still too low is said.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Room for upstream connections, audit and store files beside the clients.
+    let wanted = max_connections as u64 + 256;
+    if limit < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            wanted,
+            "the open-file limit is below listen.max_connections plus room for upstreams: \
+             connections beyond it wait; raise it (ulimit -n, LimitNOFILE=) or lower \
+             listen.max_connections"
+        );
+    }
 }
 
 fn spawn_signal_handler(gw: Arc<Gateway>) {
