@@ -31,13 +31,15 @@ fn key() -> &'static Ed25519KeyPair {
     K.get_or_init(|| Ed25519KeyPair::from_seed_unchecked(&[0x42; 32]).expect("seed"))
 }
 
-fn checkpoint(chain: &Chain, reason: &str, time: &str) -> String {
+fn checkpoint(chain: &mut Chain, reason: &str, time: &str) -> String {
     let checkpoint = Checkpoint {
         seq: chain.last_seq(),
         hash: hex::encode(chain.head()),
         time: time.to_owned(),
         reason: reason.to_owned(),
+        prev: Some(chain.last_checkpoint()),
     };
+    chain.checkpointed();
     let sig = key().sign(&checkpoint.signed_bytes());
     let line = CheckpointLine {
         checkpoint,
@@ -104,12 +106,12 @@ fuzz_target!(|data: &[u8]| {
                 records += 1;
             }
             2 => {
-                let line = checkpoint(&chain, "periodic", pick(i));
+                let line = checkpoint(&mut chain, "periodic", pick(i));
                 files.last_mut().expect("a file").push(line);
                 checkpoints += 1;
             }
             _ => {
-                let line = checkpoint(&chain, "rotate", pick(i));
+                let line = checkpoint(&mut chain, "rotate", pick(i));
                 files.last_mut().expect("a file").push(line);
                 checkpoints += 1;
                 files.push(Vec::new());
@@ -121,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
         files
             .last_mut()
             .expect("a file")
-            .push(checkpoint(&chain, "close", "now"));
+            .push(checkpoint(&mut chain, "close", "now"));
         checkpoints += 1;
     }
 
