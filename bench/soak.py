@@ -216,8 +216,7 @@ args = ["stdio"]
             calls += round_of_traffic(url, keys, n)
             n += 1
         traffic_end = round(time.time() - started)
-        end = settle(sampler, args.rest)
-        time.sleep(10)
+        settle(sampler, args.rest)
         sampler.stopped.set()
         sampler.join()
         end = sample(gw.pid, admin, started)
