@@ -3,7 +3,8 @@
 # Palisade gateway; fails when any scenario's pass/fail differs between the two.
 # Prints a table `scenario | direct | gateway | verdict` per suite, upstream and gateway target
 # (transport and protocol setting); a scenario failing both ways is not an error as long as the
-# gateway passes every check the upstream passes.
+# gateway passes every check the upstream passes. A scenario that does worse while the gateway
+# targets run in parallel is run again alone through its target before it counts.
 #
 #   PALISADE_BIN_DIR   where `palisade` and `palisade-testkit` are (default <repo>/target/debug)
 #   CONFORMANCE_SCENARIO=name   run only that scenario (debugging)

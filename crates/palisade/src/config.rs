@@ -437,7 +437,8 @@ fn default_max_parked() -> usize {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
-    /// `initialize` first; `server/discover` if the upstream does not know `initialize`.
+    /// `server/discover` first; the legacy era if the upstream refuses it or passes over it
+    /// (the handshake module says how that is told from a slow start).
     #[default]
     Auto,
     Legacy,

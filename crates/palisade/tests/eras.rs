@@ -304,3 +304,26 @@ async fn malformed_round_trip_fields_of_a_modern_request_are_refused() {
     let a = gw.modern("acme", 2, "tools/call", params).await;
     assert_eq!(text(a.response()), "x", "{:?}", a.messages);
 }
+
+/// Under `protocol = "auto"` a server that is slow to start (an interpreter importing its SDK)
+/// is not taken for a legacy one: it answers nothing, not even the `ping` sent after half the
+/// handshake time, until it reads discover and answers it.
+#[tokio::test]
+async fn a_slow_starting_modern_server_is_spoken_to_in_the_modern_era() {
+    // Silent for 4 s: past the probe (3 s) with time left in the handshake (6 s).
+    let server = format!(
+        "[[servers]]\nname = \"kit\"\nprotocol = \"auto\"\nconnect_timeout_ms = 6000\n\
+         [servers.stdio]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 4; exec '{}' stdio\"]\n",
+        testkit().display()
+    );
+    let gw = acme_on_kit(&server).await;
+    assert!(
+        gw.wait_log("upstream connected", Duration::from_secs(20))
+            .await,
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(!log.contains("using the legacy era"), "{log}");
+    assert!(log.contains(r#""era":"Modern""#), "{log}");
+}

@@ -1,10 +1,13 @@
 //! The gateway as an MCP client: the handshake that opens a link, in the upstream's era.
 //!
 //! Legacy upstreams get `initialize` + `notifications/initialized`; modern ones `server/discover`.
-//! With `protocol = "auto"` the gateway asks `server/discover` first; any failure of that
-//! attempt (an error, no answer within half the handshake time, or a server that dies of an
-//! unknown request before `initialize`) makes the upstream legacy until the gateway restarts, so
-//! an old server costs at most one restart. A server that answers is spoken to in the modern era
+//! With `protocol = "auto"` the gateway asks `server/discover` first. An error, a server that
+//! dies of an unknown request before `initialize`, or one that passes over it (after half the
+//! handshake time the gateway sends `ping`, which legacy servers answer before `initialize`; a
+//! server that answers that first never read discover as its own) makes the upstream legacy
+//! until the gateway restarts, so an old server costs at most one restart. A slow starter
+//! answers neither for a while and is not mistaken for a legacy one. A server that answers is
+//! spoken to in the modern era
 //! by 2026-07-28 clients and by the gateway itself (lists, `subscriptions/listen`); what legacy
 //! clients get is `Upstream::call`'s business:
 //! - over HTTP, each legacy client session has its own upstream session, opened with
@@ -81,9 +84,8 @@ pub fn provisional() -> &'static UpstreamInfo {
     })
 }
 
-/// How long `auto` waits for `server/discover` before trying `initialize`: half the handshake's
-/// time, since a slow starter (an interpreter importing its SDK takes seconds) is not a legacy
-/// server; only a silent one is.
+/// How long `auto` waits for `server/discover` alone before asking `ping` too: half the
+/// handshake's time, so a server that ignores discover is found well within it.
 fn discover_probe(up: &Upstream) -> Duration {
     Duration::from_millis(up.config.connect_timeout_ms / 2)
 }
@@ -95,26 +97,48 @@ pub(super) async fn run(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<Upstream
             format!("initialize failed with error {code}")
         }),
         // A server that answered, but not with the modern era, refused it.
-        UpstreamProtocol::Modern => discover(up, link, None).await.inspect_err(|_| {
+        UpstreamProtocol::Modern => discover(up, link).await.inspect_err(|_| {
             if !link.closed.is_cancelled() {
                 up.refused.store(true, Ordering::Relaxed);
             }
         }),
         UpstreamProtocol::Auto if up.legacy_only.load(Ordering::Relaxed) => legacy(up, link).await,
-        UpstreamProtocol::Auto => {
-            // Marked first: if the probe kills the server, the restart goes straight to legacy.
-            up.legacy_only.store(true, Ordering::Relaxed);
-            match discover(up, link, Some(discover_probe(up))).await {
-                Ok(info) => {
-                    up.legacy_only.store(false, Ordering::Relaxed);
-                    Ok(info)
-                }
-                Err(reason) => {
-                    tracing::info!(server = %up.name, %reason, "upstream does not speak 2026-07-28; using the legacy era");
-                    legacy(up, link).await
-                }
+        UpstreamProtocol::Auto => match probe(up, link).await {
+            Ok(info) => Ok(info),
+            Err(reason) => {
+                up.legacy_only.store(true, Ordering::Relaxed);
+                tracing::info!(server = %up.name, %reason, "upstream does not speak 2026-07-28; using the legacy era");
+                legacy(up, link).await
             }
-        }
+        },
+    }
+}
+
+/// `auto`'s question: the modern era's info, or why the upstream is legacy. It waits as long as
+/// the handshake may (a slow starter, an interpreter importing its SDK, answers late); only an
+/// answer decides, and discover wins a tie with the `ping` sent after `discover_probe`.
+async fn probe(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
+    let discover = discover(up, link);
+    tokio::pin!(discover);
+    tokio::select! {
+        outcome = &mut discover => return outcome,
+        () = tokio::time::sleep(discover_probe(up)) => {}
+    }
+    // Silent so far: a slow starter, or a legacy server that drops requests before
+    // `initialize` (as the Python SDK 1.x does) but answers `ping`.
+    let ping = up.request_on(link, "ping", "{}", None);
+    tokio::select! {
+        biased;
+        outcome = &mut discover => return outcome,
+        answer = ping => if let Err(UpstreamError::Lost { reason, .. }) = answer {
+            return Err(reason);
+        },
+    }
+    // A server that answered `ping` has read discover, which it received first; one that
+    // handles requests concurrently may still be answering it, so it has a moment more.
+    match tokio::time::timeout(discover_probe(up) / 5, discover).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err("it answered ping but not server/discover".into()),
     }
 }
 
@@ -192,13 +216,9 @@ pub(super) async fn health(
     outcome.map(drop).map_err(|e| e.to_string())
 }
 
-async fn discover(
-    up: &Arc<Upstream>,
-    link: &Arc<Link>,
-    probe: Option<Duration>,
-) -> Result<UpstreamInfo, String> {
+async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, String> {
     let params = discover_params();
-    let result = match up.request_on(link, "server/discover", &params, probe).await {
+    let result = match up.request_on(link, "server/discover", &params, None).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
             return Err(format!(

@@ -535,6 +535,18 @@ impl CallHandle {
     }
 }
 
+/// Removes an internal request's pending entry when its waiter goes.
+struct Forget<'a> {
+    upstream: &'a Upstream,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.upstream.lock_calls().remove(&self.id);
+    }
+}
+
 impl Drop for CallHandle {
     fn drop(&mut self) {
         if !self.finished {
@@ -1829,18 +1841,19 @@ impl Upstream {
             Some(id),
             Some(request),
         );
+        // The entry goes however this ends, also when the caller stops waiting (the `auto`
+        // handshake drops the request that loses its race).
+        let _forget = Forget { upstream: self, id };
         let limit = within.unwrap_or(Duration::from_secs(24 * 3600));
         let lost = |reason: String| UpstreamError::Lost {
             server: self.name.clone(),
             reason,
         };
-        let outcome = tokio::select! {
+        tokio::select! {
             r = done => r.unwrap_or_else(|_| Err(lost(link.reason()))),
             _ = link.closed.cancelled() => Err(lost(link.reason())),
             _ = tokio::time::sleep(limit) => Err(UpstreamError::Timeout { server: self.name.clone(), ms: limit.as_millis() as u64 }),
-        };
-        self.lock_calls().remove(&id);
-        outcome
+        }
     }
 
     /// For a modern upstream: keeps a `subscriptions/listen` open so list changes invalidate the
