@@ -477,13 +477,12 @@ async fn replicas_share_one_quota_through_redis_and_follow_the_policy_while_it_i
     );
 }
 
-/// `n` calls by `s`, one every `every`; how many were refused.
+/// `n` calls by `s`, with at least `every` between one call's answer and the next call (so a
+/// slow moment never bunches them up into a burst above the pace); how many were refused.
 async fn paced(s: &common::Legacy<'_>, n: u64, every: Duration) -> u32 {
     let mut refused = 0;
-    let mut next = Instant::now();
     for id in 0..n {
-        tokio::time::sleep_until(next.into()).await;
-        next += every;
+        tokio::time::sleep(every).await;
         let a = s.call(id, "kit__echo", json!({"message": "b"})).await;
         if refusal(&a).is_some() {
             refused += 1;
@@ -493,46 +492,48 @@ async fn paced(s: &common::Legacy<'_>, n: u64, every: Duration) -> u32 {
 }
 
 /// A tenant flooding at ten times its quota is refused while another tenant beside it, at half
-/// its own quota, is never refused. (How much the flood slows the other tenant down is a
-/// timing figure: `bench/neighbour.py` measures it.)
+/// its own quota at most, is never refused. (How much the flood slows the other tenant down is
+/// a timing figure: `bench/neighbour.py` measures it.) Nothing here depends on the machine's
+/// speed: B's pace is a floor between its calls, and the flood goes on until both B is done and
+/// A has been refused a hundred times, however long a loaded machine takes for that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
     let gw = common::two_tenants_on_kit_with(
         "",
         "[audit]\nenabled = false\n[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 50, burst = 10 }\n",
     );
     gw.ready().await;
     let b = gw.legacy("globex").await;
-    // A sends 500 calls/s (ten times its quota) from five sessions while B calls at half its
-    // quota.
+    // A sends up to 500 calls/s (ten times its quota) from five sessions while B calls at half
+    // its quota at most.
     let a_sessions = futures_util::future::join_all((0..5).map(|_| gw.legacy("acme"))).await;
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (b_done, a_refused) = (AtomicBool::new(false), AtomicU32::new(0));
+    let deadline = Instant::now() + Duration::from_secs(120);
     let flood = futures_util::future::join_all(a_sessions.iter().map(|s| async {
-        let mut refused = 0u32;
         let mut id = 0;
         let mut next = Instant::now();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while !(b_done.load(SeqCst) && a_refused.load(SeqCst) >= 100) {
+            assert!(
+                Instant::now() < deadline,
+                "A was refused {} times in 120 s",
+                a_refused.load(SeqCst)
+            );
             tokio::time::sleep_until(next.into()).await;
             next += Duration::from_millis(10);
             id += 1;
             if refusal(&s.call(id, "kit__echo", json!({"message": "a"})).await).is_some() {
-                refused += 1;
+                a_refused.fetch_add(1, SeqCst);
             }
         }
-        refused
     }));
     let measured = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let r = paced(&b, 100, Duration::from_millis(40)).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        b_done.store(true, SeqCst);
         r
     };
-    let (a_refused, refused_beside) = tokio::join!(flood, measured);
-    let a_refused: u32 = a_refused.iter().sum();
-    assert!(
-        a_refused > 500,
-        "A must be over its quota: refused {a_refused}"
-    );
+    let (_, refused_beside) = tokio::join!(flood, measured);
     assert_eq!(refused_beside, 0, "B is never refused");
 }
 
