@@ -1,4 +1,5 @@
-//! Palisade traffic protection (ARCHITECTURE §6): what decides whether a call may go on now.
+//! Palisade traffic protection (docs/ARCHITECTURE.md §4, steps 6 and 7): what decides whether
+//! a call may go on now.
 //!
 //! Owns: GCRA rate limits in process ([`local`]) and across replicas in Redis ([`redis`]), with
 //! a configured policy for when Redis is down; bulkheads ([`bulkhead`]) that cap calls in

@@ -1,6 +1,6 @@
 //! Verifies the tenant assertion the gateway attaches to every call in shared placement
-//! (ARCHITECTURE §5): a compact JWS signed with EdDSA, carrying `tenant`, `sub`, `scope` and
-//! `audit_id`, for one audience (this server), valid for at most a minute.
+//! (docs/ARCHITECTURE.md §5): a compact JWS signed with EdDSA, carrying `tenant`, `sub`,
+//! `scope` and `audit_id`, for one audience (this server), valid for at most a minute.
 //!
 //! Keys come from the gateway's JWKS URL (fetched on first use, again when an unknown `kid`
 //! appears — a rotation — at most once a second, and every five minutes) or from a JWKS file

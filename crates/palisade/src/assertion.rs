@@ -1,4 +1,4 @@
-//! Signed tenant context for shared servers (ARCHITECTURE §5): for each call to a
+//! Signed tenant context for shared servers (docs/ARCHITECTURE.md §5): for each call to a
 //! `placement = "shared"` server the gateway mints a short-lived JWT (EdDSA) that says which
 //! tenant, subject and scopes the call is for and which audit record it belongs to, and puts it
 //! in the call's `_meta` under [`META_KEY`]. A shared server trusts that, checked against the

@@ -303,8 +303,8 @@ fn default_quarantine_for() -> u64 {
     600
 }
 
-/// Rate limits (ARCHITECTURE §6): named tiers of per-tenant, per-subject and per-tool rates;
-/// a tenant's policy picks its tier and may replace any of its rates.
+/// Rate limits (docs/ARCHITECTURE.md §4, steps 6 and 7): named tiers of per-tenant, per-subject
+/// and per-tool rates; a tenant's policy picks its tier and may replace any of its rates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
@@ -445,7 +445,7 @@ pub enum UpstreamProtocol {
     Modern,
 }
 
-/// Where a server's calls run (ARCHITECTURE §5).
+/// Where a server's calls run (docs/ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Placement {

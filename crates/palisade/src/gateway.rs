@@ -9,7 +9,7 @@
 //! shares the store. A config reload ([`Gateway::reload`]) restarts only the upstreams whose
 //! settings changed.
 //!
-//! Upstreams come in two placements (ARCHITECTURE §5): shared ones run for every tenant and
+//! Upstreams come in two placements (docs/ARCHITECTURE.md §5): shared ones run for every tenant and
 //! follow the config; a dedicated server gets one instance per active tenant, which follows the
 //! registry: created with the tenant's entry, started on its first call, stopped when idle, and
 //! stopped for good when the tenant is suspended or deleted.
@@ -89,7 +89,7 @@ pub struct Gateway {
     pub vault: Arc<Vault>,
     /// The audit trail, unless `[audit] enabled = false`.
     pub audit: Option<Arc<Auditor>>,
-    /// Rate limits (ARCHITECTURE §6).
+    /// Rate limits (docs/ARCHITECTURE.md §4, steps 6 and 7).
     pub protection: Protection,
     /// Signs the tenant context of calls to shared servers.
     pub assertions: Assertions,

@@ -7,7 +7,7 @@
 //! which asks the [`policy`] first) →
 //! [`upstream`] (stdio processes and HTTP servers, supervised). [`metrics`] counts along the way;
 //! [`resume`] keeps legacy sessions' event streams resumable.
-//! `ARCHITECTURE.md` is the map.
+//! `docs/ARCHITECTURE.md` is the map.
 
 pub mod assertion;
 pub mod audit;

@@ -1,5 +1,5 @@
-//! Traffic protection in the call path (ARCHITECTURE §6). Before a tool call, resource read
-//! or prompt is audited and forwarded, in this order:
+//! Traffic protection in the call path (docs/ARCHITECTURE.md §4, steps 6 and 7). Before a tool
+//! call, resource read or prompt is audited and forwarded, in this order:
 //!
 //! 1. its rate limits — the tenant's, then the subject's within the tenant, then the tool's,
 //!    then the server's quota (shared between the tenants calling it, by weight);

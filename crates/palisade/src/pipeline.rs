@@ -8,14 +8,16 @@
 //!      call against the tenant's [`Policy`](crate::policy::Policy) (a denied tool is refused,
 //!      missing scopes are a 403 `insufficient_scope` so the client can step up); and for a
 //!      modern client check its `Mcp-Param-*` headers against the arguments;
-//!   2. say what the client can take (capabilities, log level) for the upstream hop;
-//!   3. send it upstream; [`Forward::next`] then relays what comes back, in order, ending with
+//!   2. the protection checks of [`crate::limits`]: rate limits, then quarantine, breakers and
+//!      bulkheads;
+//!   3. say what the client can take (capabilities, log level) for the upstream hop;
+//!   4. the BEGIN audit record, durable before anything is sent, and the tenant assertion for a
+//!      shared server ([`tell_the_tenant`]);
+//!   5. send it upstream; [`Forward::next`] then relays what comes back, in order, ending with
 //!      the response, and bridges input requests between the eras.
 //!
 //! Only what the gateway owns is rewritten here (the name or URI); ids, progress tokens and the
-//! era's `_meta` keys are the upstream module's. Authorization, rate limits, bulkheads,
-//! //! Rate limits, bulkheads, breakers and the audit record slot in between 2 and 3, each in its
-//! own module, in that order.
+//! era's `_meta` keys are the upstream module's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -441,7 +443,7 @@ pub async fn forward(
     })
 }
 
-/// The methods whose calls are audited (ARCHITECTURE §7).
+/// The methods whose calls are audited (docs/ARCHITECTURE.md, invariant 3).
 /// Requests that can carry a tenant's data: rate-limited, audited, and sent to a shared server
 /// with the tenant's signed context.
 const AUDITED: [&str; 6] = [

@@ -76,7 +76,6 @@ impl ClientConn {
         }
     }
 
-    /// Resolves when the connection is past its deadline while not busy.
     /// The deadline that applies to the connection now.
     pub fn deadline(&self) -> Expired {
         if self.served.load(Ordering::Acquire) {
@@ -86,6 +85,7 @@ impl ClientConn {
         }
     }
 
+    /// Resolves when the connection is past its deadline while not busy.
     pub async fn expired(&self, first_request: Duration, idle: Duration) -> Expired {
         loop {
             let served = self.served.load(Ordering::Acquire);

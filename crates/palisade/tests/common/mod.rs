@@ -22,7 +22,6 @@ pub const ACCEPT: &str = "application/json, text/event-stream";
 /// The pepper every test gateway uses.
 pub const PEPPER: &str = "pppppppppppppppppppppppppppppppppppppppppppppppp";
 
-/// The config form of an API key under [`PEPPER`].
 /// `None` after printing why the test cannot run on this host; under `CI=true` a failure.
 pub fn skip(why: &str) -> Option<()> {
     assert!(
@@ -42,6 +41,7 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The config form of an API key under [`PEPPER`].
 pub fn stored_hash(key: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PEPPER.as_bytes()).expect("hmac");
     mac.update(key.as_bytes());
