@@ -6,12 +6,12 @@
 # Besides our own test upstream (palisade-testkit), both run against upstreams we did not write:
 # the fixture servers of tests/servers on the official Python and TypeScript SDKs
 # (test_third_party.py, ts/test/third_party.test.mjs).
-# Binaries: $PALISADE_BIN_DIR (default /work/main/target/debug) must hold `palisade`
+# Binaries: $PALISADE_BIN_DIR (default <repo>/target/debug) must hold `palisade`
 # and `palisade-testkit` (cargo build -p palisade -p testkit).
 # Exits non-zero if any test fails.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-/work/main/target/debug}"
+export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-$(cd "$here/../.." && pwd)/target/debug}"
 
 for bin in palisade palisade-testkit; do
   if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then

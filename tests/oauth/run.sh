@@ -5,13 +5,13 @@
 #   client: the official TypeScript MCP SDK (@modelcontextprotocol/sdk 1.32.2) with an
 #     in-memory OAuthClientProvider that answers login and consent itself;
 #   resource server: `palisade serve` with an [oauth] table trusting that issuer.
-# Binaries: $PALISADE_BIN_DIR (default /work/main/target/debug) must hold `palisade` and
+# Binaries: $PALISADE_BIN_DIR (default <repo>/target/debug) must hold `palisade` and
 # `palisade-testkit` (cargo build -p palisade -p testkit).
 # Node: the pinned Node 22 from package.json (oidc-provider supports Node 22 LTS and later;
 # the machine's node may be older). Exits non-zero if any test fails.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-/work/main/target/debug}"
+export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-$(cd "$here/../.." && pwd)/target/debug}"
 
 for bin in palisade palisade-testkit; do
   if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then
