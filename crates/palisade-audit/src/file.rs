@@ -8,7 +8,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chain::{Chain, Head, split_line};
 use crate::writer::{AuditConfig, AuditLog, CheckpointLine, Sink};
@@ -35,13 +34,6 @@ pub struct FileSink {
 
 /// Preallocation step: one extension (zeros written and synced) every few thousand records.
 const ALLOC_CHUNK: u64 = 4 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -83,7 +75,7 @@ impl FileSink {
     /// Create a new file for a trail whose next record is `first_seq`.
     pub fn create(dir: &Path, first_seq: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let mut ms = now_ms();
+        let mut ms = crate::time::now_ms() as u64;
         loop {
             let path = dir.join(format!("audit-{first_seq:020}-{ms:013}.jsonl"));
             match OpenOptions::new()

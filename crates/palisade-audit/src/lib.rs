@@ -11,16 +11,19 @@
 pub mod chain;
 pub mod file;
 pub mod postgres;
+pub mod read;
 pub mod record;
 pub mod stdout;
+pub mod time;
 pub mod verify;
 pub mod writer;
 
 pub use chain::{Chain, GENESIS_HASH, hash_line, split_line};
 pub use file::{FileSink, FileText, list_files, read_file};
 pub use postgres::PgSink;
-pub use record::{Fingerprinter, Kind, Record, canonical_json, new_uuid_v7, now_rfc3339};
+pub use record::{Fingerprinter, Kind, Record, canonical_json, new_uuid_v7};
 pub use stdout::StreamSink;
+pub use time::now_rfc3339;
 pub use verify::{
     Problem, ProblemKind, Report, VerifyOptions, verify, verify_sources, verify_with,
 };

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::time::now_rfc3339;
 
 /// Record phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +90,7 @@ impl Record {
 
 /// A new UUIDv7 string: 48-bit Unix milliseconds, version 7, variant 10, random rest.
 pub fn new_uuid_v7() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = crate::time::now_ms() as u64;
     let mut b: [u8; 16] = rand::random();
     b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;
@@ -105,38 +103,6 @@ pub fn new_uuid_v7() -> String {
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    )
-}
-
-/// Current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T17:02:40.123Z`.
-pub fn now_rfc3339() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    rfc3339_from_ms(ms)
-}
-
-fn rfc3339_from_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
     )
 }
 
@@ -421,12 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn time_and_uuid() {
-        assert_eq!(rfc3339_from_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_from_ms(1_709_210_096_789),
-            "2024-02-29T12:34:56.789Z"
-        );
+    fn uuid() {
         let u = new_uuid_v7();
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "7");

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::Chain;
-use crate::record::now_rfc3339;
+use crate::time::now_rfc3339;
 use crate::{AuditError, Record};
 
 /// Writer configuration.

@@ -14,19 +14,18 @@
 //!
 //! - `init-postgres` creates the PostgreSQL sink's table and its insert-and-select-only role.
 //!
-//! `tail`, `find` and `export` read the trail through `read_lines`: the file sink's files, or the
-//! PostgreSQL sink's rows when the config has no file sink (or `--sink postgres`).
+//! `tail`, `find` and `export` read the trail through [`palisade_audit::read`] (the file sink's
+//! files, or the PostgreSQL sink's rows when the config has no file sink, or `--sink postgres`),
+//! which also answers their questions; this module holds their arguments and their printing.
 
-use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use palisade_audit::{
-    FileText, Kind, Record, VerifyOptions, list_files, read_file, verify_sources, verify_with,
-};
+use palisade_audit::read::{self, Position, Trail};
+use palisade_audit::{FileText, Kind, Record, VerifyOptions, verify_sources, verify_with};
 
 use super::onboard::StoreArgs;
 use crate::audit::{AuditKeys, audit_dir};
@@ -95,10 +94,10 @@ pub enum AuditCommand {
     Export {
         /// Only records at or after this time: RFC 3339 (`2026-11-27T17:00:00Z`) or that long
         /// ago (`15m`, `2h`, `7d`).
-        #[arg(long, value_parser = parse_when)]
+        #[arg(long, value_parser = when)]
         since: Option<i64>,
         /// Only records before this time (same forms as --since).
-        #[arg(long, value_parser = parse_when)]
+        #[arg(long, value_parser = when)]
         until: Option<i64>,
         /// Only this tenant's records.
         #[arg(long)]
@@ -127,13 +126,6 @@ pub struct TrailArgs {
 pub enum ReadSink {
     File,
     Postgres,
-}
-
-/// A readable trail.
-enum Source {
-    Files(PathBuf),
-    /// The `postgres` sink's URL (it may hold a password: never printed).
-    Postgres(String),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,7 +157,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             follow,
             json,
             trail,
-        } => tail(&trail.source()?, &tenant, lines, follow, json).await,
+        } => tail(&trail.trail()?, &tenant, lines, follow, json).await,
         AuditCommand::Find {
             tenant,
             tool,
@@ -178,7 +170,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             tenant,
             format: ExportFormat::Jsonl,
             trail,
-        } => export(&trail.source()?, since, until, tenant.as_deref()).await,
+        } => export(&trail.trail()?, since, until, tenant.as_deref()).await,
     };
     // A reader that went away (`| head`) is not an error.
     match done {
@@ -287,9 +279,9 @@ async fn verify(
 
 impl TrailArgs {
     /// The trail to read (the config is read only when `--dir` is not given).
-    fn source(&self) -> anyhow::Result<Source> {
+    fn trail(&self) -> anyhow::Result<Trail> {
         if let Some(dir) = &self.dir {
-            return Ok(Source::Files(dir.clone()));
+            return Ok(Trail::Files(dir.clone()));
         }
         let config = Config::load(&self.store.config)?;
         let has = |s| config.audit.sinks.contains(&s);
@@ -304,119 +296,16 @@ impl TrailArgs {
             ),
         };
         Ok(match pick {
-            ReadSink::File => {
-                Source::Files(audit_dir(&config, &self.store.paths(&config).data_dir))
-            }
-            ReadSink::Postgres => Source::Postgres(config.audit.postgres_url().ok_or_else(
+            ReadSink::File => Trail::Files(audit_dir(&config, &self.store.paths(&config).data_dir)),
+            ReadSink::Postgres => Trail::Postgres(config.audit.postgres_url().ok_or_else(
                 || anyhow!("[audit] has the postgres sink but no postgres_url (or its variable is unset)"),
             )?),
         })
     }
 }
 
-/// The stored record lines of `source` after `from`, and where they end (see `file_lines`).
-/// The PostgreSQL table is read whole, every replica's chain in turn.
-async fn read_lines(source: &Source, from: &Position) -> anyhow::Result<(Vec<String>, Position)> {
-    match source {
-        Source::Files(dir) => file_lines(dir, from),
-        Source::Postgres(url) => {
-            let mut at = from.clone();
-            let mut out = Vec::new();
-            for (replica, lines) in palisade_audit::postgres::read_chains(url).await? {
-                let seen = at.rows.entry(replica).or_insert(0);
-                out.extend(
-                    lines[(*seen).min(lines.len())..]
-                        .iter()
-                        .filter(|l| !l.starts_with("{\"checkpoint\""))
-                        .cloned(),
-                );
-                *seen = lines.len();
-            }
-            Ok((out, at))
-        }
-    }
-}
-
-/// Where reading stopped: a file of the trail and how many of its bytes were read, or how many
-/// rows of each replica's chain.
-#[derive(Clone, Default)]
-struct Position {
-    file: Option<PathBuf>,
-    offset: usize,
-    rows: HashMap<String, usize>,
-}
-
-/// The stored record lines in `dir` after `from` (all of them from `Position::default()`), in
-/// chain order, and where they end. Checkpoint lines are left out, and so is a file's final
-/// line without a newline unless it is a whole record: a line torn by a crash, or one the
-/// gateway is still writing (the next read after it is done returns it).
-fn file_lines(dir: &Path, from: &Position) -> anyhow::Result<(Vec<String>, Position)> {
-    let none = || {
-        anyhow!(
-            "no audit trail in {}: is [audit] dir right (or --dir)? The gateway writes it there once it has run with the file sink",
-            dir.display()
-        )
-    };
-    let files = match list_files(dir) {
-        Ok(files) if files.is_empty() => return Err(none()),
-        Ok(files) => files,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(none()),
-        Err(e) => {
-            return Err(anyhow!(e).context(format!(
-                "cannot read the audit trail in {}: check its permissions",
-                dir.display()
-            )));
-        }
-    };
-    let mut lines = Vec::new();
-    let mut at = from.clone();
-    for path in files {
-        let start = match &from.file {
-            Some(f) if path < *f => continue,
-            Some(f) if path == *f => from.offset,
-            _ => 0,
-        };
-        let text = read_file(&path)
-            .with_context(|| format!("cannot read {}: check its permissions", path.display()))?
-            .text;
-        let mut offset = start.min(text.len());
-        for line in text.get(offset..).unwrap_or("").split_inclusive('\n') {
-            let (body, whole) = match line.strip_suffix('\n') {
-                Some(body) => (body, true),
-                None => (line, serde_json::from_str::<Record>(line).is_ok()),
-            };
-            if !whole {
-                break;
-            }
-            offset += line.len();
-            if !body.is_empty() && !body.starts_with("{\"checkpoint\"") {
-                lines.push(body.to_owned());
-            }
-        }
-        at = Position {
-            file: Some(path),
-            offset,
-            rows: HashMap::new(),
-        };
-    }
-    Ok((lines, at))
-}
-
-/// Each line with its record.
-fn parse(lines: Vec<String>) -> anyhow::Result<Vec<(String, Record)>> {
-    lines
-        .into_iter()
-        .map(|line| match serde_json::from_str::<Record>(&line) {
-            Ok(r) => Ok((line, r)),
-            Err(e) => Err(anyhow!(
-                "a stored line is not an audit record ({e}): run `palisade audit verify` to find it"
-            )),
-        })
-        .collect()
-}
-
 async fn tail(
-    source: &Source,
+    trail: &Trail,
     tenant: &str,
     n: usize,
     follow: bool,
@@ -430,15 +319,9 @@ async fn tail(
             writeln!(out, "{}", summary(r))
         }
     };
-    let (lines, mut at) = read_lines(source, &Position::default()).await?;
-    let mut records: Vec<(String, Record)> = parse(lines)?
-        .into_iter()
-        .filter(|(_, r)| r.tenant == tenant)
-        .collect();
-    // Several replicas' chains interleave in time.
-    records.sort_by(|a, b| a.1.time.cmp(&b.1.time));
-    for (line, r) in &records[records.len().saturating_sub(n)..] {
-        print(&mut out, line, r)?;
+    let (lines, mut at) = trail.lines_after(&Position::default()).await?;
+    for (line, r) in read::last_of_tenant(read::parse(lines)?, tenant, n) {
+        print(&mut out, &line, &r)?;
     }
     out.flush()?;
     if !follow {
@@ -446,9 +329,9 @@ async fn tail(
     }
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (lines, next) = read_lines(source, &at).await?;
+        let (lines, next) = trail.lines_after(&at).await?;
         at = next;
-        for (line, r) in parse(lines)? {
+        for (line, r) in read::parse(lines)? {
             if r.tenant == tenant {
                 print(&mut out, &line, &r)?;
             }
@@ -520,41 +403,25 @@ async fn find(
     let fingerprinter = AuditKeys::load(&config, &data_dir)?.fingerprinter();
     let value = read_args(args)?;
     let (key_id, fingerprint) = fingerprinter.fingerprint(tenant, &value);
-    let (lines, _) = read_lines(&trail.source()?, &Position::default()).await?;
-    let records: Vec<Record> = parse(lines)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r.tenant == tenant)
-        .collect();
-    let ends: HashMap<&str, &Record> = records
-        .iter()
-        .filter(|r| r.kind == Kind::End)
-        .map(|r| (r.id.as_str(), r))
-        .collect();
+    let records = trail.trail()?.records().await?;
+    let calls = read::calls_with(
+        records.into_iter().map(|(_, r)| r).collect(),
+        tenant,
+        tool,
+        (&key_id, &fingerprint),
+    );
     let mut out = io::stdout().lock();
-    let (mut found, mut other_keys) = (0, 0);
-    for r in records
-        .iter()
-        .filter(|r| matches!(r.kind, Kind::Begin | Kind::Denied))
-        .filter(|r| tool.is_none_or(|t| r.target.as_deref() == Some(t)))
-    {
-        if r.key_id.as_deref() != Some(key_id.as_str()) {
-            other_keys += usize::from(r.key_id.is_some());
-            continue;
-        }
-        if r.args_fingerprint.as_deref() != Some(fingerprint.as_str()) {
-            continue;
-        }
-        found += 1;
-        writeln!(out, "{}", summary(r))?;
-        if let Some(end) = ends.get(r.id.as_str()) {
+    for (call, end) in &calls.found {
+        writeln!(out, "{}", summary(call))?;
+        if let Some(end) = end {
             writeln!(out, "{}", summary(end))?;
         }
     }
-    writeln!(out, "{found} calls found")?;
-    if other_keys > 0 {
+    writeln!(out, "{} calls found", calls.found.len())?;
+    if calls.other_keys > 0 {
         eprintln!(
-            "note: {other_keys} calls were fingerprinted under another audit key than the current one ({key_id}) and cannot be matched"
+            "note: {} calls were fingerprinted under another audit key than the current one ({key_id}) and cannot be matched",
+            calls.other_keys
         );
     }
     Ok(())
@@ -587,29 +454,14 @@ fn read_args(path: &Path) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn export(
-    source: &Source,
+    trail: &Trail,
     since: Option<i64>,
     until: Option<i64>,
     tenant: Option<&str>,
 ) -> anyhow::Result<()> {
-    let (lines, _) = read_lines(source, &Position::default()).await?;
+    let lines = read::window(trail.records().await?, since, until, tenant)?;
     let mut out = io::stdout().lock();
-    for (line, r) in parse(lines)? {
-        if tenant.is_some_and(|t| r.tenant != t) {
-            continue;
-        }
-        if since.is_some() || until.is_some() {
-            let t = rfc3339_ms(&r.time).ok_or_else(|| {
-                anyhow!(
-                    "record seq {} has an unreadable time {:?}: run `palisade audit verify`",
-                    r.seq,
-                    r.time
-                )
-            })?;
-            if since.is_some_and(|s| t < s) || until.is_some_and(|u| t >= u) {
-                continue;
-            }
-        }
+    for line in lines {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
@@ -618,148 +470,13 @@ async fn export(
 
 /// A `--since`/`--until` value as Unix milliseconds: RFC 3339, or a duration ago (`90s`,
 /// `15m`, `2h`, `7d`).
-fn parse_when(s: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "{s:?} is neither an RFC 3339 time (2026-11-27T17:00:00Z) nor a duration ago (15m, 2h, 7d)"
-        )
-    };
-    if let Some(t) = rfc3339_ms(s) {
-        return Ok(t);
-    }
-    let unit = s.chars().last().ok_or_else(bad)?;
-    let ms_per = match unit {
-        's' => 1_000,
-        'm' => 60_000,
-        'h' => 3_600_000,
-        'd' => 86_400_000,
-        _ => return Err(bad()),
-    };
-    let count: i64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    count
-        .checked_mul(ms_per)
-        .filter(|ago| *ago >= 0)
-        .map(|ago| now - ago)
-        .ok_or_else(bad)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as Unix milliseconds.
-fn rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |from: usize, to: usize| digits(s.get(from..to)?);
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let days_in_month = match mo {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d < 1 || d > days_in_month || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut ms = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        // Milliseconds: the first three digits, padded.
-        ms = format!("{:0<3}", &frac[..digits.min(3)]).parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (oh, om) = (digits(&rest[1..3])?, digits(&rest[4..6])?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            sign * (oh * 60 + om)
-        }
-        _ => return None,
-    };
-    // Days from civil (H. Hinnant).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
-    Some(secs * 1000 + ms)
-}
-
-/// A run of ASCII digits as a number (no sign, no spaces).
-fn digits(s: &str) -> Option<i64> {
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+fn when(s: &str) -> Result<i64, String> {
+    palisade_audit::time::time_or_ago(s, palisade_audit::time::now_ms())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times() {
-        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            rfc3339_ms("2024-02-29T12:34:56.789Z"),
-            Some(1_709_210_096_789)
-        );
-        assert_eq!(
-            rfc3339_ms("2024-02-29T14:34:56.7891+02:00"),
-            Some(1_709_210_096_789)
-        );
-        assert_eq!(
-            rfc3339_ms("2024-02-29T12:04:56.7-00:30"),
-            Some(1_709_210_096_700)
-        );
-        for bad in [
-            "2023-02-29T00:00:00Z",
-            "2024-13-01T00:00:00Z",
-            "2024-01-01T00:00:00",
-            "2024-01-01T00:00:00.Z",
-            "2024-01-01",
-            "+024-01-01T00:00:00Z",
-        ] {
-            assert_eq!(rfc3339_ms(bad), None, "{bad}");
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let two_hours = parse_when("2h").unwrap();
-        assert!((now - 7_200_000 - two_hours).abs() < 5_000);
-        assert!(parse_when("7d").unwrap() < parse_when("15m").unwrap());
-        assert_eq!(parse_when("2026-11-27T17:00:00Z"), Ok(1_795_798_800_000));
-        for bad in ["", "h", "2x", "-2h", "yesterday"] {
-            assert!(parse_when(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn control_characters_are_escaped() {
