@@ -11,14 +11,7 @@
 # Exits non-zero if any test fails.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-$(cd "$here/../.." && pwd)/target/debug}"
-
-for bin in palisade palisade-testkit; do
-  if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then
-    echo "missing $PALISADE_BIN_DIR/$bin: run 'cargo build -p palisade -p testkit'" >&2
-    exit 2
-  fi
-done
+source "$here/../bins.sh"
 
 # Python virtualenv with the official SDK, recreated when requirements.txt changes.
 source "$here/venv.sh"

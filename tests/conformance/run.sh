@@ -14,14 +14,7 @@
 # Results (checks.json per scenario, logs, summary.md) go to tests/conformance/results/.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PALISADE_BIN_DIR="${PALISADE_BIN_DIR:-$(cd "$here/../.." && pwd)/target/debug}"
-
-for bin in palisade palisade-testkit; do
-  if [[ ! -x "$PALISADE_BIN_DIR/$bin" ]]; then
-    echo "missing $PALISADE_BIN_DIR/$bin: run 'cargo build -p palisade -p testkit'" >&2
-    exit 2
-  fi
-done
+source "$here/../bins.sh"
 
 # Pinned in package.json / package-lock.json: both conformance versions (npm aliases),
 # server-everything, and Node 22 (the suites need Node >= 22; the machine's node may be older).
