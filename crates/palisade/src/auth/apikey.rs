@@ -10,8 +10,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::config::Config;
-
 /// Every API key starts with this; access tokens (JWTs) never do.
 pub const KEY_PREFIX: &str = "pal_";
 
@@ -60,16 +58,6 @@ impl Pepper {
 
     pub fn from_file(path: &Path) -> Result<Pepper, PepperError> {
         Pepper::new(read_key_file(path)?)
-    }
-
-    /// The pepper the config names.
-    pub fn from_config(config: &Config) -> Result<Pepper, PepperError> {
-        let bytes = key_material(
-            config.auth.pepper_file.as_deref(),
-            config.auth.pepper_env.as_deref(),
-        )?
-        .ok_or(PepperError::NotConfigured)?;
-        Pepper::new(bytes)
     }
 
     /// HMAC-SHA256(pepper, key).

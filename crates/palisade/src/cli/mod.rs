@@ -161,7 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = load(&config)?;
             c.check_host()?;
             if c.tenants.iter().any(|t| !t.keys.is_empty()) || !c.admin.keys.is_empty() {
-                Pepper::from_config(&c).context("auth")?;
+                c.pepper().context("auth")?;
             }
             println!(
                 "{}: OK ({} servers, {} tenants)",
@@ -239,7 +239,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 /// The pepper the config names. Without one, API keys cannot be checked: a random pepper is
 /// used so that nothing matches, and the gateway says so.
 pub fn pepper_or_random(config: &Config) -> anyhow::Result<Pepper> {
-    match Pepper::from_config(config) {
+    match config.pepper() {
         Ok(p) => Ok(p),
         Err(e)
             if config.tenants.iter().all(|t| t.keys.is_empty()) && config.admin.keys.is_empty() =>

@@ -268,7 +268,9 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
             store,
         } => {
             let opened = store.open().await?;
-            Pepper::from_config(&opened.config)
+            opened
+                .config
+                .pepper()
                 .context("issuing a key needs the gateway's pepper")?;
             let ops = opened.ops();
             let issued = ops
@@ -320,7 +322,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::New { config } => {
             let c = Config::load(&config)?;
-            let pepper = Pepper::from_config(&c).context("auth")?;
+            let pepper = c.pepper().context("auth")?;
             let key = generate_key();
             println!("API key (shown once, give it to the client): {key}");
             println!(
@@ -339,7 +341,7 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<()> {
             name,
             store,
         } => {
-            if !crate::upstream::template::valid_secret_name(&name) {
+            if !crate::config::template::valid_secret_name(&name) {
                 anyhow::bail!("secret names are 1-64 of [A-Za-z0-9_-]");
             }
             let mut value = String::new();

@@ -531,7 +531,7 @@ async fn put_secret(
     Path((tenant, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    if !crate::upstream::template::valid_secret_name(&name) {
+    if !crate::config::template::valid_secret_name(&name) {
         return Err(error(
             400,
             "invalid",

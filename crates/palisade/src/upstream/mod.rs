@@ -1715,7 +1715,7 @@ impl Upstream {
         let Some(vault) = &self.vault else {
             return Ok(out);
         };
-        for name in template::secret_names(&self.config) {
+        for name in crate::config::template::secret_names(&self.config) {
             if ctx.secrets.contains_key(&name) {
                 continue;
             }

@@ -1,6 +1,5 @@
-//! Templates of dedicated servers: `${tenant.id}` and `${secret:NAME}` in a server's command,
-//! args, env values, cwd, URL and header values, filled for one tenant each time its instance
-//! starts.
+//! Templates of dedicated servers filled for one tenant each time its instance starts (their
+//! syntax, `${tenant.id}` and `${secret:NAME}`, is checked with the config: `config::template`).
 //!
 //! Secret values are read from the gateway host at that moment (so a rotated file is picked up
 //! by the next start) and exist only in the child's command line or environment: errors name
@@ -11,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Http, SecretSource, Server, Stdio};
+use crate::config::template::{Piece, parse};
+use crate::config::{Http, SecretSource, Stdio};
 
 /// What a template is filled with for one tenant.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,94 +32,8 @@ impl std::fmt::Debug for TenantContext {
     }
 }
 
-enum Piece<'a> {
-    Text(&'a str),
-    TenantId,
-    Secret(&'a str),
-}
-
-/// Splits a template into text and placeholders.
-fn parse(text: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut pieces = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        pieces.push(Piece::Text(&rest[..start]));
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("`${{` without a closing `}}` in `{text}`"))?;
-        let name = &after[..end];
-        pieces.push(match name {
-            "tenant.id" => Piece::TenantId,
-            _ => match name.strip_prefix("secret:") {
-                Some(secret) if valid_secret_name(secret) => Piece::Secret(secret),
-                _ => {
-                    return Err(format!(
-                        "unknown placeholder `${{{name}}}`: use ${{tenant.id}} or ${{secret:NAME}}"
-                    ));
-                }
-            },
-        });
-        rest = &after[end + 1..];
-    }
-    pieces.push(Piece::Text(rest));
-    Ok(pieces)
-}
-
-/// Checks a template; `true` if it has placeholders.
-pub fn check(text: &str) -> Result<bool, String> {
-    Ok(parse(text)?.iter().any(|p| !matches!(p, Piece::Text(_))))
-}
-
-pub fn valid_secret_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Every templated field of a server, with its config key (for errors).
-pub fn fields(s: &Server) -> impl Iterator<Item = (String, &str)> {
-    let mut out: Vec<(String, &str)> = Vec::new();
-    if let Some(stdio) = &s.stdio {
-        out.push(("stdio.command".into(), &stdio.command));
-        for (i, a) in stdio.args.iter().enumerate() {
-            out.push((format!("stdio.args[{i}]"), a));
-        }
-        for (k, v) in &stdio.env {
-            out.push((format!("stdio.env.{k}"), v));
-        }
-        if let Some(cwd) = stdio.cwd.as_ref().and_then(|c| c.to_str()) {
-            out.push(("stdio.cwd".into(), cwd));
-        }
-    }
-    if let Some(http) = &s.http {
-        out.push(("http.url".into(), &http.url));
-        for (k, v) in &http.headers {
-            out.push((format!("http.headers.{k}"), v));
-        }
-    }
-    out.into_iter()
-}
-
 /// Secret values read from the registry store for one start, by name.
 pub type StoreSecrets = BTreeMap<String, String>;
-
-/// The names of the secrets a server's template uses.
-pub fn secret_names(s: &Server) -> Vec<String> {
-    let mut names: Vec<String> = fields(s)
-        .filter_map(|(_, text)| parse(text).ok())
-        .flatten()
-        .filter_map(|p| match p {
-            Piece::Secret(name) => Some(name.to_owned()),
-            _ => None,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
 
 /// Fills a template for a tenant.
 pub fn render(text: &str, ctx: &TenantContext, stored: &StoreSecrets) -> Result<String, String> {
@@ -263,13 +177,6 @@ mod tests {
         assert!(e.contains("nope") && e.contains("[tenants.secrets]"), "{e}");
         let e = render("${secret:missing_env}", &c, &none).unwrap_err();
         assert!(e.contains("PALISADE_TEST_SURELY_UNSET_VAR"), "{e}");
-        assert!(
-            check("${tenant.name}")
-                .unwrap_err()
-                .contains("unknown placeholder")
-        );
-        assert!(check("${tenant.id").unwrap_err().contains("closing"));
-        assert!(!check("no placeholders").unwrap());
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

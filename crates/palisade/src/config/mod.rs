@@ -4,6 +4,8 @@
 //! Every struct denies unknown keys, so a typo is an error that names the key, never a silently
 //! ignored setting. Errors name the offending key and say how to fix it.
 
+pub mod template;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde::Deserialize;
+
+use crate::auth::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
 
 /// The maximum length of a namespaced tool or prompt name, per common client limits.
 pub const MAX_NAME_LEN: usize = 64;
@@ -826,12 +830,11 @@ impl Config {
                     }
                 }
             }
-            let templated =
-                crate::upstream::template::fields(s).try_fold(false, |any, (field, text)| {
-                    crate::upstream::template::check(text)
-                        .map(|has| any || has)
-                        .map_err(|e| invalid(format!("{key}.{field}"), e))
-                })?;
+            let templated = template::fields(s).try_fold(false, |any, (field, text)| {
+                template::check(text)
+                    .map(|has| any || has)
+                    .map_err(|e| invalid(format!("{key}.{field}"), e))
+            })?;
             if let Some(profile) = &s.sandbox {
                 if s.placement != Placement::Dedicated || s.stdio.is_none() {
                     return Err(invalid(
@@ -927,7 +930,7 @@ impl Config {
                 ));
             }
             for k in &t.keys {
-                let Some(hash) = crate::auth::apikey::parse_stored_hash(k) else {
+                let Some(hash) = parse_stored_hash(k) else {
                     return Err(invalid(
                         format!("{key}.keys"),
                         "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
@@ -943,7 +946,7 @@ impl Config {
         }
         for (i, t) in self.tenants.iter().enumerate() {
             for (name, source) in &t.secrets {
-                if !crate::upstream::template::valid_secret_name(name) {
+                if !template::valid_secret_name(name) {
                     return Err(invalid(
                         format!("tenants[{i}].secrets"),
                         format!("`{name}` is not a valid secret name: use [A-Za-z0-9_-]"),
@@ -962,7 +965,7 @@ impl Config {
             }
         }
         for k in &self.admin.keys {
-            let Some(hash) = crate::auth::apikey::parse_stored_hash(k) else {
+            let Some(hash) = parse_stored_hash(k) else {
                 return Err(invalid(
                     "admin.keys",
                     "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`",
@@ -1099,6 +1102,17 @@ pub struct DataPaths {
 }
 
 impl Config {
+    /// The pepper `[auth]` names (`pepper_file` or `pepper_env`), which API keys are hashed
+    /// under.
+    pub fn pepper(&self) -> Result<Pepper, PepperError> {
+        let bytes = key_material(
+            self.auth.pepper_file.as_deref(),
+            self.auth.pepper_env.as_deref(),
+        )?
+        .ok_or(PepperError::NotConfigured)?;
+        Pepper::new(bytes)
+    }
+
     /// Files and directories holding the gateway's secrets and state, which no process it
     /// starts may see: the data directory (registry, audit trail, assertion keys, other
     /// tenants' working directories) and every configured secret file.
