@@ -8,9 +8,13 @@
 //!
 //! A batch is one INSERT (one transaction): durable when PostgreSQL commits it. An advisory lock
 //! per replica keeps two gateways with the same replica name from writing one chain. If the
-//! answer to a commit is lost (the connection drops), the writer cannot know whether the rows
-//! landed; on reconnecting it compares the table with what it confirmed and, if they differ,
-//! stays unavailable with an error saying to restart (which resumes the chain from the table).
+//! answer to a commit is lost (the connection drops while PostgreSQL commits, or it crashes),
+//! the sink cannot know whether the rows landed, so it keeps them ([`Sink::kept`]) and, once
+//! connected again, reads the table: rows that are exactly the kept lines mean the commit
+//! landed; no rows past what it confirmed mean it did not, and the kept lines go first in the
+//! next INSERT. Either way each line is stored once, in chain order, with no restart. Anything
+//! else means another writer: the sink stays unavailable with an error saying to restart
+//! (which resumes the chain from the table).
 
 use std::io;
 use std::sync::Arc;
@@ -178,7 +182,12 @@ pub struct PgSink {
     committed_bytes: u64,
     /// Position of the next row.
     next_pos: i64,
-    /// The table holds rows this writer did not confirm: stop until restarted.
+    /// Lines sent in a commit whose answer was lost, from `next_pos` on: stored before any
+    /// other once connected again, unless the table shows they landed.
+    in_doubt: Vec<String>,
+    /// The last failed `sync` kept its lines in `in_doubt`.
+    kept: bool,
+    /// The table holds rows this writer did not write: stop until restarted.
     diverged: bool,
 }
 
@@ -200,6 +209,8 @@ impl PgSink {
             pending_bytes: 0,
             committed_bytes: 0,
             next_pos: 1,
+            in_doubt: Vec::new(),
+            kept: false,
             diverged: false,
         };
         let runtime = sink.runtime.clone();
@@ -301,27 +312,53 @@ impl PgSink {
         )))
     }
 
+    /// Whether the table's rows from `next_pos` up to `next` are exactly the lines in doubt:
+    /// then their commit landed, and they are confirmed.
+    async fn landed(&mut self, conn: &mut PgConnection, next: i64) -> Result<bool, AuditError> {
+        if self.in_doubt.is_empty() || next != self.next_pos + self.in_doubt.len() as i64 {
+            return Ok(false);
+        }
+        let stored: Vec<String> = sqlx::query_scalar(
+            "SELECT line FROM palisade_audit WHERE replica = $1 AND pos >= $2 ORDER BY pos",
+        )
+        .bind(&self.replica)
+        .bind(self.next_pos)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| db_error("cannot read the audit table", &e))?;
+        if stored != self.in_doubt {
+            return Ok(false);
+        }
+        self.next_pos = next;
+        self.in_doubt.clear();
+        Ok(true)
+    }
+
+    /// Stores the lines in doubt, then the pending ones, in one transaction. On an error that
+    /// leaves the commit's fate unknown, `kept` is set.
     async fn insert(&mut self) -> Result<(), AuditError> {
         if self.conn.is_none() {
             let mut conn = self.open_conn().await?;
             let next = next_pos(&mut conn, &self.replica).await?;
-            if next != self.next_pos {
+            if next != self.next_pos && !self.landed(&mut conn, next).await? {
                 self.diverged = true;
             }
             self.conn = Some(conn);
         }
         if self.diverged {
             return Err(AuditError::Unavailable(
-                "the audit table holds rows whose commit this gateway did not see confirmed: \
-                 restart the gateway to resume the chain from the table"
+                "the audit table holds rows this gateway did not write: is another gateway \
+                 writing with the same [audit] replica? Restart the gateway to resume the chain \
+                 from the table"
                     .into(),
             ));
         }
-        let n = self.pending.len();
+        let lines: Vec<&String> = self.in_doubt.iter().chain(&self.pending).collect();
+        let n = lines.len();
         let mut pos = Vec::with_capacity(n);
         let (mut seqs, mut kinds, mut tenants) = (Vec::new(), Vec::new(), Vec::new());
         let (mut times, mut targets, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, line) in self.pending.iter().enumerate() {
+        for (i, line) in lines.iter().enumerate() {
             let f = facts(line).map_err(|e| AuditError::Encode(e.to_string()))?;
             pos.push(self.next_pos + i as i64);
             seqs.push(f.seq);
@@ -350,17 +387,21 @@ impl PgSink {
         .bind(&times)
         .bind(&targets)
         .bind(&fingerprints)
-        .bind(&self.pending)
+        .bind(&lines)
         .execute(conn)
         .await;
         match res {
             Ok(_) => {
                 self.next_pos += n as i64;
+                self.in_doubt.clear();
                 Ok(())
             }
             Err(e) => {
-                // Reconnect next time: the connection's state is unknown.
+                // Reconnect next time: the connection's state is unknown. PostgreSQL's own
+                // refusal rolled the transaction back; any other failure may have come after
+                // the commit.
                 self.conn = None;
+                self.kept = !matches!(e, sqlx::Error::Database(_));
                 Err(db_error("cannot write the audit table", &e))
             }
         }
@@ -379,17 +420,26 @@ impl Sink for PgSink {
         Ok(())
     }
     fn sync(&mut self) -> io::Result<()> {
+        self.kept = false;
         if self.pending.is_empty() {
             return Ok(());
         }
         let runtime = self.runtime.clone();
-        runtime
-            .block_on(self.insert())
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Err(e) = runtime.block_on(self.insert()) {
+            if self.kept {
+                self.in_doubt.append(&mut self.pending);
+                self.committed_bytes += self.pending_bytes;
+                self.pending_bytes = 0;
+            }
+            return Err(io::Error::other(e.to_string()));
+        }
         self.committed_bytes += self.pending_bytes;
         self.pending_bytes = 0;
         self.pending.clear();
         Ok(())
+    }
+    fn kept(&self) -> bool {
+        self.kept
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         // Nothing uncommitted ever reaches the table.
@@ -400,5 +450,136 @@ impl Sink for PgSink {
     }
     fn rotate(&mut self, _first_seq: u64) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Executor as _;
+
+    use super::*;
+    use crate::Kind;
+
+    /// A database of its own on the test server, with the table and the writer role, dropped
+    /// at the end; `None` where no server is given (under `CI=true`, a failure).
+    struct Db {
+        admin: String,
+        name: String,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Db {
+        fn create() -> Option<Db> {
+            let Ok(admin) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "PALISADE_TEST_POSTGRES_URL is not set"
+                );
+                eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+                return None;
+            };
+            let name = format!("audit_sink_{}", &crate::new_uuid_v7()[24..]);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let db = Db {
+                admin,
+                name,
+                runtime,
+            };
+            db.runtime.block_on(async {
+                let mut conn = PgConnection::connect(&db.admin).await.unwrap();
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", db.name)))
+                    .await
+                    .unwrap();
+                install(&db.url("postgres"), "palisade_audit_unit")
+                    .await
+                    .unwrap();
+            });
+            Some(db)
+        }
+
+        /// The test database as `user`.
+        fn url(&self, user: &str) -> String {
+            let (scheme_user, rest) = self.admin.split_once('@').unwrap();
+            let scheme = &scheme_user[..scheme_user.find("://").unwrap() + 3];
+            let host = &rest[..rest.rfind('/').unwrap()];
+            format!("{scheme}{user}@{host}/{}", self.name)
+        }
+
+        fn lines(&self) -> Vec<String> {
+            self.runtime.block_on(async {
+                read_chains(&self.url("postgres"))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .flat_map(|(_, lines)| lines)
+                    .collect()
+            })
+        }
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            self.runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        }
+    }
+
+    /// A commit whose answer was lost is stored exactly once, in order, whether it landed or
+    /// not, and the sink goes on without a restart; rows it did not write stop it.
+    #[test]
+    fn a_commit_whose_answer_was_lost_is_stored_once() {
+        let Some(db) = Db::create() else {
+            return;
+        };
+        let (mut sink, mut chain) = PgSink::connect(&db.url("palisade_audit_unit"), "r1").unwrap();
+        let mut line = |tenant: &str| {
+            let mut r = Record::new(Kind::Begin, tenant, "s", "tools/call");
+            r.replica = "r1".into();
+            chain.append(&mut r).unwrap()
+        };
+        let write = |sink: &mut PgSink, lines: &[&String]| {
+            for l in lines {
+                sink.write_all(format!("{l}\n").as_bytes()).unwrap();
+            }
+            sink.sync()
+        };
+        let (a, b, c, d, e, f) = (
+            line("a"),
+            line("b"),
+            line("c"),
+            line("d"),
+            line("e"),
+            line("f"),
+        );
+        write(&mut sink, &[&a, &b]).unwrap();
+        // The commit of a and b landed, but its answer was lost.
+        sink.next_pos -= 2;
+        sink.in_doubt = vec![a.clone(), b.clone()];
+        sink.conn = None;
+        write(&mut sink, &[&c]).unwrap();
+        assert_eq!(db.lines(), [a.clone(), b.clone(), c.clone()]);
+        // The commit of d did not land.
+        sink.in_doubt = vec![d.clone()];
+        sink.conn = None;
+        write(&mut sink, &[&e]).unwrap();
+        assert_eq!(db.lines(), [a, b, c, d, e]);
+        // The table holds a row the sink did not write where it expects its own.
+        sink.next_pos -= 1;
+        sink.in_doubt = vec![f.clone()];
+        sink.conn = None;
+        let refused = write(&mut sink, &[&f]).unwrap_err().to_string();
+        assert!(refused.contains("did not write"), "{refused}");
+        assert!(!sink.kept());
     }
 }

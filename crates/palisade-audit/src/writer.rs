@@ -134,6 +134,14 @@ pub trait Sink: Send + 'static {
     fn sync(&mut self) -> io::Result<()>;
     /// Cut the current file back to `len` bytes, durably (after a failed batch).
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// After a failed `sync`: whether the sink kept what was written, because the failure
+    /// left its fate unknown (a database connection lost during a commit: the rows may have
+    /// landed), and will store it before anything else, exactly once. The writer then keeps
+    /// those records in its chain; the durable appends among them still fail (their calls are
+    /// refused), so the trail may hold a BEGIN whose call never ran, never the reverse.
+    fn kept(&self) -> bool {
+        false
+    }
     /// Start a new file whose first record will have `first_seq`.
     fn rotate(&mut self, first_seq: u64) -> io::Result<()>;
     /// The trail is closed: release what the sink holds (a file's preallocated space).
@@ -473,18 +481,27 @@ impl Writer {
             });
         match res {
             Ok(()) => {
-                self.good_len = self.sink.len();
-                self.durable_chain = self.chain;
-                self.durable_since_checkpoint = self.since_checkpoint;
-                self.deferred.clear();
-                self.sync_due = None;
+                self.written();
                 Ok(())
             }
             Err(e) => {
-                self.lost_batch();
+                if self.sink.kept() {
+                    self.written();
+                } else {
+                    self.lost_batch();
+                }
                 Err(e)
             }
         }
+    }
+
+    /// What was written is stored, or will be (a sink that kept it): the chain goes on from it.
+    fn written(&mut self) {
+        self.good_len = self.sink.len();
+        self.durable_chain = self.chain;
+        self.durable_since_checkpoint = self.since_checkpoint;
+        self.deferred.clear();
+        self.sync_due = None;
     }
 
     fn rotate_if_full(&mut self) -> Result<(), AuditError> {
@@ -657,6 +674,8 @@ mod tests {
     const OK: u8 = 0;
     const FAIL_WRITE: u8 = 1;
     const FAIL_SYNC: u8 = 2;
+    /// The sync fails with its outcome unknown, and the sink keeps what was written.
+    const KEEP: u8 = 3;
 
     /// A file sink with injectable faults and a sync counter.
     struct TestSink {
@@ -679,10 +698,13 @@ mod tests {
         }
         fn sync(&mut self) -> io::Result<()> {
             self.syncs.fetch_add(1, Ordering::SeqCst);
-            if self.mode.load(Ordering::SeqCst) == FAIL_SYNC {
+            if matches!(self.mode.load(Ordering::SeqCst), FAIL_SYNC | KEEP) {
                 return Err(io::Error::other("injected: I/O error"));
             }
             self.inner.sync()
+        }
+        fn kept(&self) -> bool {
+            self.mode.load(Ordering::SeqCst) == KEEP
         }
         fn truncate(&mut self, len: u64) -> io::Result<()> {
             if self.mode.load(Ordering::SeqCst) != OK {
@@ -843,23 +865,37 @@ mod tests {
         assert!(r.ok(), "{:?}", r.problem);
     }
 
+    /// A failed batch: its durable append fails closed either way. Cut off, it takes the
+    /// unsynced deferred records down with it, and they are written again with the next batch;
+    /// kept by a sink that could not tell whether it landed, the chain goes on from it and each
+    /// record is in the trail once, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn deferred_records_survive_a_failed_batch() {
-        let d = tempfile::tempdir().unwrap();
-        let (log, mode, _syncs) = test_log(d.path());
-        log.append(rec("begin1")).await.unwrap();
-        mode.store(FAIL_SYNC, Ordering::SeqCst);
-        log.append_deferred(rec("end1")).await.unwrap();
-        log.append_deferred(rec("denied1")).await.unwrap();
-        // The durable append fails closed and takes the unsynced deferred records down with it.
-        assert!(log.append(rec("begin2")).await.is_err());
-        mode.store(OK, Ordering::SeqCst);
-        log.append(rec("begin3")).await.unwrap();
-        log.close().await.unwrap();
-        let tenants: Vec<String> = kinds_in(d.path()).into_iter().map(|(_, t)| t).collect();
-        assert_eq!(tenants, ["begin1", "end1", "denied1", "begin3"]);
-        let r = strict(d.path(), &log.public_key());
-        assert!(r.ok(), "{:?}", r.problem);
+    async fn a_failed_batch_is_written_again_or_kept() {
+        for (fault, trail) in [
+            (
+                FAIL_SYNC,
+                ["begin1", "end1", "denied1", "begin3"].as_slice(),
+            ),
+            (
+                KEEP,
+                ["begin1", "end1", "denied1", "begin2", "begin3"].as_slice(),
+            ),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let (log, mode, _syncs) = test_log(d.path());
+            log.append(rec("begin1")).await.unwrap();
+            mode.store(fault, Ordering::SeqCst);
+            log.append_deferred(rec("end1")).await.unwrap();
+            log.append_deferred(rec("denied1")).await.unwrap();
+            assert!(log.append(rec("begin2")).await.is_err());
+            mode.store(OK, Ordering::SeqCst);
+            log.append(rec("begin3")).await.unwrap();
+            log.close().await.unwrap();
+            let tenants: Vec<String> = kinds_in(d.path()).into_iter().map(|(_, t)| t).collect();
+            assert_eq!(tenants, trail);
+            let r = strict(d.path(), &log.public_key());
+            assert!(r.ok(), "{:?}", r.problem);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
