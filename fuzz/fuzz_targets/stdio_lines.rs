@@ -40,7 +40,10 @@ fn split(data: &[u8], max: usize, mode: OverLong, seed: u8) -> (Vec<Vec<u8>>, Op
         s = s.wrapping_mul(31).wrapping_add(7);
         let (chunk, tail) = rest.split_at(n.min(rest.len()));
         lines.push(chunk);
-        assert!(lines.buffered() <= max + 1 + chunk.len(), "the buffer grew past the limit");
+        assert!(
+            lines.buffered() <= max + 1 + chunk.len(),
+            "the buffer grew past the limit"
+        );
         rest = tail;
     }
     match lines.finish() {
@@ -80,13 +83,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = 1 + (*limit as usize % 64);
-    let mode = if seed & 1 == 0 { OverLong::Refuse } else { OverLong::Truncate };
+    let mode = if seed & 1 == 0 {
+        OverLong::Refuse
+    } else {
+        OverLong::Truncate
+    };
     let whole = split(stream, max, mode, 0);
     let chunked = split(stream, max, mode, seed | 1);
     let want = reference(stream, max, mode);
     if mode == OverLong::Truncate || whole.1.is_none() {
         assert_eq!(whole, want, "the whole stream differs from the reference");
-        assert_eq!(chunked, want, "the chunked stream differs from the reference");
+        assert_eq!(
+            chunked, want,
+            "the chunked stream differs from the reference"
+        );
     } else {
         // A refusal may come as soon as the unfinished line passes the limit, before its
         // newline: the lines before it are the same either way.

@@ -35,6 +35,27 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether the refusal `msg` of `token` echoes the token. A short token can be part of the
+/// refusal's fixed wording (`tenant a` is in "the tenant assertion ..."), so containing it is
+/// not enough: the token with its letters' case swapped must be in its own refusal too
+/// (`refuse` gives that refusal's text).
+pub fn echoes(token: &str, msg: &str, refuse: impl FnOnce(&str) -> String) -> bool {
+    if token.len() < 8 || !msg.contains(token) {
+        return false;
+    }
+    let swapped: String = token
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    swapped == token || refuse(&swapped).contains(&swapped)
+}
+
 /// One current-thread Tokio runtime per process; `block_on` it from the fuzz closure.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
