@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use palisade_fuzz::{Fixture, Served, echoes, fields, runtime};
+use palisade_fuzz::{Fixture, Served, echoes, fields, refusal, runtime};
 use palisade_oauth::testing::{TestKey, now};
 use palisade_oauth::{IssuerConfig, OAuthConfig, TokenError, Verifier};
 use serde_json::{Value, json};
@@ -157,13 +157,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = e.to_string();
-            let refuse = |t: &str| {
-                runtime()
-                    .block_on(st.verifier.verify(t))
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            };
+            let refuse = |t: &str| refusal(st.verifier.verify(t));
             assert!(
                 !echoes(&token, &msg, refuse),
                 "error echoes the token: {msg}"

@@ -21,7 +21,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use palisade_fuzz::{echoes, fields, runtime};
+use palisade_fuzz::{echoes, fields, refusal, runtime};
 use palisade_sql::assertion::{KeySource, MAX_LIFETIME_SECS, Verifier};
 use serde_json::{Value, json};
 
@@ -138,13 +138,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let msg = e.to_string();
-            let refuse = |t: &str| {
-                runtime()
-                    .block_on(st.verifier.verify(t))
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            };
+            let refuse = |t: &str| refusal(st.verifier.verify(t));
             assert!(
                 !echoes(&token, &msg, refuse),
                 "refusal echoes the token: {msg}"

@@ -56,6 +56,17 @@ pub fn echoes(token: &str, msg: &str, refuse: impl FnOnce(&str) -> String) -> bo
     swapped == token || refuse(&swapped).contains(&swapped)
 }
 
+/// The text of the refusal `verify` ends in, or nothing if it accepts (for [`echoes`]).
+pub fn refusal<T, E: std::fmt::Display>(
+    verify: impl std::future::Future<Output = Result<T, E>>,
+) -> String {
+    runtime()
+        .block_on(verify)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 /// One current-thread Tokio runtime per process; `block_on` it from the fuzz closure.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();

@@ -413,6 +413,8 @@ impl Sink for PgSink {
         self.committed_bytes + self.pending_bytes
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        // `kept` speaks of the last sync only.
+        self.kept = false;
         let text = std::str::from_utf8(buf).map_err(io::Error::other)?;
         self.pending
             .extend(text.split_terminator('\n').map(str::to_owned));

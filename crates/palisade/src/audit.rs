@@ -1,7 +1,7 @@
 //! The gateway's audit trail (docs/ARCHITECTURE.md, invariants 3 and 4): a BEGIN record,
 //! durable before a call reaches its upstream; an END record with its outcome; a DENIED record
-//! when policy refuses it; ADMIN records for changes made through the admin API. Records go to every
-//! configured sink of [`palisade_audit`] (hash-chained, signed JSONL files by default; a
+//! when policy refuses it; ADMIN records for changes made through the admin API. Records go to
+//! every configured sink of [`palisade_audit`] (hash-chained, signed JSONL files by default; a
 //! PostgreSQL table; stdout), each with its own writer and chain.
 //!
 //! Invariants: arguments never appear in the trail, only their keyed fingerprint; subjects are
