@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::auth::Principal;
-use crate::catalog;
+use crate::catalog::{self, Addressing};
 use crate::gateway::Gateway;
 use crate::listens::{Full, Listen};
-use crate::pipeline::{self, Addressing, Caller, Forward, Refusal, complete_modern_result};
+use crate::pipeline::{self, Answer, Caller, Forward, Refusal, complete_modern_result};
 use crate::registry::Tenant;
 use crate::session::{self, Awaiting, Session};
 use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, UpdateOwner, Upstream};
@@ -42,10 +42,8 @@ pub enum Reply {
         rx: mpsc::Receiver<Vec<u8>>,
         listen: Listen,
     },
-    /// An error the modern era puts in the HTTP status as well.
-    Status(u16, Vec<u8>),
-    /// The caller lacks scopes (HTTP 403 with an `insufficient_scope` challenge).
-    InsufficientScope { scopes: String, body: Vec<u8> },
+    /// The request was refused (see [`Answer`] for how it is sent).
+    Refused(Answer),
 }
 
 /// Handles one client request.
@@ -61,13 +59,7 @@ pub async fn request(
     let forward = |addressing| async move {
         match pipeline::forward(gw, caller, id, method, params, addressing).await {
             Ok(fwd) => Reply::Call(Box::new(fwd)),
-            Err(Refusal::InsufficientScope { scopes, body }) => {
-                Reply::InsufficientScope { scopes, body }
-            }
-            Err(Refusal::Error(error)) if caller.era == Era::Modern => {
-                Reply::Status(pipeline::modern_status_of(&error), error)
-            }
-            Err(Refusal::Error(error)) => Reply::Message(error),
+            Err(refusal) => Reply::Refused(refusal.answer(id, caller.era)),
         }
     };
     match method {
@@ -154,16 +146,8 @@ pub async fn request(
             listen(gw, principal, caller, id, params)
         }
         other => {
-            let body = jsonrpc::error(
-                Some(id),
-                ErrorCode::METHOD_NOT_FOUND,
-                &format!("method not found: {other}"),
-                None,
-            );
-            match caller.era {
-                Era::Modern => Reply::Status(404, body),
-                Era::Legacy => Reply::Message(body),
-            }
+            let refusal = Refusal::MethodNotFound(other.to_owned());
+            Reply::Refused(refusal.answer(id, caller.era))
         }
     }
 }
@@ -263,13 +247,14 @@ async fn initialize(
 
 /// The 429 answer to an `initialize` the tenant may not make now.
 fn session_refused(tenant: &Tenant, id: &Id, refused: &session::Refused) -> Reply {
-    let (message, data) = match refused {
+    let (message, data, retry_after_ms) = match refused {
         session::Refused::Full(limit) => (
             format!(
                 "tenant `{}` already has {limit} open sessions (limits.max_sessions_per_tenant): end unused ones with DELETE, or raise the limit",
                 tenant.id
             ),
             json!({ "limit": "limits.max_sessions_per_tenant", "value": limit }),
+            None,
         ),
         session::Refused::Memory(budget) => (
             format!(
@@ -277,6 +262,7 @@ fn session_refused(tenant: &Tenant, id: &Id, refused: &session::Refused) -> Repl
                 tenant.id
             ),
             json!({ "limit": "limits.session_memory_per_tenant", "value": budget }),
+            None,
         ),
         session::Refused::Rate { retry_after } => (
             format!(
@@ -284,12 +270,15 @@ fn session_refused(tenant: &Tenant, id: &Id, refused: &session::Refused) -> Repl
                 tenant.id
             ),
             json!({ "limit": "limits.initialize_rate", "retryAfterMs": retry_after.as_millis() as u64 }),
+            Some(retry_after.as_millis() as u64),
         ),
     };
-    Reply::Status(
-        429,
-        jsonrpc::error(Some(id), ErrorCode::LIMIT_REACHED, &message, Some(&data)),
-    )
+    let refusal = Refusal::LimitReached {
+        message,
+        data,
+        retry_after_ms,
+    };
+    Reply::Refused(refusal.answer(id, Era::Legacy))
 }
 
 /// The answer to a `resources/subscribe` the session may not hold.
@@ -428,10 +417,12 @@ fn listen(
                 "tenant `{}` already holds {limit} subscriptions/listen streams (limits.max_listens_per_tenant); close unused ones",
                 tenant.id
             );
-            return Reply::Status(
-                429,
-                jsonrpc::error(Some(id), ErrorCode::LIMIT_REACHED, &message, Some(&data)),
-            );
+            let refusal = Refusal::LimitReached {
+                message,
+                data,
+                retry_after_ms: None,
+            };
+            return Reply::Refused(refusal.answer(id, caller.era));
         }
     };
     let requested: Value = params

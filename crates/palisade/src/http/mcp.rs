@@ -30,7 +30,7 @@ use crate::dispatch::{self, ModernHeaders, Reply};
 use crate::gateway::Gateway;
 use crate::http::conn::ClientConn;
 use crate::listens::Listen;
-use crate::pipeline::{Caller, Forward, Out};
+use crate::pipeline::{Answer, Caller, Forward, Out};
 use crate::registry::Tenant;
 use crate::resume;
 use crate::session::Session;
@@ -167,26 +167,8 @@ async fn respond(
         Reply::Message(body) => {
             one_message(caller.session.as_ref(), sse_first, StatusCode::OK, body)
         }
-        Reply::Status(status, body) => {
-            let retry = (status == 429).then(|| retry_after_secs(&body)).flatten();
-            let mut r = json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                body,
-            );
-            if let Some(secs) = retry {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            r
-        }
+        Reply::Refused(answer) => refusal(gw, caller.session.as_ref(), sse_first, answer),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
-        Reply::InsufficientScope { scopes, body } => {
-            let mut r = json(StatusCode::FORBIDDEN, body);
-            if let Some(v) = challenge(gw, Some("insufficient_scope"), Some(&scopes)) {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-            r
-        }
         Reply::Initialized { body, session } => {
             let mut r = one_message(Some(&session), sse_first, StatusCode::OK, body);
             if let Ok(v) = HeaderValue::from_str(&session.id) {
@@ -281,7 +263,7 @@ async fn call_response(
         Some(Out::Park { body, state }) => {
             return match park(gw, state, fwd, subject) {
                 Ok(()) => json(StatusCode::OK, body),
-                Err(refusal) => json(StatusCode::TOO_MANY_REQUESTS, refusal),
+                Err(answer) => refusal(gw, None, false, answer),
             };
         }
         Some(Out::Cancelled) | None => return StatusCode::ACCEPTED.into_response(),
@@ -309,7 +291,7 @@ async fn call_response(
                     Some(Out::Message(m)) | Some(Out::Final(m)) => Some((event(&m), (None, Some(fwd)))),
                     Some(Out::Park { body, state }) => match park(&gw, state, fwd, subject) {
                         Ok(()) => Some((event(&body), (None, None))),
-                        Err(refusal) => Some((event(&refusal), (None, None))),
+                        Err(answer) => Some((event(&answer.body), (None, None))),
                     },
                     Some(Out::Cancelled) | Some(Out::Pause { .. }) | None => None,
                 },
@@ -383,7 +365,7 @@ fn replay_body(first: Vec<Bytes>, live: Option<mpsc::Receiver<Bytes>>) -> Body {
 
 /// Parks a call waiting for input; `Err` is the error to send instead when the tenant has
 /// too many parked already (the call is then dropped, which cancels it upstream).
-fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) -> Result<(), Vec<u8>> {
+fn park(gw: &Gateway, state: String, fwd: Forward, subject: Arc<str>) -> Result<(), Answer> {
     let ttl = fwd.timeout();
     let limit = gw.config().limits.max_parked_per_tenant;
     gw.parked
@@ -813,11 +795,31 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Retry-After` seconds (rounded up) from a refusal's `error.data.retryAfterMs`.
-fn retry_after_secs(body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let ms = v["error"]["data"]["retryAfterMs"].as_u64()?;
-    Some(ms.div_ceil(1000).max(1))
+/// A refusal as the client gets it: an ordinary message, or a plain JSON response with its
+/// status, `Retry-After` and `insufficient_scope` challenge.
+fn refusal(
+    gw: &Gateway,
+    session: Option<&Arc<Session>>,
+    sse_first: bool,
+    answer: Answer,
+) -> Response {
+    let Some(status) = answer.status else {
+        return one_message(session, sse_first, StatusCode::OK, answer.body);
+    };
+    let mut r = json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        answer.body,
+    );
+    if let Some(secs) = answer.retry_after_secs {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(scopes) = answer.challenge_scopes
+        && let Some(v) = challenge(gw, Some("insufficient_scope"), Some(&scopes))
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {

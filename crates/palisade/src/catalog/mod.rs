@@ -20,7 +20,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::MAX_NAME_LEN;
 use crate::registry::Tenant;
-use crate::upstream::{ListKind, Upstream};
+use crate::upstream::ListKind;
+
+mod resolve;
+
+pub use resolve::{Addressing, Resolved, Target, Unresolved, resolve, resolve_uri};
 
 /// Items per page of a merged list.
 const PAGE: usize = 1000;
@@ -74,63 +78,6 @@ impl Names {
             .get(&(tenant.clone(), name.to_owned()))
             .cloned()
     }
-}
-
-/// Where a client-facing name or URI leads.
-pub struct Target<'a> {
-    pub upstream: &'a Arc<Upstream>,
-    pub name: String,
-}
-
-/// Resolves a tool or prompt name for this tenant. With a shortened name unknown (say, after a
-/// restart), `refresh` lists `kind` once to rebuild the reverse map.
-pub async fn resolve_name<'a>(
-    names: &Names,
-    tenant: &'a Tenant,
-    kind: ListKind,
-    name: &str,
-) -> Option<Target<'a>> {
-    if !tenant.namespacing {
-        return tenant.upstreams.first().map(|upstream| Target {
-            upstream,
-            name: name.to_owned(),
-        });
-    }
-    // A shortened name this gateway does not know (say, after a restart): list once to
-    // learn it again.
-    if name.len() == MAX_NAME_LEN && names.lookup(&tenant.id, name).is_none() {
-        let _ = list_items(names, tenant, kind).await;
-    }
-    let (server, original) = unexpose(names, &tenant.id, name)?;
-    Some(Target {
-        upstream: tenant.upstream(&server)?,
-        name: original,
-    })
-}
-
-/// What an exposed tool or prompt name stands for, as `tenant` sees it: (server, original name).
-fn unexpose(names: &Names, tenant: &Arc<str>, name: &str) -> Option<(String, String)> {
-    if let Some((server, original)) = names.lookup(tenant, name) {
-        return Some((server.to_string(), original));
-    }
-    let (server, original) = name.split_once("__")?;
-    Some((server.to_owned(), original.to_owned()))
-}
-
-/// Resolves a resource URI (or URI template) for this tenant.
-pub fn resolve_uri<'a>(tenant: &'a Tenant, uri: &str) -> Option<Target<'a>> {
-    if !tenant.namespacing {
-        return tenant.upstreams.first().map(|upstream| Target {
-            upstream,
-            name: uri.to_owned(),
-        });
-    }
-    let (server, original) = uri.split_once('+')?;
-    let upstream = tenant.upstream(server)?;
-    Some(Target {
-        upstream,
-        name: original.to_owned(),
-    })
 }
 
 /// The client-facing form of an upstream's resource URI.
@@ -234,25 +181,6 @@ fn own_tool<'n>(tenant: &Tenant, name: &'n str) -> Option<Option<&'n str>> {
     }
 }
 
-/// The upstream's name for a tenant's call of `name` on a `tenant_tools` server: the tenant's
-/// own `<tenant>__<name>` if the server has one, else `name` (a common tool). `None` for a
-/// name with a prefix: tenants address their tools without it, and never another's.
-pub async fn tenant_tool(tenant: &Tenant, upstream: &Arc<Upstream>, name: &str) -> Option<String> {
-    if name.contains("__") {
-        return None;
-    }
-    let own = format!("{}__{name}", tenant.id);
-    let listed = upstream.list(ListKind::Tools).await.ok()?;
-    // A substring search skips the parse for every tool that cannot be the tenant's own.
-    let has_own = listed.iter().any(|item| {
-        item.get().contains(own.as_str())
-            && RawObject::parse(item.get())
-                .and_then(|o| o.get_str("name"))
-                .is_some_and(|n| n == own)
-    });
-    Some(if has_own { own } else { name.to_owned() })
-}
-
 /// Error for a cursor the gateway did not issue.
 pub struct BadCursor;
 
@@ -338,7 +266,7 @@ mod tests {
                 let shown = names.expose(&acme, &server, name);
                 proptest::prop_assert!(shown.len() <= MAX_NAME_LEN);
                 proptest::prop_assert_eq!(
-                    unexpose(&names, &acme, &shown),
+                    resolve::unexpose(&names, &acme, &shown),
                     Some((server.to_string(), name.clone()))
                 );
                 if shown.len() == MAX_NAME_LEN && shown != format!("{server}__{name}") {
