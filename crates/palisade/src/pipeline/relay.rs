@@ -50,7 +50,7 @@ pub enum Out {
     Cancelled,
     /// The call needs the client's input and the client speaks the modern era: send `body`
     /// (an `InputRequiredResult`) as the response and park the call under `state` until the
-    /// client retries with it (see [`Parked`]).
+    /// client retries with it (see [`super::Parked`]).
     Park { body: Vec<u8>, state: String },
     /// The upstream closed the call's stream to be polled (legacy clients only, who can resume
     /// streams): end the client's stream too, asking it to come back after `retry_ms`; the call

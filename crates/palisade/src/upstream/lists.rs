@@ -15,7 +15,54 @@ use mcp_wire::RawObject;
 use mcp_wire::param_headers::{self, HeaderParam};
 use serde_json::value::RawValue;
 
-use super::{ClientDefaults, ListKind, Route, Step, Upstream, UpstreamError, truncate};
+use super::{ClientDefaults, Route, Step, Upstream, UpstreamError, truncate};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The result field holding the items.
+    pub fn field(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resource_templates",
+        }
+    }
+
+    pub fn changed_notification(self) -> Option<&'static str> {
+        match self {
+            ListKind::Tools => Some("notifications/tools/list_changed"),
+            ListKind::Prompts => Some("notifications/prompts/list_changed"),
+            ListKind::Resources => Some("notifications/resources/list_changed"),
+            ListKind::ResourceTemplates => None,
+        }
+    }
+}
 
 /// The bytes of one list, all pages, at most.
 pub const MAX_LIST_BYTES: usize = 16 << 20;
