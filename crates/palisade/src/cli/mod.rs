@@ -158,8 +158,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve_with(config, &paths, Some(path), |_| {}).await
         }
         Command::Check { config } => {
-            let c = load(&config)?;
-            c.check_host()?;
+            let c = Config::parse(&config)?;
+            c.check_with_host()?;
             if c.tenants.iter().any(|t| !t.keys.is_empty()) || !c.admin.keys.is_empty() {
                 c.pepper().context("auth")?;
             }
