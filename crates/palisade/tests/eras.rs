@@ -310,10 +310,13 @@ async fn malformed_round_trip_fields_of_a_modern_request_are_refused() {
 /// handshake time, until it reads discover and answers it.
 #[tokio::test]
 async fn a_slow_starting_modern_server_is_spoken_to_in_the_modern_era() {
-    // Silent for 4 s: past the probe (3 s) with time left in the handshake (6 s).
+    // The server reads nothing until the gateway has sent it two messages: `server/discover`
+    // and whatever the gateway sends when discover goes unanswered (the probe, at half of
+    // connect_timeout_ms). So it is silent past the probe by construction, not by a timer.
     let server = format!(
         "[[servers]]\nname = \"kit\"\nprotocol = \"auto\"\nconnect_timeout_ms = 6000\n\
-         [servers.stdio]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 4; exec '{}' stdio\"]\n",
+         [servers.stdio]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"read -r a; read -r b; \
+         {{ printf '%s\\\\n%s\\\\n' \\\"$a\\\" \\\"$b\\\"; exec cat; }} | exec '{}' stdio\"]\n",
         testkit().display()
     );
     let gw = acme_on_kit(&server).await;
