@@ -10,13 +10,12 @@ use mcp_wire::jsonrpc::{self, ErrorCode, Request};
 use mcp_wire::{Era, Id, RawObject};
 use serde_json::{Value, json};
 
+use super::Reply;
 use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::pipeline::Refusal;
 use crate::registry::Tenant;
 use crate::session::{self};
-
-use super::Reply;
 
 pub(super) async fn initialize(
     gw: &Arc<Gateway>,

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::Reply;
 use crate::auth::Principal;
 use crate::catalog::{self};
 use crate::gateway::Gateway;
@@ -19,8 +20,6 @@ use crate::pipeline::{self, Caller, Refusal};
 use crate::registry::Tenant;
 use crate::session::{self, Session};
 use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, UpdateOwner, Upstream};
-
-use super::Reply;
 
 /// `resources/subscribe` and `resources/unsubscribe` of a legacy session: the session holds the
 /// subscription (so that what a shared server sends about the resource reaches this tenant

@@ -9,7 +9,9 @@
 
 pub mod admin;
 pub mod admin_api;
+mod answers;
 pub mod conn;
+mod gates;
 pub mod mcp;
 pub mod metadata;
 

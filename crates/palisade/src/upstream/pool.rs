@@ -13,10 +13,9 @@ use std::time::Duration;
 use mcp_wire::Era;
 use serde_json::value::RawValue;
 
-use crate::config;
-
 use super::link::Link;
 use super::{ClientDefaults, Kin, Route, Upstream, UpstreamError, lock};
+use crate::config;
 
 impl Upstream {
     /// The other instances of this pool (empty for a shared upstream).
