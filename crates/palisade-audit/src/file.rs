@@ -10,7 +10,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::chain::{Chain, Head, split_line};
-use crate::writer::{AuditConfig, AuditLog, CheckpointLine, Sink};
+use crate::checkpoint::CheckpointLine;
+use crate::log::{AuditConfig, AuditLog, Sink};
 use crate::{AuditError, Record};
 
 /// Append-only JSONL files in one directory.

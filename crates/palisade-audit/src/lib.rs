@@ -9,7 +9,9 @@
 //! hash covers the previous hash and its exact stored bytes (see [`chain`]).
 
 pub mod chain;
+pub mod checkpoint;
 pub mod file;
+pub mod log;
 pub mod postgres;
 pub mod read;
 pub mod record;
@@ -19,7 +21,9 @@ pub mod verify;
 pub mod writer;
 
 pub use chain::{Chain, GENESIS_HASH, hash_line, split_line};
+pub use checkpoint::{Checkpoint, CheckpointLine};
 pub use file::{FileSink, FileText, list_files, read_file};
+pub use log::{AuditConfig, AuditLog, Sink};
 pub use postgres::PgSink;
 pub use record::{Fingerprinter, Kind, Record, canonical_json, new_uuid_v7};
 pub use stdout::StreamSink;
@@ -27,7 +31,6 @@ pub use time::now_rfc3339;
 pub use verify::{
     Problem, ProblemKind, Report, VerifyOptions, verify, verify_sources, verify_with,
 };
-pub use writer::{AuditConfig, AuditLog, Checkpoint, CheckpointLine, Sink};
 
 /// Errors from the audit trail.
 #[derive(Debug, thiserror::Error)]

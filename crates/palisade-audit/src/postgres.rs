@@ -23,7 +23,8 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection as _, Row as _};
 
 use crate::chain::{Chain, split_line};
-use crate::writer::{CheckpointLine, Sink};
+use crate::checkpoint::CheckpointLine;
+use crate::log::Sink;
 use crate::{AuditError, Record};
 
 /// Creates the table, its append-only triggers and the writer role (INSERT and SELECT only).

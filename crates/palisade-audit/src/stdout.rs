@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 
-use crate::writer::Sink;
+use crate::log::Sink;
 
 /// Lines to a stream, flushed once per batch.
 pub struct StreamSink {

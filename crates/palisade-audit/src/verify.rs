@@ -18,8 +18,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::Record;
 use crate::chain::{GENESIS_HASH, hash_line, split_line};
+use crate::checkpoint::CheckpointLine;
 use crate::file::{FileText, list_files, read_file};
-use crate::writer::CheckpointLine;
 
 /// What is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
