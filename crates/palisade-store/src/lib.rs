@@ -14,6 +14,7 @@
 mod error;
 mod model;
 mod reconcile;
+mod rows;
 mod store;
 
 pub use error::StoreError;

@@ -6,11 +6,12 @@ use sqlx::Row;
 
 use crate::error::StoreError;
 use crate::model::{Declared, ReconcileReport, Source};
-use crate::store::{
-    Store, delete_tenant_rows, fetch_policy, fetch_tenant, hash_conflict, insert_key_row,
-    insert_tenant, key_by_hash, key_cols, key_from_row, key_id_exists, now_ms, to_json,
-    update_tenant_row, upsert_policy,
+use crate::rows::{
+    delete_tenant_rows, fetch_policy, fetch_tenant, hash_conflict, insert_key_row, insert_tenant,
+    key_by_hash, key_cols, key_from_row, key_id_exists, now_ms, to_json, update_tenant_row,
+    upsert_policy,
 };
+use crate::store::Store;
 
 impl Store {
     /// Applies the tenants declared in the config file, in ONE transaction:
