@@ -13,9 +13,10 @@ use rmcp::{
 use serde_json::{Value, json};
 
 use crate::{
+    asks::send_progress,
     inputs::{self, Ask, Carried, Gathered},
     server::{ListChange, Testkit, from_json, toggle},
-    tools::{Args, PNG_BASE64, WAV_BASE64, def, failure, result_json, send_progress, text},
+    tools::{Args, PNG_BASE64, WAV_BASE64, def, failure, result_json, text},
 };
 
 /// The JSON Schema 2020-12 input schema `json-schema-2020-12` checks for.

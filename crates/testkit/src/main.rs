@@ -11,6 +11,7 @@
 //!   Streamable HTTP at `/mcp`; once bound it prints exactly one line,
 //!   `listening on http://ADDR/mcp`, to stdout.
 
+mod asks;
 mod catalog;
 mod conformance;
 mod inputs;
