@@ -20,36 +20,6 @@ pub mod sample;
 pub mod server;
 pub mod statement;
 
-/// A tenant id as the gateway allows it: 1-63 of `[a-z0-9-]`, starting with a letter or digit.
-/// It names a file (SQLite) and a setting (PostgreSQL), so nothing else is accepted.
-pub fn valid_tenant_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tenant_ids_are_narrow() {
-        for ok in ["acme", "globex", "a", "tenant-01"] {
-            assert!(super::valid_tenant_id(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-x",
-            "Acme",
-            "a/b",
-            "../x",
-            "a.db",
-            "a'b",
-            "a b",
-            &"x".repeat(64),
-        ] {
-            assert!(!super::valid_tenant_id(bad), "{bad}");
-        }
-    }
-}
+/// A tenant id as the gateway allows it. It names a file (SQLite) and a setting (PostgreSQL),
+/// so nothing else is accepted.
+pub use palisade_ids::valid_tenant_id;

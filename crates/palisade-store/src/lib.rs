@@ -20,6 +20,6 @@ mod store;
 pub use error::StoreError;
 pub use model::{
     Declared, KeyRecord, NewKey, NewTenant, ReconcileReport, SecretMeta, Snapshot, Source, Status,
-    Tenant, TenantPatch,
+    TenantPatch, TenantRecord,
 };
 pub use store::{Backend, Store};

@@ -70,7 +70,7 @@ impl fmt::Display for Source {
 
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Tenant {
+pub struct TenantRecord {
     pub id: String,
     pub display_name: String,
     pub status: Status,
@@ -219,7 +219,7 @@ pub struct SecretMeta {
 pub struct Snapshot {
     pub revision: i64,
     /// Ordered by id.
-    pub tenants: Vec<Tenant>,
+    pub tenants: Vec<TenantRecord>,
     /// Keys that are not revoked (expired ones included), ordered by tenant, then creation.
     pub keys: Vec<KeyRecord>,
     /// `(tenant id, policy)`, ordered by tenant id.

@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use crate::error::{StoreError, unique_as_conflict};
-use crate::model::{KeyRecord, NewKey, NewTenant, Source, Status, Tenant};
+use crate::model::{KeyRecord, NewKey, NewTenant, Source, Status, TenantRecord};
 
 // Column lists, spelled once so every SELECT/RETURNING decodes the same way.
 macro_rules! tenant_cols {
@@ -65,12 +65,12 @@ pub(crate) fn source_col(row: &AnyRow, what: &str, id: &str) -> Result<Source, S
         .ok_or_else(|| StoreError::Corrupt(format!("{what} `{id}`: unknown source `{s}`")))
 }
 
-pub(crate) fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
+pub(crate) fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
     let status = Status::parse(&status)
         .ok_or_else(|| StoreError::Corrupt(format!("tenant `{id}`: unknown status `{status}`")))?;
-    Ok(Tenant {
+    Ok(TenantRecord {
         display_name: row.try_get("display_name")?,
         status,
         status_reason: row.try_get("status_reason")?,
@@ -118,7 +118,7 @@ pub(crate) async fn tenant_exists(conn: &mut AnyConnection, id: &str) -> Result<
 pub(crate) async fn fetch_tenant(
     conn: &mut AnyConnection,
     id: &str,
-) -> Result<Option<Tenant>, StoreError> {
+) -> Result<Option<TenantRecord>, StoreError> {
     sqlx::query(concat!(
         "SELECT ",
         tenant_cols!(),
@@ -138,7 +138,7 @@ pub(crate) async fn insert_tenant(
     t: &NewTenant,
     source: Source,
     now: i64,
-) -> Result<Tenant, StoreError> {
+) -> Result<TenantRecord, StoreError> {
     let row = sqlx::query(concat!(
         "INSERT INTO tenants (id, display_name, status, status_reason, servers, namespacing, ",
         "limits, source, created_at, updated_at) ",
@@ -169,7 +169,7 @@ pub(crate) async fn update_tenant_row(
     limits: &serde_json::Value,
     source: Source,
     now: i64,
-) -> Result<Tenant, StoreError> {
+) -> Result<TenantRecord, StoreError> {
     let row = sqlx::query(concat!(
         "UPDATE tenants SET display_name = $2, servers = $3, namespacing = $4, limits = $5, ",
         "source = $6, updated_at = CASE WHEN $7 > updated_at THEN $7 ELSE updated_at + 1 END ",

@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use crate::error::{StoreError, redact_url};
 use crate::model::{
-    KeyRecord, NewKey, NewTenant, SecretMeta, Snapshot, Status, Tenant, TenantPatch,
+    KeyRecord, NewKey, NewTenant, SecretMeta, Snapshot, Status, TenantPatch, TenantRecord,
 };
 use crate::rows::{
     Tx, delete_tenant_rows, fetch_policy, fetch_tenant, insert_key_row, insert_tenant, json_col,
@@ -193,7 +193,7 @@ impl Store {
     // ---- tenants ----
 
     /// Creates an active tenant. [`StoreError::Conflict`] if the id exists.
-    pub async fn create_tenant(&self, t: &NewTenant) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(&self, t: &NewTenant) -> Result<TenantRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         if tenant_exists(&mut tx, &t.id).await? {
             return Err(StoreError::conflict("tenant", &t.id));
@@ -203,13 +203,13 @@ impl Store {
         Ok(tenant)
     }
 
-    pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+    pub async fn get_tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         fetch_tenant(&mut conn, id).await
     }
 
     /// All tenants, ordered by id.
-    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    pub async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
             tenant_cols!(),
@@ -223,7 +223,11 @@ impl Store {
     }
 
     /// Changes the fields set in `p`. [`StoreError::NotFound`] if the tenant is absent.
-    pub async fn update_tenant(&self, id: &str, p: &TenantPatch) -> Result<Tenant, StoreError> {
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        p: &TenantPatch,
+    ) -> Result<TenantRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         let cur = fetch_tenant(&mut tx, id)
             .await?
@@ -249,7 +253,7 @@ impl Store {
         id: &str,
         status: Status,
         reason: Option<&str>,
-    ) -> Result<Tenant, StoreError> {
+    ) -> Result<TenantRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(concat!(
             "UPDATE tenants SET status = $2, status_reason = $3, ",

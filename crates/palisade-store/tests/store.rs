@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use palisade_store::{
     Backend, Declared, KeyRecord, NewKey, NewTenant, ReconcileReport, Source, Status, Store,
-    StoreError, Tenant, TenantPatch,
+    StoreError, TenantPatch, TenantRecord,
 };
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -120,7 +120,7 @@ cases!(
 fn api_tenant(id: &str) -> NewTenant {
     NewTenant {
         id: id.into(),
-        display_name: format!("Tenant {id}"),
+        display_name: format!("TenantRecord {id}"),
         servers: vec!["github".into(), "postgres".into()],
         namespacing: true,
         limits: json!({"rps": 5, "burst": {"size": 10}}),
@@ -205,7 +205,7 @@ async fn migrations_run_on_open_and_reopen(store: Store, url: String) {
         assert_eq!(again.backend(), store.backend());
         assert_eq!(again.revision().await.unwrap(), rev);
         let t = again.get_tenant("acme").await.unwrap().unwrap();
-        assert_eq!(t.display_name, "Tenant acme");
+        assert_eq!(t.display_name, "TenantRecord acme");
         again.close().await;
     }
     assert_eq!(store.list_tenants().await.unwrap().len(), 1);
@@ -214,7 +214,7 @@ async fn migrations_run_on_open_and_reopen(store: Store, url: String) {
 async fn tenants_crud(store: Store, _url: String) {
     let created = store.create_tenant(&api_tenant("acme")).await.unwrap();
     assert_eq!(created.id, "acme");
-    assert_eq!(created.display_name, "Tenant acme");
+    assert_eq!(created.display_name, "TenantRecord acme");
     assert_eq!(created.status, Status::Active);
     assert_eq!(created.status_reason, None);
     assert_eq!(created.servers, vec!["github", "postgres"]);
@@ -243,7 +243,7 @@ async fn tenants_crud(store: Store, _url: String) {
             .unwrap()
             .unwrap()
             .display_name,
-        "Tenant acme"
+        "TenantRecord acme"
     );
 
     // Byte order on both backends (PostgreSQL's default collation would differ).
@@ -345,7 +345,7 @@ async fn suspend_resume_keeps_fields(store: Store, _url: String) {
     assert_eq!(resumed.status_reason, None);
     assert!(resumed.updated_at > suspended.updated_at);
     assert_eq!(
-        Tenant {
+        TenantRecord {
             status: created.status,
             status_reason: created.status_reason.clone(),
             updated_at: created.updated_at,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use palisade_oauth::Verifier;
 use palisade_store::{
-    Declared, NewKey, NewTenant, Source, Status, Store, StoreError, Tenant as StoredTenant,
+    Declared, NewKey, NewTenant, Source, Status, Store, StoreError, TenantRecord,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -285,7 +285,7 @@ impl Gateway {
         let started = self.started();
         let mut dedicated = lock(&self.dedicated);
         let mut in_use = HashSet::new();
-        let mut resolve = |t: &StoredTenant, server: &str| -> Option<Arc<Upstream>> {
+        let mut resolve = |t: &TenantRecord, server: &str| -> Option<Arc<Upstream>> {
             let cfg = config.server(server)?;
             if cfg.placement == Placement::Shared {
                 return shared.get(server).cloned();

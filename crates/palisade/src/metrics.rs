@@ -68,7 +68,7 @@ struct ReasonLabels {
 
 /// How a forwarded call ended, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CallEnd {
     Ok,
     /// The tool ran and reported `isError: true`: the upstream worked.
     ToolError,
@@ -79,14 +79,14 @@ pub enum Outcome {
     Unavailable,
 }
 
-impl Outcome {
+impl CallEnd {
     pub fn label(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::ToolError => "tool_error",
-            Outcome::RpcError => "rpc_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Unavailable => "unavailable",
+            CallEnd::Ok => "ok",
+            CallEnd::ToolError => "tool_error",
+            CallEnd::RpcError => "rpc_error",
+            CallEnd::Timeout => "timeout",
+            CallEnd::Unavailable => "unavailable",
         }
     }
 }
@@ -325,7 +325,7 @@ impl Metrics {
         }
     }
 
-    pub fn call(&self, tenant: &str, server: &str, tool: &str, outcome: Outcome, seconds: f64) {
+    pub fn call(&self, tenant: &str, server: &str, tool: &str, outcome: CallEnd, seconds: f64) {
         let labels = CallLabels {
             tenant: tenant.to_owned(),
             server: server.to_owned(),

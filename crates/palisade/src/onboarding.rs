@@ -6,7 +6,7 @@
 //! their HMAC under the server pepper.
 
 use palisade_store::{
-    KeyRecord, NewKey, NewTenant, Source, Status, Store, StoreError, Tenant, TenantPatch,
+    KeyRecord, NewKey, NewTenant, Source, Status, Store, StoreError, TenantPatch, TenantRecord,
 };
 use serde::Deserialize;
 
@@ -99,7 +99,7 @@ pub struct Onboarding<'a> {
 }
 
 impl Onboarding<'_> {
-    pub async fn create_tenant(&self, req: CreateTenant) -> Result<Tenant, OnboardError> {
+    pub async fn create_tenant(&self, req: CreateTenant) -> Result<TenantRecord, OnboardError> {
         if !valid_tenant_id(&req.id) {
             return Err(OnboardError::Invalid(format!(
                 "`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit",
@@ -122,7 +122,11 @@ impl Onboarding<'_> {
             .await?)
     }
 
-    pub async fn update_tenant(&self, id: &str, req: UpdateTenant) -> Result<Tenant, OnboardError> {
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        req: UpdateTenant,
+    ) -> Result<TenantRecord, OnboardError> {
         let current = self.tenant(id).await?;
         self.refuse_declared(&current, "change")?;
         let servers = req.servers.as_ref().unwrap_or(&current.servers);
@@ -139,14 +143,18 @@ impl Onboarding<'_> {
         Ok(self.store.update_tenant(id, &patch).await?)
     }
 
-    pub async fn suspend(&self, id: &str, reason: Option<&str>) -> Result<Tenant, OnboardError> {
+    pub async fn suspend(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<TenantRecord, OnboardError> {
         if let Some(r) = reason {
             check_display_name(r)?;
         }
         Ok(self.store.set_status(id, Status::Suspended, reason).await?)
     }
 
-    pub async fn resume(&self, id: &str) -> Result<Tenant, OnboardError> {
+    pub async fn resume(&self, id: &str) -> Result<TenantRecord, OnboardError> {
         Ok(self.store.set_status(id, Status::Active, None).await?)
     }
 
@@ -156,7 +164,7 @@ impl Onboarding<'_> {
         Ok(self.store.delete_tenant(id).await?)
     }
 
-    pub async fn tenant(&self, id: &str) -> Result<Tenant, OnboardError> {
+    pub async fn tenant(&self, id: &str) -> Result<TenantRecord, OnboardError> {
         self.store
             .get_tenant(id)
             .await?
@@ -238,7 +246,7 @@ impl Onboarding<'_> {
         Ok(())
     }
 
-    fn refuse_declared(&self, t: &Tenant, verb: &str) -> Result<(), OnboardError> {
+    fn refuse_declared(&self, t: &TenantRecord, verb: &str) -> Result<(), OnboardError> {
         if t.source == Source::Config {
             return Err(OnboardError::Conflict(format!(
                 "tenant `{}` is declared in the config file: {verb} it there (suspending it and managing its keys works here)",

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use palisade_store::{Snapshot, Status, Tenant as StoredTenant};
+use palisade_store::{Snapshot, Status, TenantRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::apikey::KEY_PREFIX;
@@ -73,7 +73,7 @@ impl Registry {
     /// close tokens of tenants that stay active.
     pub fn build(
         snapshot: Snapshot,
-        resolve: &mut dyn FnMut(&StoredTenant, &str) -> Option<Arc<Upstream>>,
+        resolve: &mut dyn FnMut(&TenantRecord, &str) -> Option<Arc<Upstream>>,
         previous: &Registry,
     ) -> Registry {
         let mut policies: HashMap<String, serde_json::Value> =

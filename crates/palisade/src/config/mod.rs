@@ -26,7 +26,7 @@ pub(crate) use servers::find_executable;
 pub use servers::{
     DEFAULT_CHILD_PATH, Http, Placement, Server, Stdio, UpstreamProtocol, valid_server_name,
 };
-pub use tenants::{SecretSource, Tenant, valid_tenant_id};
+pub use tenants::{SecretSource, TenantDecl, valid_tenant_id};
 
 /// The maximum length of a namespaced tool or prompt name, per common client limits.
 pub const MAX_NAME_LEN: usize = 64;
@@ -55,7 +55,7 @@ pub struct Config {
     #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
-    pub tenants: Vec<Tenant>,
+    pub tenants: Vec<TenantDecl>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

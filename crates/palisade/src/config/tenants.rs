@@ -7,13 +7,14 @@ use serde::Deserialize;
 
 use super::{Problems, template, yes};
 use crate::auth::apikey::parse_stored_hash;
+pub use palisade_ids::valid_tenant_id;
 
 /// A tenant declared in the config. It is reconciled into the registry store at start and on
 /// every reload; removing it from the file deletes it. Tenants created through the admin API
 /// or the CLI live only in the store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Tenant {
+pub struct TenantDecl {
     /// A slug: `[a-z0-9-]`, 1–63 characters.
     pub id: String,
     pub display_name: Option<String>,
@@ -47,21 +48,13 @@ pub struct SecretSource {
     pub file: Option<PathBuf>,
 }
 
-pub fn valid_tenant_id(id: &str) -> bool {
-    (1..=63).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-}
-
 /// The fix for a key that is not a stored hash.
 pub(super) const STORED_KEY_FORMAT: &str = "keys are stored as `hmac-sha256:<64 hex digits>`; create one with `palisade key new --config FILE`";
 
 /// Checks every tenant against the servers defined; returns the hashes of their keys (each
 /// listed once), which no admin key may repeat.
 pub(super) fn check(
-    tenants: &[Tenant],
+    tenants: &[TenantDecl],
     servers: &HashSet<&str>,
     problems: &mut Problems,
 ) -> HashSet<[u8; 32]> {

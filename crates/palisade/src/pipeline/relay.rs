@@ -132,7 +132,7 @@ pub(super) async fn send(
             h
         }
         Err(e) => {
-            let unavailable = metrics::Outcome::Unavailable;
+            let unavailable = metrics::CallEnd::Unavailable;
             let elapsed = started.elapsed();
             let label = &resolved.metric_label;
             metrics.call(
@@ -372,9 +372,9 @@ impl Forward {
             Ok(Ok(result)) => {
                 let (result, is_error) = self.rewrite_result(&result);
                 let counted = if is_error {
-                    metrics::Outcome::ToolError
+                    metrics::CallEnd::ToolError
                 } else {
-                    metrics::Outcome::Ok
+                    metrics::CallEnd::Ok
                 };
                 (jsonrpc::result(&self.client_id, &result), counted)
             }
@@ -389,13 +389,13 @@ impl Forward {
                 };
                 (
                     jsonrpc::error_raw(Some(&self.client_id), &error),
-                    metrics::Outcome::RpcError,
+                    metrics::CallEnd::RpcError,
                 )
             }
             Err(e) => {
                 let counted = match e {
-                    UpstreamError::Timeout { .. } => metrics::Outcome::Timeout,
-                    _ => metrics::Outcome::Unavailable,
+                    UpstreamError::Timeout { .. } => metrics::CallEnd::Timeout,
+                    _ => metrics::CallEnd::Unavailable,
                 };
                 (upstream_error(&self.client_id, &e), counted)
             }
@@ -405,13 +405,13 @@ impl Forward {
             // The upstream failed to answer; a JSON-RPC error or a tool error is an answer.
             let failed = matches!(
                 counted,
-                metrics::Outcome::Unavailable | metrics::Outcome::Timeout
+                metrics::CallEnd::Unavailable | metrics::CallEnd::Timeout
             );
             admission.finish(failed, crashed);
         }
         if let Some(a) = self.audit.take() {
             let outcome = match (counted, &rpc_code) {
-                (metrics::Outcome::RpcError, Some(code)) => format!("rpc_error {code}"),
+                (metrics::CallEnd::RpcError, Some(code)) => format!("rpc_error {code}"),
                 _ => counted.label().to_owned(),
             };
             a.end(outcome, self.started.elapsed());
@@ -419,7 +419,7 @@ impl Forward {
         bytes
     }
 
-    fn upstream_metrics(&self, outcome: metrics::Outcome, elapsed: f64) {
+    fn upstream_metrics(&self, outcome: metrics::CallEnd, elapsed: f64) {
         // Counted once per call; `gw.metrics` is shared with the upstream.
         self.upstream.metrics().call(
             &self.tenant,
