@@ -1,5 +1,5 @@
 //! The `Authorization` header: `palisade::auth::bearer`, then the API-key helpers that see the
-//! credential (`auth::apikey::key_id`, `parse_stored_hash`, `Pepper::hash`).
+//! credential (`apikey::key_id`, `parse_stored_hash`, `Pepper::hash`).
 //!
 //! Checks:
 //! - no panic on any header bytes;
@@ -9,7 +9,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade::auth::{apikey, bearer};
+use palisade::apikey;
+use palisade::auth::bearer;
 
 fuzz_target!(|data: &[u8]| {
     match bearer(data) {
@@ -43,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(s) = std::str::from_utf8(data) {
         if let Some(h) = apikey::parse_stored_hash(s) {
-            let printed = hex::encode(h);
+            let printed = hex::encode(h.0);
             assert!(
                 s.to_ascii_lowercase().contains(&printed),
                 "{s:?} parsed to {printed}"

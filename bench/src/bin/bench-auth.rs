@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use palisade::apikey::Pepper;
 use palisade::auth::Authenticator;
-use palisade::auth::apikey::Pepper;
 use palisade::config::Config;
 use palisade::onboarding::{CreateTenant, IssueKey, Onboarding};
 use palisade::registry::Registry;

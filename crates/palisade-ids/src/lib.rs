@@ -1,6 +1,10 @@
 //! The identifiers every Palisade crate agrees on, validated in one place: the gateway's config
 //! and admin API accept a tenant id only if palisade-sql can use it to name a file (SQLite) and
-//! a setting (PostgreSQL), so both ask [`valid_tenant_id`].
+//! a setting (PostgreSQL), so both ask [`valid_tenant_id`]. API keys and their ids start with
+//! [`KEY_PREFIX`], which the gateway's authentication and its registry both read.
+
+/// The prefix of every API key and key id: `pal_` (access tokens, JWTs, never start with it).
+pub const KEY_PREFIX: &str = "pal_";
 
 /// Longest tenant id: a DNS label's length, so it can name things downstream.
 pub const MAX_TENANT_ID_LEN: usize = 63;

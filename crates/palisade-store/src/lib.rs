@@ -19,7 +19,7 @@ mod store;
 
 pub use error::StoreError;
 pub use model::{
-    Declared, KeyRecord, NewKey, NewTenant, ReconcileReport, SecretMeta, Snapshot, Source, Status,
-    TenantPatch, TenantRecord,
+    Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, SecretMeta, Snapshot, Source,
+    Status, TenantPatch, TenantRecord,
 };
 pub use store::{Backend, Store};

@@ -121,8 +121,19 @@ pub struct TenantPatch {
     pub limits: Option<serde_json::Value>,
 }
 
+/// An API key's HMAC-SHA256 under the gateway's pepper: all that is kept of a key. Its `Debug`
+/// says nothing of it, so a record can be logged whole.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHash(<redacted>)")
+    }
+}
+
 /// An API key as stored: its HMAC, never the key.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRecord {
     /// The key's short public prefix, e.g. `pal_AbCd1234`.
     pub id: String,
@@ -130,7 +141,7 @@ pub struct KeyRecord {
     pub name: String,
     /// HMAC-SHA256 of the key under the server pepper. Never serialized.
     #[serde(skip_serializing)]
-    pub hash: [u8; 32],
+    pub hash: KeyHash,
     pub scopes: Vec<String>,
     pub source: Source,
     pub created_at: i64,
@@ -139,47 +150,16 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
 }
 
-impl fmt::Debug for KeyRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRecord")
-            .field("id", &self.id)
-            .field("tenant_id", &self.tenant_id)
-            .field("name", &self.name)
-            .field("hash", &"<redacted>")
-            .field("scopes", &self.scopes)
-            .field("source", &self.source)
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .field("revoked_at", &self.revoked_at)
-            .field("last_used_at", &self.last_used_at)
-            .finish()
-    }
-}
-
 /// An API key to store.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
-    pub hash: [u8; 32],
+    pub hash: KeyHash,
     pub scopes: Vec<String>,
     pub source: Source,
     pub expires_at: Option<i64>,
-}
-
-impl fmt::Debug for NewKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewKey")
-            .field("id", &self.id)
-            .field("tenant_id", &self.tenant_id)
-            .field("name", &self.name)
-            .field("hash", &"<redacted>")
-            .field("scopes", &self.scopes)
-            .field("source", &self.source)
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
 }
 
 /// A tenant declared in the config file, with its keys and (optionally) its policy.

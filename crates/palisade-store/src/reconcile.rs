@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use crate::error::StoreError;
-use crate::model::{Declared, ReconcileReport, Source};
+use crate::model::{Declared, KeyHash, ReconcileReport, Source};
 use crate::rows::{
     delete_tenant_rows, fetch_policy, fetch_tenant, hash_conflict, insert_key_row, insert_tenant,
     key_by_hash, key_cols, key_from_row, key_id_exists, now_ms, to_json, update_tenant_row,
@@ -53,7 +53,7 @@ impl Store {
 
         // 2. Config keys of declared tenants that are no longer declared go first, so that a
         //    key may move between tenants in one reload.
-        let wanted: HashSet<(&str, [u8; 32])> = declared
+        let wanted: HashSet<(&str, KeyHash)> = declared
             .iter()
             .flat_map(|d| d.keys.iter().map(|k| (d.tenant.id.as_str(), k.hash)))
             .collect();
@@ -176,7 +176,7 @@ impl Store {
 fn validate(declared: &[Declared]) -> Result<(), StoreError> {
     let mut tenants = HashSet::new();
     let mut key_ids = HashSet::new();
-    let mut hashes: HashMap<[u8; 32], &str> = HashMap::new();
+    let mut hashes: HashMap<KeyHash, &str> = HashMap::new();
     for d in declared {
         let id = d.tenant.id.as_str();
         if !tenants.insert(id) {

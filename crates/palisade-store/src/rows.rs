@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use crate::error::{StoreError, unique_as_conflict};
-use crate::model::{KeyRecord, NewKey, NewTenant, Source, Status, TenantRecord};
+use crate::model::{KeyHash, KeyRecord, NewKey, NewTenant, Source, Status, TenantRecord};
 
 // Column lists, spelled once so every SELECT/RETURNING decodes the same way.
 macro_rules! tenant_cols {
@@ -96,7 +96,7 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         tenant_id: row.try_get("tenant_id")?,
         name: row.try_get("name")?,
-        hash,
+        hash: KeyHash(hash),
         scopes: json_col(row, "scopes", "API key", &id)?,
         source: source_col(row, "API key", &id)?,
         created_at: row.try_get("created_at")?,
@@ -211,14 +211,14 @@ pub(crate) async fn delete_tenant_rows(
 
 pub(crate) async fn key_by_hash(
     conn: &mut AnyConnection,
-    hash: &[u8; 32],
+    hash: &KeyHash,
 ) -> Result<Option<KeyRecord>, StoreError> {
     sqlx::query(concat!(
         "SELECT ",
         key_cols!(),
         " FROM api_keys WHERE hash = $1"
     ))
-    .bind(&hash[..])
+    .bind(&hash.0[..])
     .fetch_optional(&mut *conn)
     .await?
     .as_ref()
@@ -265,7 +265,7 @@ pub(crate) async fn insert_key_row(
     .bind(&k.id)
     .bind(&k.tenant_id)
     .bind(&k.name)
-    .bind(&k.hash[..])
+    .bind(&k.hash.0[..])
     .bind(to_json(&k.scopes)?)
     .bind(source.as_str())
     .bind(now)

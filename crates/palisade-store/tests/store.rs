@@ -7,8 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use palisade_store::{
-    Backend, Declared, KeyRecord, NewKey, NewTenant, ReconcileReport, Source, Status, Store,
-    StoreError, TenantPatch, TenantRecord,
+    Backend, Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, Source, Status,
+    Store, StoreError, TenantPatch, TenantRecord,
 };
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -133,7 +133,7 @@ fn new_key(id: &str, tenant: &str, byte: u8) -> NewKey {
         id: id.into(),
         tenant_id: tenant.into(),
         name: format!("key {id}"),
-        hash: [byte; 32],
+        hash: KeyHash([byte; 32]),
         scopes: vec!["tools:call".into(), "tools:list".into()],
         source: Source::Api,
         expires_at: Some(4_102_444_800_000),
@@ -545,7 +545,7 @@ async fn keys_insert_list_revoke(store: Store, _url: String) {
     assert_eq!(k1.id, "pal_k1");
     assert_eq!(k1.tenant_id, "acme");
     assert_eq!(k1.name, "key pal_k1");
-    assert_eq!(k1.hash, [1; 32]);
+    assert_eq!(k1.hash, KeyHash([1; 32]));
     assert_eq!(k1.scopes, vec!["tools:call", "tools:list"]);
     assert_eq!(k1.source, Source::Api);
     assert!(k1.created_at > 1_600_000_000_000);
@@ -848,7 +848,7 @@ async fn reconcile_creates_and_updates(store: Store, _url: String) {
     let keys = store.list_keys("alpha").await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].source, Source::Config);
-    assert_eq!(keys[0].hash, [1; 32]);
+    assert_eq!(keys[0].hash, KeyHash([1; 32]));
     assert_eq!(
         store.get_policy("alpha").await.unwrap(),
         Some(policy.clone())
@@ -956,7 +956,7 @@ async fn reconcile_replaces_config_keys(store: Store, _url: String) {
     // The removed key no longer authenticates: it is gone from the snapshot, and its hash
     // is free.
     let snap = store.snapshot().await.unwrap();
-    assert!(snap.keys.iter().all(|k| k.hash != [2; 32]));
+    assert!(snap.keys.iter().all(|k| k.hash != KeyHash([2; 32])));
     assert_eq!(snap.keys.len(), 3);
 
     // A changed name/scopes on a kept key is applied in place.
@@ -1137,7 +1137,7 @@ async fn snapshot_contents(store: Store, _url: String) {
         vec![("abc", Status::Active), ("zed", Status::Suspended)]
     );
     // Non-revoked keys only, by tenant; with their hashes and last use.
-    let keys: Vec<(&str, &str, [u8; 32], Option<i64>)> = snap
+    let keys: Vec<(&str, &str, KeyHash, Option<i64>)> = snap
         .keys
         .iter()
         .map(|k| (k.id.as_str(), k.tenant_id.as_str(), k.hash, k.last_used_at))
@@ -1145,8 +1145,8 @@ async fn snapshot_contents(store: Store, _url: String) {
     assert_eq!(
         keys,
         vec![
-            ("pal_a1", "abc", [2; 32], Some(42)),
-            ("pal_z1", "zed", [1; 32], None)
+            ("pal_a1", "abc", KeyHash([2; 32]), Some(42)),
+            ("pal_z1", "zed", KeyHash([1; 32]), None)
         ]
     );
     assert_eq!(

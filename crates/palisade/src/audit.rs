@@ -18,7 +18,7 @@ use palisade_audit::{
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::auth::apikey::{PepperError, key_material};
+use crate::apikey::{PepperError, key_material};
 use crate::config::{AuditSink, Config};
 
 const MIN_KEY: usize = 32;

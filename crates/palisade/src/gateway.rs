@@ -26,10 +26,10 @@ use palisade_store::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::assertion::Assertions;
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
-use crate::auth::apikey::{Pepper, config_key_id, parse_stored_hash};
 use crate::catalog::Names;
 use crate::config::{Config, Placement};
 use crate::limits::Protection;

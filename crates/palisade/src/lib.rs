@@ -9,6 +9,7 @@
 //! [`resume`] keeps legacy sessions' event streams resumable.
 //! `docs/ARCHITECTURE.md` is the map.
 
+pub mod apikey;
 pub mod assertion;
 pub mod audit;
 pub mod auth;

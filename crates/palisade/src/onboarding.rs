@@ -10,7 +10,7 @@ use palisade_store::{
 };
 use serde::Deserialize;
 
-use crate::auth::apikey::{Pepper, generate_key, key_id};
+use crate::apikey::{Pepper, generate_key, key_id};
 use crate::auth::now_ms;
 use crate::config::{Config, valid_tenant_id};
 use crate::policy::Policy;

@@ -9,10 +9,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use palisade_store::{Snapshot, Status, TenantRecord};
+use palisade_ids::KEY_PREFIX;
+use palisade_store::{KeyHash, Snapshot, Status, TenantRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::apikey::KEY_PREFIX;
 use crate::policy::Policy;
 use crate::upstream::Upstream;
 
@@ -63,7 +63,7 @@ pub struct KeyEntry {
 pub struct Registry {
     pub revision: i64,
     tenants: HashMap<Arc<str>, Arc<Tenant>>,
-    keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    keys: HashMap<KeyHash, Arc<KeyEntry>>,
     key_ids: HashSet<Arc<str>>,
 }
 
@@ -164,7 +164,7 @@ impl Registry {
     }
 
     /// The stored hash and entry of a key, by its HMAC.
-    pub fn key(&self, hash: &[u8; 32]) -> Option<(&[u8; 32], &Arc<KeyEntry>)> {
+    pub fn key(&self, hash: &KeyHash) -> Option<(&KeyHash, &Arc<KeyEntry>)> {
         self.keys.get_key_value(hash)
     }
 

@@ -12,7 +12,7 @@ use palisade_store::Store;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::auth::apikey::{PepperError, key_material};
+use crate::apikey::{PepperError, key_material};
 use crate::config::Config;
 
 /// Format version of a sealed value: `1 ‖ nonce ‖ ciphertext ‖ tag`.

@@ -6,7 +6,7 @@
 //! their issuer's JWKS). Either way the tenant must exist and be active. Nothing here touches the
 //! database: the registry is an in-memory snapshot.
 
-pub mod apikey;
+use crate::apikey;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -173,7 +173,7 @@ impl Authenticator {
         // The map is keyed by an HMAC the caller cannot steer, so the lookup leaks nothing
         // useful; the final comparison is constant-time regardless.
         let (stored, entry) = registry.key(&hash).ok_or(AuthError::InvalidKey)?;
-        if !bool::from(stored.ct_eq(&hash)) {
+        if !bool::from(stored.0.ct_eq(&hash.0)) {
             return Err(AuthError::InvalidKey);
         }
         let now = now_ms();

@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 
-use crate::auth::apikey::{Pepper, generate_key};
+use crate::apikey::{Pepper, generate_key};
 use crate::config::Config;
 
 /// What the demo's tenants may call: palisade-sql, and the test upstream's plain tools (not

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade_sandbox::Layer;
 
-use crate::auth::apikey::Pepper;
+use crate::apikey::Pepper;
 use crate::config::{Config, DataPaths, Placement};
 use crate::gateway::Gateway;
 use crate::http::{self, Bound};

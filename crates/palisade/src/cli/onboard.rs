@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use palisade_store::Store;
 
-use crate::auth::apikey::{Pepper, generate_key};
+use crate::apikey::{Pepper, generate_key};
 use crate::config::{Config, DataPaths};
 use crate::onboarding::{CreateTenant, IssueKey, Onboarding};
 use crate::policy::Policy;

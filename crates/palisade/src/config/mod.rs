@@ -19,7 +19,7 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde::Deserialize;
 
-use crate::auth::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
+use crate::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
 pub use limits::{BreakerSettings, Limits, QuarantineSettings, RateLimits};
 pub use listen::Listen;
 pub(crate) use servers::find_executable;

@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+use palisade_store::KeyHash;
 use serde::Deserialize;
 
 use super::{Problems, template, yes};
-use crate::auth::apikey::parse_stored_hash;
+use crate::apikey::parse_stored_hash;
 pub use palisade_ids::valid_tenant_id;
 
 /// A tenant declared in the config. It is reconciled into the registry store at start and on
@@ -57,7 +58,7 @@ pub(super) fn check(
     tenants: &[TenantDecl],
     servers: &HashSet<&str>,
     problems: &mut Problems,
-) -> HashSet<[u8; 32]> {
+) -> HashSet<KeyHash> {
     let mut ids = HashSet::new();
     let mut key_hashes = HashSet::new();
     for (i, t) in tenants.iter().enumerate() {

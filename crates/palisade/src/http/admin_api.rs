@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::apikey::{key_id, parse_stored_hash};
 use crate::audit::AdminChange;
-use crate::auth::apikey::{key_id, parse_stored_hash};
 use crate::auth::bearer;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -207,14 +207,14 @@ async fn admin(gw: &Gateway, headers: &HeaderMap) -> Result<String, Response> {
         .iter()
         .filter_map(|k| parse_stored_hash(k))
     {
-        is_admin_key |= bool::from(stored.ct_eq(&hash));
+        is_admin_key |= bool::from(stored.0.ct_eq(&hash.0));
     }
     if is_admin_key {
         let id = std::str::from_utf8(credential).map_or_else(|_| "?".into(), key_id);
         return Ok(format!("admin key {id}"));
     }
     if let Some(verifier) = gw.auth.oauth()
-        && !credential.starts_with(crate::auth::apikey::KEY_PREFIX.as_bytes())
+        && !credential.starts_with(crate::apikey::KEY_PREFIX.as_bytes())
     {
         let token =
             std::str::from_utf8(credential).map_err(|_| deny(401, "invalid credentials"))?;

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+pub use palisade_store::KeyHash;
 use rand::RngCore;
 use sha2::Sha256;
 
 /// Every API key starts with this; access tokens (JWTs) never do.
-pub const KEY_PREFIX: &str = "pal_";
+pub use palisade_ids::KEY_PREFIX;
 
 const PREFIX: &str = "hmac-sha256:";
 const MIN_PEPPER: usize = 32;
@@ -61,19 +62,19 @@ impl Pepper {
     }
 
     /// HMAC-SHA256(pepper, key).
-    pub fn hash(&self, key: &[u8]) -> [u8; 32] {
+    pub fn hash(&self, key: &[u8]) -> KeyHash {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
             Ok(mac) => mac,
             Err(_) => unreachable!("HMAC takes keys of any length"),
         };
         mac.update(key);
-        mac.finalize().into_bytes().into()
+        KeyHash(mac.finalize().into_bytes().into())
     }
 
     /// The config form of a key's hash: `hmac-sha256:<hex>`.
     pub fn stored_hash(&self, key: &str) -> String {
-        format!("{PREFIX}{}", hex::encode(self.hash(key.as_bytes())))
+        format!("{PREFIX}{}", hex::encode(self.hash(key.as_bytes()).0))
     }
 }
 
@@ -120,15 +121,15 @@ pub fn key_id(key: &str) -> String {
 }
 
 /// The id of a key declared in the config, where only its hash is known.
-pub fn config_key_id(hash: &[u8; 32]) -> String {
-    format!("cfg_{}", hex::encode(&hash[..6]))
+pub fn config_key_id(hash: &KeyHash) -> String {
+    format!("cfg_{}", hex::encode(&hash.0[..6]))
 }
 
 /// Parses `hmac-sha256:<64 hex>` into the hash bytes.
-pub fn parse_stored_hash(s: &str) -> Option<[u8; 32]> {
+pub fn parse_stored_hash(s: &str) -> Option<KeyHash> {
     let hex = s.strip_prefix(PREFIX)?;
     let bytes = hex::decode(hex).ok()?;
-    bytes.try_into().ok()
+    bytes.try_into().ok().map(KeyHash)
 }
 
 #[cfg(test)]
