@@ -71,18 +71,24 @@ pub(super) async fn authorize(call: &Call<'_>, params: &RawObject) -> Result<(),
             .tenant
             .policy
             .check_call(&target.upstream.name, &target.name, &caller.scopes);
-    let tool = call.resolved.exposed.clone();
+    let tool = || call.resolved.exposed.clone();
     let (refusal, reason) = match verdict {
         Ok(()) => return check_param_headers(caller, target, params).await,
         Err(Denied::Tool) => {
             call.gw.metrics.rejected("policy");
             let reason = "tool not allowed by the tenant's policy".to_owned();
-            (Refusal::Denied { tool }, reason)
+            (Refusal::Denied { tool: tool() }, reason)
         }
         Err(Denied::Scopes(scopes)) => {
             call.gw.metrics.rejected("insufficient_scope");
             let reason = format!("insufficient scope (needs {scopes})");
-            (Refusal::InsufficientScope { tool, scopes }, reason)
+            (
+                Refusal::InsufficientScope {
+                    tool: tool(),
+                    scopes,
+                },
+                reason,
+            )
         }
     };
     Err(deny(call, params, refusal, reason).await)
