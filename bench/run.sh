@@ -15,6 +15,8 @@
 # Environment: DURATION=10 WARMUP=2 SESSIONS=16 RATE=2000 HOLD=1000 ERA=legacy
 #   OAUTH=1 (0: no issuer and no access-token run, for a gateway built before OAuth support)
 #   AUDIT=1 (0: the gateway's audit trail off, to measure what it costs)
+#   HOLD_RATE=1 (0: for a gateway built before limits.initialize_rate, which the hold run must
+#              lift: 50 sessions/s per tenant would refuse most of its 1,000 with 429)
 #   GATEWAY=target/release/palisade (the gateway binary to start)
 #   GW_PORT=18080 ADMIN_PORT=19090 OUT=<dir for the JSON results>
 #   LOAD_CPUS / GW_CPUS / ECHO_CPUS: pin that process with `taskset -c` (unset: no pinning).
@@ -30,6 +32,7 @@ HOLD=${HOLD:-1000}
 ERA=${ERA:-legacy}
 OAUTH=${OAUTH:-1}
 AUDIT=${AUDIT:-1}
+HOLD_RATE=${HOLD_RATE:-1}
 GW_PORT=${GW_PORT:-18080}
 ADMIN_PORT=${ADMIN_PORT:-19090}
 OUT=${OUT:-$(mktemp -d /tmp/palisade-bench.XXXXXX)}
@@ -171,6 +174,8 @@ pepper_file = "$CONF/pepper"
 $OAUTH_TABLE
 
 $([[ $AUDIT == 0 ]] && printf '[audit]\nenabled = false\n')
+
+$([[ $HOLD_RATE == 1 ]] && printf '[limits]\ninitialize_rate = { per_second = 100000, burst = 100000 }\n')
 
 [[servers]]
 name = "echo"
