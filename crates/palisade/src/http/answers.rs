@@ -102,7 +102,7 @@ pub(super) async fn call_response(
         Some(Out::Park { body, state }) => {
             return match park(gw, state, fwd, subject) {
                 Ok(()) => json(StatusCode::OK, body),
-                Err(answer) => refusal(gw, None, false, answer),
+                Err(answer) => refusal_response(gw, None, false, answer),
             };
         }
         Some(Out::Cancelled) | None => return StatusCode::ACCEPTED.into_response(),
@@ -298,7 +298,7 @@ pub(super) fn standalone_response(
 
 /// A refusal as the client gets it: an ordinary message, or a plain JSON response with its
 /// status, `Retry-After` and `insufficient_scope` challenge.
-pub(super) fn refusal(
+pub(super) fn refusal_response(
     gw: &Gateway,
     session: Option<&Arc<Session>>,
     sse_first: bool,

@@ -22,7 +22,7 @@ use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Message};
 
 use super::answers::{
-    call_response, json, method_not_allowed, one_message, prefers_event_stream, refusal,
+    call_response, json, method_not_allowed, one_message, prefers_event_stream, refusal_response,
     replay_body, rpc_error, sse_body, sse_response, standalone_response,
 };
 use super::gates::{Need, detect_era, gates, header_str, param_headers, session_of};
@@ -162,7 +162,7 @@ async fn respond(
         Reply::Message(body) => {
             one_message(caller.session.as_ref(), sse_first, StatusCode::OK, body)
         }
-        Reply::Refused(answer) => refusal(gw, caller.session.as_ref(), sse_first, answer),
+        Reply::Refused(answer) => refusal_response(gw, caller.session.as_ref(), sse_first, answer),
         Reply::Accepted => StatusCode::ACCEPTED.into_response(),
         Reply::Initialized { body, session } => {
             let mut r = one_message(Some(&session), sse_first, StatusCode::OK, body);

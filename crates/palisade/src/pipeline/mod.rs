@@ -80,9 +80,9 @@ pub async fn forward(
         false => None,
     };
     // 4. BEGIN, durable before anything leaves.
-    let audit = match (&gw.audit, audited) {
-        (Some(auditor), true) => Some(steps::begin(&call, auditor, &params).await?),
-        _ => None,
+    let audit = match audited {
+        true => steps::begin(&call, &params).await?,
+        false => None,
     };
     // 5. The tenant assertion, for a shared server.
     let audit_id = audit.as_ref().map(|a| a.id.as_str());

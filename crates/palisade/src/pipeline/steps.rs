@@ -1,7 +1,6 @@
 //! The steps of [`super::forward`], each a function that lets the call through or returns the
 //! [`Refusal`] that ends it. A refusal after the target is known is audited (DENIED).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use mcp_wire::param_headers;
@@ -11,7 +10,7 @@ use serde_json::value::RawValue;
 use super::refusal::Refusal;
 use super::relay::{Audited, Caller};
 use crate::assertion;
-use crate::audit::{Auditor, CallFacts};
+use crate::audit::CallFacts;
 use crate::catalog::{Resolved, Target};
 use crate::config::Placement;
 use crate::gateway::Gateway;
@@ -143,21 +142,21 @@ pub(super) async fn admit(call: &Call<'_>, params: &RawObject) -> Result<Admissi
 }
 
 /// The BEGIN record, durable before the call leaves (invariant 2), or the call is refused.
-pub(super) async fn begin(
-    call: &Call<'_>,
-    auditor: &Arc<Auditor>,
-    params: &RawObject,
-) -> Result<Audited, Refusal> {
+/// `None` when the audit trail is off.
+pub(super) async fn begin(call: &Call<'_>, params: &RawObject) -> Result<Option<Audited>, Refusal> {
+    let Some(auditor) = &call.gw.audit else {
+        return Ok(None);
+    };
     let facts = call_facts(call);
     let waited = Instant::now();
     let begun = auditor.begin(&facts, params.get("arguments")).await;
     call.gw.metrics.audit_begin(waited.elapsed().as_secs_f64());
     match begun {
-        Ok(id) => Ok(Audited {
+        Ok(id) => Ok(Some(Audited {
             auditor: auditor.clone(),
             id,
             facts,
-        }),
+        })),
         Err(e) => {
             call.gw.metrics.rejected("audit_unavailable");
             let tenant = &call.caller.tenant.id;
