@@ -117,7 +117,7 @@ write("list_cursor", [
     b"\x05\x00" + cursor("palisade:-1"),
 ])
 
-# requestState / round-trip fields: crates/palisade/tests/eras.rs and framing.rs.
+# requestState / round-trip fields: crates/palisade/tests/it/eras.rs and framing.rs.
 write("request_state", [
     '{"name":"kit__ask","arguments":{},"requestState":"palisade.abc",'
     '"inputResponses":{"k":{"action":"decline"}}}',

@@ -77,11 +77,7 @@ fn host() -> HostSupport {
 
 /// A test whose kernel feature is missing: skipped here, a failure under `CI=true`.
 fn skip(why: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "this host lacks what the test needs: {why}"
-    );
-    println!("skipped: {why}");
+    testenv::lacking::<()>(why);
 }
 
 /// A per-test cgroup root, removed (with anything left in it) on drop.

@@ -1,7 +1,8 @@
 //! The same suite against both backends: every case is written once as an async fn taking a
 //! fresh [`Store`] (and its URL, for re-opening), and `cases!` runs it as `sqlite::<case>`
 //! (a file in a temporary directory) and `postgres::<case>` (a fresh database on the server
-//! named by `PALISADE_TEST_POSTGRES_URL`, dropped afterwards; skipped, saying so, when unset).
+//! named by `PALISADE_TEST_POSTGRES_URL`, dropped afterwards; skipped, saying so, when unset;
+//! a failure under `CI=true`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,8 +36,7 @@ where
     F: FnOnce(Store, String) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Ok(admin) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipped: {POSTGRES_ENV} is not set");
+    let Some(admin) = testenv::service(POSTGRES_ENV) else {
         return;
     };
     let name = format!("palisade_test_{:016x}", rand::random::<u64>());

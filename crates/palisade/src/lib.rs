@@ -28,5 +28,6 @@ pub mod policy;
 pub mod registry;
 pub mod resume;
 pub mod secrets;
+pub mod serve;
 pub mod session;
 pub mod upstream;

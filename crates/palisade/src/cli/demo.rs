@@ -100,7 +100,8 @@ allow_tools = {demo_tools}
         database_url: format!("sqlite://{}", data_dir.join("palisade.db").display()),
         data_dir: data_dir.clone(),
     };
-    let served = super::serve_with_pepper(config, pepper, &paths, None, |_| {
+    let builder = crate::serve::GatewayBuilder::new(config, paths).pepper(pepper);
+    let served = super::serve_with(builder, None, |_| {
         println!();
         println!("Palisade demo: tenants acme and globex share the upstreams `sql` (palisade-sql on SQLite) and `kit` (palisade-testkit).");
         println!("Their policy allows sql__query_database, sql__list_tables, sql__describe_table, kit__echo, kit__add and kit__progress.");

@@ -16,10 +16,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade_sandbox::Layer;
 
-use crate::apikey::Pepper;
-use crate::config::{Config, DataPaths, Placement};
+use crate::config::{Config, Placement};
 use crate::gateway::Gateway;
-use crate::http::{self, Bound};
+use crate::serve::{GatewayBuilder, Running};
 pub use onboard::{KeyCommand, PolicyCommand, SecretCommand, StoreArgs, TenantCommand};
 
 #[derive(Parser)]
@@ -155,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&store.config)?;
             let paths = store.paths(&config);
             let path = store.config.clone();
-            serve_with(config, &paths, Some(path), |_| {}).await
+            serve_with(GatewayBuilder::new(config, paths), Some(path), |_| {}).await
         }
         Command::Check { config } => {
             let c = Config::parse(&config)?;
@@ -236,98 +235,30 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// The pepper the config names. Without one, API keys cannot be checked: a random pepper is
-/// used so that nothing matches, and the gateway says so.
-pub fn pepper_or_random(config: &Config) -> anyhow::Result<Pepper> {
-    match config.pepper() {
-        Ok(p) => Ok(p),
-        Err(e)
-            if config.tenants.iter().all(|t| t.keys.is_empty()) && config.admin.keys.is_empty() =>
-        {
-            tracing::warn!("{e}; API keys cannot be used until a pepper is configured");
-            Ok(Pepper::random())
-        }
-        Err(e) => Err(e).context("auth"),
-    }
-}
-
-/// Opens the registry store at `url`, creating a SQLite file's directory if needed.
-pub async fn open_store(url: &str) -> anyhow::Result<palisade_store::Store> {
-    if let Some(path) = url.strip_prefix("sqlite://")
-        && let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    }
-    palisade_store::Store::open(url)
-        .await
-        .context("cannot open the registry store")
-}
-
 /// Builds the gateway and serves until SIGTERM or ctrl-c; with a config path, SIGHUP and
-/// changes to the file reload it. `on_bound` sees the bound addresses before serving starts.
+/// changes to the file reload it. `on_bound` runs once the listeners are bound, before the
+/// machine-readable "listening" line.
 pub async fn serve_with(
-    config: Config,
-    paths: &DataPaths,
+    builder: GatewayBuilder,
     config_path: Option<PathBuf>,
-    on_bound: impl FnOnce(&Bound),
+    on_bound: impl FnOnce(&Running),
 ) -> anyhow::Result<()> {
-    let pepper = pepper_or_random(&config)?;
-    serve_with_pepper(config, pepper, paths, config_path, on_bound).await
-}
-
-/// [`serve_with`] with a given pepper (the demo makes its own).
-pub async fn serve_with_pepper(
-    config: Config,
-    pepper: Pepper,
-    paths: &DataPaths,
-    config_path: Option<PathBuf>,
-    on_bound: impl FnOnce(&Bound),
-) -> anyhow::Result<()> {
-    raise_open_file_limit(config.listen.max_connections);
-    let store = open_store(&paths.database_url).await?;
-    let bound = Bound::bind(config.listen.mcp, config.listen.admin).await?;
-    let gw = Gateway::open(config, pepper, store, paths.data_dir.clone()).await?;
-    let mcp_addr = bound.mcp.local_addr()?;
-    let admin_addr = bound.admin.local_addr()?;
-    on_bound(&bound);
+    let running = builder.start().await?;
+    on_bound(&running);
     // One machine-readable line, for scripts and tests that bind port 0.
-    println!("palisade listening mcp=http://{mcp_addr}/mcp admin=http://{admin_addr}");
-    tracing::info!(%mcp_addr, %admin_addr, upstreams = gw.upstreams().len(), tenants = gw.registry().tenants().count(), "serving");
+    println!(
+        "palisade listening mcp={} admin={}",
+        running.mcp_url, running.admin_url
+    );
+    let gw = running.gateway().clone();
+    tracing::info!(mcp = %running.mcp_url, admin = %running.admin_url, upstreams = gw.upstreams().len(), tenants = gw.registry().tenants().count(), "serving");
     spawn_signal_handler(gw.clone());
     if let Some(path) = config_path {
-        reload::spawn(gw.clone(), path);
+        reload::spawn(gw, path);
     }
-    http::serve(gw, bound).await?;
+    running.wait().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Each connection holds a file descriptor, and the usual soft limit (1024) is far below
-/// `listen.max_connections`: past it, accepting fails and clients wait. The soft limit is
-/// raised to the hard one (as Go's runtime does), and a limit that is still too low is said.
-fn raise_open_file_limit(max_connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
-    // Room for upstream connections, audit and store files beside the clients.
-    let wanted = max_connections as u64 + 256;
-    if limit < wanted {
-        tracing::warn!(
-            open_file_limit = limit,
-            wanted,
-            "the open-file limit is below listen.max_connections plus room for upstreams: \
-             connections beyond it wait; raise it (ulimit -n, LimitNOFILE=) or lower \
-             listen.max_connections"
-        );
-    }
 }
 
 fn spawn_signal_handler(gw: Arc<Gateway>) {

@@ -37,8 +37,8 @@ impl StoreArgs {
 
     async fn open(&self) -> anyhow::Result<Opened> {
         let config = Config::load(&self.config)?;
-        let pepper = super::pepper_or_random(&config)?;
-        let store = super::open_store(&self.paths(&config).database_url).await?;
+        let pepper = crate::serve::pepper_or_random(&config)?;
+        let store = crate::serve::open_store(&self.paths(&config).database_url).await?;
         Ok(Opened {
             config,
             pepper,

@@ -3,7 +3,7 @@
 //! is not affected; a tenant's own rates replace its tier's; subjects and tools have their own
 //! buckets.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ const ACME: &str = "pal_limits_test_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const GLOBEX_1: &str = "pal_limits_test_globex_one_aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const GLOBEX_2: &str = "pal_limits_test_globex_two_aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-fn gateway() -> Gw {
+async fn gateway() -> Gw {
     let top = format!(
         r#"[rate_limits]
 default_tier = "free"
@@ -42,7 +42,7 @@ tier = "pro"
         stored_hash(GLOBEX_1),
         stored_hash(GLOBEX_2)
     );
-    Gw::start_with(&stdio_server("kit", ""), &[], &top)
+    Gw::in_process(&stdio_server("kit", ""), &[], &top).await
 }
 
 /// The error of a refused call, or `None` if it succeeded.
@@ -56,7 +56,7 @@ fn refusal(a: &common::Answer) -> Option<Value> {
 
 #[tokio::test]
 async fn over_its_rate_a_tenant_is_refused_with_the_limit_and_a_retry_time() {
-    let gw = gateway();
+    let gw = gateway().await;
     gw.ready().await;
     let acme = gw.legacy_as(ACME).await;
     let globex = gw.legacy_as(GLOBEX_1).await;
@@ -117,7 +117,7 @@ async fn over_its_rate_a_tenant_is_refused_with_the_limit_and_a_retry_time() {
 
 #[tokio::test]
 async fn subjects_and_tools_have_their_own_buckets() {
-    let gw = gateway();
+    let gw = gateway().await;
     gw.ready().await;
     let one = gw.legacy_as(GLOBEX_1).await;
     let two = gw.legacy_as(GLOBEX_2).await;
@@ -172,13 +172,13 @@ fn an_unknown_default_tier_or_a_bad_rate_is_rejected_at_load() {
 
 const ADMIN_KEY: &str = "pal_limits_test_admin_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-fn two_tenants(server_extra: &str) -> Gw {
-    common::two_tenants_on_kit_with(server_extra, &common::admin_table(ADMIN_KEY))
+async fn two_tenants(server_extra: &str) -> Gw {
+    common::two_tenants_on_kit_with(server_extra, &common::admin_table(ADMIN_KEY)).await
 }
 
 #[tokio::test]
 async fn breakers_open_on_failures_not_on_tool_errors_and_a_probe_closes_them() {
-    let gw = two_tenants("breaker = { failures = 2, open_secs = 2 }");
+    let gw = two_tenants("breaker = { failures = 2, open_secs = 2 }").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     // Tool errors are the upstream working: they never open a breaker.
@@ -241,18 +241,20 @@ async fn breakers_open_on_failures_not_on_tool_errors_and_a_probe_closes_them() 
         gw.ready().await;
     }
     assert!(refusal(&acme.call(50, "kit__echo", json!({"message": "x"})).await).is_some());
-    let out = gw.cli(&[
-        "breaker",
-        "reset",
-        "--server",
-        "kit",
-        "--tenant",
-        "acme",
-        "--admin-key",
-        ADMIN_KEY,
-        "--admin-url",
-        &gw.admin,
-    ]);
+    let out = gw
+        .cli(&[
+            "breaker",
+            "reset",
+            "--server",
+            "kit",
+            "--tenant",
+            "acme",
+            "--admin-key",
+            ADMIN_KEY,
+            "--admin-url",
+            &gw.admin,
+        ])
+        .await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "closed",
@@ -266,7 +268,7 @@ async fn breakers_open_on_failures_not_on_tool_errors_and_a_probe_closes_them() 
 
 #[tokio::test]
 async fn a_full_bulkhead_refuses_at_once_and_only_that_tenant() {
-    let gw = two_tenants("max_inflight_per_tenant = 1");
+    let gw = two_tenants("max_inflight_per_tenant = 1").await;
     gw.ready().await;
     let slow = gw.legacy("acme").await;
     let other = gw.legacy("acme").await;
@@ -343,8 +345,7 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_quota_through_redis_and_follow_the_policy_while_it_is_down() {
-    let Ok(redis) = std::env::var("PALISADE_TEST_REDIS_URL") else {
-        eprintln!("skipped: PALISADE_TEST_REDIS_URL is not set");
+    let Some(redis) = testenv::redis() else {
         return;
     };
     let relay = Relay::start(&redis).await;
@@ -502,7 +503,7 @@ async fn a_tenant_flooding_at_ten_times_its_quota_does_not_hurt_another() {
     let gw = common::two_tenants_on_kit_with(
         "",
         "[audit]\nenabled = false\n[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 50, burst = 10 }\n",
-    );
+    ).await;
     gw.ready().await;
     let b = gw.legacy("globex").await;
     // A sends up to 500 calls/s (ten times its quota) from five sessions while B calls at half
@@ -542,7 +543,8 @@ async fn a_tenant_whose_input_crashes_the_shared_server_is_quarantined_and_other
     let gw = common::two_tenants_on_kit_with(
         "quarantine = { crashes = 2, window_secs = 60, for_secs = 30 }",
         "",
-    );
+    )
+    .await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let globex = gw.legacy("globex").await;
@@ -609,7 +611,8 @@ async fn a_tool_timeout_replaces_the_servers_and_cancels_the_call() {
     let gw = common::two_tenants_on_kit_with(
         "call_timeout_ms = 10000\ntool_timeouts_ms = { slow = 300 }",
         "",
-    );
+    )
+    .await;
     gw.ready().await;
     let s = gw.legacy("acme").await;
     assert_eq!(
@@ -655,7 +658,7 @@ async fn flood(sessions: &[common::Legacy<'_>], until: Instant) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_servers_quota_is_shared_fairly_and_an_idle_tenants_share_is_used() {
-    let gw = common::two_tenants_on_kit_with("quota = { per_second = 40, burst = 2 }", "");
+    let gw = common::two_tenants_on_kit_with("quota = { per_second = 40, burst = 2 }", "").await;
     gw.ready().await;
     let acme = futures_util::future::join_all((0..3).map(|_| gw.legacy("acme"))).await;
     let globex = futures_util::future::join_all((0..3).map(|_| gw.legacy("globex"))).await;
@@ -692,7 +695,7 @@ async fn a_refused_modern_request_is_429_with_retry_after() {
     let gw = common::two_tenants_on_kit_with(
         "",
         "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntenant = { per_second = 0.5, burst = 1 }\n",
-    );
+    ).await;
     gw.ready().await;
     let call = json!({"name": "kit__echo", "arguments": {"message": "m"}});
     let first = gw.modern("acme", 1, "tools/call", call.clone()).await;
@@ -710,7 +713,7 @@ async fn a_refused_modern_request_is_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_servers_bulkhead_waits_a_bounded_time_for_a_place() {
-    let gw = two_tenants("max_inflight = 1\nqueue_ms = 1500");
+    let gw = two_tenants("max_inflight = 1\nqueue_ms = 1500").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let globex = gw.legacy("globex").await;

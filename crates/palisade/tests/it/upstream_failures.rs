@@ -2,7 +2,7 @@
 //! HTTP upstream that is down. Each caller gets a clear error naming the upstream, the child is
 //! killed and restarted, the next call works, and shutdown leaves no process behind.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -177,7 +177,9 @@ async fn one_upstream_down_does_not_fail_the_list() {
 
 #[tokio::test]
 async fn shutdown_stops_every_upstream_process() {
-    let mut gw = one_kit("").await;
+    // The binary: SIGTERM and the exit status are what is tested.
+    let mut gw = Gw::start(&stdio_server("kit", ""), &ACME_ON_KIT);
+    gw.ready().await;
     let s = gw.legacy("acme").await;
     the_next_call_works(&s, 1).await;
     let children = children_of(gw.pid());
@@ -193,7 +195,9 @@ async fn shutdown_stops_every_upstream_process() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish() {
-    let mut gw = one_kit("").await;
+    // The binary: SIGTERM and the exit status are what is tested.
+    let mut gw = Gw::start(&stdio_server("kit", ""), &ACME_ON_KIT);
+    gw.ready().await;
     let s = gw.legacy("acme").await;
     // A JSON answer's headers only come with the result, so the call runs in its own task
     // and is surely mid-call when the signal arrives.

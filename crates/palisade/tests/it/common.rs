@@ -1,11 +1,13 @@
-//! Test harness: runs the real `palisade` binary against real upstream processes
-//! (`palisade-testkit`) and talks to it over real sockets.
+//! Test harness: runs a real gateway against real upstream processes (`palisade-testkit`) and
+//! talks to it over real sockets.
 //!
-//! `Gw::start` writes a config with fresh keys into a temp dir, starts `palisade serve` on port
-//! 0, reads the bound addresses from its one stdout line and keeps its stderr (the log) for
-//! assertions. Dropping it sends SIGTERM.
-
-#![allow(dead_code)]
+//! `Gw::start` writes a config with fresh keys into a temp dir, starts the `palisade serve`
+//! binary on port 0, reads the bound addresses from its one stdout line and keeps its stderr
+//! (the log) for assertions. Dropping it sends SIGTERM. `Gw::in_process` builds the same
+//! gateway from the same config inside the test, on the test's runtime
+//! (`palisade::serve::GatewayBuilder`), for tests where the process boundary is not the point:
+//! no binary to spawn, and the test's panics show the gateway's state. Its log is this
+//! process's (nextest runs each test in a process of its own).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -24,12 +26,7 @@ pub const PEPPER: &str = "pppppppppppppppppppppppppppppppppppppppppppppppp";
 
 /// `None` after printing why the test cannot run on this host; under `CI=true` a failure.
 pub fn skip(why: &str) -> Option<()> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "this host lacks what the test needs: {why}"
-    );
-    eprintln!("skipped: {why}");
-    None
+    testenv::lacking(why)
 }
 
 /// The number in a metrics line `series value`, 0 when absent.
@@ -91,67 +88,63 @@ pub fn http_server(name: &str, url: &str) -> String {
     format!("[[servers]]\nname = \"{name}\"\n[servers.http]\nurl = \"{url}\"\n")
 }
 
-/// A ready gateway with one stdio testkit server `kit` (its extra TOML keys given) and one
-/// tenant, `acme`, with namespacing.
+/// A ready in-process gateway with one stdio testkit server `kit` (its extra TOML keys given)
+/// and one tenant, `acme`, with namespacing.
 pub async fn one_kit(extra: &str) -> Gw {
     acme_on_kit(&stdio_server("kit", extra)).await
 }
 
+/// Tenant `acme` on server `kit`, with namespacing.
+pub const ACME_ON_KIT: [TenantSpec<'static>; 1] = [TenantSpec {
+    id: "acme",
+    servers: &["kit"],
+    namespacing: true,
+}];
+
 /// A ready gateway with a stdio testkit server `kit` and tenant `acme` on it, `extra_top` (TOML
 /// tables) first in its config.
 pub async fn acme_on_kit_with(extra_top: &str) -> Gw {
-    let gw = Gw::start_with(
-        &stdio_server("kit", ""),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-        extra_top,
-    );
+    let gw = Gw::in_process(&stdio_server("kit", ""), &ACME_ON_KIT, extra_top).await;
     gw.ready().await;
     gw
 }
 
 /// A ready gateway with the given servers, one of them `kit`, and tenant `acme` on `kit`.
 pub async fn acme_on_kit(servers: &str) -> Gw {
-    let gw = Gw::start(
-        servers,
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
-    );
+    let gw = Gw::in_process(servers, &ACME_ON_KIT, "").await;
     gw.ready().await;
     gw
 }
 
-/// A gateway with one stdio testkit server `kit` (its extra TOML keys given) shared by two
-/// tenants, `acme` and `globex`, both with namespacing. Not yet waited for.
-pub fn two_tenants_on_kit(extra: &str) -> Gw {
-    two_tenants_on_kit_with(extra, "")
+/// An in-process gateway with one stdio testkit server `kit` (its extra TOML keys given) shared
+/// by two tenants, `acme` and `globex`, both with namespacing. Not yet waited for.
+pub async fn two_tenants_on_kit(extra: &str) -> Gw {
+    two_tenants_on_kit_with(extra, "").await
 }
 
 /// [`two_tenants_on_kit`] with `extra_top` TOML before the `[listen]` table.
-pub fn two_tenants_on_kit_with(extra: &str, extra_top: &str) -> Gw {
-    Gw::start_with(
+pub async fn two_tenants_on_kit_with(extra: &str, extra_top: &str) -> Gw {
+    Gw::in_process(
         &stdio_server("kit", extra),
-        &[
-            TenantSpec {
-                id: "acme",
-                servers: &["kit"],
-                namespacing: true,
-            },
-            TenantSpec {
-                id: "globex",
-                servers: &["kit"],
-                namespacing: true,
-            },
-        ],
+        &ACME_AND_GLOBEX_ON_KIT,
         extra_top,
     )
+    .await
 }
+
+/// Tenants `acme` and `globex` on server `kit`, both with namespacing.
+pub const ACME_AND_GLOBEX_ON_KIT: [TenantSpec<'static>; 2] = [
+    TenantSpec {
+        id: "acme",
+        servers: &["kit"],
+        namespacing: true,
+    },
+    TenantSpec {
+        id: "globex",
+        servers: &["kit"],
+        namespacing: true,
+    },
+];
 
 pub struct TenantSpec<'a> {
     pub id: &'a str,
@@ -159,8 +152,16 @@ pub struct TenantSpec<'a> {
     pub namespacing: bool,
 }
 
+/// How the gateway under test runs.
+enum Run {
+    /// The `palisade` binary, a child of the test.
+    Process(Child),
+    /// A gateway on the test's runtime, held for its drop, which drains it.
+    InProcess { _running: palisade::serve::Running },
+}
+
 pub struct Gw {
-    child: Child,
+    run: Run,
     pub mcp: String,
     pub admin: String,
     pub keys: Vec<(String, String)>,
@@ -215,6 +216,32 @@ impl Gw {
         Gw::launch(servers, tenants, extra_top, listen_extra, mcp, &[])
     }
 
+    /// [`Gw::start_with`], the gateway running in this process on the test's runtime.
+    pub async fn in_process(servers: &str, tenants: &[TenantSpec<'_>], extra_top: &str) -> Gw {
+        let written = Written::new(servers, tenants, extra_top, "", "127.0.0.1:0");
+        // Before the gateway starts, so that its first lines are kept.
+        let log = in_process_log();
+        let config = palisade::config::Config::load(&written.config).expect("config");
+        let paths = config.data_paths(written.dir.path());
+        let running = palisade::serve::GatewayBuilder::new(config, paths)
+            .start()
+            .await
+            .expect("gateway starts");
+        Gw {
+            mcp: running.mcp_url.clone(),
+            admin: running.admin_url.clone(),
+            run: Run::InProcess { _running: running },
+            keys: written.keys,
+            log,
+            stdout: Arc::default(),
+            config: written.config,
+            toml: written.toml,
+            _dir: written.dir,
+            http: reqwest::Client::new(),
+            env: Vec::new(),
+        }
+    }
+
     fn launch(
         servers: &str,
         tenants: &[TenantSpec<'_>],
@@ -223,79 +250,74 @@ impl Gw {
         mcp: &str,
         env: &[(&str, &str)],
     ) -> Gw {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pepper = dir.path().join("pepper");
-        std::fs::write(&pepper, PEPPER).expect("pepper");
-        let mut toml = format!(
-            "{extra_top}\n[listen]\nmcp = \"{mcp}\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
-            pepper.display()
-        );
-        let mut keys = Vec::new();
-        for (i, t) in tenants.iter().enumerate() {
-            let key = format!("pal_test_key_{}_{i}_{}", t.id, "k".repeat(32));
-            let hash = stored_hash(&key);
-            let servers: Vec<String> = t.servers.iter().map(|s| format!("\"{s}\"")).collect();
-            toml.push_str(&format!(
-                "[[tenants]]\nid = \"{}\"\nservers = [{}]\nnamespacing = {}\nkeys = [\"{hash}\"]\n",
-                t.id,
-                servers.join(", "),
-                t.namespacing
-            ));
-            keys.push((t.id.to_owned(), key));
-        }
-        let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, &toml).expect("config");
+        let written = Written::new(servers, tenants, extra_top, listen_extra, mcp);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let (child, mcp, admin, log, stdout) = spawn_gateway(&config, &env);
+        let (child, mcp, admin, log, stdout) = spawn_gateway(&written.config, &env);
         Gw {
-            child,
+            run: Run::Process(child),
             mcp,
             admin,
-            keys,
+            keys: written.keys,
             log,
             stdout,
-            config,
-            toml,
-            _dir: dir,
+            config: written.config,
+            toml: written.toml,
+            _dir: written.dir,
             http: reqwest::Client::new(),
             env,
+        }
+    }
+
+    /// The gateway's process: only a gateway started as a binary has one of its own.
+    fn child(&mut self) -> &mut Child {
+        match &mut self.run {
+            Run::Process(child) => child,
+            Run::InProcess { .. } => {
+                panic!("this test needs the gateway as a process: use Gw::start")
+            }
         }
     }
 
     /// Kills the gateway with SIGKILL (no shutdown at all) and starts it again on the same
     /// config and data; its addresses change.
     pub fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child().kill();
+        let _ = self.child().wait();
         let (child, mcp, admin, log, stdout) = spawn_gateway(&self.config, &self.env);
-        self.child = child;
+        self.run = Run::Process(child);
         self.mcp = mcp;
         self.admin = admin;
         self.log = log;
         self.stdout = stdout;
     }
 
-    /// What the gateway wrote to stdout after its first line.
+    /// What the gateway process wrote to stdout after its first line.
     pub fn stdout(&self) -> String {
+        assert!(
+            matches!(self.run, Run::Process(_)),
+            "this test reads the gateway's stdout: start it with Gw::start"
+        );
         self.stdout.lock().expect("stdout").clone()
     }
 
     /// Runs the `palisade` CLI against this gateway's config (and so its registry store).
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_palisade"))
+    /// Awaited, not blocking: an in-process gateway must go on serving the CLI's requests.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
             .args(args)
             .arg("--config")
             .arg(&self.config)
             .output()
+            .await
             .expect("run palisade")
     }
 
     /// `palisade <args> --config <its config>`, which must succeed; what it printed.
-    pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
+    pub async fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).await;
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -338,8 +360,12 @@ impl Gw {
             .1
     }
 
+    /// The gateway's process id: the test's own for an in-process gateway.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.run {
+            Run::Process(child) => child.id(),
+            Run::InProcess { .. } => std::process::id(),
+        }
     }
 
     /// Waits until the admin listener answers `/healthz` (with only dedicated upstreams,
@@ -414,26 +440,110 @@ impl Gw {
     /// SIGTERM and wait for exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.child().id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child().try_wait() {
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
+        let _ = self.child().kill();
         None
     }
 }
 
 impl Drop for Gw {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        // An in-process gateway drains when its `Running` drops.
+        if let Run::Process(child) = &mut self.run
+            && let Ok(None) = child.try_wait()
+        {
             self.terminate();
         }
+    }
+}
+
+/// A test gateway's config, written to a temp dir with fresh keys for its tenants.
+struct Written {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    toml: String,
+    keys: Vec<(String, String)>,
+}
+
+impl Written {
+    fn new(
+        servers: &str,
+        tenants: &[TenantSpec<'_>],
+        extra_top: &str,
+        listen_extra: &str,
+        mcp: &str,
+    ) -> Written {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pepper = dir.path().join("pepper");
+        std::fs::write(&pepper, PEPPER).expect("pepper");
+        let mut toml = format!(
+            "{extra_top}\n[listen]\nmcp = \"{mcp}\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n[auth]\npepper_file = \"{}\"\n{servers}\n",
+            pepper.display()
+        );
+        let mut keys = Vec::new();
+        for (i, t) in tenants.iter().enumerate() {
+            let key = format!("pal_test_key_{}_{i}_{}", t.id, "k".repeat(32));
+            let hash = stored_hash(&key);
+            let servers: Vec<String> = t.servers.iter().map(|s| format!("\"{s}\"")).collect();
+            toml.push_str(&format!(
+                "[[tenants]]\nid = \"{}\"\nservers = [{}]\nnamespacing = {}\nkeys = [\"{hash}\"]\n",
+                t.id,
+                servers.join(", "),
+                t.namespacing
+            ));
+            keys.push((t.id.to_owned(), key));
+        }
+        let config = dir.path().join("palisade.toml");
+        std::fs::write(&config, &toml).expect("config");
+        Written {
+            dir,
+            config,
+            toml,
+            keys,
+        }
+    }
+}
+
+/// The log of the gateways this process runs: a JSON subscriber like the binary's
+/// (`--log-format json`, `PALISADE_LOG=info,palisade=debug`), installed once.
+fn in_process_log() -> Arc<Mutex<String>> {
+    static LOG: std::sync::OnceLock<Arc<Mutex<String>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let writer = move || LogWriter(sink.clone());
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,palisade=debug"))
+            .with_writer(writer)
+            .try_init();
+        log
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<String>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("log")
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

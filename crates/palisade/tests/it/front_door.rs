@@ -1,7 +1,7 @@
 //! Bad input at the front door gets a precise HTTP status and JSON-RPC error, and sessions are
 //! bound to the principal that opened them. Runs the real gateway binary.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ fn code(a: &Answer) -> i64 {
 
 #[tokio::test]
 async fn malformed_requests_get_precise_errors() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let key = gw.key("acme").to_owned();
 
@@ -60,7 +60,7 @@ async fn malformed_requests_get_precise_errors() {
 
 #[tokio::test]
 async fn unknown_methods_and_tools() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let a = s.request(1, "no/such", json!({})).await;
@@ -96,7 +96,7 @@ async fn unknown_methods_and_tools() {
 
 #[tokio::test]
 async fn headers_and_credentials() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     let key = gw.key("acme").to_owned();
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 
@@ -166,7 +166,7 @@ async fn headers_and_credentials() {
 
 #[tokio::test]
 async fn session_is_bound_to_its_principal() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"}).to_string();
@@ -206,7 +206,7 @@ async fn session_is_bound_to_its_principal() {
 
 #[tokio::test]
 async fn modern_era_checks_headers_against_the_body() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let key = gw.key("acme").to_owned();
     let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}});
@@ -374,7 +374,7 @@ async fn check_names_the_offending_key() {
 
 #[tokio::test]
 async fn per_tenant_state_is_capped() {
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &stdio_server("kit", "protocol = \"legacy\""),
         &[TenantSpec {
             id: "acme",
@@ -382,7 +382,8 @@ async fn per_tenant_state_is_capped() {
             namespacing: true,
         }],
         "[limits]\nmax_sessions_per_tenant = 2\nmax_parked_per_tenant = 1\n",
-    );
+    )
+    .await;
     gw.ready().await;
     let first = gw.legacy("acme").await;
     let _second = gw.legacy("acme").await;
@@ -427,7 +428,7 @@ async fn per_tenant_state_is_capped() {
 
 #[tokio::test]
 async fn what_a_client_makes_a_session_store_is_bounded() {
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &stdio_server("kit", ""),
         &[TenantSpec {
             id: "acme",
@@ -435,7 +436,8 @@ async fn what_a_client_makes_a_session_store_is_bounded() {
             namespacing: true,
         }],
         "[limits]\ninitialize_rate = { per_second = 0.01, burst = 2 }\n",
-    );
+    )
+    .await;
     gw.ready().await;
     let key = gw.key("acme").to_owned();
     let init = |capabilities: Value| {
@@ -856,7 +858,7 @@ async fn ten_thousand_idle_connections() {
 #[tokio::test]
 async fn a_client_that_abandons_sessions_as_fast_as_it_can() {
     use std::time::{Duration, Instant};
-    let gw = two_tenants_on_kit_with("", "[limits]\nsession_idle_secs = 2\n");
+    let gw = two_tenants_on_kit_with("", "[limits]\nsession_idle_secs = 2\n").await;
     gw.ready().await;
     let key = gw.key("acme").to_owned();
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"greedy","version":"1"}}}).to_string();

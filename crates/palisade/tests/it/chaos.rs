@@ -5,7 +5,7 @@
 //! PostgreSQL here is a cluster of the test's own (initdb in a temporary directory), so that
 //! stopping it disturbs nothing else; the audit disk is a small tmpfs of the test's own.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -318,7 +318,7 @@ async fn postgres_crashes_and_restarts_under_load() {
     eprintln!(
         "{ran} calls ran, {refused} refused while PostgreSQL was down; {begun} BEGIN records"
     );
-    gw.cli_ok(&["audit", "verify"]);
+    gw.cli_ok(&["audit", "verify"]).await;
 }
 
 /// A tmpfs of the test's own, unmounted when dropped.
@@ -411,7 +411,7 @@ async fn the_audit_disk_fills_up_under_load() {
         .filter(|l| l.contains(r#""kind":"BEGIN""#))
         .count() as u64;
     assert!(begun >= ran, "{ran} calls ran, {begun} BEGIN records");
-    gw.cli_ok(&["audit", "verify"]);
+    gw.cli_ok(&["audit", "verify"]).await;
     eprintln!("{ran} calls ran, {refused} refused while the disk was full; {begun} BEGIN records");
 }
 
@@ -653,5 +653,5 @@ async fn the_wall_clock_steps() {
     }
     refilled(400).await;
     assert_eq!(metric(&gw.metrics().await, "palisade_sessions_active"), 1.0);
-    gw.cli_ok(&["audit", "verify"]);
+    gw.cli_ok(&["audit", "verify"]).await;
 }

@@ -11,7 +11,7 @@
 //! upstream is scripted: a raw HTTP/1.1 server that answers each JSON-RPC method with fixed
 //! bytes.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -218,14 +218,16 @@ async fn every_valid_framing_is_read_and_an_unknown_one_is_named() {
     let url = scripted_upstream().await;
     let server =
         http_server("web", &url).replace("[servers.http]", "protocol = \"legacy\"\n[servers.http]");
-    let gw = Gw::start(
+    let gw = Gw::in_process(
         &server,
         &[TenantSpec {
             id: "acme",
             servers: &["web"],
             namespacing: false,
         }],
-    );
+        "",
+    )
+    .await;
     gw.ready().await;
     let s = gw.legacy("acme").await;
 

@@ -1,8 +1,8 @@
 //! palisade-sql on PostgreSQL with row-level security, against a real server (a scratch
 //! database and scratch roles per test). Needs PALISADE_TEST_POSTGRES_URL (an administrator's
-//! URL); without it each test says it is skipped.
+//! URL); without it each test says it is skipped, and fails under `CI=true`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -42,10 +42,7 @@ fn admin_exec(url: &str, sql: &str) -> Result<(), String> {
 
 impl Scratch {
     fn new(name: &str) -> Option<Scratch> {
-        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            println!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
+        let url = testenv::postgres()?;
         let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
         let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
         let (_, server) = authority.split_once('@').expect("user@host in the URL");

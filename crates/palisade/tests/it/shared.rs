@@ -4,7 +4,7 @@
 //! audit record; a client cannot forge one; a rotated key takes over without breaking the
 //! old ones' assertions.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,7 @@ async fn jwks(gw: &Gw) -> Value {
 
 #[tokio::test]
 async fn a_shared_server_gets_a_signed_context_of_the_calling_tenant() {
-    let gw = common::two_tenants_on_kit_with("", "");
+    let gw = common::two_tenants_on_kit_with("", "").await;
     gw.ready().await;
     let keys = jwks(&gw).await;
     let acme = gw.legacy("acme").await;
@@ -117,12 +117,12 @@ async fn a_shared_server_gets_a_signed_context_of_the_calling_tenant() {
 
 #[tokio::test]
 async fn a_rotated_key_signs_within_seconds_and_the_old_one_stays_published() {
-    let gw = common::two_tenants_on_kit_with("", "");
+    let gw = common::two_tenants_on_kit_with("", "").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let before = jwks(&gw).await;
     let (old, _) = verified(&assertion_seen(&acme, 1, None).await, &before);
-    let out = gw.cli(&["assertions", "rotate"]);
+    let out = gw.cli(&["assertions", "rotate"]).await;
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut id = 2;
@@ -191,7 +191,7 @@ async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
     );
     // A rate on the tool as tenants know it: it holds for each tenant's own tool.
     let rates = "[rate_limits]\ndefault_tier = \"t\"\n[rate_limits.tiers.t]\ntools = { \"kit/monthly_report\" = { per_second = 0.01, burst = 1 } }\n";
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &server,
         &[
             common::TenantSpec {
@@ -206,7 +206,8 @@ async fn each_tenant_sees_only_its_own_prefixed_tools_without_the_prefix() {
             },
         ],
         rates,
-    );
+    )
+    .await;
     gw.ready().await;
     for (tenant, other) in [("acme", "globex"), ("globex", "acme")] {
         let s = gw.legacy(tenant).await;

@@ -3,7 +3,7 @@
 //! configured environment; stopped when idle, when the tenant is suspended, and restarted after
 //! a crash without disturbing other tenants.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,7 @@ async fn suspending_a_tenant_stops_its_instance_only() {
     let (gw, _secrets) = dedicated("").await;
     let acme = pid_of(&whoami(&gw, ACME_KEY).await);
     let globex = pid_of(&whoami(&gw, GLOBEX_KEY).await);
-    let out = gw.cli(&["tenant", "suspend", "acme"]);
+    let out = gw.cli(&["tenant", "suspend", "acme"]).await;
     assert!(
         out.status.success(),
         "{}",

@@ -11,7 +11,7 @@
 //!   get the server's own input requests, keys and all; legacy clients get its legacy era.
 //! - A 2026-07-28 request's `inputResponses` and `requestState` are checked for shape.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,25 +2,22 @@
 //! API keys (issue, use, expire, revoke), suspension, tool policy, the cross-tenant matrix, and
 //! config hot reload. The registry store is the gateway's default SQLite file.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gw, TenantSpec, admin_table, stdio_server, stored_hash, text};
+use common::{ACME_ON_KIT, Gw, TenantSpec, admin_table, stdio_server, stored_hash, text};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "pal_admin_key_for_tests_only_aaaaaaaaaaaaaaaaaaaaaaaa";
 
 async fn acme_with_admin(extra_servers: &str) -> Gw {
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &format!("{}{extra_servers}", stdio_server("kit", "")),
-        &[TenantSpec {
-            id: "acme",
-            servers: &["kit"],
-            namespacing: true,
-        }],
+        &ACME_ON_KIT,
         &admin_table(ADMIN_KEY),
-    );
+    )
+    .await;
     gw.ready().await;
     gw
 }
@@ -200,7 +197,9 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
     // Suspension through the CLI: another process writes the store; the gateway polls it.
     let s = gw.legacy("acme").await;
     let mut stream = s.open_get_stream().await;
-    let out = gw.cli(&["tenant", "suspend", "acme", "--reason", "invoice overdue"]);
+    let out = gw
+        .cli(&["tenant", "suspend", "acme", "--reason", "invoice overdue"])
+        .await;
     assert!(
         out.status.success(),
         "{}",
@@ -225,7 +224,7 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
     );
 
     // Resumed, it works again.
-    let out = gw.cli(&["tenant", "resume", "acme"]);
+    let out = gw.cli(&["tenant", "resume", "acme"]).await;
     assert!(out.status.success());
     tokio::time::sleep(Duration::from_millis(600)).await;
     let s = gw.legacy("acme").await;
@@ -235,7 +234,7 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
 
 #[tokio::test]
 async fn listen_streams_are_capped_and_end_with_their_key() {
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &stdio_server("kit", ""),
         &[TenantSpec {
             id: "acme",
@@ -246,7 +245,8 @@ async fn listen_streams_are_capped_and_end_with_their_key() {
             "{}[limits]\nmax_listens_per_tenant = 1\n",
             admin_table(ADMIN_KEY)
         ),
-    );
+    )
+    .await;
     gw.ready().await;
     let (_, issued) = gw
         .admin_api(
@@ -282,7 +282,9 @@ async fn listen_streams_are_capped_and_end_with_their_key() {
 #[tokio::test]
 async fn expired_keys_are_refused() {
     let gw = acme_with_admin("").await;
-    let out = gw.cli(&["key", "issue", "acme", "--expires-in-secs", "1"]);
+    let out = gw
+        .cli(&["key", "issue", "acme", "--expires-in-secs", "1"])
+        .await;
     assert!(
         out.status.success(),
         "{}",
@@ -316,24 +318,22 @@ async fn expired_keys_are_refused() {
 /// Last use is written in batches (every 10 s, and at shutdown), never per call.
 #[tokio::test]
 async fn key_use_is_recorded_in_batches() {
-    let mut gw = acme_with_admin("").await;
+    // The binary: shutdown on SIGTERM is part of what is tested.
+    let mut gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &ACME_ON_KIT,
+        &admin_table(ADMIN_KEY),
+    );
+    gw.ready().await;
     let s = gw.legacy("acme").await;
     s.request(1, "tools/list", json!({})).await;
-    let listed = |gw: &Gw| {
-        let out = gw.cli(&["key", "list", "acme"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let listed = ["key", "list", "acme"];
     assert!(
-        listed(&gw).contains("last_used_at=never"),
+        gw.cli_ok(&listed).await.contains("last_used_at=never"),
         "written per call"
     );
     assert_eq!(gw.terminate(), Some(0));
-    let after = listed(&gw);
+    let after = gw.cli_ok(&listed).await;
     assert!(
         !after.contains("last_used_at=never") && after.contains("last_used_at=1"),
         "{after}"
@@ -414,7 +414,7 @@ async fn policy_hides_denied_tools_and_requires_scopes() {
 #[tokio::test]
 async fn cross_tenant_matrix() {
     let servers = format!("{}{}", stdio_server("kit_a", ""), stdio_server("kit_b", ""));
-    let gw = Gw::start_with(
+    let gw = Gw::in_process(
         &servers,
         &[
             TenantSpec {
@@ -429,7 +429,8 @@ async fn cross_tenant_matrix() {
             },
         ],
         &admin_table(ADMIN_KEY),
-    );
+    )
+    .await;
     gw.ready().await;
     let a = gw.legacy("alpha").await;
     let b = gw.legacy("beta").await;
@@ -572,7 +573,13 @@ async fn cross_tenant_matrix() {
 
 #[tokio::test]
 async fn config_reload_adds_tenants_and_rejects_bad_configs() {
-    let gw = acme_with_admin("").await;
+    // The binary: its config file is watched by `palisade serve`.
+    let gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &ACME_ON_KIT,
+        &admin_table(ADMIN_KEY),
+    );
+    gw.ready().await;
     let key = "pal_reloaded_tenant_key_bbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     let added = format!(
         "{}\n[[tenants]]\nid = \"later\"\nservers = [\"kit\"]\nkeys = [\"{}\"]\n",
@@ -634,8 +641,7 @@ async fn config_reload_adds_tenants_and_rejects_bad_configs() {
 #[tokio::test]
 async fn replicas_share_the_postgres_registry() {
     use sqlx::{Connection, Executor};
-    let Ok(admin_url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+    let Some(admin_url) = testenv::postgres() else {
         return;
     };
     let name = format!("palisade_gw_test_{:016x}", rand::random::<u64>());

@@ -3,7 +3,7 @@
 //! caused them, list merging with namespacing across a stdio and an HTTP upstream, list caching
 //! and `list_changed`, and cancellation when a client goes away.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,13 +11,13 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-fn two_upstreams(http_url: &str) -> Gw {
+async fn two_upstreams(http_url: &str) -> Gw {
     let servers = format!(
         "{}{}",
         stdio_server("kit", ""),
         http_server("web", http_url)
     );
-    Gw::start(
+    Gw::in_process(
         &servers,
         &[
             TenantSpec {
@@ -31,7 +31,9 @@ fn two_upstreams(http_url: &str) -> Gw {
                 namespacing: false,
             },
         ],
+        "",
     )
+    .await
 }
 
 fn names(list: &Value, field: &str, key: &str) -> Vec<String> {
@@ -47,7 +49,7 @@ fn names(list: &Value, field: &str, key: &str) -> Vec<String> {
 async fn lists_merge_and_calls_route_across_stdio_and_http() {
     let (web, url) = testkit_http();
     let _web = Reap(web);
-    let gw = two_upstreams(&url);
+    let gw = two_upstreams(&url).await;
     gw.ready().await;
     let s = gw.legacy("acme").await;
 
@@ -230,7 +232,7 @@ async fn sampling_request_goes_to_the_calling_session_and_back() {
 #[tokio::test]
 async fn modern_client_answers_input_requests_of_either_era_upstream() {
     for protocol in ["legacy", "modern"] {
-        let gw = two_tenants_on_kit(&format!("protocol = \"{protocol}\""));
+        let gw = two_tenants_on_kit(&format!("protocol = \"{protocol}\"")).await;
         gw.ready().await;
         let first = gw
             .modern(
@@ -644,14 +646,16 @@ async fn an_upstream_withdrawing_its_request_names_the_clients_id() {
 async fn names_longer_than_64_characters_are_shortened_and_still_reach_their_tool() {
     let server = "a-server-name-of-thirty-two-char";
     assert_eq!(server.len(), 32);
-    let gw = Gw::start(
+    let gw = Gw::in_process(
         &stdio_server(server, "protocol = \"legacy\""),
         &[TenantSpec {
             id: "acme",
             servers: &[server],
             namespacing: true,
         }],
-    );
+        "",
+    )
+    .await;
     gw.ready().await;
     let s = gw.legacy("acme").await;
     let tools = names(
@@ -706,7 +710,7 @@ async fn unattributed(gw: &Gw, kind: &str, n: u64) {
 #[tokio::test]
 async fn messages_without_an_established_owner_reach_nobody() {
     // Legacy: the era in which servers may ask the client on their own.
-    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    let gw = two_tenants_on_kit("protocol = \"legacy\"").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let globex = gw.legacy("globex").await;
@@ -788,7 +792,7 @@ impl Events {
 /// Then the other tenant, alone subscribed, gets its updates.
 #[tokio::test]
 async fn subscribers_that_go_away_stop_counting() {
-    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    let gw = two_tenants_on_kit("protocol = \"legacy\"").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let mut acme_events = Events::of(acme.open_get_stream().await);
@@ -845,7 +849,7 @@ async fn subscribers_that_go_away_stop_counting() {
 /// alone. Subscribing and completing are audited for the tenant like calls.
 #[tokio::test]
 async fn a_shared_servers_resource_updates_reach_only_the_subscribed_tenant() {
-    let gw = two_tenants_on_kit("protocol = \"legacy\"");
+    let gw = two_tenants_on_kit("protocol = \"legacy\"").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let globex = gw.legacy("globex").await;

@@ -3,7 +3,7 @@
 //! tenant comes from the gateway's signed assertion) and with a process per tenant (dedicated;
 //! the tenant comes from `TENANT_ID`).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -7,7 +7,7 @@
 //! The identity provider runs in the test process while the gateway (another process) fetches
 //! from it during start-up, which blocks this thread: hence multi-thread runtimes.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ roles_claim = "/roles"
 
 /// A ready gateway with tenants `acme` and `globex` on server `kit`, trusting `issuer`.
 async fn gateway(issuer: &str) -> Gw {
-    let gw = common::two_tenants_on_kit_with("", &oauth_table(issuer));
+    let gw = common::two_tenants_on_kit_with("", &oauth_table(issuer)).await;
     gw.ready().await;
     gw
 }
@@ -321,7 +321,9 @@ async fn tenants_must_be_named_known_and_active() {
 
     let token = es.token(&claims(&iss, "acme", "mcp"));
     assert_eq!(initialize(&gw, &token).await.status, 200);
-    let out = gw.cli(&["tenant", "suspend", "acme", "--reason", "test"]);
+    let out = gw
+        .cli(&["tenant", "suspend", "acme", "--reason", "test"])
+        .await;
     assert!(
         out.status.success(),
         "{}",
@@ -428,7 +430,7 @@ admin = true
         idp.issuer("shared"),
         idp.issuer("admins")
     );
-    let gw = common::two_tenants_on_kit_with("", &table);
+    let gw = common::two_tenants_on_kit_with("", &table).await;
     gw.ready().await;
     (idp, es, gw)
 }

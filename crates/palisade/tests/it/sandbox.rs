@@ -3,7 +3,7 @@
 //! by its cgroup and a fork bomb stopped by the pids limit, while the other tenant's calls all
 //! succeed. Tests print `skipped: …` where the host lacks a kernel feature.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

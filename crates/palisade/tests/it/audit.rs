@@ -1,11 +1,12 @@
 //! The audit trail through the real gateway, on the file sink and on the PostgreSQL sink (the
-//! same tests; PostgreSQL ones print `skipped` without `PALISADE_TEST_POSTGRES_URL`):
+//! same tests; PostgreSQL ones print `skipped` without `PALISADE_TEST_POSTGRES_URL`, and fail
+//! under `CI=true`):
 //! every call leaves BEGIN then END with one id, refusals DENIED, admin changes ADMIN; nothing
 //! personal or secret is stored; a kill -9 mid-load loses no BEGIN of an executed call; an
 //! unwritable sink refuses calls until it recovers; `audit verify` names each kind of
 //! tampering; the stdout sink carries the same records.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -45,10 +46,7 @@ impl Trail {
     /// A fresh database with the audit table, written by a role of its own (INSERT and
     /// SELECT only). `None` (and a printed `skipped`) without PostgreSQL.
     async fn postgres() -> Option<Trail> {
-        let Ok(server) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
+        let server = testenv::postgres()?;
         let suffix = format!("{:016x}", rand::random::<u64>());
         let db = format!("palisade_audit_test_{suffix}");
         let role = format!("palisade_audit_w_{suffix}");
@@ -129,6 +127,7 @@ impl Trail {
                 std::fs::write(copy.path().join(file.file_name().unwrap()), body).unwrap();
                 let dir = copy.path().to_str().unwrap();
                 gw.cli(&["audit", "verify", "--expect-closed", "--dir", dir])
+                    .await
             }
             Some(pg) => {
                 let mut conn = sqlx::PgConnection::connect(&pg.admin_url).await.unwrap();
@@ -152,7 +151,7 @@ impl Trail {
                     .await
                     .unwrap();
                 tx.commit().await.unwrap();
-                gw.cli(&["audit", "verify", "--expect-closed"])
+                gw.cli(&["audit", "verify", "--expect-closed"]).await
             }
         }
     }
@@ -237,6 +236,7 @@ fn acme() -> [TenantSpec<'static>; 1] {
     }]
 }
 
+/// The binary: these tests read its stdout, kill it mid-load and stop it with SIGTERM.
 fn start(trail: &Trail, servers: &str) -> Gw {
     Gw::start_with(
         servers,
@@ -415,23 +415,27 @@ async fn every_call_denial_and_admin_change_is_recorded(trail: Trail) {
         assert!(!gw.log().contains(marker), "{marker} in the log");
         assert!(!gw.stdout().contains(marker), "{marker} on stdout");
     }
-    let said = gw.cli_ok(&["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]).await;
     assert!(said.contains("OK"), "{said}");
 
     // The call is found by its arguments, on this sink too.
     let args = gw.config.with_file_name("args.json");
     std::fs::write(&args, json!({ "message": message }).to_string()).unwrap();
-    let found = gw.cli_ok(&[
-        "audit",
-        "find",
-        "--tenant",
-        "acme",
-        "--args",
-        args.to_str().unwrap(),
-    ]);
+    let found = gw
+        .cli_ok(&[
+            "audit",
+            "find",
+            "--tenant",
+            "acme",
+            "--args",
+            args.to_str().unwrap(),
+        ])
+        .await;
     assert!(found.ends_with("1 calls found\n"), "{found}");
     assert!(!found.contains(EMAIL), "{found}");
-    let tail = gw.cli_ok(&["audit", "tail", "--tenant", "globex", "--json"]);
+    let tail = gw
+        .cli_ok(&["audit", "tail", "--tenant", "globex", "--json"])
+        .await;
     let kinds: Vec<String> = tail
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].to_string())
@@ -512,7 +516,7 @@ async fn kill_9_mid_load_leaves_no_executed_call_without_begin(trail: Trail) {
         .call(1, "kit__count", json!({"message": "after-restart"}))
         .await;
     assert!(a.response()["result"].is_object());
-    let said = gw.cli_ok(&["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]).await;
     assert!(said.contains("OK"), "{said}");
 }
 
@@ -629,7 +633,7 @@ async fn an_unwritable_sink_refuses_calls_until_it_recovers(trail: Trail) {
             .count(),
         2
     );
-    let said = gw.cli_ok(&["audit", "verify"]);
+    let said = gw.cli_ok(&["audit", "verify"]).await;
     assert!(said.contains("OK"), "{said}");
 }
 
@@ -685,7 +689,7 @@ async fn verify_names_each_kind_of_tampering(trail: Trail) {
         })
         .await;
     assert_eq!(gw.terminate(), Some(0));
-    let untouched = gw.cli_ok(&["audit", "verify", "--expect-closed"]);
+    let untouched = gw.cli_ok(&["audit", "verify", "--expect-closed"]).await;
     assert!(untouched.contains("OK"), "{untouched}");
     let lines = trail.all_lines(&gw).await;
     let records: Vec<usize> = (0..lines.len())

@@ -1,7 +1,7 @@
 //! palisade-sql on SQLite, called directly (no gateway): each tenant reads only its own file,
 //! whatever SQL it sends, and an assertion is the only way to name a tenant in shared placement.
 
-mod common;
+use crate::common;
 
 use common::{Issuer, Server, error_text, rows, tenants_in};
 use serde_json::json;

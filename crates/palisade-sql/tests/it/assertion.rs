@@ -1,7 +1,7 @@
 //! Attacks on the tenant assertion, against palisade-sql in shared placement: every one is
 //! refused with a message naming the problem, and none returns a row.
 
-mod common;
+use crate::common;
 
 use common::{Issuer, Server, claims, error_text, now};
 use serde_json::Value;

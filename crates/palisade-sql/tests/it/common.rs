@@ -1,7 +1,6 @@
 //! Test helpers: palisade-sql as a real child process spoken to over stdio, assertions minted
 //! with a key the test controls (published to the server as a JWKS file), and a scratch
 //! PostgreSQL database with its own roles.
-#![allow(dead_code)] // each test binary uses a part
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! printing them; `tail` shows one tenant's last records and follows new ones, across a new
 //! file; `export` prints stored lines byte for byte, filtered by time and tenant.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -64,8 +64,8 @@ async fn echo(s: &Legacy<'_>, id: u64, message: &str) {
 }
 
 /// Runs the CLI; asserts it succeeded and returns its standard output.
-fn cli_ok(gw: &Gw, args: &[&str]) -> String {
-    let out = gw.cli(args);
+async fn cli_ok(gw: &Gw, args: &[&str]) -> String {
+    let out = gw.cli(args).await;
     assert!(
         out.status.success(),
         "palisade {args:?}: {}{}",
@@ -76,7 +76,7 @@ fn cli_ok(gw: &Gw, args: &[&str]) -> String {
 }
 
 /// `find` with `args` written (as this exact text) to a file.
-fn find(gw: &Gw, tenant: &str, args: &str, tool: Option<&str>) -> String {
+async fn find(gw: &Gw, tenant: &str, args: &str, tool: Option<&str>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("args.json");
     std::fs::write(&file, args).unwrap();
@@ -85,7 +85,7 @@ fn find(gw: &Gw, tenant: &str, args: &str, tool: Option<&str>) -> String {
     if let Some(t) = tool {
         cli.extend(["--tool", t]);
     }
-    cli_ok(gw, &cli)
+    cli_ok(gw, &cli).await
 }
 
 /// Ids of the records `find` printed, by kind.
@@ -98,7 +98,7 @@ fn printed_ids(out: &str, kind: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn find_lists_the_calls_made_with_the_same_arguments() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let globex = gw.legacy("globex").await;
@@ -131,7 +131,7 @@ async fn find_lists_the_calls_made_with_the_same_arguments() {
     assert_eq!((acme_ids.len(), globex_ids.len()), (4, 1));
 
     let alpha = r#"{"message": "alpha-secret-marker"}"#;
-    let out = find(&gw, "acme", alpha, None);
+    let out = find(&gw, "acme", alpha, None).await;
     assert_eq!(out.lines().last(), Some("2 calls found"), "{out}");
     assert_eq!(
         printed_ids(&out, "BEGIN"),
@@ -147,39 +147,45 @@ async fn find_lists_the_calls_made_with_the_same_arguments() {
     assert!(lines[1].contains(" ok "), "{out}");
     assert!(!out.contains("alpha-secret-marker"), "arguments printed");
 
-    let out = find(&gw, "globex", alpha, None);
+    let out = find(&gw, "globex", alpha, None).await;
     assert_eq!(out.lines().last(), Some("1 calls found"), "{out}");
     assert_eq!(printed_ids(&out, "BEGIN"), globex_ids);
 
-    let out = find(&gw, "acme", alpha, Some("echo"));
+    let out = find(&gw, "acme", alpha, Some("echo")).await;
     assert_eq!(out.lines().last(), Some("2 calls found"), "{out}");
-    let out = find(&gw, "acme", alpha, Some("add"));
+    let out = find(&gw, "acme", alpha, Some("add")).await;
     assert_eq!(out.trim(), "0 calls found");
 
-    let out = find(&gw, "acme", r#"{"message": "beta"}"#, None);
+    let out = find(&gw, "acme", r#"{"message": "beta"}"#, None).await;
     assert_eq!(printed_ids(&out, "BEGIN"), [acme_ids[1].as_str()]);
 
     // Canonical JSON: the key order of the file does not matter, the values do.
-    let out = find(&gw, "acme", r#"{"a":2,"b":1,"message":"keys"}"#, None);
+    let out = find(&gw, "acme", r#"{"a":2,"b":1,"message":"keys"}"#, None).await;
     assert_eq!(printed_ids(&out, "BEGIN"), [acme_ids[3].as_str()], "{out}");
-    let out = find(&gw, "acme", r#"{"a":1,"b":2,"message":"keys"}"#, None);
+    let out = find(&gw, "acme", r#"{"a":1,"b":2,"message":"keys"}"#, None).await;
     assert_eq!(out.trim(), "0 calls found");
 
-    let out = gw.cli(&[
-        "audit",
-        "find",
-        "--tenant",
-        "acme",
-        "--args",
-        "/nonexistent",
-    ]);
+    let out = gw
+        .cli(&[
+            "audit",
+            "find",
+            "--tenant",
+            "acme",
+            "--args",
+            "/nonexistent",
+        ])
+        .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the arguments file"));
 }
 
 #[tokio::test]
 async fn tail_shows_one_tenants_last_records_and_follows_new_ones() {
-    let mut gw = two_tenants_on_kit("");
+    // The binary: it is killed and restarted mid-test.
+    let mut gw = Gw::start(
+        &common::stdio_server("kit", ""),
+        &common::ACME_AND_GLOBEX_ON_KIT,
+    );
     gw.ready().await;
     {
         let acme = gw.legacy("acme").await;
@@ -201,12 +207,13 @@ async fn tail_shows_one_tenants_last_records_and_follows_new_ones() {
     let out = cli_ok(
         &gw,
         &["audit", "tail", "--tenant", "acme", "-n", "2", "--json"],
-    );
+    )
+    .await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, acme_lines[2..], "the last two of acme's, as stored");
 
     // Human form: one line per record, oldest first, nothing of globex's.
-    let out = cli_ok(&gw, &["audit", "tail", "--tenant", "acme"]);
+    let out = cli_ok(&gw, &["audit", "tail", "--tenant", "acme"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
     let kinds: Vec<&str> = lines
@@ -297,7 +304,7 @@ async fn tail_shows_one_tenants_last_records_and_follows_new_ones() {
 
 #[tokio::test]
 async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     {
         let acme = gw.legacy("acme").await;
@@ -312,7 +319,8 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
     let out = cli_ok(
         &gw,
         &["audit", "export", "--since", "1h", "--format", "jsonl"],
-    );
+    )
+    .await;
     let lines: Vec<&str> = out.lines().collect();
     let all: Vec<&str> = trail.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(lines, all, "every record, in order");
@@ -333,7 +341,8 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
     let out = cli_ok(
         &gw,
         &["audit", "export", "--tenant", "globex", "--format", "jsonl"],
-    );
+    )
+    .await;
     let globex: Vec<&str> = trail
         .iter()
         .filter(|(_, v)| v["tenant"] == "globex")
@@ -346,7 +355,7 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
     for filter in [["--until", "1h"], ["--since", "2999-01-01T00:00:00Z"]] {
         let mut args = vec!["audit", "export", "--format", "jsonl"];
         args.extend(filter);
-        assert_eq!(cli_ok(&gw, &args), "", "{filter:?}");
+        assert_eq!(cli_ok(&gw, &args).await, "", "{filter:?}");
     }
     let out = cli_ok(
         &gw,
@@ -360,32 +369,37 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
             "--format",
             "jsonl",
         ],
-    );
+    )
+    .await;
     assert_eq!(out, "");
     let first = trail[0].1["time"].as_str().unwrap();
     let out = cli_ok(
         &gw,
         &["audit", "export", "--since", first, "--format", "jsonl"],
-    );
+    )
+    .await;
     assert_eq!(out.lines().next(), Some(all[0]), "--since is inclusive");
     let out = cli_ok(
         &gw,
         &["audit", "export", "--until", first, "--format", "jsonl"],
-    );
+    )
+    .await;
     assert!(!out.contains(all[0]), "--until is exclusive");
 
-    let out = gw.cli(&["audit", "export", "--format", "csv"]);
+    let out = gw.cli(&["audit", "export", "--format", "csv"]).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(said.contains("'csv'") && said.contains("jsonl"), "{said}");
-    let out = gw.cli(&[
-        "audit",
-        "export",
-        "--since",
-        "yesterday",
-        "--format",
-        "jsonl",
-    ]);
+    let out = gw
+        .cli(&[
+            "audit",
+            "export",
+            "--since",
+            "yesterday",
+            "--format",
+            "jsonl",
+        ])
+        .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 
@@ -401,17 +415,20 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
     )
     .unwrap();
     let dir = copy.path().to_str().unwrap();
-    let out = cli_ok(&gw, &["audit", "export", "--dir", dir, "--format", "jsonl"]);
+    let out = cli_ok(&gw, &["audit", "export", "--dir", dir, "--format", "jsonl"]).await;
     assert_eq!(out.lines().collect::<Vec<_>>(), all);
     let out = cli_ok(
         &gw,
         &["audit", "tail", "--dir", dir, "--tenant", "acme", "--json"],
-    );
+    )
+    .await;
     assert_eq!(out.lines().count(), 4);
 
     let empty = tempfile::tempdir().unwrap();
     let dir = empty.path().to_str().unwrap();
-    let out = gw.cli(&["audit", "export", "--dir", dir, "--format", "jsonl"]);
+    let out = gw
+        .cli(&["audit", "export", "--dir", dir, "--format", "jsonl"])
+        .await;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is [audit] dir right"),
@@ -422,7 +439,7 @@ async fn export_prints_stored_lines_verbatim_filtered_by_time_and_tenant() {
 
 #[tokio::test]
 async fn deep_arguments_are_refused_at_the_door_and_the_deepest_allowed_are_found() {
-    let gw = two_tenants_on_kit("");
+    let gw = two_tenants_on_kit("").await;
     gw.ready().await;
     let acme = gw.legacy("acme").await;
     let headers = [
@@ -459,13 +476,13 @@ async fn deep_arguments_are_refused_at_the_door_and_the_deepest_allowed_are_foun
         1,
         "the refused call left no BEGIN: {trail:#?}"
     );
-    let out = find(&gw, "acme", &deepest, None);
+    let out = find(&gw, "acme", &deepest, None).await;
     assert_eq!(
         printed_ids(&out, "BEGIN"),
         [begins[0]["id"].as_str().unwrap()],
         "{out}"
     );
-    let out = find(&gw, "acme", r#"{"message":"deepest","nest":null}"#, None);
+    let out = find(&gw, "acme", r#"{"message":"deepest","nest":null}"#, None).await;
     assert_eq!(out.trim(), "0 calls found", "not fingerprinted as null");
 }
 
