@@ -230,6 +230,8 @@ struct IdpState {
     jwks_fetches: Mutex<HashMap<String, usize>>,
     metadata_fetches: AtomicUsize,
     down: AtomicBool,
+    /// Requests answered with 503 while down.
+    refused: AtomicUsize,
 }
 
 /// A local authorization server: metadata at `/.well-known/oauth-authorization-server[/<path>]`,
@@ -254,6 +256,7 @@ fn json_response(v: Value) -> Response {
 
 fn metadata(s: &IdpState, path: &str) -> Response {
     if s.down.load(Ordering::SeqCst) {
+        s.refused.fetch_add(1, Ordering::SeqCst);
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     s.metadata_fetches.fetch_add(1, Ordering::SeqCst);
@@ -272,6 +275,7 @@ fn metadata(s: &IdpState, path: &str) -> Response {
 
 fn jwks(s: &IdpState, path: &str) -> Response {
     if s.down.load(Ordering::SeqCst) {
+        s.refused.fetch_add(1, Ordering::SeqCst);
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     *s.jwks_fetches
@@ -399,7 +403,12 @@ impl Idp {
             + self.metadata_fetches()
     }
 
-    /// While down, every request is answered with 503 (and not counted).
+    /// How many requests were answered with 503 while down.
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// While down, every request is answered with 503 (counted by [`Idp::refused`] only).
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use palisade_oauth::testing::{Idp, TestKey, b64, hs256_token, now, unsigned_token};
 use palisade_oauth::{Claims, IssuerConfig, OAuthConfig, TokenError, Verifier};
 use serde_json::{Value, json};
+use testenv::wait_until;
 use tokio_util::sync::CancellationToken;
 
 const RESOURCE: &str = "https://gateway.example/mcp";
@@ -405,8 +406,13 @@ async fn rotated_key_is_picked_up_on_first_use() {
         TokenError::UnknownKey
     );
     // … and is picked up once the window has passed.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    v.verify(&newer.token(&c)).await.unwrap();
+    let newer_token = newer.token(&c);
+    wait_until(
+        Duration::from_secs(5),
+        "the newer key is picked up",
+        || async { v.verify(&newer_token).await.is_ok() },
+    )
+    .await;
     assert_eq!(idp.jwks_fetches(""), 3);
     v.verify(&old.token(&c)).await.unwrap();
 }
@@ -665,7 +671,12 @@ async fn verified_tokens_are_cached_until_expiry() {
     );
 
     // The short-lived token expires out of the cache and is then refused.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the short token expires",
+        || async { v.verify(&short).await.is_err() },
+    )
+    .await;
     assert_eq!(expect_err(&v, &short, &[]).await, TokenError::Expired);
     assert_eq!(v.verify(&long).await.unwrap(), first);
 }
@@ -681,13 +692,19 @@ async fn background_refresh_runs_keeps_keys_on_failure_and_stops_on_cancel() {
     let shutdown = CancellationToken::new();
     let task = v.start(shutdown.clone()).await;
     assert_eq!(idp.jwks_fetches(""), 1);
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-    let fetched = idp.jwks_fetches("");
-    assert!(fetched >= 3, "periodic refresh ran {fetched} times");
+    wait_until(
+        Duration::from_secs(10),
+        "the periodic refresh runs twice",
+        || async { idp.jwks_fetches("") >= 3 },
+    )
+    .await;
 
     // The server fails from now on: the keys already fetched stay in use.
     idp.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until(Duration::from_secs(10), "a refresh fails", || async {
+        idp.refused() >= 1
+    })
+    .await;
     let mut c = claims_for(&idp.issuer(""));
     c["jti"] = json!("fresh-token-after-outage");
     v.verify(&key.token(&c)).await.unwrap();

@@ -2,7 +2,11 @@
 //!
 //! A test that needs a service (PostgreSQL, Redis) or a kernel feature asks here first. On a
 //! developer's machine without it, the test prints `skipped: <why>` and returns; under
-//! `CI=true` the same absence is a failure, so CI never passes a test that did not run.
+//! `CI=true` the same absence is a failure, so CI never passes a test that did not run. And
+//! how a test waits for something to happen: on a condition ([`wait_until`]).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 /// The value of the environment variable `var` (a service's URL), or `None` after saying the
 /// test is skipped; under `CI=true` a missing or empty variable fails the test.
@@ -32,3 +36,29 @@ pub fn postgres() -> Option<String> {
 pub fn redis() -> Option<String> {
     service("PALISADE_TEST_REDIS_URL")
 }
+
+/// Waits until `holds` is true, asking every 20 ms; fails the test, naming `what`, if it is
+/// still false after `within`. Tests wait on a condition, never on a fixed sleep: the wait
+/// ends as soon as the gateway is there, and a slow machine only waits longer.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !holds().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for a test without a runtime.
+pub fn wait_until_blocking(within: Duration, what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !holds() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+const POLL: Duration = Duration::from_millis(20);

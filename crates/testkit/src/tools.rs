@@ -393,6 +393,8 @@ pub async fn call(
         "error_result" => Ok(failure("something failed")),
         "slow" => match args.uint("ms") {
             Ok(ms) => {
+                // Tests wait for this line to know a call is in flight upstream.
+                tracing::info!(id = %ctx.id, ms, "slow started");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(text("slept")),
                     () = ctx.ct.cancelled() => {

@@ -3,6 +3,8 @@
 
 use crate::common;
 
+use std::time::Duration;
+
 use common::{Issuer, Server, claims, error_text, now};
 use serde_json::Value;
 
@@ -100,7 +102,9 @@ fn an_assertion_replayed_after_expiry_is_refused() {
         common::tenants_in(&server.query(sql, Some(&token))),
         ["acme"]
     );
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    testenv::wait_until_blocking(Duration::from_secs(10), "the assertion expires", || {
+        server.query(sql, Some(&token))["isError"] == true
+    });
     assert!(error_text(&server.query(sql, Some(&token))).contains("expired"));
 }
 
@@ -118,7 +122,9 @@ fn a_rotated_key_is_picked_up_and_a_missing_key_source_fails_closed() {
     let new = Issuer::new("gw-2");
     let both = serde_json::json!({"keys": [old.jwks()["keys"][0], new.jwks()["keys"][0]]});
     std::fs::write(dir.path().join("jwks.json"), both.to_string()).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    testenv::wait_until_blocking(Duration::from_secs(10), "the new key is read", || {
+        server.query(sql, Some(&new.for_tenant("globex")))["isError"] == false
+    });
     assert_eq!(
         common::tenants_in(&server.query(sql, Some(&new.for_tenant("globex")))),
         ["globex"]

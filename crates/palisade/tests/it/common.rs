@@ -19,6 +19,8 @@ use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
+pub use testenv::wait_until;
+
 pub const ACCEPT: &str = "application/json, text/event-stream";
 
 /// The pepper every test gateway uses.
@@ -414,6 +416,16 @@ impl Gw {
         self.log.lock().expect("log").clone()
     }
 
+    /// Waits until `needle` is in the log `times` times (a `slow` call of the testkit logs
+    /// "slow started" once it runs upstream); fails the test after 10 s.
+    pub async fn wait_logged(&self, needle: &str, times: usize) {
+        let what = format!("{needle:?} {times} times in the log");
+        wait_until(Duration::from_secs(10), &what, || async {
+            self.log().matches(needle).count() >= times
+        })
+        .await;
+    }
+
     /// Waits for `needle` to appear in the log.
     pub async fn wait_log(&self, needle: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -696,15 +708,24 @@ impl Gw {
     }
 
     /// A legacy session opened with any key.
+    /// A legacy-era `initialize` with `key`.
+    pub async fn initialize(&self, key: &str) -> Answer {
+        self.post(
+            Some(key),
+            &[],
+            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"elicitation":{}},"clientInfo":{"name":"test","version":"1"}}}).to_string(),
+        )
+        .await
+    }
+
+    /// Whether a session opened with `key` would be let in now.
+    pub async fn admits(&self, key: &str) -> bool {
+        self.initialize(key).await.status == 200
+    }
+
     pub async fn legacy_as(&self, key: &str) -> Legacy<'_> {
         let key = key.to_owned();
-        let a = self
-            .post(
-                Some(&key),
-                &[],
-                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"elicitation":{}},"clientInfo":{"name":"test","version":"1"}}}).to_string(),
-            )
-            .await;
+        let a = self.initialize(&key).await;
         assert_eq!(a.status, 200, "initialize: {:?}", a.messages);
         let session = a
             .headers

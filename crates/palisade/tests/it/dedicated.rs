@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gw, admin_table, alive, children_of, tenant_entry, testkit};
+use common::{Gw, admin_table, alive, children_of, tenant_entry, testkit, wait_until};
 use serde_json::{Value, json};
 
 const ACME_KEY: &str = "pal_dedicated_acme_key_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -52,14 +52,6 @@ async fn whoami(gw: &Gw, key: &str) -> Value {
 
 fn pid_of(who: &Value) -> u32 {
     who["pid"].as_u64().expect("pid") as u32
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -111,9 +103,11 @@ async fn idle_instances_stop_and_start_again() {
     let (gw, _secrets) = dedicated("idle_secs = 1").await;
     let first = pid_of(&whoami(&gw, ACME_KEY).await);
     assert!(alive(first));
-    wait_until("the idle instance stops", Duration::from_secs(5), || {
-        !alive(first)
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the idle instance stops",
+        || async { !alive(first) },
+    )
     .await;
     assert!(children_of(gw.pid()).is_empty());
     let second = pid_of(&whoami(&gw, ACME_KEY).await);
@@ -132,9 +126,9 @@ async fn suspending_a_tenant_stops_its_instance_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until(
-        "the suspended tenant's process stops",
         Duration::from_secs(2),
-        || !alive(acme),
+        "the suspended tenant's process stops",
+        || async { !alive(acme) },
     )
     .await;
     assert!(alive(globex));
@@ -259,9 +253,9 @@ async fn operators_list_restart_and_drain_instances() {
 
     cli(&["process", "restart", "acme", "--server", "kit"]);
     wait_until(
-        "the restarted process is gone",
         Duration::from_secs(3),
-        || !alive(first),
+        "the restarted process is gone",
+        || async { !alive(first) },
     )
     .await;
     let second = pid_of(&whoami(&gw, ACME_KEY).await);
@@ -276,9 +270,11 @@ async fn operators_list_restart_and_drain_instances() {
         )
         .await;
     assert_eq!(status, 202);
-    wait_until("the drained process stops", Duration::from_secs(3), || {
-        !alive(second)
-    })
+    wait_until(
+        Duration::from_secs(3),
+        "the drained process stops",
+        || async { !alive(second) },
+    )
     .await;
     let body = gw.processes("acme", ADMIN_KEY).await;
     assert_eq!(body["processes"][0]["state"], "idle");
@@ -382,9 +378,9 @@ async fn a_thousand_start_kill_cycles_leak_nothing() {
     // Replaced processes get a graceful stop in the background (stdin closed, 500 ms, then
     // signals): all are gone, and reaped, within a few seconds.
     wait_until(
-        "only the live process is left",
         Duration::from_secs(5),
-        || children_of(gw.pid()).len() == 1,
+        "only the live process is left",
+        || async { children_of(gw.pid()).len() == 1 },
     )
     .await;
     assert!(zombies_of(gw.pid()).is_empty());
@@ -496,9 +492,9 @@ async fn secrets_in_the_store_are_sealed_and_reach_the_process() {
 async fn warm_instances_start_with_their_tenant_and_stay() {
     let (gw, _secrets) = dedicated("min_processes = 1\nidle_secs = 1").await;
     wait_until(
-        "both tenants' processes start without a call",
         Duration::from_secs(5),
-        || children_of(gw.pid()).len() == 2,
+        "both tenants' processes start without a call",
+        || async { children_of(gw.pid()).len() == 2 },
     )
     .await;
     let before = children_of(gw.pid());
@@ -516,7 +512,7 @@ async fn calls_beyond_the_inflight_limit_are_refused_at_once() {
     let s = gw.legacy_as(ACME_KEY).await;
     let slow = s.call(1, "slow", json!({"ms": 1500}));
     let second = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.wait_logged("slow started", 1).await;
         let started = Instant::now();
         (
             s.call(2, "echo", json!({"message": "x"})).await,
@@ -551,9 +547,9 @@ async fn a_process_that_stops_answering_is_restarted() {
     )
     .unwrap();
     wait_until(
-        "the frozen process is replaced",
         Duration::from_secs(6),
-        || !alive(first),
+        "the frozen process is replaced",
+        || async { !alive(first) },
     )
     .await;
     assert!(gw.log().contains("health check failed"));
@@ -577,18 +573,19 @@ async fn a_busy_pool_grows_to_its_maximum() {
     let first = pid_of(&whoami(&gw, ACME_KEY).await);
     let s = gw.legacy_as(ACME_KEY).await;
     let slow = |id: u64| s.call(id, "slow", json!({"ms": 1500}));
+    // Each step waits until the slow calls before it run upstream.
     let third = async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        gw.wait_logged("slow started", 2).await;
         s.call(3, "echo", json!({"message": "x"})).await
     };
     let during = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        gw.wait_logged("slow started", 2).await;
         gw.processes("acme", ADMIN_KEY).await
     };
     let (a, b, third, during) = tokio::join!(
         slow(1),
         async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            gw.wait_logged("slow started", 1).await;
             slow(2).await
         },
         third,
@@ -618,9 +615,9 @@ async fn a_busy_pool_grows_to_its_maximum() {
 async fn warm_spares_start_with_the_tenant() {
     let (gw, _secrets) = dedicated("min_processes = 2\nmax_processes = 3").await;
     wait_until(
-        "two warm processes per tenant",
         Duration::from_secs(5),
-        || children_of(gw.pid()).len() == 4,
+        "two warm processes per tenant",
+        || async { children_of(gw.pid()).len() == 4 },
     )
     .await;
     // A spawned process is listed as starting until its handshake is done.

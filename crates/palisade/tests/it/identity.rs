@@ -6,7 +6,9 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{ACME_ON_KIT, Gw, TenantSpec, admin_table, stdio_server, stored_hash, text};
+use common::{
+    ACME_ON_KIT, Gw, TenantSpec, admin_table, stdio_server, stored_hash, text, wait_until,
+};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "pal_admin_key_for_tests_only_aaaaaaaaaaaaaaaaaaaaaaaa";
@@ -226,7 +228,12 @@ async fn revocation_and_suspension_end_open_sessions_within_a_second() {
     // Resumed, it works again.
     let out = gw.cli(&["tenant", "resume", "acme"]).await;
     assert!(out.status.success());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the resumed tenant is let in",
+        || gw.admits(gw.key("acme")),
+    )
+    .await;
     let s = gw.legacy("acme").await;
     let a = s.call(2, "kit__echo", json!({"message": "back"})).await;
     assert_eq!(text(a.response()), "back");
@@ -296,9 +303,15 @@ async fn expired_keys_are_refused() {
         .find(|w| w.starts_with("pal_") && w.len() > 40)
         .expect("key printed")
         .to_owned();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_until(Duration::from_secs(10), "the issued key is known", || {
+        gw.admits(&key)
+    })
+    .await;
     let s = gw.legacy_as(&key).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_until(Duration::from_secs(10), "the key expires", || async {
+        s.request(1, "tools/list", json!({})).await.status == 401
+    })
+    .await;
     let a = s.request(1, "tools/list", json!({})).await;
     assert_eq!(a.status, 401);
     assert!(

@@ -275,7 +275,7 @@ async fn a_full_bulkhead_refuses_at_once_and_only_that_tenant() {
     let globex = gw.legacy("globex").await;
     let long_call = slow.call(1, "kit__slow", json!({"ms": 1000}));
     let meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.wait_logged("slow started", 1).await;
         let started = Instant::now();
         let a = other.call(2, "kit__echo", json!({"message": "x"})).await;
         let waited = started.elapsed();
@@ -721,7 +721,7 @@ async fn a_servers_bulkhead_waits_a_bounded_time_for_a_place() {
     // acme holds the server's only place for 600 ms; globex waits for it, then runs.
     let long = acme.call(1, "kit__slow", json!({"ms": 600}));
     let waiting = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        gw.wait_logged("slow started", 1).await;
         let started = Instant::now();
         let a = globex.call(2, "kit__echo", json!({"message": "x"})).await;
         (a, started.elapsed())
@@ -736,7 +736,7 @@ async fn a_servers_bulkhead_waits_a_bounded_time_for_a_place() {
     // Held longer than queue_ms: refused, after the wait and no longer.
     let long = acme.call(3, "kit__slow", json!({"ms": 3000}));
     let refused = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        gw.wait_logged("slow started", 2).await;
         let started = Instant::now();
         let a = other.call(4, "kit__echo", json!({"message": "y"})).await;
         (a, started.elapsed())

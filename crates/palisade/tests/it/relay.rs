@@ -422,6 +422,7 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
     let session = s2.session.clone();
     let http = gw.http.clone();
     let mcp = gw.mcp.clone();
+    let started = gw.log().matches("slow started").count();
     let pending = tokio::spawn(async move {
         http.post(&mcp)
             .header("accept", ACCEPT)
@@ -432,7 +433,7 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.wait_logged("slow started", started + 1).await;
     let before = gw.log().matches("slow cancelled").count();
     let n = s2.send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"c1","reason":"user"}})).await;
     assert_eq!(n.status, 202);

@@ -216,7 +216,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
             .expect("in-flight request");
         read_answer(r).await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    gw.wait_logged("slow started", 1).await;
     let exit = tokio::task::spawn_blocking(move || {
         let code = gw.terminate();
         (code, gw)
