@@ -20,7 +20,7 @@ use rmcp::{
 use serde_json::{Value, json};
 
 use crate::assertion::{self, Refused, Verifier};
-use crate::backend::{Backend, Limits, Param, SqlError};
+use crate::backend::{Backend, Limits, Param, Query, SqlError};
 
 /// How this process learns the tenant of a call.
 pub enum Tenancy {
@@ -181,10 +181,13 @@ impl SqlServer {
                         ));
                     }
                 };
-                let rows = self
-                    .backend
-                    .query(tenant, &sql, params, self.limits)
-                    .await?;
+                let query = Query {
+                    tenant,
+                    sql: &sql,
+                    params,
+                    limits: self.limits,
+                };
+                let rows = self.backend.query(query).await?;
                 Ok(serde_json::to_value(rows).unwrap_or_default())
             }
             "list_tables" => Ok(json!({ "tables": self.backend.list_tables(tenant).await? })),

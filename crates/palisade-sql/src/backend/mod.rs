@@ -105,20 +105,22 @@ pub enum Backend {
     Sqlite(sqlite::Sqlite),
 }
 
+/// One `query_database` call: whose, what, with which parameters, within which bounds.
+pub struct Query<'a> {
+    pub tenant: &'a str,
+    pub sql: &'a str,
+    pub params: Vec<Param>,
+    pub limits: Limits,
+}
+
 impl Backend {
-    pub async fn query(
-        &self,
-        tenant: &str,
-        sql: &str,
-        params: Vec<Param>,
-        limits: Limits,
-    ) -> Result<Rows, SqlError> {
-        if let Err(message) = crate::statement::check_query(sql) {
+    pub async fn query(&self, query: Query<'_>) -> Result<Rows, SqlError> {
+        if let Err(message) = crate::statement::check_query(query.sql) {
             return Err(SqlError::Statement(message));
         }
         match self {
-            Backend::Postgres(pg) => pg.query(tenant, sql, params, limits).await,
-            Backend::Sqlite(lite) => lite.query(tenant, sql, params, limits).await,
+            Backend::Postgres(pg) => pg.query(query).await,
+            Backend::Sqlite(lite) => lite.query(query).await,
         }
     }
 

@@ -33,7 +33,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, Statement as _};
 
-use super::{Collector, Column, Limits, META_LIMITS, Param, Rows, SqlError};
+use super::{Collector, Column, Limits, META_LIMITS, Param, Query, Rows, SqlError};
 
 pub struct Postgres {
     pool: PgPool,
@@ -214,15 +214,9 @@ impl Postgres {
         }
     }
 
-    pub async fn query(
-        &self,
-        tenant: &str,
-        sql: &str,
-        params: Vec<Param>,
-        limits: Limits,
-    ) -> Result<Rows, SqlError> {
-        let mut conn = self.begin(tenant, limits).await?;
-        let result = Self::run(&mut conn, sql, params, limits).await;
+    pub async fn query(&self, query: Query<'_>) -> Result<Rows, SqlError> {
+        let mut conn = self.begin(query.tenant, query.limits).await?;
+        let result = Self::run(&mut conn, query.sql, query.params, query.limits).await;
         self.end(conn).await;
         result
     }

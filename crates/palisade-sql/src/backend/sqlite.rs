@@ -19,7 +19,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde_json::Value;
 
-use super::{Collector, Column, Limits, META_LIMITS, Param, Rows, SqlError};
+use super::{Collector, Column, Limits, META_LIMITS, Param, Query, Rows, SqlError};
 
 #[derive(Clone)]
 pub struct Sqlite {
@@ -336,26 +336,26 @@ impl Sqlite {
         Ok(collected.finish(columns))
     }
 
-    pub async fn query(
-        &self,
-        tenant: &str,
-        sql: &str,
-        params: Vec<Param>,
-        limits: Limits,
-    ) -> Result<Rows, SqlError> {
+    pub async fn query(&self, query: Query<'_>) -> Result<Rows, SqlError> {
         let this = self.clone();
+        let Query {
+            tenant,
+            sql,
+            params,
+            limits,
+        } = query;
         let (tenant, sql) = (tenant.to_owned(), sql.to_owned());
         blocking(move || this.query_blocking(&tenant, &sql, &params, limits)).await
     }
 
     pub async fn list_tables(&self, tenant: &str) -> Result<Vec<String>, SqlError> {
         let rows = self
-            .query(
+            .query(Query {
                 tenant,
-                "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
-                Vec::new(),
-                META_LIMITS,
-            )
+                sql: "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                params: Vec::new(),
+                limits: META_LIMITS,
+            })
             .await?;
         Ok(rows
             .rows

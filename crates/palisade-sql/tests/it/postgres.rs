@@ -7,8 +7,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::{Issuer, Server, error_text, rows, tenants_in};
-use palisade_sql::backend::Limits;
 use palisade_sql::backend::postgres::Postgres;
+use palisade_sql::backend::{Limits, Query};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _};
@@ -23,12 +23,18 @@ struct Scratch {
     reader: String,
 }
 
-fn admin_exec(url: &str, sql: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` to its end on a runtime of its own (these tests are plain `#[test]`s: the server
+/// under test is a child process, spoken to synchronously).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn admin_exec(url: &str, sql: &str) -> Result<(), String> {
+    block_on(async {
         let mut conn = sqlx::PgConnection::connect(url)
             .await
             .map_err(|e| e.to_string())?;
@@ -276,11 +282,7 @@ fn a_cancelled_call_leaves_no_transaction_to_the_next() {
     let Some(pg) = Scratch::new("cancel") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let options: PgConnectOptions = pg.login_url().parse().unwrap();
         let backend = Postgres::connect(options, pg.reader.clone()).await.unwrap();
         // The connection `connect` used goes back to the pool in a task of its own: once it is
@@ -293,7 +295,12 @@ fn a_cancelled_call_leaves_no_transaction_to_the_next() {
         };
         // Dropped mid-statement: after its BEGIN, tenant setting and SET LOCAL ROLE, before
         // its ROLLBACK.
-        let call = backend.query("acme", "SELECT pg_sleep(1)", Vec::new(), limits);
+        let call = backend.query(Query {
+            tenant: "acme",
+            sql: "SELECT pg_sleep(1)",
+            params: Vec::new(),
+            limits,
+        });
         let cancelled = tokio::time::timeout(Duration::from_millis(300), call).await;
         assert!(cancelled.is_err(), "the call should have been cut short");
         // Once the statement has ended, a connection handed back to the pool would sit idle
@@ -333,13 +340,13 @@ fn a_cancelled_call_leaves_no_transaction_to_the_next() {
         // The next call, another tenant's, runs in a transaction of its own, begun just now
         // (inside the cancelled call's, `now()` would be seconds old).
         let after = backend
-            .query(
-                "globex",
-                "SELECT current_setting('app.tenant_id') AS tenant, current_user::text AS role, \
+            .query(Query {
+                tenant: "globex",
+                sql: "SELECT current_setting('app.tenant_id') AS tenant, current_user::text AS role, \
                  clock_timestamp() - now() < interval '1 second' AS fresh",
-                Vec::new(),
+                params: Vec::new(),
                 limits,
-            )
+            })
             .await
             .unwrap_or_else(|e| panic!("the call after a cancelled one failed: {e}"));
         assert_eq!(
@@ -354,11 +361,7 @@ fn the_database_itself_refuses_without_the_servers_setup() {
     let Some(pg) = Scratch::new("roles") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let mut conn = sqlx::PgConnection::connect(&pg.login_url()).await.unwrap();
         // The login role itself reads nothing.
         let e = sqlx::query("SELECT * FROM orders")

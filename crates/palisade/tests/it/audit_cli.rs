@@ -65,14 +65,7 @@ async fn echo(s: &Legacy<'_>, id: u64, message: &str) {
 
 /// Runs the CLI; asserts it succeeded and returns its standard output.
 async fn cli_ok(gw: &Gw, args: &[&str]) -> String {
-    let out = gw.cli(args).await;
-    assert!(
-        out.status.success(),
-        "palisade {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::succeeded(gw.cli(args).await)
 }
 
 /// `find` with `args` written (as this exact text) to a file.

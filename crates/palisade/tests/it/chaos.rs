@@ -77,13 +77,7 @@ impl Cluster {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(self.command(program).args(args).output().unwrap());
     }
 
     fn up(&self) {

@@ -31,6 +31,19 @@ pub fn skip(why: &str) -> Option<()> {
     testenv::lacking(why)
 }
 
+/// The standard output of a command that must have succeeded; on failure the test fails with
+/// all it printed.
+pub fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The number in a metrics line `series value`, 0 when absent.
 pub fn metric(metrics: &str, series: &str) -> f64 {
     metrics
@@ -829,27 +842,24 @@ impl Legacy<'_> {
             .as_u16()
     }
 
-    /// Opens the session's GET stream (messages not tied to a request).
-    pub async fn open_get_stream(&self) -> reqwest::Response {
+    /// A `GET` of this session's endpoint for an event stream.
+    fn get(&self) -> reqwest::RequestBuilder {
         self.gw
             .http
             .get(&self.gw.mcp)
             .header("accept", "text/event-stream")
             .header("authorization", format!("Bearer {}", self.key))
             .header("mcp-session-id", &self.session)
-            .send()
-            .await
-            .expect("GET stream")
+    }
+
+    /// Opens the session's GET stream (messages not tied to a request).
+    pub async fn open_get_stream(&self) -> reqwest::Response {
+        self.get().send().await.expect("GET stream")
     }
 
     /// Reopens a broken stream of this session after `last_event_id` (`GET`).
     pub async fn resume(&self, last_event_id: &str) -> reqwest::Response {
-        self.gw
-            .http
-            .get(&self.gw.mcp)
-            .header("accept", "text/event-stream")
-            .header("authorization", format!("Bearer {}", self.key))
-            .header("mcp-session-id", &self.session)
+        self.get()
             .header("mcp-protocol-version", "2025-11-25")
             .header("last-event-id", last_event_id)
             .send()

@@ -119,12 +119,7 @@ async fn suspending_a_tenant_stops_its_instance_only() {
     let (gw, _secrets) = dedicated("").await;
     let acme = pid_of(&whoami(&gw, ACME_KEY).await);
     let globex = pid_of(&whoami(&gw, GLOBEX_KEY).await);
-    let out = gw.cli(&["tenant", "suspend", "acme"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gw.cli_ok(&["tenant", "suspend", "acme"]).await;
     wait_until(
         Duration::from_secs(2),
         "the suspended tenant's process stops",
@@ -229,21 +224,17 @@ async fn operators_list_restart_and_drain_instances() {
 
     // The CLI goes through the admin API of the running gateway.
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(args)
-            .arg("--config")
-            .arg(&gw.config)
-            .arg("--admin-url")
-            .arg(&gw.admin)
-            .env("PALISADE_ADMIN_KEY", ADMIN_KEY)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::succeeded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+                .args(args)
+                .arg("--config")
+                .arg(&gw.config)
+                .arg("--admin-url")
+                .arg(&gw.admin)
+                .env("PALISADE_ADMIN_KEY", ADMIN_KEY)
+                .output()
+                .unwrap(),
+        )
     };
     let listed = cli(&["process", "list", "acme"]);
     assert!(
