@@ -57,10 +57,6 @@ impl Pepper {
         Pepper(bytes)
     }
 
-    pub fn from_file(path: &Path) -> Result<Pepper, PepperError> {
-        Pepper::new(read_key_file(path)?)
-    }
-
     /// HMAC-SHA256(pepper, key).
     pub fn hash(&self, key: &[u8]) -> KeyHash {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
@@ -80,7 +76,7 @@ impl Pepper {
 
 /// A server secret (pepper, master key) from a file or an environment variable, `None` when
 /// neither is configured; trailing whitespace is dropped.
-pub fn key_material(
+pub(crate) fn key_material(
     file: Option<&Path>,
     env: Option<&str>,
 ) -> Result<Option<Vec<u8>>, PepperError> {
@@ -106,7 +102,7 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, PepperError> {
 }
 
 /// A fresh API key (the only time it exists in plain form).
-pub fn generate_key() -> String {
+pub(crate) fn generate_key() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!(
@@ -121,7 +117,7 @@ pub fn key_id(key: &str) -> String {
 }
 
 /// The id of a key declared in the config, where only its hash is known.
-pub fn config_key_id(hash: &KeyHash) -> String {
+pub(crate) fn config_key_id(hash: &KeyHash) -> String {
     format!("cfg_{}", hex::encode(&hash.0[..6]))
 }
 

@@ -25,7 +25,7 @@ use serde_json::json;
 pub const META_KEY: &str = "io.palisade/tenant";
 
 /// How long an assertion is valid.
-pub const LIFETIME_SECS: u64 = 60;
+pub(crate) const LIFETIME_SECS: u64 = 60;
 
 /// Who and what a call is for.
 pub struct Context<'a> {

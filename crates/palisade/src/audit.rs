@@ -46,7 +46,7 @@ pub enum AuditSetupError {
 
 /// The keys the trail uses, all derived from one secret.
 pub struct AuditKeys {
-    pub signing_seed: [u8; 32],
+    pub(crate) signing_seed: [u8; 32],
     fingerprint: [u8; 32],
     subject: [u8; 32],
     pub key_id: String,
@@ -148,7 +148,7 @@ pub struct CallFacts {
 }
 
 /// An admin API write, for its ADMIN record.
-pub struct AdminChange {
+pub(crate) struct AdminChange {
     /// The tenant the change is about (`-` for none).
     pub tenant: String,
     /// Who made it: an admin key's id or a token's `<sub>@<issuer>` (recorded as a keyed hash
@@ -227,7 +227,7 @@ impl Auditor {
     }
 
     /// The checkpoint-signing public key, base64 (what `/audit/public-key` publishes).
-    pub fn public_key_base64(&self) -> String {
+    pub(crate) fn public_key_base64(&self) -> String {
         use base64::Engine as _;
         let key = self
             .logs
@@ -339,7 +339,7 @@ impl Auditor {
 
     /// Writes the ADMIN record of an admin API write and waits until it is durable: the change
     /// is made only then.
-    pub async fn admin_begin(&self, c: &AdminChange) -> Result<String, AuditError> {
+    pub(crate) async fn admin_begin(&self, c: &AdminChange) -> Result<String, AuditError> {
         let mut r = Record::new(
             Kind::Admin,
             &c.tenant,
@@ -355,7 +355,13 @@ impl Auditor {
     }
 
     /// Queues the END record of an admin write: its outcome (`ok` or `http <status>`).
-    pub async fn admin_end(&self, id: String, c: &AdminChange, outcome: &str, latency_us: u64) {
+    pub(crate) async fn admin_end(
+        &self,
+        id: String,
+        c: &AdminChange,
+        outcome: &str,
+        latency_us: u64,
+    ) {
         let mut r = Record::new(Kind::End, &c.tenant, &self.subject(&c.principal), &c.method);
         r.id = id;
         r.server = Some("admin".into());

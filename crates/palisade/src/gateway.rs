@@ -42,7 +42,7 @@ use crate::session::{SessionLimits, Sessions};
 use crate::upstream::{TenantContext, Upstream};
 
 /// How often the store's revision is polled.
-pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_millis(250);
 /// How often API keys' last-use times are written.
 const LAST_USED_EVERY: Duration = Duration::from_secs(10);
 
@@ -86,11 +86,11 @@ pub struct Gateway {
     /// Tenants' working directories live under `<data_dir>/tenants/`.
     data_dir: std::path::PathBuf,
     /// Tenants' secrets in the store, sealed under the master key (fixed until restart).
-    pub vault: Arc<Vault>,
+    pub(crate) vault: Arc<Vault>,
     /// The audit trail, unless `[audit] enabled = false`.
     pub audit: Option<Arc<Auditor>>,
     /// Rate limits (docs/ARCHITECTURE.md §4, steps 6 and 7).
-    pub protection: Protection,
+    pub(crate) protection: Protection,
     /// Signs the tenant context of calls to shared servers.
     pub assertions: Assertions,
     pub sessions: Sessions,
@@ -101,7 +101,7 @@ pub struct Gateway {
     pub parked: Arc<Parked>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway starts draining: long-lived streams end.
-    pub draining: CancellationToken,
+    pub(crate) draining: CancellationToken,
     /// Cancelled last: upstream links close and processes stop.
     pub stopping: CancellationToken,
     http_client: reqwest::Client,
@@ -200,7 +200,7 @@ impl Gateway {
     }
 
     /// A tenant's own instances (dedicated servers), by server name.
-    pub fn instances_of(&self, tenant: &str) -> Vec<Arc<Upstream>> {
+    pub(crate) fn instances_of(&self, tenant: &str) -> Vec<Arc<Upstream>> {
         let mut list: Vec<Arc<Upstream>> = lock(&self.dedicated)
             .iter()
             .filter(|((t, _), _)| &**t == tenant)
@@ -211,7 +211,7 @@ impl Gateway {
     }
 
     /// Updates the gauges of tenants' instances by server and state (at each scrape).
-    pub fn observe_instances(&self) {
+    pub(crate) fn observe_instances(&self) {
         let mut census: HashMap<(String, &'static str), i64> = HashMap::new();
         let mut sandboxes: HashMap<(String, String), i64> = HashMap::new();
         let pools: Vec<Arc<Upstream>> = lock(&self.dedicated)
@@ -266,7 +266,7 @@ impl Gateway {
 
     /// Reloads the registry if the store changed (or always, with `force`), then ends the
     /// sessions the new registry no longer admits.
-    pub async fn refresh(&self, force: bool) -> Result<(), GatewayError> {
+    pub(crate) async fn refresh(&self, force: bool) -> Result<(), GatewayError> {
         let _one = self.changing.lock().await;
         if !force && self.store.revision().await? == self.registry.load().revision {
             return Ok(());

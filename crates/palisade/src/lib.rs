@@ -9,6 +9,8 @@
 //! [`resume`] keeps legacy sessions' event streams resumable.
 //! `docs/ARCHITECTURE.md` is the map.
 
+#![warn(unreachable_pub)]
+
 pub mod apikey;
 pub mod assertion;
 pub mod audit;
@@ -16,18 +18,18 @@ pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod gateway;
-pub mod http;
-pub mod limits;
-pub mod listens;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod listens;
 pub mod metrics;
 pub mod onboarding;
 pub mod pipeline;
 pub mod policy;
 pub mod registry;
 pub mod resume;
-pub mod secrets;
+pub(crate) mod secrets;
 pub mod serve;
 pub mod session;
 pub mod upstream;

@@ -35,7 +35,7 @@ pub struct Refused {
     /// Which limit: `tenant`, `subject`, `tool` (rates), `breaker`, `tenant_breaker`,
     /// `bulkhead`, `tenant_bulkhead`.
     pub limit: &'static str,
-    pub retry_after: Duration,
+    pub(crate) retry_after: Duration,
     /// What the client is told (the retry time is added).
     pub why: String,
 }
@@ -58,14 +58,14 @@ impl Refused {
     }
 
     /// Milliseconds to wait, rounded up (never 0).
-    pub fn retry_after_ms(&self) -> u64 {
+    pub(crate) fn retry_after_ms(&self) -> u64 {
         (self.retry_after.as_micros().div_ceil(1000) as u64).max(1)
     }
 }
 
 /// A call let through: its bulkhead places (freed when this is dropped) and its breaker
 /// permits. Report the call's outcome with [`Admission::finish`].
-pub struct Admission {
+pub(crate) struct Admission {
     permits: Vec<(Arc<Breakers>, String, Permit)>,
     _places: Vec<Entry>,
     /// Where a crash during the call is charged: the tenant on this server.
@@ -75,7 +75,7 @@ pub struct Admission {
 impl Admission {
     /// `failed`: a transport error, a timeout or a crash (never a tool's own error result);
     /// `crashed`: the server went away while the call was in flight.
-    pub fn finish(self, failed: bool, crashed: bool) {
+    pub(crate) fn finish(self, failed: bool, crashed: bool) {
         for (breakers, key, permit) in self.permits {
             breakers.record(&key, permit, !failed);
         }
@@ -87,7 +87,7 @@ impl Admission {
 
 /// Crashes charged to each (tenant, server), and the quarantines they led to.
 #[derive(Default)]
-pub struct Quarantine {
+pub(crate) struct Quarantine {
     map: Mutex<HashMap<(String, String), Crashes>>,
 }
 
@@ -140,7 +140,7 @@ struct ServerBreakers {
 
 /// The gateway's limiters, breakers and bulkheads.
 #[derive(Default)]
-pub struct Protection {
+pub(crate) struct Protection {
     local: Local,
     /// Buckets shared with the other replicas, when `[rate_limits] redis_url` is set.
     shared: Option<Distributed>,
@@ -180,7 +180,7 @@ impl Shares {
 
 impl Protection {
     /// In process, or shared through Redis when the config names one.
-    pub fn new(config: &RateLimits) -> Result<Protection, LimitError> {
+    pub(crate) fn new(config: &RateLimits) -> Result<Protection, LimitError> {
         let shared = match config.redis_url() {
             Some(url) => Some(Distributed::new(
                 &url,
@@ -196,12 +196,12 @@ impl Protection {
     }
 
     /// `Some(false)` while the shared store (Redis) cannot be reached; `None` without one.
-    pub fn store_up(&self) -> Option<bool> {
+    pub(crate) fn store_up(&self) -> Option<bool> {
         self.shared.as_ref().map(Distributed::up)
     }
 
     /// Checks the rates of a call by `subject` of `tenant` to `server`'s `tool`.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         config: &RateLimits,
         tenant: &Tenant,
@@ -282,7 +282,7 @@ impl Protection {
     }
 
     /// Passes a call to `server` by `tenant` through the server's breakers and bulkheads.
-    pub async fn admit(&self, server: &Server, tenant: &str) -> Result<Admission, Refused> {
+    pub(crate) async fn admit(&self, server: &Server, tenant: &str) -> Result<Admission, Refused> {
         let name = &server.name;
         if let Some(q) = server.quarantine
             && let Some(left) = self.quarantine.left(tenant, name)
@@ -389,7 +389,7 @@ impl Protection {
     }
 
     /// Every breaker that is not closed: `(server, tenant or None for the server's own, state)`.
-    pub fn breaker_states(&self) -> Vec<(String, Option<String>, &'static str)> {
+    pub(crate) fn breaker_states(&self) -> Vec<(String, Option<String>, &'static str)> {
         let map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for (server, sb) in map.iter() {
@@ -409,7 +409,7 @@ impl Protection {
     }
 
     /// Closes a breaker (an operator's reset): the server's own, or a tenant's on it.
-    pub fn reset_breaker(&self, server: &str, tenant: Option<&str>) -> bool {
+    pub(crate) fn reset_breaker(&self, server: &str, tenant: Option<&str>) -> bool {
         let map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(sb) = map.get(server) else {
             return false;
@@ -421,12 +421,13 @@ impl Protection {
     }
 
     /// Drops buckets that have refilled (called every few seconds).
-    pub fn evict_idle(&self) -> usize {
+    pub(crate) fn evict_idle(&self) -> usize {
         self.local.evict_idle() + self.shared.as_ref().map_or(0, Distributed::evict_idle)
     }
 
     /// Buckets held (for the memory bound).
-    pub fn buckets(&self) -> usize {
+    #[cfg(test)]
+    fn buckets(&self) -> usize {
         self.local.keys()
     }
 }

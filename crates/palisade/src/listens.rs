@@ -82,7 +82,7 @@ impl Listens {
     }
 
     /// Ends the listens whose tenant and key `doomed` picks; returns how many.
-    pub fn end_where(&self, doomed: impl Fn(&str, Option<&str>) -> bool) -> usize {
+    pub(crate) fn end_where(&self, doomed: impl Fn(&str, Option<&str>) -> bool) -> usize {
         let open = lock(&self.open);
         let mut ended = 0;
         for e in open.values() {

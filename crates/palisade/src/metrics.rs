@@ -342,7 +342,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_latency(&self, server: &str, seconds: f64) {
+    pub(crate) fn upstream_latency(&self, server: &str, seconds: f64) {
         self.upstream_seconds
             .get_or_create(&ServerLabels {
                 server: server.to_owned(),
@@ -350,7 +350,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn catalog_cache(&self, server: &str, list: &'static str, hit: bool) {
+    pub(crate) fn catalog_cache(&self, server: &str, list: &'static str, hit: bool) {
         self.catalog
             .get_or_create(&CacheLabels {
                 server: server.to_owned(),
@@ -360,15 +360,15 @@ impl Metrics {
             .inc();
     }
 
-    pub fn session_opened(&self) {
+    pub(crate) fn session_opened(&self) {
         self.sessions.inc();
     }
 
-    pub fn session_closed(&self) {
+    pub(crate) fn session_closed(&self) {
         self.sessions.dec();
     }
 
-    pub fn upstream_restart(&self, server: &str) {
+    pub(crate) fn upstream_restart(&self, server: &str) {
         self.restarts
             .get_or_create(&ServerLabels {
                 server: server.to_owned(),
@@ -376,7 +376,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_up(&self, server: &str, up: bool) {
+    pub(crate) fn upstream_up(&self, server: &str, up: bool) {
         self.up
             .get_or_create(&ServerLabels {
                 server: server.to_owned(),
@@ -386,7 +386,7 @@ impl Metrics {
 
     /// A request refused before dispatch; `reason` is one of a fixed set of words.
     /// The breakers that are not closed, as [`crate::limits::Protection::breaker_states`] lists them.
-    pub fn breakers_observed(&self, states: &[(String, Option<String>, &'static str)]) {
+    pub(crate) fn breakers_observed(&self, states: &[(String, Option<String>, &'static str)]) {
         self.breakers.clear();
         for (server, tenant, state) in states {
             self.breakers
@@ -407,7 +407,7 @@ impl Metrics {
     }
 
     /// A call refused by traffic protection's `limit`.
-    pub fn protection_refused(&self, tenant: &str, limit: &'static str) {
+    pub(crate) fn protection_refused(&self, tenant: &str, limit: &'static str) {
         self.refused
             .get_or_create(&LimitLabels {
                 tenant: tenant.to_owned(),
@@ -417,7 +417,7 @@ impl Metrics {
     }
 
     /// A BEGIN record became durable after `seconds`.
-    pub fn audit_begin(&self, seconds: f64) {
+    pub(crate) fn audit_begin(&self, seconds: f64) {
         self.audit_seconds.observe(seconds);
     }
 
@@ -431,7 +431,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn event_dropped(&self, server: &str, kind: &'static str) {
+    pub(crate) fn event_dropped(&self, server: &str, kind: &'static str) {
         self.event_drops
             .get_or_create(&MessageLabels {
                 server: server.to_owned(),
@@ -447,14 +447,14 @@ impl Metrics {
     }
 
     /// A config reload: `applied` or `rejected`.
-    pub fn config_reload(&self, outcome: &'static str) {
+    pub(crate) fn config_reload(&self, outcome: &'static str) {
         self.config_reloads
             .get_or_create(&OutcomeOnly { outcome })
             .inc();
     }
 
     /// A tenant's instance finished its handshake `seconds` after its spawn began.
-    pub fn instance_started(&self, server: &str, seconds: f64) {
+    pub(crate) fn instance_started(&self, server: &str, seconds: f64) {
         let labels = ServerLabels {
             server: server.to_owned(),
         };
@@ -464,7 +464,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn instance_crashed(&self, server: &str) {
+    pub(crate) fn instance_crashed(&self, server: &str) {
         self.instance_crashes
             .get_or_create(&ServerLabels {
                 server: server.to_owned(),
@@ -473,7 +473,7 @@ impl Metrics {
     }
 
     /// Sets the gauges of running processes by (server, sandbox level).
-    pub fn sandboxes_observed(&self, census: &HashMap<(String, String), i64>) {
+    pub(crate) fn sandboxes_observed(&self, census: &HashMap<(String, String), i64>) {
         self.sandboxes.clear();
         for ((server, level), n) in census {
             self.sandboxes
@@ -487,7 +487,7 @@ impl Metrics {
 
     /// Sets the instance gauges from a census of (server, state) → count; states absent from
     /// it read 0.
-    pub fn instances_observed(&self, census: &HashMap<(String, &'static str), i64>) {
+    pub(crate) fn instances_observed(&self, census: &HashMap<(String, &'static str), i64>) {
         self.instances.clear();
         for ((server, state), n) in census {
             self.instances
@@ -499,11 +499,11 @@ impl Metrics {
         }
     }
 
-    pub fn registry_refresh_failed(&self) {
+    pub(crate) fn registry_refresh_failed(&self) {
         self.registry_refresh_failures.inc();
     }
 
-    pub fn list_skipped(&self, server: &str, list: &'static str) {
+    pub(crate) fn list_skipped(&self, server: &str, list: &'static str) {
         self.list_failures
             .get_or_create(&ListLabels {
                 server: server.to_owned(),
@@ -512,7 +512,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.tasks.set(runtime.metrics().num_alive_tasks() as i64);
         }

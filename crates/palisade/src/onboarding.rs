@@ -40,7 +40,7 @@ impl From<StoreError> for OnboardError {
 }
 
 impl OnboardError {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             OnboardError::Invalid(_) => 400,
             OnboardError::NotFound(_) => 404,
@@ -68,7 +68,7 @@ fn yes() -> bool {
 /// Changes to a tenant; absent fields stay.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateTenant {
+pub(crate) struct UpdateTenant {
     pub display_name: Option<String>,
     pub servers: Option<Vec<String>>,
     pub namespacing: Option<bool>,
@@ -99,7 +99,10 @@ pub struct Onboarding<'a> {
 }
 
 impl Onboarding<'_> {
-    pub async fn create_tenant(&self, req: CreateTenant) -> Result<TenantRecord, OnboardError> {
+    pub async fn create_tenant(
+        &self,
+        req: CreateTenant,
+    ) -> Result<TenantRecord, OnboardError> {
         if !valid_tenant_id(&req.id) {
             return Err(OnboardError::Invalid(format!(
                 "`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit",
@@ -122,7 +125,7 @@ impl Onboarding<'_> {
             .await?)
     }
 
-    pub async fn update_tenant(
+    pub(crate) async fn update_tenant(
         &self,
         id: &str,
         req: UpdateTenant,
@@ -143,7 +146,7 @@ impl Onboarding<'_> {
         Ok(self.store.update_tenant(id, &patch).await?)
     }
 
-    pub async fn suspend(
+    pub(crate) async fn suspend(
         &self,
         id: &str,
         reason: Option<&str>,
@@ -154,24 +157,28 @@ impl Onboarding<'_> {
         Ok(self.store.set_status(id, Status::Suspended, reason).await?)
     }
 
-    pub async fn resume(&self, id: &str) -> Result<TenantRecord, OnboardError> {
+    pub(crate) async fn resume(&self, id: &str) -> Result<TenantRecord, OnboardError> {
         Ok(self.store.set_status(id, Status::Active, None).await?)
     }
 
-    pub async fn delete_tenant(&self, id: &str) -> Result<(), OnboardError> {
+    pub(crate) async fn delete_tenant(&self, id: &str) -> Result<(), OnboardError> {
         let current = self.tenant(id).await?;
         self.refuse_declared(&current, "delete")?;
         Ok(self.store.delete_tenant(id).await?)
     }
 
-    pub async fn tenant(&self, id: &str) -> Result<TenantRecord, OnboardError> {
+    pub(crate) async fn tenant(&self, id: &str) -> Result<TenantRecord, OnboardError> {
         self.store
             .get_tenant(id)
             .await?
             .ok_or_else(|| OnboardError::NotFound(format!("tenant `{id}` not found")))
     }
 
-    pub async fn issue_key(&self, tenant: &str, req: IssueKey) -> Result<Issued, OnboardError> {
+    pub async fn issue_key(
+        &self,
+        tenant: &str,
+        req: IssueKey,
+    ) -> Result<Issued, OnboardError> {
         check_scopes(&req.scopes)?;
         check_display_name(&req.name)?;
         self.tenant(tenant).await?;
@@ -206,7 +213,7 @@ impl Onboarding<'_> {
         Ok(Issued { key, record })
     }
 
-    pub async fn policy(&self, tenant: &str) -> Result<Policy, OnboardError> {
+    pub(crate) async fn policy(&self, tenant: &str) -> Result<Policy, OnboardError> {
         self.tenant(tenant).await?;
         match self.store.get_policy(tenant).await? {
             None => Ok(Policy::default()),
@@ -218,7 +225,11 @@ impl Onboarding<'_> {
         }
     }
 
-    pub async fn set_policy(&self, tenant: &str, policy: &Policy) -> Result<(), OnboardError> {
+    pub(crate) async fn set_policy(
+        &self,
+        tenant: &str,
+        policy: &Policy,
+    ) -> Result<(), OnboardError> {
         policy.validate().map_err(OnboardError::Invalid)?;
         if let Some(servers) = &policy.servers
             && let Some(s) = servers.iter().find(|s| self.config.server(s).is_none())

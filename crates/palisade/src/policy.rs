@@ -59,7 +59,7 @@ pub struct RateSet {
     /// The tenant's weight in a server's quota (`[[servers]] quota`), against the other tenants
     /// calling it at the same time (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota_weight: Option<f64>,
+    pub(crate) quota_weight: Option<f64>,
 }
 
 impl RateSet {
@@ -136,14 +136,14 @@ impl Policy {
     }
 
     /// Whether the tenant may use this server at all.
-    pub fn allows_server(&self, server: &str) -> bool {
+    pub(crate) fn allows_server(&self, server: &str) -> bool {
         self.servers
             .as_ref()
             .is_none_or(|list| list.iter().any(|s| s == server))
     }
 
     /// Whether every tool is allowed (lists need no filtering).
-    pub fn allows_all_tools(&self) -> bool {
+    pub(crate) fn allows_all_tools(&self) -> bool {
         self.allow_tools.is_empty() && self.deny_tools.is_empty()
     }
 

@@ -20,7 +20,7 @@ use crate::upstream::Upstream;
 pub struct Tenant {
     pub id: Arc<str>,
     pub status: Status,
-    pub status_reason: Option<String>,
+    pub(crate) status_reason: Option<String>,
     /// The tenant's servers that its policy allows and that are running on this gateway.
     pub upstreams: Vec<Arc<Upstream>>,
     /// Whether names are prefixed with their server (see [`crate::catalog`]).
@@ -169,7 +169,7 @@ impl Registry {
     }
 
     /// Whether a key id may still authenticate.
-    pub fn key_is_live(&self, id: &str) -> bool {
+    pub(crate) fn key_is_live(&self, id: &str) -> bool {
         self.key_ids.contains(id)
     }
 }

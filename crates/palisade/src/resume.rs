@@ -23,21 +23,21 @@ use mcp_wire::sse;
 use tokio::sync::mpsc;
 
 /// Events kept for replay, per stream.
-pub const MAX_LOG_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// Events kept for replay, per session, over all its streams.
-pub const MAX_SESSION_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_SESSION_BYTES: usize = 4 * 1024 * 1024;
 /// Streams a session can resume.
-pub const MAX_LOGS: usize = 32;
+pub(crate) const MAX_LOGS: usize = 32;
 /// How long a stream that ended can still be replayed.
-pub const FINISHED_KEPT: Duration = Duration::from_secs(60);
+pub(crate) const FINISHED_KEPT: Duration = Duration::from_secs(60);
 /// The reconnection delay the gateway asks for in its priming events.
-pub const RETRY_MS: u64 = 1000;
+pub(crate) const RETRY_MS: u64 = 1000;
 
 /// One resumable stream: its number and the newest events it carried.
 pub struct Log {
     pub stream: u64,
     /// The session's standalone (`GET`) stream, which a resume reopens rather than rejoins.
-    pub standalone: bool,
+    pub(crate) standalone: bool,
     state: Mutex<State>,
 }
 
@@ -213,7 +213,7 @@ impl Log {
     }
 
     /// Disconnects the live reader (its stream ends) but keeps the stream resumable.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         lock(&self.state).live = None;
     }
 
@@ -225,14 +225,14 @@ impl Log {
     }
 
     /// A standalone stream goes on after a resume: it no longer expires.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         lock(&self.state).finished = None;
     }
 }
 
 /// Finishes a stream when the response serving it goes away (a standalone stream, whose
 /// producer is the response itself).
-pub struct FinishOnDrop(pub Arc<Log>);
+pub(crate) struct FinishOnDrop(pub Arc<Log>);
 
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {

@@ -50,7 +50,7 @@ impl std::fmt::Debug for MasterKey {
 
 impl MasterKey {
     /// The key the config names, if any.
-    pub fn from_config(config: &Config) -> Result<Option<MasterKey>, SecretError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Option<MasterKey>, SecretError> {
         let material = key_material(
             config.secrets.master_key_file.as_deref(),
             config.secrets.master_key_env.as_deref(),
@@ -80,7 +80,7 @@ impl MasterKey {
         .concat()
     }
 
-    pub fn seal(&self, tenant: &str, name: &str, value: &str) -> Vec<u8> {
+    pub(crate) fn seal(&self, tenant: &str, name: &str, value: &str) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let mut data = value.as_bytes().to_vec();
@@ -127,7 +127,12 @@ pub struct Vault {
 
 impl Vault {
     /// Seals and stores a value.
-    pub async fn put(&self, tenant: &str, name: &str, value: &str) -> Result<(), SecretError> {
+    pub(crate) async fn put(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), SecretError> {
         let key = self.key.as_ref().ok_or(SecretError::NoMasterKey)?;
         let sealed = key.seal(tenant, name, value);
         Ok(self.store.put_secret(tenant, name, &sealed).await?)

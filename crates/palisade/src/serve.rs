@@ -125,7 +125,7 @@ impl Drop for Running {
 
 /// The pepper the config names. Without one, API keys cannot be checked: a random pepper is
 /// used so that nothing matches, and the gateway says so.
-pub fn pepper_or_random(config: &Config) -> Result<Pepper, StartError> {
+pub(crate) fn pepper_or_random(config: &Config) -> Result<Pepper, StartError> {
     match config.pepper() {
         Ok(p) => Ok(p),
         Err(e)
@@ -139,7 +139,7 @@ pub fn pepper_or_random(config: &Config) -> Result<Pepper, StartError> {
 }
 
 /// Opens the registry store at `url`, creating a SQLite file's directory if needed.
-pub async fn open_store(url: &str) -> Result<palisade_store::Store, StartError> {
+pub(crate) async fn open_store(url: &str) -> Result<palisade_store::Store, StartError> {
     if let Some(path) = url.strip_prefix("sqlite://")
         && let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent()
         && !dir.as_os_str().is_empty()

@@ -93,7 +93,7 @@ impl AuthError {
     }
 
     /// The `error` parameter of the `WWW-Authenticate` challenge (RFC 6750 §3.1), if any.
-    pub fn challenge_error(&self) -> Option<&'static str> {
+    pub(crate) fn challenge_error(&self) -> Option<&'static str> {
         match self {
             AuthError::Missing => None,
             AuthError::InsufficientScope(_) => Some("insufficient_scope"),
@@ -147,7 +147,7 @@ impl Authenticator {
         self.oauth.load_full()
     }
 
-    pub fn set_oauth(&self, verifier: Option<Arc<Verifier>>) {
+    pub(crate) fn set_oauth(&self, verifier: Option<Arc<Verifier>>) {
         self.oauth.store(verifier);
     }
 
@@ -235,7 +235,7 @@ impl Authenticator {
     }
 
     /// Takes the last-use times recorded since the previous call.
-    pub fn take_last_used(&self) -> Vec<(String, i64)> {
+    pub(crate) fn take_last_used(&self) -> Vec<(String, i64)> {
         match self.last_used.lock() {
             Ok(mut map) => map.drain().map(|(k, v)| (k.to_string(), v)).collect(),
             Err(_) => Vec::new(),
@@ -255,7 +255,7 @@ fn admitted(registry: &Registry, id: &str) -> Result<Arc<Tenant>, AuthError> {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -24,7 +24,8 @@ use crate::upstream::ListKind;
 
 mod resolve;
 
-pub use resolve::{Addressing, Resolved, Target, Unresolved, resolve, resolve_uri};
+pub use resolve::Target;
+pub(crate) use resolve::{Addressing, Resolved, Unresolved, resolve, resolve_uri};
 
 /// Items per page of a merged list.
 const PAGE: usize = 1000;
@@ -46,7 +47,7 @@ type Original = (Arc<str>, String);
 
 impl Names {
     /// The namespaced form of `name` on `server`, as `tenant` sees it.
-    pub fn expose(&self, tenant: &Arc<str>, server: &Arc<str>, name: &str) -> String {
+    pub(crate) fn expose(&self, tenant: &Arc<str>, server: &Arc<str>, name: &str) -> String {
         let full = format!("{server}__{name}");
         if full.len() <= MAX_NAME_LEN {
             return full;
@@ -81,7 +82,7 @@ impl Names {
 }
 
 /// The client-facing form of an upstream's resource URI.
-pub fn expose_uri(tenant: &Tenant, server: &str, uri: &str) -> String {
+pub(crate) fn expose_uri(tenant: &Tenant, server: &str, uri: &str) -> String {
     if tenant.namespacing {
         format!("{server}+{uri}")
     } else {
@@ -90,7 +91,11 @@ pub fn expose_uri(tenant: &Tenant, server: &str, uri: &str) -> String {
 }
 
 /// Every item of a list across the tenant's upstreams, names rewritten for the client.
-pub async fn list_items(names: &Names, tenant: &Tenant, kind: ListKind) -> Vec<Box<RawValue>> {
+pub(crate) async fn list_items(
+    names: &Names,
+    tenant: &Tenant,
+    kind: ListKind,
+) -> Vec<Box<RawValue>> {
     let fetches = tenant.upstreams.iter().map(|u| async move {
         let wait = Duration::from_millis(u.config.list_timeout_ms);
         (u, tokio::time::timeout(wait, u.list(kind)).await)

@@ -41,18 +41,18 @@ pub enum Unresolved {
 }
 
 /// A resolved call: where it goes, and how its metrics name it.
-pub struct Resolved<'a> {
+pub(crate) struct Resolved<'a> {
     pub target: Target<'a>,
     /// The name the client used (what the tenant's policy and error messages speak of).
     pub exposed: String,
     /// The metric label: a listed tool or prompt's name, `other`, `resource` or `completion`.
-    pub metric_label: String,
+    pub(crate) metric_label: String,
 }
 
 /// Finds the target of a request and rewrites `params` to name it as its upstream does.
 /// Policy, rate limits, audit and metrics all know a tool by the name the tenant sees
 /// ([`Target::name`]); only the upstream is told its own name for it.
-pub async fn resolve<'a>(
+pub(crate) async fn resolve<'a>(
     names: &Names,
     tenant: &'a Tenant,
     addressing: Addressing,
@@ -192,7 +192,7 @@ pub(super) fn unexpose(names: &Names, tenant: &Arc<str>, name: &str) -> Option<(
 }
 
 /// Resolves a resource URI (or URI template) for this tenant.
-pub fn resolve_uri<'a>(tenant: &'a Tenant, uri: &str) -> Option<Target<'a>> {
+pub(crate) fn resolve_uri<'a>(tenant: &'a Tenant, uri: &str) -> Option<Target<'a>> {
     if !tenant.namespacing {
         return tenant.upstreams.first().map(|upstream| Target {
             upstream,

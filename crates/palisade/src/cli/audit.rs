@@ -123,7 +123,7 @@ pub struct TrailArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReadSink {
+pub(super) enum ReadSink {
     File,
     Postgres,
 }
@@ -134,7 +134,7 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
+pub(super) async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let done = match command {
         AuditCommand::Verify {
             dir,

@@ -24,7 +24,7 @@ pub enum BreakerCommand {
     },
 }
 
-pub async fn run(command: BreakerCommand) -> anyhow::Result<()> {
+pub(super) async fn run(command: BreakerCommand) -> anyhow::Result<()> {
     match command {
         BreakerCommand::List { admin } => {
             let body =

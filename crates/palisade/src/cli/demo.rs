@@ -16,7 +16,7 @@ use crate::config::Config;
 /// the ones that crash it, hog it or write garbage, which are there for tests).
 const DEMO_TOOLS: &str = r#"["sql/*", "kit/echo", "kit/add", "kit/progress"]"#;
 
-pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
+pub(crate) async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the palisade binary")?;
     let testkit = exe.with_file_name("palisade-testkit");
     let sql = exe.with_file_name("palisade-sql");

@@ -4,7 +4,7 @@
 
 mod audit;
 mod breaker;
-pub mod demo;
+pub(crate) mod demo;
 mod onboard;
 mod process;
 mod reload;
@@ -19,7 +19,7 @@ use palisade_sandbox::Layer;
 use crate::config::{Config, Placement};
 use crate::gateway::Gateway;
 use crate::serve::{GatewayBuilder, Running};
-pub use onboard::{KeyCommand, PolicyCommand, SecretCommand, StoreArgs, TenantCommand};
+pub(crate) use onboard::{KeyCommand, PolicyCommand, SecretCommand, StoreArgs, TenantCommand};
 
 #[derive(Parser)]
 #[command(
@@ -238,7 +238,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 /// Builds the gateway and serves until SIGTERM or ctrl-c; with a config path, SIGHUP and
 /// changes to the file reload it. `on_bound` runs once the listeners are bound, before the
 /// machine-readable "listening" line.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     builder: GatewayBuilder,
     config_path: Option<PathBuf>,
     on_bound: impl FnOnce(&Running),

@@ -22,7 +22,7 @@ pub struct StoreArgs {
     pub config: PathBuf,
     /// Overrides `storage.database_url`: `sqlite://PATH` or `postgres://…`.
     #[arg(long, env = "PALISADE_DATABASE_URL")]
-    pub database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
 }
 
 impl StoreArgs {
@@ -198,7 +198,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
+pub(super) async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create {
             id,
@@ -258,7 +258,7 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
+pub(super) async fn key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Issue {
             tenant,
@@ -334,7 +334,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn secret(command: SecretCommand) -> anyhow::Result<()> {
+pub(super) async fn secret(command: SecretCommand) -> anyhow::Result<()> {
     match command {
         SecretCommand::Set {
             tenant,
@@ -377,7 +377,7 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+pub(super) async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Show { tenant, store } => {
             let opened = store.open().await?;

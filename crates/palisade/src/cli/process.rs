@@ -49,7 +49,7 @@ pub enum ProcessCommand {
     },
 }
 
-pub async fn run(command: ProcessCommand) -> anyhow::Result<()> {
+pub(super) async fn run(command: ProcessCommand) -> anyhow::Result<()> {
     match command {
         ProcessCommand::List { tenant, admin } => {
             let body = call(&admin, reqwest::Method::GET, &tenant, "", None).await?;
@@ -113,7 +113,7 @@ async fn call(
 }
 
 /// One admin API request to the running gateway; its JSON answer, or an error naming the status.
-pub async fn admin_request(
+pub(super) async fn admin_request(
     admin: &AdminArgs,
     method: reqwest::Method,
     path: &str,

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 
 /// Starts the watcher and the SIGHUP handler; they stop when the gateway drains.
-pub fn spawn(gw: Arc<Gateway>, path: PathBuf) {
+pub(super) fn spawn(gw: Arc<Gateway>, path: PathBuf) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let watcher = watch_file(&path, tx.clone());
     if let Err(e) = &watcher {

@@ -17,13 +17,13 @@ use super::{MAX_SECS, Problems};
 pub struct BreakerSettings {
     #[serde(default = "default_breaker_failures")]
     pub failures: u32,
-    pub server_failures: Option<u32>,
+    pub(crate) server_failures: Option<u32>,
     #[serde(default = "default_breaker_open")]
     pub open_secs: u64,
 }
 
 impl BreakerSettings {
-    pub fn server_failures(&self) -> u32 {
+    pub(crate) fn server_failures(&self) -> u32 {
         self.server_failures
             .unwrap_or(self.failures.saturating_mul(4))
     }
@@ -72,13 +72,13 @@ pub struct RateLimits {
     pub tiers: BTreeMap<String, crate::policy::RateSet>,
     /// Share the buckets between replicas in this Redis (`redis://…`); absent: in process.
     /// Read at start; a change needs a restart.
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     /// Or: the name of an environment variable holding that URL (it may hold a password).
-    pub redis_url_env: Option<String>,
+    pub(crate) redis_url_env: Option<String>,
     /// While Redis cannot be reached: `fail_open` (each replica applies the limits alone) or
     /// `fail_closed` (calls are refused).
     #[serde(default = "default_when_redis_down")]
-    pub when_redis_down: palisade_limits::redis::WhenDown,
+    pub(crate) when_redis_down: palisade_limits::redis::WhenDown,
 }
 
 impl Default for RateLimits {
@@ -99,7 +99,7 @@ fn default_when_redis_down() -> palisade_limits::redis::WhenDown {
 
 impl RateLimits {
     /// The Redis URL, from the config or its environment variable.
-    pub fn redis_url(&self) -> Option<String> {
+    pub(crate) fn redis_url(&self) -> Option<String> {
         self.redis_url.clone().or_else(|| {
             self.redis_url_env
                 .as_ref()
@@ -120,22 +120,22 @@ pub struct Limits {
     pub max_json_depth: usize,
     /// Legacy sessions idle this long are closed.
     #[serde(default = "default_session_idle")]
-    pub session_idle_secs: u64,
+    pub(crate) session_idle_secs: u64,
     /// On shutdown, how long in-flight calls may take to finish.
     #[serde(default = "default_drain")]
-    pub shutdown_grace_secs: u64,
+    pub(crate) shutdown_grace_secs: u64,
     /// Open legacy sessions per tenant; `initialize` beyond it is refused (429).
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_tenant: usize,
     /// Calls per tenant parked waiting for a modern client's input; beyond it such a call ends
     /// with an error instead of parking.
     #[serde(default = "default_max_parked")]
-    pub max_parked_per_tenant: usize,
+    pub(crate) max_parked_per_tenant: usize,
     /// Bytes a tenant's legacy sessions may store in all (what their clients declared, their
     /// subscriptions, and a fixed cost per session); `initialize` or `resources/subscribe`
     /// beyond it is refused.
     #[serde(default = "default_session_memory")]
-    pub session_memory_per_tenant: usize,
+    pub(crate) session_memory_per_tenant: usize,
     /// `subscriptions/listen` streams a tenant may hold open at once.
     #[serde(default = "default_max_listens")]
     pub max_listens_per_tenant: usize,

@@ -18,11 +18,11 @@ pub struct Listen {
     /// `Origin` values allowed besides loopback origins (exact match, e.g.
     /// `https://app.example.com`). A request without `Origin` (not from a browser) is allowed.
     #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// `Host` values allowed besides loopback names, for DNS-rebinding protection. When the
     /// MCP listener binds a non-loopback address, list the names clients use to reach it, or `*`.
     #[serde(default)]
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     /// A client must send its request headers within this time, or the connection is closed
     /// (slow-header clients cannot hold connections open). A new connection must send its
     /// first request's headers within this time too, in either HTTP version.
@@ -39,10 +39,10 @@ pub struct Listen {
     /// further ones are closed at once. Behind a load balancer every client shares its address:
     /// raise this there.
     #[serde(default = "default_unauthenticated_per_source")]
-    pub max_unauthenticated_per_source: usize,
+    pub(crate) max_unauthenticated_per_source: usize,
     /// Open connections to the MCP listener at most; further clients wait to be accepted.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for Listen {

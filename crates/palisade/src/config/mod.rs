@@ -20,16 +20,17 @@ use figment::providers::{Format, Toml};
 use serde::Deserialize;
 
 use crate::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
-pub use limits::{BreakerSettings, Limits, QuarantineSettings, RateLimits};
+pub use limits::Limits;
+pub(crate) use limits::{QuarantineSettings, RateLimits};
 pub use listen::Listen;
+pub use servers::Stdio;
 pub(crate) use servers::find_executable;
-pub use servers::{
-    DEFAULT_CHILD_PATH, Http, Placement, Server, Stdio, UpstreamProtocol, valid_server_name,
-};
-pub use tenants::{SecretSource, TenantDecl, valid_tenant_id};
+pub(crate) use servers::{DEFAULT_CHILD_PATH, Http, Placement, Server, UpstreamProtocol};
+pub use tenants::valid_tenant_id;
+pub(crate) use tenants::{SecretSource, TenantDecl};
 
 /// The maximum length of a namespaced tool or prompt name, per common client limits.
-pub const MAX_NAME_LEN: usize = 64;
+pub(crate) const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,9 +63,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// File holding the server pepper that API keys are hashed under (≥ 32 bytes).
-    pub pepper_file: Option<PathBuf>,
+    pub(crate) pepper_file: Option<PathBuf>,
     /// Or: the name of an environment variable holding it.
-    pub pepper_env: Option<String>,
+    pub(crate) pepper_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -72,10 +73,10 @@ pub struct Auth {
 pub struct Storage {
     /// The registry database: `sqlite://PATH` or `postgres://…`. Default: a SQLite file,
     /// `palisade.db` in `data_dir`.
-    pub database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// Where the gateway keeps its files; relative paths are relative to the config file.
     /// Default: `palisade-data` next to the config file.
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// The master key that tenants' secrets in the registry store are sealed under (AES-256-GCM).
@@ -84,9 +85,9 @@ pub struct Storage {
 #[serde(deny_unknown_fields)]
 pub struct Secrets {
     /// A file holding at least 32 random bytes.
-    pub master_key_file: Option<PathBuf>,
+    pub(crate) master_key_file: Option<PathBuf>,
     /// Or: the name of an environment variable holding them.
-    pub master_key_env: Option<String>,
+    pub(crate) master_key_env: Option<String>,
 }
 
 /// The audit trail: a record before every forwarded call (see `crate::audit`).
@@ -95,36 +96,36 @@ pub struct Secrets {
 pub struct Audit {
     /// On by default; off only where another system audits every call.
     #[serde(default = "yes")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Where the files go; relative to the data directory. Default: `audit`.
     pub dir: Option<PathBuf>,
     /// A file is closed and a new one started once it holds this many bytes (default 64 MiB,
     /// at least 64 KiB). Each file's space is reserved 4 MiB at a time.
-    pub max_file_bytes: Option<u64>,
+    pub(crate) max_file_bytes: Option<u64>,
     /// The secret the trail's keys derive from (fingerprints, subject hashes, checkpoint
     /// signatures), ≥ 32 bytes. Default: `audit.key` in the data directory, made on first start.
     pub key_file: Option<PathBuf>,
-    pub key_env: Option<String>,
+    pub(crate) key_env: Option<String>,
     /// This replica's name in the records. Default: `pid-<pid>`.
     pub replica: Option<String>,
     /// Record subjects as they are (service accounts only); by default they are keyed hashes.
     #[serde(default)]
-    pub plain_subjects: bool,
+    pub(crate) plain_subjects: bool,
     /// Where records go, all of them for every record: `file` (JSONL files in `dir`, the
     /// default), `postgres` (table `palisade_audit`, one chain per replica) and `stdout` (JSON
     /// lines for a log shipper). A call waits until its BEGIN is durable in every one.
     #[serde(default = "default_audit_sinks")]
-    pub sinks: Vec<AuditSink>,
+    pub(crate) sinks: Vec<AuditSink>,
     /// The `postgres` sink's database, as a role made by `palisade audit init-postgres`.
-    pub postgres_url: Option<String>,
+    pub(crate) postgres_url: Option<String>,
     /// Or: the name of an environment variable holding that URL (it may hold a password).
-    pub postgres_url_env: Option<String>,
+    pub(crate) postgres_url_env: Option<String>,
 }
 
 /// An audit sink (see [`Audit::sinks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AuditSink {
+pub(crate) enum AuditSink {
     File,
     Postgres,
     Stdout,
@@ -136,7 +137,7 @@ fn default_audit_sinks() -> Vec<AuditSink> {
 
 impl Audit {
     /// The `postgres` sink's URL, from the config or its environment variable.
-    pub fn postgres_url(&self) -> Option<String> {
+    pub(crate) fn postgres_url(&self) -> Option<String> {
         self.postgres_url.clone().or_else(|| {
             self.postgres_url_env
                 .as_ref()
@@ -395,7 +396,7 @@ impl Config {
     /// stdio command can be found and run with the PATH its child will get), all at once.
     /// `serve` does not require the host's (a missing command is an upstream that is down,
     /// retried with backoff).
-    pub fn check_with_host(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_with_host(&self) -> Result<(), ConfigError> {
         let mut problems = self.problems();
         for (i, s) in self.servers.iter().enumerate() {
             s.check_host(&format!("servers[{i}]"), &mut problems);
@@ -432,9 +433,9 @@ impl Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataPaths {
     /// The registry store: `sqlite://PATH` or `postgres://…`.
-    pub database_url: String,
+    pub(crate) database_url: String,
     /// Tenants' working directories live under `tenants/`.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 impl Config {
@@ -452,7 +453,7 @@ impl Config {
     /// Files and directories holding the gateway's secrets and state, which no process it
     /// starts may see: the data directory (registry, audit trail, assertion keys, other
     /// tenants' working directories) and every configured secret file.
-    pub fn private_paths(&self, data_dir: &Path) -> Vec<PathBuf> {
+    pub(crate) fn private_paths(&self, data_dir: &Path) -> Vec<PathBuf> {
         let mut paths = vec![data_dir.to_owned()];
         paths.extend(self.audit.dir.iter().map(|d| data_dir.join(d)));
         paths.extend(

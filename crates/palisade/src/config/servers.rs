@@ -55,7 +55,7 @@ pub struct Server {
     /// Dedicated placement: replace a tenant's process after this many seconds (0: never),
     /// once no call is in flight.
     #[serde(default)]
-    pub max_age_secs: u64,
+    pub(crate) max_age_secs: u64,
     /// Dedicated placement: client calls in flight on one tenant's process at most; more are
     /// refused at once (0: no limit).
     #[serde(default)]
@@ -74,7 +74,7 @@ pub struct Server {
     #[serde(default = "default_health_interval")]
     pub health_interval_secs: u64,
     #[serde(default = "default_health_timeout")]
-    pub health_timeout_ms: u64,
+    pub(crate) health_timeout_ms: u64,
     /// Dedicated stdio servers: the sandbox each tenant's process runs in (`palisade doctor`
     /// says what this host supports). Absent: no sandbox beyond the clean environment.
     pub sandbox: Option<palisade_sandbox::Profile>,
@@ -103,7 +103,7 @@ pub struct Server {
     /// Per-tool timeouts in ms, by the tool's name on this server, replacing `call_timeout_ms`
     /// for those tools (a slow report, a quick lookup).
     #[serde(default)]
-    pub tool_timeouts_ms: BTreeMap<String, u64>,
+    pub(crate) tool_timeouts_ms: BTreeMap<String, u64>,
     /// Longest a call may take before the gateway cancels it upstream.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: u64,
@@ -112,7 +112,7 @@ pub struct Server {
     pub connect_timeout_ms: u64,
     /// How long a list fan-out waits for this server before serving the others without it.
     #[serde(default = "default_list_timeout")]
-    pub list_timeout_ms: u64,
+    pub(crate) list_timeout_ms: u64,
 }
 
 fn one() -> usize {
@@ -173,7 +173,7 @@ pub struct Http {
 }
 
 /// The PATH a stdio child gets when its config sets none.
-pub const DEFAULT_CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+pub(crate) const DEFAULT_CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 pub(crate) fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -192,7 +192,7 @@ pub(crate) fn find_executable(command: &str, path: &str, cwd: Option<&Path>) -> 
         .find(|p| runnable(p))
 }
 
-pub fn valid_server_name(name: &str) -> bool {
+pub(crate) fn valid_server_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()

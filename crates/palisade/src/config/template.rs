@@ -44,7 +44,7 @@ pub fn check(text: &str) -> Result<bool, String> {
     Ok(parse(text)?.iter().any(|p| !matches!(p, Piece::Text(_))))
 }
 
-pub fn valid_secret_name(name: &str) -> bool {
+pub(crate) fn valid_secret_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -77,7 +77,7 @@ pub fn fields(s: &Server) -> impl Iterator<Item = (String, &str)> {
 }
 
 /// The names of the secrets a server's template uses.
-pub fn secret_names(s: &Server) -> Vec<String> {
+pub(crate) fn secret_names(s: &Server) -> Vec<String> {
     let mut names: Vec<String> = fields(s)
         .filter_map(|(_, text)| parse(text).ok())
         .flatten()

@@ -30,7 +30,7 @@ pub struct TenantDecl {
     pub keys: Vec<String>,
     /// Scopes the keys above carry.
     #[serde(default)]
-    pub key_scopes: Vec<String>,
+    pub(crate) key_scopes: Vec<String>,
     /// The tenant's tool policy; when absent, the one set through the admin API (if any) stays.
     pub policy: Option<crate::policy::Policy>,
     /// Secrets for its dedicated servers' templates (`${secret:NAME}`), read from the gateway

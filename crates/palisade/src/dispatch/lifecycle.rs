@@ -178,7 +178,7 @@ pub(super) async fn merged_capabilities(tenant: &Tenant) -> (Value, Option<Strin
 
 /// The modern era's checks of a request's `_meta` against its headers. `Err` is the HTTP
 /// status and the error message.
-pub fn check_modern(
+pub(crate) fn check_modern(
     req_method: &str,
     params: Option<&serde_json::value::RawValue>,
     id: Option<&Id>,
@@ -263,7 +263,7 @@ pub fn check_modern(
 }
 
 /// The modern-era headers of a request.
-pub struct ModernHeaders<'a> {
+pub(crate) struct ModernHeaders<'a> {
     pub protocol_version: Option<&'a str>,
     pub method: Option<&'a str>,
     pub name: Option<&'a str>,

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 mod lifecycle;
 mod streams;
 
-pub use lifecycle::{ModernHeaders, check_modern};
-pub use streams::relay_to_session;
+pub(crate) use lifecycle::{ModernHeaders, check_modern};
+pub(crate) use streams::relay_to_session;
 
 use crate::auth::Principal;
 use crate::catalog::{self, Addressing};
@@ -33,7 +33,7 @@ use crate::session::{self, Awaiting, Session};
 use crate::upstream::ListKind;
 
 /// What the transport sends back.
-pub enum Reply {
+pub(crate) enum Reply {
     /// One JSON-RPC message (HTTP 200).
     Message(Vec<u8>),
     /// The `initialize` result, and the session it opened.
@@ -103,7 +103,7 @@ impl<'m> Method<'m> {
 }
 
 /// Handles one client request.
-pub async fn request(
+pub(crate) async fn request(
     gw: &Arc<Gateway>,
     principal: &Principal,
     caller: &Caller<'_>,
@@ -166,7 +166,7 @@ fn set_level(caller: &Caller<'_>, id: &Id, params: Option<&RawValue>) -> Reply {
 }
 
 /// Handles a client notification.
-pub fn notification(caller: &Caller<'_>, n: &Notification) {
+pub(crate) fn notification(caller: &Caller<'_>, n: &Notification) {
     if n.method == "notifications/cancelled" {
         let request_id = n
             .params
@@ -181,7 +181,7 @@ pub fn notification(caller: &Caller<'_>, n: &Notification) {
 }
 
 /// Handles a client's response to a server→client request: back to the upstream that asked.
-pub async fn response(caller: &Caller<'_>, resp: Response) {
+pub(crate) async fn response(caller: &Caller<'_>, resp: Response) {
     let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else {
         return;
     };

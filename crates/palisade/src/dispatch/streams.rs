@@ -364,7 +364,7 @@ pub(super) fn subscribe_legacy(route: Route, upstream: Arc<Upstream>, subscribes
 }
 
 /// Messages for a legacy session's GET stream: list changes, and updates of subscribed resources.
-pub fn relay_to_session(
+pub(crate) fn relay_to_session(
     gw: &Arc<Gateway>,
     tenant: &Tenant,
     session: &Arc<Session>,

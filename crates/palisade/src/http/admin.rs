@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::gateway::Gateway;
 
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -17,7 +17,7 @@ pub async fn healthz() -> &'static str {
 /// naming them). 503 only while draining or when no upstream is up at all. One broken upstream
 /// must not take every replica out of a load balancer: its tenants get precise errors, the
 /// others keep being served, and `palisade_upstream_up` says which one.
-pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
@@ -60,7 +60,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
-pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     gw.observe_instances();
     gw.metrics.rate_limit_store(gw.protection.store_up());
     gw.metrics
@@ -77,7 +77,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// The Ed25519 key that verifies the audit trail's checkpoints, for auditors:
 /// `palisade audit verify --public-key <public_key>` needs nothing secret.
-pub async fn audit_public_key(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn audit_public_key(State(gw): State<Arc<Gateway>>) -> Response {
     match &gw.audit {
         Some(audit) => (
             [(header::CONTENT_TYPE, "application/json")],

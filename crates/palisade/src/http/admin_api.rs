@@ -31,7 +31,7 @@ use crate::gateway::Gateway;
 use crate::onboarding::{CreateTenant, IssueKey, OnboardError, Onboarding, UpdateTenant};
 use crate::policy::Policy;
 
-pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
+pub(crate) fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     Router::new()
         .route("/admin/v1/tenants", get(list_tenants).post(create_tenant))
         .route(

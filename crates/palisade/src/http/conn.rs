@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Why a connection was closed by its deadline (a `palisade_http_rejections_total` reason).
-pub enum Expired {
+pub(crate) enum Expired {
     /// It never sent a whole request.
     FirstRequest,
     /// No request for `idle_timeout_ms`.
@@ -29,7 +29,7 @@ pub enum Expired {
 }
 
 impl Expired {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Expired::FirstRequest => "first_request_timeout",
             Expired::Idle => "idle_connection",
@@ -39,7 +39,7 @@ impl Expired {
 
 /// The state of one accepted connection, shared by its requests (as a request extension) and
 /// its deadline watcher.
-pub struct ClientConn {
+pub(crate) struct ClientConn {
     busy: AtomicUsize,
     /// When the connection was accepted, or when its last request ended.
     last: Mutex<Instant>,
@@ -51,7 +51,7 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(ticket: SourceTicket) -> Arc<ClientConn> {
+    pub(crate) fn new(ticket: SourceTicket) -> Arc<ClientConn> {
         Arc::new(ClientConn {
             busy: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
@@ -63,21 +63,21 @@ impl ClientConn {
 
     /// A request's headers arrived; the connection is busy until the guard drops (when the
     /// response body is finished or abandoned).
-    pub fn begin(self: &Arc<Self>) -> Busy {
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
         Busy(self.clone())
     }
 
     /// A request on this connection authenticated: it no longer counts against its source.
-    pub fn authenticated(&self) {
+    pub(crate) fn authenticated(&self) {
         if let Ok(mut ticket) = self.unauthenticated.lock() {
             ticket.take();
         }
     }
 
     /// The deadline that applies to the connection now.
-    pub fn deadline(&self) -> Expired {
+    pub(crate) fn deadline(&self) -> Expired {
         if self.served.load(Ordering::Acquire) {
             Expired::Idle
         } else {
@@ -86,7 +86,7 @@ impl ClientConn {
     }
 
     /// Resolves when the connection is past its deadline while not busy.
-    pub async fn expired(&self, first_request: Duration, idle: Duration) -> Expired {
+    pub(crate) async fn expired(&self, first_request: Duration, idle: Duration) -> Expired {
         loop {
             let served = self.served.load(Ordering::Acquire);
             let limit = if served { idle } else { first_request };
@@ -117,7 +117,7 @@ impl ClientConn {
 }
 
 /// Marks its connection busy while alive.
-pub struct Busy(Arc<ClientConn>);
+pub(crate) struct Busy(Arc<ClientConn>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -133,13 +133,13 @@ impl Drop for Busy {
 
 /// Counts each source address's connections that have not authenticated yet.
 #[derive(Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     limit: usize,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Sources {
-    pub fn new(limit: usize) -> Sources {
+    pub(crate) fn new(limit: usize) -> Sources {
         Sources {
             limit,
             open: Arc::default(),
@@ -148,7 +148,7 @@ impl Sources {
 
     /// A ticket for one more unauthenticated connection from `ip`, or `None` when it already
     /// holds `limit` of them.
-    pub fn admit(&self, ip: IpAddr) -> Option<SourceTicket> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<SourceTicket> {
         let mut open = self.open.lock().ok()?;
         let n = open.entry(ip).or_insert(0);
         if *n >= self.limit {
@@ -163,7 +163,7 @@ impl Sources {
 }
 
 /// One unauthenticated connection counted against its source address until dropped.
-pub struct SourceTicket {
+pub(crate) struct SourceTicket {
     ip: IpAddr,
     sources: Sources,
 }

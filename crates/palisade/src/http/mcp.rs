@@ -32,7 +32,7 @@ use crate::gateway::Gateway;
 use crate::http::conn::ClientConn;
 use crate::pipeline::Caller;
 
-pub async fn post(
+pub(crate) async fn post(
     State(gw): State<Arc<Gateway>>,
     conn: Option<Extension<Arc<ClientConn>>>,
     headers: HeaderMap,
@@ -181,7 +181,7 @@ async fn respond(
 
 /// GET: the legacy era's stream for messages not tied to a request, or, with `Last-Event-ID`,
 /// the rest of a stream that broke.
-pub async fn get(
+pub(crate) async fn get(
     State(gw): State<Arc<Gateway>>,
     conn: Option<Extension<Arc<ClientConn>>>,
     headers: HeaderMap,
@@ -235,7 +235,7 @@ pub async fn get(
 }
 
 /// DELETE: ends a legacy session.
-pub async fn delete(
+pub(crate) async fn delete(
     State(gw): State<Arc<Gateway>>,
     conn: Option<Extension<Arc<ClientConn>>>,
     headers: HeaderMap,

@@ -14,7 +14,7 @@ const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// The metadata URL for a resource URI: the well-known path inserted between host and path
 /// (RFC 9728 §3.1), e.g. `https://h/mcp` → `https://h/.well-known/oauth-protected-resource/mcp`.
-pub fn metadata_url(resource: &str) -> String {
+pub(crate) fn metadata_url(resource: &str) -> String {
     let (scheme, rest) = resource.split_once("://").unwrap_or(("https", resource));
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -24,7 +24,7 @@ pub fn metadata_url(resource: &str) -> String {
     format!("{scheme}://{authority}{WELL_KNOWN}{path}")
 }
 
-pub async fn protected_resource(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn protected_resource(State(gw): State<Arc<Gateway>>) -> Response {
     let Some(oauth) = gw.auth.oauth() else {
         return (
             StatusCode::NOT_FOUND,
@@ -51,7 +51,7 @@ pub async fn protected_resource(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 /// The keys that verify the gateway's tenant assertions (see [`crate::assertion`]).
-pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/json"),

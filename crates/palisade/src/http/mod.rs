@@ -7,13 +7,13 @@
 //! Content-Type → authentication → body limit → parse → era detection and header checks →
 //! session → dispatch.
 
-pub mod admin;
-pub mod admin_api;
+pub(crate) mod admin;
+pub(crate) mod admin_api;
 mod answers;
-pub mod conn;
+pub(crate) mod conn;
 mod gates;
-pub mod mcp;
-pub mod metadata;
+pub(crate) mod mcp;
+pub(crate) mod metadata;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ use crate::config::Listen;
 
 use crate::gateway::Gateway;
 
-pub fn mcp_router(gw: Arc<Gateway>) -> Router {
+pub(crate) fn mcp_router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/mcp", get(mcp::get).post(mcp::post).delete(mcp::delete))
         .route(
@@ -52,7 +52,7 @@ pub fn mcp_router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-pub fn admin_router(gw: Arc<Gateway>) -> Router {
+pub(crate) fn admin_router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
@@ -172,13 +172,13 @@ fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-pub struct Bound {
+pub(crate) struct Bound {
     pub mcp: TcpListener,
     pub admin: TcpListener,
 }
 
 impl Bound {
-    pub async fn bind(mcp: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
+    pub(crate) async fn bind(mcp: SocketAddr, admin: SocketAddr) -> std::io::Result<Bound> {
         let mcp_listener = listen_on(mcp).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -200,7 +200,7 @@ impl Bound {
 
 /// Serves until `gw.draining` fires, then gives in-flight requests the configured grace period,
 /// then stops the upstreams.
-pub async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
+pub(crate) async fn serve(gw: Arc<Gateway>, bound: Bound) -> std::io::Result<()> {
     gw.start();
     let config = gw.config();
     let grace = Duration::from_secs(config.limits.shutdown_grace_secs);

@@ -246,7 +246,7 @@ impl Parked {
     /// Parks a call; it is dropped after `ttl` unless resumed. A tenant with `limit` calls
     /// parked already gets the answer to send instead, and the call is dropped (which cancels
     /// it upstream).
-    pub fn park(
+    pub(crate) fn park(
         self: &Arc<Self>,
         state: String,
         fwd: Forward,

@@ -24,10 +24,13 @@ mod steps;
 use mcp_wire::Id;
 use serde_json::value::RawValue;
 
-pub use bridge::{PARK_PREFIX, Parked};
-pub use refusal::{Answer, Refusal};
-pub use relay::{Caller, Forward, Out, complete_modern_result};
-pub use steps::tell_the_tenant;
+pub use bridge::PARK_PREFIX;
+pub use bridge::Parked;
+pub use refusal::Answer;
+pub use refusal::Refusal;
+pub use relay::{Caller, Forward};
+pub(crate) use relay::{Out, complete_modern_result};
+pub(crate) use steps::tell_the_tenant;
 
 use crate::catalog::{self, Addressing};
 use crate::gateway::Gateway;

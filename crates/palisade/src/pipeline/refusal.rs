@@ -57,9 +57,9 @@ pub struct Answer {
     /// `Some`: a plain JSON response with this HTTP status.
     pub status: Option<u16>,
     /// `Retry-After`, in seconds (429 only).
-    pub retry_after_secs: Option<u64>,
+    pub(crate) retry_after_secs: Option<u64>,
     /// The scopes of an `insufficient_scope` challenge (403 only).
-    pub challenge_scopes: Option<String>,
+    pub(crate) challenge_scopes: Option<String>,
 }
 
 impl Refusal {
@@ -170,7 +170,7 @@ impl From<Unresolved> for Refusal {
 }
 
 /// The error message for a call its upstream could not answer.
-pub fn upstream_error(id: &Id, e: &UpstreamError) -> Vec<u8> {
+pub(super) fn upstream_error(id: &Id, e: &UpstreamError) -> Vec<u8> {
     let (code, message, data) = upstream_error_parts(e);
     jsonrpc::error(Some(id), code, &message, data.as_ref())
 }
@@ -191,7 +191,7 @@ fn upstream_error_parts(e: &UpstreamError) -> (ErrorCode, String, Option<Value>)
 }
 
 /// The HTTP status the modern era gives a JSON-RPC error of `code` sent as the answer.
-pub fn modern_status(code: ErrorCode) -> u16 {
+pub(super) fn modern_status(code: ErrorCode) -> u16 {
     match code {
         ErrorCode::METHOD_NOT_FOUND => 404,
         // The whole request was refused by a limit: 429, with Retry-After.

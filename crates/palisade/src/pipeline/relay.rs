@@ -485,7 +485,7 @@ impl Forward {
 
 /// Adds what the modern era requires on results that a legacy upstream does not send:
 /// `resultType`, and cache hints on reads. Returns whether anything was added.
-pub fn complete_modern_result(obj: &mut RawObject, cacheable: bool) -> bool {
+pub(crate) fn complete_modern_result(obj: &mut RawObject, cacheable: bool) -> bool {
     let mut changed = false;
     if obj.get("resultType").is_none() {
         obj.set_str("resultType", "complete");

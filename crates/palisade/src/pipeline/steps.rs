@@ -168,7 +168,7 @@ pub(super) async fn begin(call: &Call<'_>, params: &RawObject) -> Result<Option<
 
 /// The tenant context a shared server trusts, in `params._meta`: signed here for the caller,
 /// never taken from the client (a client's own entry of that name is removed).
-pub fn tell_the_tenant(
+pub(crate) fn tell_the_tenant(
     gw: &Gateway,
     caller: &Caller<'_>,
     upstream: &Upstream,

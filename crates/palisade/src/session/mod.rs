@@ -23,17 +23,18 @@ use tokio_util::sync::CancellationToken;
 use crate::upstream::{Subscriber, Upstream};
 mod table;
 
+pub use table::Lookup;
 use table::Usage;
-pub use table::{Lookup, Refused, SessionLimits, Sessions};
+pub use table::{Refused, SessionLimits, Sessions};
 
 /// Largest `capabilities` object a client may declare at `initialize`.
-pub const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
 /// Resource subscriptions one session may hold, and the longest URI one may name.
-pub const MAX_SUBSCRIPTIONS: usize = 1024;
-pub const MAX_URI_BYTES: usize = 4096;
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
+pub(crate) const MAX_URI_BYTES: usize = 4096;
 /// Server→client requests awaiting a session's answer, at most; each expires after
 /// [`PENDING_TTL`] (the call that asked has ended by then).
-pub const MAX_PENDING_REQUESTS: usize = 64;
+pub(crate) const MAX_PENDING_REQUESTS: usize = 64;
 const PENDING_TTL: Duration = Duration::from_secs(600);
 /// What one session costs besides what its client declared (its maps, channels, resume log
 /// index): the unit the per-tenant memory budget counts in, with the bytes of what it stores.
@@ -41,7 +42,7 @@ const SESSION_BYTES: usize = 2048;
 const SUBSCRIPTION_BYTES: usize = 64;
 
 /// Who waits for the client's answer to a server→client request.
-pub enum Awaiting {
+pub(crate) enum Awaiting {
     /// An upstream asked; the answer goes back to it under its own id.
     Upstream(Arc<Upstream>, Id),
     /// The gateway asked on behalf of a modern upstream's `InputRequiredResult`.
@@ -49,10 +50,11 @@ pub enum Awaiting {
 }
 
 /// A client's result or error object.
-pub type ClientAnswer = Result<Box<serde_json::value::RawValue>, Box<serde_json::value::RawValue>>;
+pub(crate) type ClientAnswer =
+    Result<Box<serde_json::value::RawValue>, Box<serde_json::value::RawValue>>;
 
 /// Both ends of a session's GET stream: the sender feeds it, the receiver is served.
-pub type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
+pub(crate) type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
 
 pub struct Session {
     pub id: Arc<str>,
@@ -61,15 +63,15 @@ pub struct Session {
     /// The API key that opened it, so revoking the key ends the session.
     pub key: Option<Arc<str>>,
     /// Unix milliseconds.
-    pub opened_at: i64,
+    pub(crate) opened_at: i64,
     /// When the credential that opened it expires (unix seconds): the session ends then.
     expires_at: Option<i64>,
     pub protocol_version: String,
     /// What the client declared at `initialize`, passed on to modern upstreams.
-    pub client_capabilities: Box<serde_json::value::RawValue>,
+    pub(crate) client_capabilities: Box<serde_json::value::RawValue>,
     last_seen: AtomicU64,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
-    pub log_level: AtomicU64,
+    pub(crate) log_level: AtomicU64,
     /// The resources it subscribed to (as the client names them), each with its count among
     /// the upstream's subscribers.
     subscriptions: Mutex<HashMap<String, Option<Subscriber>>>,
@@ -104,7 +106,7 @@ impl Session {
     /// Registers a server→client request and returns the id the client sees; `None` when the
     /// session already awaits [`MAX_PENDING_REQUESTS`] answers (after forgetting expired ones
     /// and those nobody waits for any more).
-    pub fn register_server_request(&self, awaiting: Awaiting) -> Option<Id> {
+    pub(crate) fn register_server_request(&self, awaiting: Awaiting) -> Option<Id> {
         let mut map = lock(&self.server_requests);
         if map.len() >= MAX_PENDING_REQUESTS {
             map.retain(|_, (at, a)| {
@@ -121,7 +123,7 @@ impl Session {
     }
 
     /// Takes the server request a client response answers.
-    pub fn take_server_request(&self, client_id: &Id) -> Option<Awaiting> {
+    pub(crate) fn take_server_request(&self, client_id: &Id) -> Option<Awaiting> {
         lock(&self.server_requests)
             .remove(client_id.as_json())
             .map(|(_, a)| a)
@@ -156,7 +158,7 @@ impl Session {
         }
     }
 
-    pub fn is_subscribed(&self, uri: &str) -> bool {
+    pub(crate) fn is_subscribed(&self, uri: &str) -> bool {
         lock(&self.subscriptions).contains_key(uri)
     }
 
@@ -184,7 +186,11 @@ impl Session {
 
     /// The client-facing id of a pending request an upstream sent, forgetting it (the upstream
     /// cancelled it).
-    pub fn forget_server_request(&self, upstream: &Arc<Upstream>, upstream_id: &Id) -> Option<Id> {
+    pub(crate) fn forget_server_request(
+        &self,
+        upstream: &Arc<Upstream>,
+        upstream_id: &Id,
+    ) -> Option<Id> {
         let mut map = lock(&self.server_requests);
         let key = map.iter().find_map(|(k, (_, a))| match a {
             Awaiting::Upstream(u, uid) if Arc::ptr_eq(u, upstream) && uid == upstream_id => {
@@ -199,17 +205,17 @@ impl Session {
     }
 
     /// Tracks a call in flight so `notifications/cancelled` can end it.
-    pub fn track_call(&self, client_id: &Id) -> CancellationToken {
+    pub(crate) fn track_call(&self, client_id: &Id) -> CancellationToken {
         let token = CancellationToken::new();
         lock(&self.inflight).insert(client_id.as_json().to_owned(), token.clone());
         token
     }
 
-    pub fn untrack_call(&self, client_id: &Id) {
+    pub(crate) fn untrack_call(&self, client_id: &Id) {
         lock(&self.inflight).remove(client_id.as_json());
     }
 
-    pub fn cancel_call(&self, client_id: &str) {
+    pub(crate) fn cancel_call(&self, client_id: &str) {
         if let Some(token) = lock(&self.inflight).remove(client_id) {
             token.cancel();
         }
@@ -228,14 +234,14 @@ impl Session {
     }
 
     /// Ends the watch of a resource.
-    pub fn unwatch(&self, uri: &str) {
+    pub(crate) fn unwatch(&self, uri: &str) {
         if let Some(token) = lock(&self.watches).remove(uri) {
             token.cancel();
         }
     }
 
     /// Whether the client holds its GET stream.
-    pub fn has_stream(&self) -> bool {
+    pub(crate) fn has_stream(&self) -> bool {
         lock(&self.stream)
             .as_ref()
             .is_some_and(|tx| !tx.is_closed())
@@ -243,7 +249,7 @@ impl Session {
 
     /// Opens the GET stream; `None` if one is already open (a message must never be sent on
     /// two streams).
-    pub fn open_stream(&self) -> Option<StreamEnds> {
+    pub(crate) fn open_stream(&self) -> Option<StreamEnds> {
         let mut slot = lock(&self.stream);
         if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
             return None;
@@ -280,11 +286,11 @@ const LOG_LEVELS: [&str; 8] = [
 ];
 
 /// The name of a severity rank.
-pub fn log_name(rank: u64) -> &'static str {
+pub(crate) fn log_name(rank: u64) -> &'static str {
     LOG_LEVELS.get(rank as usize).copied().unwrap_or("debug")
 }
 
 /// The rank of a severity name (unknown names rank as `info`).
-pub fn log_rank(level: &str) -> u64 {
+pub(crate) fn log_rank(level: &str) -> u64 {
     LOG_LEVELS.iter().position(|l| *l == level).unwrap_or(1) as u64
 }

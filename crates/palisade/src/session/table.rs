@@ -33,8 +33,8 @@ pub struct Sessions {
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
     pub idle: Duration,
-    pub max_per_tenant: usize,
-    pub memory_per_tenant: usize,
+    pub(crate) max_per_tenant: usize,
+    pub(crate) memory_per_tenant: usize,
     pub initialize: Rate,
 }
 
@@ -202,7 +202,7 @@ impl Sessions {
 
     /// Closes sessions idle for longer than the limit, or whose credential has expired;
     /// returns how many.
-    pub fn reap_idle(&self) -> usize {
+    pub(crate) fn reap_idle(&self) -> usize {
         let now = self.now();
         let idle = self.limits.idle.as_secs();
         let wall = crate::auth::now_ms() / 1000;
@@ -213,12 +213,12 @@ impl Sessions {
     }
 
     /// Ends every session (shutdown).
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         self.close_where(|_| true);
     }
 
     /// Ends the sessions `doomed` picks; returns how many.
-    pub fn close_where(&self, doomed: impl Fn(&Session) -> bool) -> usize {
+    pub(crate) fn close_where(&self, doomed: impl Fn(&Session) -> bool) -> usize {
         let ids: Vec<Arc<str>> = self
             .map
             .read()
@@ -234,7 +234,7 @@ impl Sessions {
     }
 
     /// A tenant's open sessions.
-    pub fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
+    pub(crate) fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
         let mut list: Vec<Arc<Session>> = self
             .map
             .read()

@@ -103,14 +103,14 @@ pub struct CallHandle {
 
 impl CallHandle {
     /// Replaces the server's call timeout for this call (a tool's own, `tool_timeouts_ms`).
-    pub fn set_timeout(&mut self, ms: u64) {
+    pub(crate) fn set_timeout(&mut self, ms: u64) {
         let started = self.deadline - Duration::from_millis(self.timeout_ms);
         self.deadline = started + Duration::from_millis(ms);
         self.timeout_ms = ms;
     }
 
     /// This call's timeout in milliseconds.
-    pub fn timeout_ms(&self) -> u64 {
+    pub(crate) fn timeout_ms(&self) -> u64 {
         self.timeout_ms
     }
 }
@@ -411,7 +411,7 @@ impl Upstream {
     }
 
     /// Marks a call as parked (or no longer parked) while its client is away.
-    pub fn set_waiting_on_client(&self, id: u64, waiting: bool) {
+    pub(crate) fn set_waiting_on_client(&self, id: u64, waiting: bool) {
         if let Some(call) = self.lock_calls().get_mut(&id) {
             call.waiting_on_client = waiting;
         }

@@ -35,10 +35,10 @@ use crate::config::UpstreamProtocol;
 /// What the gateway tells upstreams it can do as a client: it relays sampling, elicitation (form
 /// and URL) and roots requests to the client whose call caused them. A client session's own
 /// upstream session declares that client's capabilities instead.
-pub const CLIENT_CAPABILITIES: &str =
+pub(crate) const CLIENT_CAPABILITIES: &str =
     r#"{"sampling":{},"elicitation":{"form":{},"url":{}},"roots":{"listChanged":true}}"#;
 
-pub fn client_info() -> String {
+pub(crate) fn client_info() -> String {
     serde_json::json!({ "name": "palisade", "version": env!("CARGO_PKG_VERSION") }).to_string()
 }
 
@@ -48,13 +48,12 @@ pub struct UpstreamInfo {
     pub era: Era,
     pub protocol_version: String,
     pub capabilities: Arc<Value>,
-    pub server_info: Arc<Value>,
-    pub instructions: Option<String>,
+    pub(crate) instructions: Option<String>,
 }
 
 impl UpstreamInfo {
     /// Whether the upstream declared the capability a list needs.
-    pub fn offers(&self, kind: super::ListKind) -> bool {
+    pub(crate) fn offers(&self, kind: super::ListKind) -> bool {
         let key = match kind {
             super::ListKind::Tools => "tools",
             super::ListKind::Prompts => "prompts",
@@ -65,7 +64,7 @@ impl UpstreamInfo {
 
     /// Whether the upstream says any of its lists can change (`listChanged`); one that does not
     /// has nothing to send on a `subscriptions/listen` stream.
-    pub fn announces_list_changes(&self) -> bool {
+    pub(crate) fn announces_list_changes(&self) -> bool {
         ["tools", "prompts", "resources"]
             .iter()
             .any(|key| self.capabilities[key]["listChanged"] == Value::Bool(true))
@@ -73,13 +72,12 @@ impl UpstreamInfo {
 }
 
 /// The info of a link whose handshake is still running.
-pub fn provisional() -> &'static UpstreamInfo {
+pub(crate) fn provisional() -> &'static UpstreamInfo {
     static P: OnceLock<UpstreamInfo> = OnceLock::new();
     P.get_or_init(|| UpstreamInfo {
         era: Era::Legacy,
         protocol_version: era::LATEST_LEGACY.into(),
         capabilities: Arc::new(Value::Object(Default::default())),
-        server_info: Arc::new(Value::Null),
         instructions: None,
     })
 }
@@ -182,7 +180,6 @@ async fn initialize(
         era: Era::Legacy,
         protocol_version: version,
         capabilities: Arc::new(v["capabilities"].clone()),
-        server_info: Arc::new(v["serverInfo"].clone()),
         instructions: v["instructions"].as_str().map(str::to_owned),
     }))
 }
@@ -243,7 +240,6 @@ async fn discover(up: &Arc<Upstream>, link: &Arc<Link>) -> Result<UpstreamInfo, 
         era: Era::Modern,
         protocol_version: era::MODERN.into(),
         capabilities: Arc::new(v["capabilities"].clone()),
-        server_info: Arc::new(v["_meta"]["io.modelcontextprotocol/serverInfo"].clone()),
         instructions: v["instructions"].as_str().map(str::to_owned),
     })
 }

@@ -27,7 +27,7 @@ const MAX_RETRY_MS: u64 = 10_000;
 /// call is failed (each close is followed by a `Last-Event-ID` reconnection).
 const MAX_RESUMES_WITHOUT_PROGRESS: u32 = 3;
 
-pub struct HttpTransport {
+pub(crate) struct HttpTransport {
     inner: Arc<Inner>,
 }
 
@@ -41,7 +41,10 @@ struct Inner {
 }
 
 impl HttpTransport {
-    pub fn new(client: reqwest::Client, cfg: &config::Http) -> Result<HttpTransport, String> {
+    pub(crate) fn new(
+        client: reqwest::Client,
+        cfg: &config::Http,
+    ) -> Result<HttpTransport, String> {
         let url = reqwest::Url::parse(&cfg.url).map_err(|e| format!("invalid url: {e}"))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
@@ -74,7 +77,7 @@ impl HttpTransport {
 
     /// POSTs one message. For a request (`call` set), the response stream is read and its
     /// messages delivered with the call as their origin.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         up: Arc<Upstream>,
         link: Arc<Link>,
@@ -114,7 +117,7 @@ impl HttpTransport {
     }
 
     /// Stops reading a call's response stream (closing it is how the modern era cancels).
-    pub fn abort(&self, id: u64) {
+    pub(crate) fn abort(&self, id: u64) {
         if let Some(h) = self
             .inner
             .inflight
@@ -128,7 +131,7 @@ impl HttpTransport {
 
     /// Opens the legacy GET stream for messages not tied to a request (list_changed, …), unless
     /// it is open already.
-    pub fn open_listen_stream(&self, up: Arc<Upstream>, link: Arc<Link>) {
+    pub(crate) fn open_listen_stream(&self, up: Arc<Upstream>, link: Arc<Link>) {
         let no_session = self
             .inner
             .session
@@ -167,7 +170,7 @@ impl HttpTransport {
     }
 
     /// Ends the link: aborts streams and, for a legacy session, asks the upstream to end it.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         if let Some(h) = self
             .inner
             .listen

@@ -57,7 +57,7 @@ impl Upstream {
 
     /// A legacy client session opened its GET stream: its own upstream session opens the
     /// upstream's, now or when it connects.
-    pub fn session_listening(self: &Arc<Self>, session: &str) {
+    pub(crate) fn session_listening(self: &Arc<Self>, session: &str) {
         let Some(instance) = lock(&self.session_instances).get(session).cloned() else {
             return;
         };
@@ -106,7 +106,7 @@ impl Upstream {
 
     /// Tells this upstream's listeners something on its behalf (a subscription the gateway
     /// keeps for a session).
-    pub fn publish(&self, notice: Notice) {
+    pub(crate) fn publish(&self, notice: Notice) {
         let _ = self.notices.send(notice);
     }
 

@@ -30,8 +30,8 @@ pub(super) enum Readiness {
 }
 
 /// One live connection to an upstream.
-pub struct Link {
-    pub generation: u64,
+pub(crate) struct Link {
+    pub(crate) generation: u64,
     /// Set once the handshake succeeds; calls are only routed to links that have it.
     pub(super) info: OnceLock<UpstreamInfo>,
     pub(super) transport: Transport,
@@ -51,7 +51,7 @@ pub(super) enum Transport {
 }
 
 impl Link {
-    pub fn info(&self) -> &UpstreamInfo {
+    pub(crate) fn info(&self) -> &UpstreamInfo {
         self.info.get().unwrap_or_else(|| handshake::provisional())
     }
 
@@ -94,7 +94,7 @@ impl Upstream {
         }
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         matches!(*self.readiness.borrow(), Readiness::Ready(_))
     }
 

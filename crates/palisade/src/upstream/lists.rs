@@ -54,7 +54,7 @@ impl ListKind {
         }
     }
 
-    pub fn changed_notification(self) -> Option<&'static str> {
+    pub(crate) fn changed_notification(self) -> Option<&'static str> {
         match self {
             ListKind::Tools => Some("notifications/tools/list_changed"),
             ListKind::Prompts => Some("notifications/prompts/list_changed"),
@@ -65,9 +65,9 @@ impl ListKind {
 }
 
 /// The bytes of one list, all pages, at most.
-pub const MAX_LIST_BYTES: usize = 16 << 20;
+pub(super) const MAX_LIST_BYTES: usize = 16 << 20;
 /// The bytes every cached list of the gateway holds together, at most.
-pub const MAX_CACHED_BYTES: usize = 256 << 20;
+pub(super) const MAX_CACHED_BYTES: usize = 256 << 20;
 /// What cached lists hold now: process-wide, as the memory it bounds is.
 static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -236,7 +236,7 @@ impl Upstream {
     }
 
     /// The `x-mcp-header` annotations of a tool, from the cached tool list only.
-    pub fn cached_header_params(&self, tool: &str) -> Vec<HeaderParam> {
+    pub(crate) fn cached_header_params(&self, tool: &str) -> Vec<HeaderParam> {
         self.lists
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -246,7 +246,7 @@ impl Upstream {
     }
 
     /// The `x-mcp-header` annotations of a tool, listing the tools first if they are not cached.
-    pub async fn header_params(self: &Arc<Self>, tool: &str) -> Vec<HeaderParam> {
+    pub(crate) async fn header_params(self: &Arc<Self>, tool: &str) -> Vec<HeaderParam> {
         let cached = self
             .lists
             .lock()
@@ -259,7 +259,7 @@ impl Upstream {
     }
 
     /// Whether the cached list of `kind` holds `name`.
-    pub fn has_listed(&self, kind: ListKind, name: &str) -> bool {
+    pub(crate) fn has_listed(&self, kind: ListKind, name: &str) -> bool {
         self.lists
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -47,10 +47,10 @@ use crate::config;
 use crate::metrics::Metrics;
 use attribution::{Owner, TRAILING, owner};
 use calls::PendingCall;
-pub use calls::{CallEvent, CallHandle, Step};
+pub(crate) use calls::{CallEvent, CallHandle, Step};
 pub use handshake::UpstreamInfo;
 pub use inbound::Subscriber;
-pub use link::Link;
+pub(crate) use link::Link;
 use link::Readiness;
 use lists::CachedList;
 pub use lists::ListKind;
@@ -107,7 +107,7 @@ pub enum UpdateOwner {
 
 /// A request on its way upstream: its method, and its params as the gateway holds them.
 #[derive(Clone, Copy)]
-pub struct Outgoing<'a> {
+pub(crate) struct Outgoing<'a> {
     pub method: &'a str,
     pub params: Option<&'a RawObject>,
 }
@@ -117,7 +117,7 @@ pub struct Outgoing<'a> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClientDefaults<'a> {
     pub capabilities: Option<&'a RawValue>,
-    pub log_level: Option<&'static str>,
+    pub(crate) log_level: Option<&'static str>,
     /// Cancelled when the legacy session ends (its own upstream session ends with it).
     pub closed: Option<&'a CancellationToken>,
     /// Whether the legacy session holds its GET stream.
@@ -328,7 +328,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

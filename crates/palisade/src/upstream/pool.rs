@@ -19,7 +19,7 @@ use crate::config;
 
 impl Upstream {
     /// The other instances of this pool (empty for a shared upstream).
-    pub fn pool_members(&self) -> Vec<Arc<Upstream>> {
+    pub(crate) fn pool_members(&self) -> Vec<Arc<Upstream>> {
         self.members
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
@@ -46,7 +46,7 @@ impl Upstream {
     }
 
     /// Waits (at most `limit` each) for the pool's other instances to stop, after shutdown.
-    pub async fn stopped_members(&self, limit: Duration) {
+    pub(crate) async fn stopped_members(&self, limit: Duration) {
         let tasks: Vec<_> = match self.member_tasks.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -188,7 +188,7 @@ impl Upstream {
     /// The era the gateway speaks to this upstream for a client of `client` era, once connected:
     /// a legacy client's own over HTTP where `protocol = "auto"` lets it (see
     /// [`Upstream::instance_for`]).
-    pub fn era_for(&self, client: Era) -> Option<Era> {
+    pub(crate) fn era_for(&self, client: Era) -> Option<Era> {
         let era = self.era()?;
         let auto = self.config.protocol == config::UpstreamProtocol::Auto
             && self.primary.is_none()
@@ -199,7 +199,7 @@ impl Upstream {
 
     /// This instance and its pool's other instances: the processes and links an operator sees
     /// (client sessions' own upstream sessions are not listed).
-    pub fn instances(self: &Arc<Self>) -> Vec<Arc<Upstream>> {
+    pub(crate) fn instances(self: &Arc<Self>) -> Vec<Arc<Upstream>> {
         let mut all = vec![self.clone()];
         all.extend(self.pool_members());
         all

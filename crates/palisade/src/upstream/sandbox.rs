@@ -18,12 +18,12 @@ static HIDDEN: OnceLock<Vec<PathBuf>> = OnceLock::new();
 
 /// The gateway's own files (data directory, secret files), hidden from every process it starts
 /// in a mount namespace.
-pub fn keep_private(paths: Vec<PathBuf>) {
+pub(crate) fn keep_private(paths: Vec<PathBuf>) {
     let _ = HIDDEN.set(paths);
 }
 
 /// The profile a dedicated stdio server's processes run with: its own, or [`Profile::isolation`].
-pub fn profile_of(server: &config::Server) -> Profile {
+pub(crate) fn profile_of(server: &config::Server) -> Profile {
     server.sandbox.clone().unwrap_or_else(Profile::isolation)
 }
 
@@ -35,7 +35,7 @@ fn cgroup_root() -> &'static str {
 
 /// Removes the cgroup roots of gateways that are gone (killed before they could clean up):
 /// `palisade-<pid>` whose process no longer exists. Whatever still runs in them is killed.
-pub fn sweep_stale() {
+pub(crate) fn sweep_stale() {
     let host = host();
     let mounts: Vec<PathBuf> = match &host.cgroups {
         palisade_sandbox::CgroupLayout::None => Vec::new(),
@@ -74,7 +74,7 @@ pub fn sweep_stale() {
 
 /// Removes this gateway's cgroup root, if it sandboxed anything (at shutdown, after every
 /// instance stopped).
-pub fn cleanup() {
+pub(crate) fn cleanup() {
     if let Some(host) = HOST.get() {
         palisade_sandbox::remove_root(host, cgroup_root());
     }
@@ -89,7 +89,7 @@ pub fn host() -> &'static HostSupport {
 
 /// A sandboxed spawn: the helper's command line, the instance's cgroup, and the layers the
 /// process gets.
-pub struct Spawn {
+pub(crate) struct Spawn {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub cgroup: Option<Cgroup>,
@@ -98,7 +98,7 @@ pub struct Spawn {
 }
 
 /// Prepares the sandboxed spawn of `cfg` (a template already filled for the tenant).
-pub fn prepare(
+pub(crate) fn prepare(
     profile: &Profile,
     cfg: &Stdio,
     tenant: &str,
@@ -167,7 +167,7 @@ pub fn prepare(
 }
 
 /// Kills what is left in an instance's cgroup and removes it.
-pub fn teardown(cgroup: &Cgroup) {
+pub(crate) fn teardown(cgroup: &Cgroup) {
     cgroup.kill_all();
     cgroup.remove();
 }

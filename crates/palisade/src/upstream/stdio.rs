@@ -30,13 +30,13 @@ const STDIN_QUEUE: usize = 1024;
 const MAX_BATCH: usize = 256 * 1024;
 
 /// The reading half of a freshly spawned child, handed to [`StdioTransport::start_reader`].
-pub struct Inbox {
+pub(crate) struct Inbox {
     stdout: ChildStdout,
     stderr: ChildStderr,
     child: Child,
 }
 
-pub struct StdioTransport {
+pub(crate) struct StdioTransport {
     name: Arc<str>,
     writer: std::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     pgid: Pid,
@@ -48,13 +48,13 @@ pub struct StdioTransport {
 
 impl StdioTransport {
     /// The child's pid (it leads its own process group).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pgid.as_raw() as u32
     }
 
     /// Starts the child: directly, or through the sandbox helper (which makes itself a session
     /// and process-group leader, so it must not be made one here).
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &Arc<str>,
         cfg: &config::Stdio,
         sandbox: Option<sandbox::Spawn>,
@@ -137,12 +137,12 @@ impl StdioTransport {
     }
 
     /// Queues one message for the child's stdin; `false` if the child is gone or not reading.
-    pub fn send(&self, bytes: Vec<u8>) -> bool {
+    pub(crate) fn send(&self, bytes: Vec<u8>) -> bool {
         let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_ref().is_some_and(|tx| tx.try_send(bytes).is_ok())
     }
 
-    pub fn start_reader(&self, up: Arc<Upstream>, link: Arc<Link>, inbox: Inbox) {
+    pub(crate) fn start_reader(&self, up: Arc<Upstream>, link: Arc<Link>, inbox: Inbox) {
         let Inbox {
             stdout,
             stderr,
@@ -213,7 +213,7 @@ impl StdioTransport {
     }
 
     /// Stops the child and its process group: close stdin, then SIGTERM, then SIGKILL.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         let exited = self.exited.clone();
         let wait = |ms| tokio::time::timeout(Duration::from_millis(ms), exited.cancelled());

@@ -67,7 +67,7 @@ pub struct InstanceStatus {
     /// The protocol era of its live connection: `legacy` or `modern`.
     pub era: Option<&'static str>,
     pub pid: Option<u32>,
-    pub uptime_secs: Option<u64>,
+    pub(crate) uptime_secs: Option<u64>,
     /// Client calls served by the current process.
     pub calls: u64,
     pub rss_kib: Option<u64>,
@@ -309,7 +309,7 @@ impl Upstream {
     }
 
     /// The sandbox layers the current (or last) process got, if sandboxed.
-    pub fn sandbox_level(&self) -> Option<String> {
+    pub(crate) fn sandbox_level(&self) -> Option<String> {
         self.sandbox_level.lock().ok().and_then(|l| l.clone())
     }
 

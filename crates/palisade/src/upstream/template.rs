@@ -19,7 +19,7 @@ pub struct TenantContext {
     pub tenant: Arc<str>,
     pub secrets: BTreeMap<String, SecretSource>,
     /// `<data>/tenants/<tenant>/<server>`, created before the instance starts.
-    pub workdir: PathBuf,
+    pub(crate) workdir: PathBuf,
 }
 
 impl std::fmt::Debug for TenantContext {
@@ -33,10 +33,14 @@ impl std::fmt::Debug for TenantContext {
 }
 
 /// Secret values read from the registry store for one start, by name.
-pub type StoreSecrets = BTreeMap<String, String>;
+pub(crate) type StoreSecrets = BTreeMap<String, String>;
 
 /// Fills a template for a tenant.
-pub fn render(text: &str, ctx: &TenantContext, stored: &StoreSecrets) -> Result<String, String> {
+pub(crate) fn render(
+    text: &str,
+    ctx: &TenantContext,
+    stored: &StoreSecrets,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     for piece in parse(text)? {
         match piece {
@@ -85,7 +89,11 @@ fn secret(ctx: &TenantContext, stored: &StoreSecrets, name: &str) -> Result<Stri
 
 /// A stdio template filled for a tenant; it runs in the tenant's working directory unless the
 /// template names one.
-pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext, stored: &StoreSecrets) -> Result<Stdio, String> {
+pub(crate) fn stdio_for(
+    cfg: &Stdio,
+    ctx: &TenantContext,
+    stored: &StoreSecrets,
+) -> Result<Stdio, String> {
     let cwd = match &cfg.cwd {
         Some(c) => PathBuf::from(render(&c.to_string_lossy(), ctx, stored)?),
         None => ctx.workdir.clone(),
@@ -110,7 +118,11 @@ pub fn stdio_for(cfg: &Stdio, ctx: &TenantContext, stored: &StoreSecrets) -> Res
 }
 
 /// An HTTP template filled for a tenant (a per-tenant URL, e.g. one pod per tenant).
-pub fn http_for(cfg: &Http, ctx: &TenantContext, stored: &StoreSecrets) -> Result<Http, String> {
+pub(crate) fn http_for(
+    cfg: &Http,
+    ctx: &TenantContext,
+    stored: &StoreSecrets,
+) -> Result<Http, String> {
     Ok(Http {
         url: render(&cfg.url, ctx, stored)?,
         headers: cfg

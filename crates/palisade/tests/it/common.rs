@@ -969,21 +969,23 @@ pub async fn acme_on_web(protocol: &str, namespacing: bool) -> (Gw, Reap) {
     (acme_on_http(&url, protocol, namespacing).await, web)
 }
 
-/// A ready gateway with tenant `acme` on the HTTP server at `url` (server `web`), spoken to in
-/// `protocol`.
+/// A ready in-process gateway with tenant `acme` on the HTTP server at `url` (server `web`),
+/// spoken to in `protocol`.
 pub async fn acme_on_http(url: &str, protocol: &str, namespacing: bool) -> Gw {
     let server = http_server("web", url).replace(
         "[servers.http]",
         &format!("protocol = \"{protocol}\"\n[servers.http]"),
     );
-    let gw = Gw::start(
+    let gw = Gw::in_process(
         &server,
         &[TenantSpec {
             id: "acme",
             servers: &["web"],
             namespacing,
         }],
-    );
+        "",
+    )
+    .await;
     gw.ready().await;
     gw
 }
