@@ -31,7 +31,7 @@ fn principal(tenant: &str, subject: &str) -> Principal {
         method: AuthMethod::ApiKey,
         scopes: Arc::from(Vec::<String>::new()),
         credential: Some("k1".into()),
-        expires_at: None,
+        expires_at_secs: None,
     }
 }
 

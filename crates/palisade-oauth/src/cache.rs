@@ -49,7 +49,7 @@ impl VerifiedCache {
     }
 
     pub(crate) fn insert(&self, key: TokenHash, claims: &Claims, now: i64) {
-        let until = claims.expires_at.min(now.saturating_add(MAX_TTL_SECS));
+        let until = claims.expires_at_secs.min(now.saturating_add(MAX_TTL_SECS));
         if until <= now {
             return;
         }
@@ -84,7 +84,7 @@ mod tests {
             scopes: vec![],
             roles: vec![],
             token_id: None,
-            expires_at: exp,
+            expires_at_secs: exp,
         }
     }
 

@@ -44,7 +44,7 @@ pub struct Claims {
     /// `jti`.
     pub token_id: Option<String>,
     /// `exp`, unix seconds.
-    pub expires_at: i64,
+    pub expires_at_secs: i64,
 }
 
 impl Claims {
@@ -438,7 +438,7 @@ impl Verifier {
             scopes,
             roles,
             token_id,
-            expires_at,
+            expires_at_secs: expires_at,
         })
     }
 

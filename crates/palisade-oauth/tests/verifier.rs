@@ -89,7 +89,7 @@ async fn es256_token_with_tenant_claim_scope_and_roles() {
             scopes: vec!["tools:read".into(), "tools:call".into()],
             roles: vec!["admin".into(), "auditor".into()],
             token_id: Some(JTI.into()),
-            expires_at: c["exp"].as_i64().unwrap(),
+            expires_at_secs: c["exp"].as_i64().unwrap(),
         }
     );
     let required = ["tools:read".to_owned(), "admin:write".to_owned()];

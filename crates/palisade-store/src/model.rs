@@ -145,7 +145,9 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub source: Source,
     pub created_at: i64,
-    pub expires_at: Option<i64>,
+    /// Unix milliseconds; `expires_at` in JSON.
+    #[serde(rename = "expires_at")]
+    pub expires_at_ms: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
 }
@@ -159,7 +161,8 @@ pub struct NewKey {
     pub hash: KeyHash,
     pub scopes: Vec<String>,
     pub source: Source,
-    pub expires_at: Option<i64>,
+    /// Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// A tenant declared in the config file, with its keys and (optionally) its policy.

@@ -106,7 +106,7 @@ impl Store {
                         let same = cur.id == k.id
                             && cur.name == k.name
                             && cur.scopes == k.scopes
-                            && cur.expires_at == k.expires_at;
+                            && cur.expires_at_ms == k.expires_at_ms;
                         if !same {
                             if cur.id != k.id && key_id_exists(&mut tx, &k.id).await? {
                                 return Err(StoreError::conflict("API key", &k.id));
@@ -119,7 +119,7 @@ impl Store {
                             .bind(&k.id)
                             .bind(&k.name)
                             .bind(to_json(&k.scopes)?)
-                            .bind(k.expires_at)
+                            .bind(k.expires_at_ms)
                             .execute(&mut *tx)
                             .await?;
                             changed = true;

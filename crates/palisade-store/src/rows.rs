@@ -100,7 +100,7 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         scopes: json_col(row, "scopes", "API key", &id)?,
         source: source_col(row, "API key", &id)?,
         created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
         last_used_at: row.try_get("last_used_at")?,
         id,
@@ -269,7 +269,7 @@ pub(crate) async fn insert_key_row(
     .bind(to_json(&k.scopes)?)
     .bind(source.as_str())
     .bind(now)
-    .bind(k.expires_at)
+    .bind(k.expires_at_ms)
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| unique_as_conflict(e, "API key", &k.id))?;

@@ -136,7 +136,7 @@ fn new_key(id: &str, tenant: &str, byte: u8) -> NewKey {
         hash: KeyHash([byte; 32]),
         scopes: vec!["tools:call".into(), "tools:list".into()],
         source: Source::Api,
-        expires_at: Some(4_102_444_800_000),
+        expires_at_ms: Some(4_102_444_800_000),
     }
 }
 
@@ -549,7 +549,7 @@ async fn keys_insert_list_revoke(store: Store, _url: String) {
     assert_eq!(k1.scopes, vec!["tools:call", "tools:list"]);
     assert_eq!(k1.source, Source::Api);
     assert!(k1.created_at > 1_600_000_000_000);
-    assert_eq!(k1.expires_at, Some(4_102_444_800_000));
+    assert_eq!(k1.expires_at_ms, Some(4_102_444_800_000));
     assert_eq!(k1.revoked_at, None);
     assert_eq!(k1.last_used_at, None);
 
@@ -561,11 +561,11 @@ async fn keys_insert_list_revoke(store: Store, _url: String) {
 
     tokio::time::sleep(Duration::from_millis(3)).await;
     let mut k2_new = new_key("pal_k2", "acme", 2);
-    k2_new.expires_at = None;
+    k2_new.expires_at_ms = None;
     k2_new.scopes = vec![];
     let k2 = store.insert_key(&k2_new).await.unwrap();
     assert!(k2.created_at > k1.created_at);
-    assert_eq!(k2.expires_at, None);
+    assert_eq!(k2.expires_at_ms, None);
     assert!(k2.scopes.is_empty());
     let o1 = store
         .insert_key(&new_key("pal_o1", "other", 3))

@@ -562,7 +562,7 @@ pub fn declared(config: &Config) -> Vec<Declared> {
                     hash,
                     scopes: t.key_scopes.clone(),
                     source: Source::Config,
-                    expires_at: None,
+                    expires_at_ms: None,
                 })
                 .collect(),
             policy: t.policy.as_ref().and_then(|p| serde_json::to_value(p).ok()),

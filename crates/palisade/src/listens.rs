@@ -36,7 +36,7 @@ pub struct Listen {
     /// Fired when its credential stops being valid or its tenant is suspended.
     pub end: CancellationToken,
     /// When the credential that opened it expires (unix seconds).
-    pub expires_at: Option<i64>,
+    pub expires_at_secs: Option<i64>,
 }
 
 impl Drop for Listen {
@@ -77,7 +77,7 @@ impl Listens {
             listens: self.clone(),
             id,
             end,
-            expires_at: principal.expires_at,
+            expires_at_secs: principal.expires_at_secs,
         })
     }
 
@@ -110,7 +110,7 @@ mod tests {
             method: AuthMethod::ApiKey,
             scopes: Arc::new([]),
             credential: Some(key.into()),
-            expires_at: None,
+            expires_at_secs: None,
         }
     }
 

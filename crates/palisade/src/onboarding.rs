@@ -99,10 +99,7 @@ pub struct Onboarding<'a> {
 }
 
 impl Onboarding<'_> {
-    pub async fn create_tenant(
-        &self,
-        req: CreateTenant,
-    ) -> Result<TenantRecord, OnboardError> {
+    pub async fn create_tenant(&self, req: CreateTenant) -> Result<TenantRecord, OnboardError> {
         if !valid_tenant_id(&req.id) {
             return Err(OnboardError::Invalid(format!(
                 "`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit",
@@ -174,15 +171,11 @@ impl Onboarding<'_> {
             .ok_or_else(|| OnboardError::NotFound(format!("tenant `{id}` not found")))
     }
 
-    pub async fn issue_key(
-        &self,
-        tenant: &str,
-        req: IssueKey,
-    ) -> Result<Issued, OnboardError> {
+    pub async fn issue_key(&self, tenant: &str, req: IssueKey) -> Result<Issued, OnboardError> {
         check_scopes(&req.scopes)?;
         check_display_name(&req.name)?;
         self.tenant(tenant).await?;
-        let expires_at = match req.expires_in_secs {
+        let expires_at_ms = match req.expires_in_secs {
             Some(0) => {
                 return Err(OnboardError::Invalid(
                     "expires_in_secs must be greater than 0 (omit it for a key that does not expire)".into(),
@@ -207,7 +200,7 @@ impl Onboarding<'_> {
                 hash: self.pepper.hash(key.as_bytes()),
                 scopes: req.scopes,
                 source: Source::Api,
-                expires_at,
+                expires_at_ms,
             })
             .await?;
         Ok(Issued { key, record })

@@ -56,7 +56,7 @@ pub struct KeyEntry {
     pub subject: Arc<str>,
     pub scopes: Arc<[String]>,
     /// Unix milliseconds.
-    pub expires_at: Option<i64>,
+    pub expires_at_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -136,7 +136,7 @@ impl Registry {
                     id,
                     tenant: tenant.id.clone(),
                     scopes: k.scopes.into(),
-                    expires_at: k.expires_at,
+                    expires_at_ms: k.expires_at_ms,
                 }),
             );
         }

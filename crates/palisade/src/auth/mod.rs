@@ -32,7 +32,7 @@ pub struct Principal {
     /// The API key's id (so revoking it ends its sessions), or the token's `jti`.
     pub credential: Option<Arc<str>>,
     /// When the credential stops being valid (unix seconds), if it expires.
-    pub expires_at: Option<i64>,
+    pub expires_at_secs: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,7 +177,7 @@ impl Authenticator {
             return Err(AuthError::InvalidKey);
         }
         let now = now_ms();
-        if entry.expires_at.is_some_and(|at| at <= now) {
+        if entry.expires_at_ms.is_some_and(|at| at <= now) {
             return Err(AuthError::ExpiredKey);
         }
         let tenant = admitted(registry, &entry.tenant)?;
@@ -190,7 +190,7 @@ impl Authenticator {
             method: AuthMethod::ApiKey,
             scopes: entry.scopes.clone(),
             credential: Some(entry.id.clone()),
-            expires_at: entry.expires_at.map(|ms| ms / 1000),
+            expires_at_secs: entry.expires_at_ms.map(|ms| ms / 1000),
         };
         Ok((principal, tenant))
     }
@@ -229,7 +229,7 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             scopes: scopes.into(),
             credential: claims.token_id.map(Into::into),
-            expires_at: Some(claims.expires_at),
+            expires_at_secs: Some(claims.expires_at_secs),
         };
         Ok((principal, tenant))
     }

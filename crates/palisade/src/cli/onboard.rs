@@ -304,7 +304,7 @@ pub(super) async fn key(command: KeyCommand) -> anyhow::Result<()> {
                     k.id,
                     k.name,
                     k.scopes.join(","),
-                    time(k.expires_at),
+                    time(k.expires_at_ms),
                     time(k.last_used_at)
                 );
             }

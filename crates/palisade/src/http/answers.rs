@@ -241,7 +241,7 @@ pub(super) fn sse_response(
     listen: Listen,
 ) -> Response {
     let draining = gw.draining.clone();
-    let expiry = listen.expires_at.map(|at| {
+    let expiry = listen.expires_at_secs.map(|at| {
         let left = at.saturating_sub(crate::auth::now_ms() / 1000).max(0);
         tokio::time::Instant::now() + Duration::from_secs(left.unsigned_abs())
     });

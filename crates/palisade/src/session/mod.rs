@@ -65,7 +65,7 @@ pub struct Session {
     /// Unix milliseconds.
     pub(crate) opened_at: i64,
     /// When the credential that opened it expires (unix seconds): the session ends then.
-    expires_at: Option<i64>,
+    expires_at_secs: Option<i64>,
     pub protocol_version: String,
     /// What the client declared at `initialize`, passed on to modern upstreams.
     pub(crate) client_capabilities: Box<serde_json::value::RawValue>,

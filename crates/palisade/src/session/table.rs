@@ -143,7 +143,7 @@ impl Sessions {
                 AuthMethod::Jwt => None,
             },
             opened_at: crate::auth::now_ms(),
-            expires_at: principal.expires_at,
+            expires_at_secs: principal.expires_at_secs,
             protocol_version: protocol_version.to_owned(),
             client_capabilities,
             last_seen: AtomicU64::new(self.now()),
@@ -208,7 +208,7 @@ impl Sessions {
         let wall = crate::auth::now_ms() / 1000;
         self.close_where(|s| {
             now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
-                || s.expires_at.is_some_and(|at| at <= wall)
+                || s.expires_at_secs.is_some_and(|at| at <= wall)
         })
     }
 
@@ -266,7 +266,7 @@ mod tests {
             method: AuthMethod::ApiKey,
             scopes: Arc::from(Vec::new()),
             credential: Some("pal_test".into()),
-            expires_at: None,
+            expires_at_secs: None,
         }
     }
 
@@ -455,9 +455,9 @@ mod tests {
         let sessions = sessions(limits(3600, 10));
         let now = crate::auth::now_ms() / 1000;
         let mut expired = principal("acme", "a");
-        expired.expires_at = Some(now - 1);
+        expired.expires_at_secs = Some(now - 1);
         let mut valid = principal("acme", "b");
-        valid.expires_at = Some(now + 3600);
+        valid.expires_at_secs = Some(now + 3600);
         let e = sessions.create(&expired, "2025-11-25", caps()).unwrap();
         let v = sessions.create(&valid, "2025-11-25", caps()).unwrap();
         assert_eq!(sessions.reap_idle(), 1);
