@@ -151,8 +151,9 @@ async fn a_killed_instance_fails_its_call_only_and_restarts() {
         }
         ok
     };
+    // Killed while its call runs upstream.
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.wait_logged("slow started", 1).await;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(acme as i32),
             nix::sys::signal::Signal::SIGKILL,
