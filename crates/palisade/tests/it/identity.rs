@@ -589,33 +589,16 @@ async fn config_reload_adds_tenants_and_rejects_bad_configs() {
         stored_hash(key)
     );
     std::fs::write(&gw.config, &added).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = gw
-            .post(
-                Some(key),
-                &[],
-                json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string(),
-            )
-            .await;
-        if a.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new tenant never became usable"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the new tenant becomes usable",
+        || gw.admits(key),
+    )
+    .await;
 
     // A broken config is rejected; the old one keeps serving.
     std::fs::write(&gw.config, format!("{added}\nbogus_key = 1\n")).unwrap();
-    assert!(
-        gw.wait_log("config reload rejected", Duration::from_secs(10))
-            .await,
-        "{}",
-        gw.log()
-    );
+    gw.wait_logged("config reload rejected", 1).await;
     assert!(
         gw.metrics()
             .await
@@ -679,9 +662,8 @@ async fn replicas_share_the_postgres_registry() {
         .await;
     assert_eq!(status, 201, "{issued}");
     let key = issued["key"].as_str().unwrap().to_owned();
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string();
     let usable = time_until(Duration::from_secs(1), async {
-        while two.post(Some(&key), &[], init.clone()).await.status != 200 {
+        while !two.admits(&key).await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -712,12 +694,7 @@ async fn replicas_share_the_postgres_registry() {
         .await;
     assert_eq!(status, 200);
     let refused = time_until(Duration::from_secs(1), async {
-        while one
-            .post(Some(one.key("acme")), &[], init.clone())
-            .await
-            .status
-            != 403
-        {
+        while one.initialize(one.key("acme")).await.status != 403 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

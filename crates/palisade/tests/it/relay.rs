@@ -410,11 +410,8 @@ async fn a_client_that_drops_its_stream_cancels_the_upstream_call() {
     // The client gives up on a slow call: its HTTP request goes away mid-call.
     let call = s.call(1, "kit__slow", json!({"ms": 30_000}));
     let _ = tokio::time::timeout(Duration::from_millis(500), call).await;
-    assert!(
-        gw.wait_log("slow cancelled", Duration::from_secs(10)).await,
-        "upstream saw no cancellation; log:\n{}",
-        gw.log()
-    );
+    // The upstream saw the cancellation.
+    gw.wait_logged("slow cancelled", 1).await;
 
     // notifications/cancelled from the client does the same.
     let s2 = gw.legacy("acme").await;

@@ -72,10 +72,8 @@ async fn a_hung_call_times_out_and_is_cancelled_upstream() {
     let a = s.call(1, "kit__slow", json!({"ms": 20_000})).await;
     let msg = error_message(&a);
     assert!(msg.contains("did not answer within 300 ms"), "{msg}");
-    assert!(
-        gw.wait_log("slow cancelled", Duration::from_secs(5)).await,
-        "no cancellation upstream"
-    );
+    // The upstream saw the cancellation.
+    gw.wait_logged("slow cancelled", 1).await;
     assert!(gw.metrics().await.contains(r#"outcome="timeout"} 1"#));
     // Huge but legal output passes.
     let a = s
