@@ -26,7 +26,7 @@ struct State {
 
 fn principal(tenant: &str, subject: &str) -> Principal {
     Principal {
-        tenant: tenant.into(),
+        tenant: palisade_ids::TenantId::parse(tenant).expect("a valid tenant id"),
         subject: subject.into(),
         method: AuthMethod::ApiKey,
         scopes: Arc::from(Vec::<String>::new()),

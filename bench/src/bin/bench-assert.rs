@@ -70,12 +70,12 @@ async fn main() -> anyhow::Result<()> {
         let token = assertions.mint(&ctx);
         let minted = t.elapsed();
         let t = Instant::now();
-        let claims = verifier
+        let tenant = verifier
             .verify(&token)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let verified = t.elapsed();
-        anyhow::ensure!(claims.tenant == "acme", "wrong tenant");
+        anyhow::ensure!(tenant == "acme", "wrong tenant");
         let (signed, sig) = token.rsplit_once('.').unwrap_or_default();
         let sig = B64URL.decode(sig)?;
         let t = Instant::now();

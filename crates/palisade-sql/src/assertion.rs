@@ -20,6 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::TenantId;
+
 /// Where the assertion travels in a call's `params._meta`.
 pub const META_KEY: &str = "io.palisade/tenant";
 
@@ -225,8 +227,8 @@ impl Verifier {
         set.keys.get(kid).copied().ok_or(Refused::UnknownKey)
     }
 
-    /// Verifies `token` and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Claims, Refused> {
+    /// Verifies `token` and returns the tenant it asserts.
+    pub async fn verify(&self, token: &str) -> Result<TenantId, Refused> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -283,9 +285,6 @@ impl Verifier {
         {
             return Err(Refused::BadLifetime);
         }
-        if !crate::valid_tenant_id(&registered.claims.tenant) {
-            return Err(Refused::BadTenant);
-        }
-        Ok(registered.claims)
+        TenantId::parse(&registered.claims.tenant).map_err(|_| Refused::BadTenant)
     }
 }

@@ -22,4 +22,4 @@ pub mod statement;
 
 /// A tenant id as the gateway allows it. It names a file (SQLite) and a setting (PostgreSQL),
 /// so nothing else is accepted.
-pub use palisade_ids::valid_tenant_id;
+pub use palisade_ids::TenantId;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::serve::ListenerExt as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use palisade_sql::TenantId;
 use palisade_sql::assertion::{KeySource, Verifier};
 use palisade_sql::backend::{Backend, Limits, postgres::Postgres, sqlite::Sqlite};
 use palisade_sql::server::{SqlServer, Tenancy};
@@ -182,11 +183,11 @@ async fn run_serve(serve: Serve) -> anyhow::Result<()> {
     let tenancy = match serve.placement {
         Placement::Dedicated => {
             let tenant = std::env::var("TENANT_ID").unwrap_or_default();
-            if !palisade_sql::valid_tenant_id(&tenant) {
+            let Ok(tenant) = TenantId::parse(&tenant) else {
                 bail!(
                     "dedicated placement needs TENANT_ID, the tenant this process serves (1-63 of [a-z0-9-]); for one process serving all tenants use --placement shared with --jwks-url"
                 );
-            }
+            };
             Tenancy::Dedicated(tenant)
         }
         Placement::Shared => {

@@ -17,6 +17,7 @@ use std::path::Path;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 
+use crate::TenantId;
 use crate::backend::postgres::valid_role;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ fn check(plan: &PgPlan<'_>) -> Result<(), MigrateError> {
 }
 
 fn check_tenants(tenants: &[String]) -> Result<(), MigrateError> {
-    match tenants.iter().find(|t| !crate::valid_tenant_id(t)) {
+    match tenants.iter().find(|t| TenantId::parse(t).is_err()) {
         Some(bad) => Err(MigrateError::Tenant(bad.clone())),
         None => Ok(()),
     }

@@ -19,13 +19,14 @@ use rmcp::{
 };
 use serde_json::{Value, json};
 
+use crate::TenantId;
 use crate::assertion::{self, Refused, Verifier};
 use crate::backend::{Backend, Limits, Param, Query, SqlError};
 
 /// How this process learns the tenant of a call.
 pub enum Tenancy {
     /// One tenant for the life of the process.
-    Dedicated(String),
+    Dedicated(TenantId),
     /// The gateway's signed assertion on each call.
     Shared(Verifier),
 }
@@ -143,17 +144,21 @@ impl SqlServer {
         &self,
         request: &CallToolRequestParams,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<String, Refused> {
+    ) -> Result<TenantId, Refused> {
         match self.tenancy.as_ref() {
             Tenancy::Dedicated(tenant) => Ok(tenant.clone()),
             Tenancy::Shared(verifier) => {
                 let token = presented_assertion(request, ctx)?;
-                Ok(verifier.verify(&token).await?.tenant)
+                verifier.verify(&token).await
             }
         }
     }
 
-    async fn run(&self, tenant: &str, request: &CallToolRequestParams) -> Result<Value, SqlError> {
+    async fn run(
+        &self,
+        tenant: &TenantId,
+        request: &CallToolRequestParams,
+    ) -> Result<Value, SqlError> {
         let no_arguments = JsonObject::new();
         let args = request.arguments.as_ref().unwrap_or(&no_arguments);
         let string = |name: &str| match args.get(name) {

@@ -22,4 +22,5 @@ pub use model::{
     Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, SecretMeta, Snapshot, Source,
     Status, TenantPatch, TenantRecord,
 };
+pub use palisade_ids::TenantId;
 pub use store::{Backend, Store};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use palisade_ids::TenantId;
 use serde::{Deserialize, Serialize};
 
 /// Whether a tenant may use the gateway.
@@ -71,7 +72,7 @@ impl fmt::Display for Source {
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantRecord {
-    pub id: String,
+    pub id: TenantId,
     pub display_name: String,
     pub status: Status,
     pub status_reason: Option<String>,
@@ -89,7 +90,7 @@ pub struct TenantRecord {
 /// A tenant to create. It starts [`Status::Active`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTenant {
-    pub id: String,
+    pub id: TenantId,
     pub display_name: String,
     pub servers: Vec<String>,
     pub namespacing: bool,
@@ -100,9 +101,9 @@ pub struct NewTenant {
 
 impl NewTenant {
     /// A tenant with no servers, no namespacing and no limits.
-    pub fn new(id: impl Into<String>, display_name: impl Into<String>, source: Source) -> Self {
+    pub fn new(id: TenantId, display_name: impl Into<String>, source: Source) -> Self {
         NewTenant {
-            id: id.into(),
+            id,
             display_name: display_name.into(),
             servers: Vec::new(),
             namespacing: false,
@@ -137,7 +138,7 @@ impl fmt::Debug for KeyHash {
 pub struct KeyRecord {
     /// The key's short public prefix, e.g. `pal_AbCd1234`.
     pub id: String,
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub name: String,
     /// HMAC-SHA256 of the key under the server pepper. Never serialized.
     #[serde(skip_serializing)]
@@ -156,7 +157,7 @@ pub struct KeyRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
     pub id: String,
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub name: String,
     pub hash: KeyHash,
     pub scopes: Vec<String>,
@@ -177,9 +178,9 @@ pub struct Declared {
 /// What [`crate::Store::reconcile`] changed, by tenant id (sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    pub deleted: Vec<String>,
+    pub created: Vec<TenantId>,
+    pub updated: Vec<TenantId>,
+    pub deleted: Vec<TenantId>,
 }
 
 impl ReconcileReport {
@@ -206,7 +207,7 @@ pub struct Snapshot {
     /// Keys that are not revoked (expired ones included), ordered by tenant, then creation.
     pub keys: Vec<KeyRecord>,
     /// `(tenant id, policy)`, ordered by tenant id.
-    pub policies: Vec<(String, serde_json::Value)>,
+    pub policies: Vec<(TenantId, serde_json::Value)>,
 }
 
 pub(crate) fn empty_object() -> serde_json::Value {

@@ -2,14 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::Row;
+use palisade_ids::TenantId;
 
 use crate::error::StoreError;
 use crate::model::{Declared, KeyHash, ReconcileReport, Source};
 use crate::rows::{
     delete_tenant_rows, fetch_policy, fetch_tenant, hash_conflict, insert_key_row, insert_tenant,
-    key_by_hash, key_cols, key_from_row, key_id_exists, now_ms, to_json, update_tenant_row,
-    upsert_policy,
+    key_by_hash, key_cols, key_from_row, key_id_exists, now_ms, tenant_col, to_json,
+    update_tenant_row, upsert_policy,
 };
 use crate::store::Store;
 
@@ -37,12 +37,12 @@ impl Store {
 
         // 1. Config tenants that are no longer declared go, with everything they own.
         let declared_ids: HashSet<&str> = declared.iter().map(|d| d.tenant.id.as_str()).collect();
-        let config_tenants: Vec<String> =
+        let config_tenants: Vec<TenantId> =
             sqlx::query("SELECT id FROM tenants WHERE source = 'config' ORDER BY id")
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|row| row.try_get("id"))
+                .map(|row| tenant_col(row, "id"))
                 .collect::<Result<_, _>>()?;
         for id in config_tenants {
             if !declared_ids.contains(id.as_str()) {
@@ -57,7 +57,7 @@ impl Store {
             .iter()
             .flat_map(|d| d.keys.iter().map(|k| (d.tenant.id.as_str(), k.hash)))
             .collect();
-        let mut keys_changed: HashSet<String> = HashSet::new();
+        let mut keys_changed: HashSet<TenantId> = HashSet::new();
         let config_keys = sqlx::query(concat!(
             "SELECT ",
             key_cols!(),

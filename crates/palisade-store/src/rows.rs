@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use palisade_ids::TenantId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
@@ -65,8 +66,14 @@ pub(crate) fn source_col(row: &AnyRow, what: &str, id: &str) -> Result<Source, S
         .ok_or_else(|| StoreError::Corrupt(format!("{what} `{id}`: unknown source `{s}`")))
 }
 
+/// A tenant id column; a stored id that is not one means the database was edited by hand.
+pub(crate) fn tenant_col(row: &AnyRow, column: &str) -> Result<TenantId, StoreError> {
+    let id: String = row.try_get(column)?;
+    TenantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("tenant id `{id}`: {e}")))
+}
+
 pub(crate) fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> {
-    let id: String = row.try_get("id")?;
+    let id = tenant_col(row, "id")?;
     let status: String = row.try_get("status")?;
     let status = Status::parse(&status)
         .ok_or_else(|| StoreError::Corrupt(format!("tenant `{id}`: unknown status `{status}`")))?;
@@ -94,7 +101,7 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         ))
     })?;
     Ok(KeyRecord {
-        tenant_id: row.try_get("tenant_id")?,
+        tenant_id: tenant_col(row, "tenant_id")?,
         name: row.try_get("name")?,
         hash: KeyHash(hash),
         scopes: json_col(row, "scopes", "API key", &id)?,
@@ -145,7 +152,7 @@ pub(crate) async fn insert_tenant(
         "VALUES ($1, $2, 'active', NULL, $3, $4, $5, $6, $7, $7) RETURNING ",
         tenant_cols!()
     ))
-    .bind(&t.id)
+    .bind(t.id.as_str())
     .bind(&t.display_name)
     .bind(to_json(&t.servers)?)
     .bind(t.namespacing)
@@ -263,7 +270,7 @@ pub(crate) async fn insert_key_row(
         key_cols!()
     ))
     .bind(&k.id)
-    .bind(&k.tenant_id)
+    .bind(k.tenant_id.as_str())
     .bind(&k.name)
     .bind(&k.hash.0[..])
     .bind(to_json(&k.scopes)?)

@@ -15,8 +15,8 @@ use crate::model::{
 };
 use crate::rows::{
     Tx, delete_tenant_rows, fetch_policy, fetch_tenant, insert_key_row, insert_tenant, json_col,
-    key_cols, key_from_row, now_ms, tenant_cols, tenant_exists, tenant_from_row, update_tenant_row,
-    upsert_policy,
+    key_cols, key_from_row, now_ms, tenant_col, tenant_cols, tenant_exists, tenant_from_row,
+    update_tenant_row, upsert_policy,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -176,7 +176,7 @@ impl Store {
             .await?
             .iter()
             .map(|row| {
-                let tenant: String = row.try_get("tenant_id")?;
+                let tenant = tenant_col(row, "tenant_id")?;
                 let doc = json_col(row, "document", "policy of tenant", &tenant)?;
                 Ok((tenant, doc))
             })
@@ -196,7 +196,7 @@ impl Store {
     pub async fn create_tenant(&self, t: &NewTenant) -> Result<TenantRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         if tenant_exists(&mut tx, &t.id).await? {
-            return Err(StoreError::conflict("tenant", &t.id));
+            return Err(StoreError::conflict("tenant", t.id.as_str()));
         }
         let tenant = insert_tenant(&mut tx, t, t.source, now_ms()).await?;
         tx.commit().await?;
@@ -290,7 +290,7 @@ impl Store {
     pub async fn insert_key(&self, k: &NewKey) -> Result<KeyRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         if !tenant_exists(&mut tx, &k.tenant_id).await? {
-            return Err(StoreError::not_found("tenant", &k.tenant_id));
+            return Err(StoreError::not_found("tenant", k.tenant_id.as_str()));
         }
         let key = insert_key_row(&mut tx, k, k.source, now_ms()).await?;
         tx.commit().await?;

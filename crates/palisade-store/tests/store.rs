@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use palisade_store::{
     Backend, Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, Source, Status,
-    Store, StoreError, TenantPatch, TenantRecord,
+    Store, StoreError, TenantId, TenantPatch, TenantRecord,
 };
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -117,9 +117,13 @@ cases!(
 
 // ---- fixtures ----
 
+fn tenant_id(id: &str) -> TenantId {
+    TenantId::parse(id).unwrap()
+}
+
 fn api_tenant(id: &str) -> NewTenant {
     NewTenant {
-        id: id.into(),
+        id: tenant_id(id),
         display_name: format!("TenantRecord {id}"),
         servers: vec!["github".into(), "postgres".into()],
         namespacing: true,
@@ -131,7 +135,7 @@ fn api_tenant(id: &str) -> NewTenant {
 fn new_key(id: &str, tenant: &str, byte: u8) -> NewKey {
     NewKey {
         id: id.into(),
-        tenant_id: tenant.into(),
+        tenant_id: tenant_id(tenant),
         name: format!("key {id}"),
         hash: KeyHash([byte; 32]),
         scopes: vec!["tools:call".into(), "tools:list".into()],
@@ -158,7 +162,7 @@ fn declared(id: &str, keys: &[(&str, u8)], policy: Option<serde_json::Value>) ->
 }
 
 fn report(created: &[&str], updated: &[&str], deleted: &[&str]) -> ReconcileReport {
-    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+    let v = |s: &[&str]| s.iter().map(|x| tenant_id(x)).collect();
     ReconcileReport {
         created: v(created),
         updated: v(updated),
@@ -247,7 +251,7 @@ async fn tenants_crud(store: Store, _url: String) {
     );
 
     // Byte order on both backends (PostgreSQL's default collation would differ).
-    for id in ["beta", "Alpha", "_under"] {
+    for id in ["beta", "ab", "a-c", "0z"] {
         let mut t = api_tenant(id);
         t.namespacing = false;
         t.servers = vec![];
@@ -256,14 +260,15 @@ async fn tenants_crud(store: Store, _url: String) {
         assert!(!got.namespacing);
         assert!(got.servers.is_empty());
     }
-    let ids: Vec<String> = store
+    let ids: Vec<TenantId> = store
         .list_tenants()
         .await
         .unwrap()
         .into_iter()
         .map(|t| t.id)
         .collect();
-    assert_eq!(ids, vec!["Alpha", "_under", "acme", "beta"]);
+    // A collation that ignores '-' would put `ab` before `a-c`.
+    assert_eq!(ids, vec!["0z", "a-c", "ab", "acme", "beta"]);
 
     // A partial patch changes only what it names.
     let patched = store
@@ -313,7 +318,7 @@ async fn tenants_crud(store: Store, _url: String) {
     store.delete_tenant("acme").await.unwrap();
     assert_eq!(store.get_tenant("acme").await.unwrap(), None);
     assert_not_found(store.delete_tenant("acme").await, "tenant `acme` not found");
-    assert_eq!(store.list_tenants().await.unwrap().len(), 3);
+    assert_eq!(store.list_tenants().await.unwrap().len(), 4);
 }
 
 async fn suspend_resume_keeps_fields(store: Store, _url: String) {
@@ -505,7 +510,7 @@ async fn delete_cascades(store: Store, _url: String) {
     );
     assert_eq!(
         snap.policies,
-        vec![("other".to_string(), json!({"deny": ["x"]}))]
+        vec![(tenant_id("other"), json!({"deny": ["x"]}))]
     );
     assert_not_found(store.list_keys("acme").await, "tenant `acme` not found");
     assert_not_found(
@@ -709,7 +714,7 @@ async fn policy_round_trip(store: Store, _url: String) {
     );
     assert_eq!(
         store.snapshot().await.unwrap().policies,
-        vec![("acme".to_string(), replaced)]
+        vec![(tenant_id("acme"), replaced)]
     );
 
     assert_not_found(
@@ -1037,7 +1042,7 @@ async fn reconcile_deletes_only_config_tenants(store: Store, _url: String) {
     // Declaring nothing removes every config tenant and still no API tenant.
     let r = store.reconcile(&[]).await.unwrap();
     assert_eq!(r, report(&[], &[], &["keep"]));
-    let ids: Vec<String> = store
+    let ids: Vec<TenantId> = store
         .list_tenants()
         .await
         .unwrap()
@@ -1086,7 +1091,7 @@ async fn reconcile_is_one_transaction(store: Store, _url: String) {
         "{same_hash:?}"
     );
     let mut wrong_tenant = declared("a", &[("pal_1", 9)], None);
-    wrong_tenant.keys[0].tenant_id = "b".into();
+    wrong_tenant.keys[0].tenant_id = tenant_id("b");
     let wrong = store.reconcile(&[wrong_tenant]).await;
     assert!(matches!(wrong, Err(StoreError::Invalid(_))), "{wrong:?}");
     assert_eq!(store.snapshot().await.unwrap(), before);
@@ -1152,8 +1157,8 @@ async fn snapshot_contents(store: Store, _url: String) {
     assert_eq!(
         snap.policies,
         vec![
-            ("abc".to_string(), json!({"a": {}})),
-            ("zed".to_string(), json!({"z": [1, 2]}))
+            (tenant_id("abc"), json!({"a": {}})),
+            (tenant_id("zed"), json!({"z": [1, 2]}))
         ]
     );
 }

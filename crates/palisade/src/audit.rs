@@ -15,6 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use palisade_audit::{
     AuditConfig, AuditError, AuditLog, Chain, Fingerprinter, Kind, PgSink, Record, StreamSink,
 };
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -138,7 +139,7 @@ pub fn audit_dir(config: &Config, data_dir: &Path) -> PathBuf {
 /// Who called what: the identity fields of a call's records.
 #[derive(Clone)]
 pub struct CallFacts {
-    pub tenant: Arc<str>,
+    pub tenant: TenantId,
     pub subject: Arc<str>,
     pub session: Option<Arc<str>>,
     pub method: String,

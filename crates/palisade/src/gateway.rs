@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use palisade_ids::TenantId;
 use palisade_oauth::Verifier;
 use palisade_store::{
     Declared, NewKey, NewTenant, Source, Status, Store, StoreError, TenantRecord,
@@ -63,7 +64,7 @@ pub enum GatewayError {
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
-type InstanceKey = (Arc<str>, Arc<str>);
+type InstanceKey = (TenantId, Arc<str>);
 
 /// A running upstream and what stops it.
 struct Running {
@@ -295,11 +296,11 @@ impl Gateway {
                 return None;
             }
             let ctx = TenantContext {
-                tenant: t.id.as_str().into(),
+                tenant: t.id.clone(),
                 secrets: config
                     .tenants
                     .iter()
-                    .find(|d| d.id == t.id)
+                    .find(|d| d.id == *t.id)
                     .map(|d| d.secrets.clone())
                     .unwrap_or_default(),
                 workdir: self.data_dir.join("tenants").join(&t.id).join(server),
@@ -537,14 +538,16 @@ fn build_verifier(
     }
 }
 
-/// The config's tenants, as the store reconciles them.
+/// The config's tenants, as the store reconciles them. Their ids were validated with the
+/// config (`Config::validate`), so none is left out here.
 pub fn declared(config: &Config) -> Vec<Declared> {
     config
         .tenants
         .iter()
-        .map(|t| Declared {
+        .filter_map(|t| Some((t, TenantId::parse(&t.id).ok()?)))
+        .map(|(t, id)| Declared {
             tenant: NewTenant {
-                id: t.id.clone(),
+                id: id.clone(),
                 display_name: t.display_name.clone().unwrap_or_else(|| t.id.clone()),
                 servers: t.servers.clone(),
                 namespacing: t.namespacing,
@@ -557,7 +560,7 @@ pub fn declared(config: &Config) -> Vec<Declared> {
                 .filter_map(|k| parse_stored_hash(k))
                 .map(|hash| NewKey {
                     id: config_key_id(&hash),
-                    tenant_id: t.id.clone(),
+                    tenant_id: id.clone(),
                     name: "declared in the config".into(),
                     hash,
                     scopes: t.key_scopes.clone(),

@@ -446,7 +446,7 @@ mod tests {
         )
         .unwrap();
         let tenant = Tenant {
-            id: "acme".into(),
+            id: palisade_ids::TenantId::parse("acme").unwrap(),
             status: Status::Active,
             status_reason: None,
             upstreams: Vec::new(),

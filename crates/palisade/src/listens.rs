@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use palisade_ids::TenantId;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthMethod, Principal};
@@ -19,7 +20,7 @@ pub struct Listens {
 }
 
 struct Entry {
-    tenant: Arc<str>,
+    tenant: TenantId,
     /// The API key that opened it, if one did.
     key: Option<Arc<str>>,
     end: CancellationToken,
@@ -105,7 +106,7 @@ mod tests {
 
     fn principal(tenant: &str, key: &str) -> Principal {
         Principal {
-            tenant: tenant.into(),
+            tenant: TenantId::parse(tenant).unwrap(),
             subject: format!("key:{key}").into(),
             method: AuthMethod::ApiKey,
             scopes: Arc::new([]),

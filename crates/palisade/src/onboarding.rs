@@ -5,6 +5,7 @@
 //! Keys are generated here and returned in plain form exactly once; the store only ever sees
 //! their HMAC under the server pepper.
 
+use palisade_ids::TenantId;
 use palisade_store::{
     KeyRecord, NewKey, NewTenant, Source, Status, Store, StoreError, TenantPatch, TenantRecord,
 };
@@ -12,7 +13,7 @@ use serde::Deserialize;
 
 use crate::apikey::{Pepper, generate_key, key_id};
 use crate::auth::now_ms;
-use crate::config::{Config, valid_tenant_id};
+use crate::config::Config;
 use crate::policy::Policy;
 
 /// Why an operation was refused; the message names the thing and the fix.
@@ -100,19 +101,19 @@ pub struct Onboarding<'a> {
 
 impl Onboarding<'_> {
     pub async fn create_tenant(&self, req: CreateTenant) -> Result<TenantRecord, OnboardError> {
-        if !valid_tenant_id(&req.id) {
+        let Ok(id) = TenantId::parse(&req.id) else {
             return Err(OnboardError::Invalid(format!(
                 "`{}` is not a valid tenant id: use 1-63 of [a-z0-9-], starting with a letter or digit",
                 req.id
             )));
-        }
+        };
         self.check_servers(&req.servers, req.namespacing)?;
         let display_name = req.display_name.unwrap_or_else(|| req.id.clone());
         check_display_name(&display_name)?;
         Ok(self
             .store
             .create_tenant(&NewTenant {
-                id: req.id,
+                id,
                 display_name,
                 servers: req.servers,
                 namespacing: req.namespacing,
@@ -174,7 +175,7 @@ impl Onboarding<'_> {
     pub async fn issue_key(&self, tenant: &str, req: IssueKey) -> Result<Issued, OnboardError> {
         check_scopes(&req.scopes)?;
         check_display_name(&req.name)?;
-        self.tenant(tenant).await?;
+        let tenant = self.tenant(tenant).await?.id;
         let expires_at_ms = match req.expires_in_secs {
             Some(0) => {
                 return Err(OnboardError::Invalid(
@@ -195,7 +196,7 @@ impl Onboarding<'_> {
             .store
             .insert_key(&NewKey {
                 id: key_id(&key),
-                tenant_id: tenant.to_owned(),
+                tenant_id: tenant,
                 name: req.name,
                 hash: self.pepper.hash(key.as_bytes()),
                 scopes: req.scopes,

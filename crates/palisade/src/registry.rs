@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use palisade_ids::KEY_PREFIX;
+use palisade_ids::{KEY_PREFIX, TenantId};
 use palisade_store::{KeyHash, Snapshot, Status, TenantRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,7 @@ use crate::upstream::Upstream;
 
 /// What one tenant may reach.
 pub struct Tenant {
-    pub id: Arc<str>,
+    pub id: TenantId,
     pub status: Status,
     pub(crate) status_reason: Option<String>,
     /// The tenant's servers that its policy allows and that are running on this gateway.
@@ -51,7 +51,7 @@ impl Tenant {
 /// An API key that may authenticate (not revoked; expiry is checked per request).
 pub struct KeyEntry {
     pub id: Arc<str>,
-    pub tenant: Arc<str>,
+    pub tenant: TenantId,
     /// `key:<id>`, the principal's subject.
     pub subject: Arc<str>,
     pub scopes: Arc<[String]>,
@@ -62,7 +62,7 @@ pub struct KeyEntry {
 #[derive(Default)]
 pub struct Registry {
     pub revision: i64,
-    tenants: HashMap<Arc<str>, Arc<Tenant>>,
+    tenants: HashMap<TenantId, Arc<Tenant>>,
     keys: HashMap<KeyHash, Arc<KeyEntry>>,
     key_ids: HashSet<Arc<str>>,
 }
@@ -76,7 +76,7 @@ impl Registry {
         resolve: &mut dyn FnMut(&TenantRecord, &str) -> Option<Arc<Upstream>>,
         previous: &Registry,
     ) -> Registry {
-        let mut policies: HashMap<String, serde_json::Value> =
+        let mut policies: HashMap<TenantId, serde_json::Value> =
             snapshot.policies.into_iter().collect();
         let mut tenants = HashMap::new();
         for t in snapshot.tenants {
@@ -98,7 +98,7 @@ impl Registry {
                 .filter(|s| policy.allows_server(s))
                 .filter_map(|s| resolve(&t, s))
                 .collect();
-            let id: Arc<str> = t.id.as_str().into();
+            let id = t.id.clone();
             let closed = match previous.tenants.get(&id) {
                 Some(old) if t.status == Status::Active && old.status == Status::Active => {
                     old.closed.clone()

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::TenantId;
+
 /// Bounds on one call.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -107,7 +109,7 @@ pub enum Backend {
 
 /// One `query_database` call: whose, what, with which parameters, within which bounds.
 pub struct Query<'a> {
-    pub tenant: &'a str,
+    pub tenant: &'a TenantId,
     pub sql: &'a str,
     pub params: Vec<Param>,
     pub limits: Limits,
@@ -124,14 +126,18 @@ impl Backend {
         }
     }
 
-    pub async fn list_tables(&self, tenant: &str) -> Result<Vec<String>, SqlError> {
+    pub async fn list_tables(&self, tenant: &TenantId) -> Result<Vec<String>, SqlError> {
         match self {
             Backend::Postgres(pg) => pg.list_tables(tenant).await,
             Backend::Sqlite(lite) => lite.list_tables(tenant).await,
         }
     }
 
-    pub async fn describe_table(&self, tenant: &str, table: &str) -> Result<Vec<Column>, SqlError> {
+    pub async fn describe_table(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+    ) -> Result<Vec<Column>, SqlError> {
         let columns = match self {
             Backend::Postgres(pg) => pg.describe_table(tenant, table).await?,
             Backend::Sqlite(lite) => lite.describe_table(tenant, table).await?,

@@ -34,6 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, Statement as _};
 
 use super::{Collector, Column, Limits, META_LIMITS, Param, Query, Rows, SqlError};
+use crate::TenantId;
 
 pub struct Postgres {
     pool: PgPool,
@@ -161,14 +162,9 @@ impl Postgres {
     }
 
     /// Opens the call's transaction on a pooled connection, as `tenant`, as the reader role.
-    async fn begin(&self, tenant: &str, limits: Limits) -> Result<CallConnection, SqlError> {
-        // Both values are checked to be plain identifiers, so nothing can be injected; the
-        // setup is one round trip.
-        if !crate::valid_tenant_id(tenant) {
-            return Err(SqlError::Statement(format!(
-                "{tenant:?} is not a valid tenant id"
-            )));
-        }
+    async fn begin(&self, tenant: &TenantId, limits: Limits) -> Result<CallConnection, SqlError> {
+        // Both values are plain identifiers (a tenant id is `[a-z0-9-]`, the role is checked at
+        // start), so nothing can be injected; the setup is one round trip.
         // Guarded from here on: `BEGIN` may be sent before this future is dropped.
         let mut conn = CallConnection {
             conn: self.pool.acquire().await.map_err(unavailable)?,
@@ -276,7 +272,7 @@ impl Postgres {
         Ok(collected.finish(columns))
     }
 
-    pub async fn list_tables(&self, tenant: &str) -> Result<Vec<String>, SqlError> {
+    pub async fn list_tables(&self, tenant: &TenantId) -> Result<Vec<String>, SqlError> {
         let mut conn = self.begin(tenant, META_LIMITS).await?;
         let tables = sqlx::query_scalar(
             "SELECT table_name::text FROM information_schema.tables \
@@ -289,7 +285,11 @@ impl Postgres {
         tables
     }
 
-    pub async fn describe_table(&self, tenant: &str, table: &str) -> Result<Vec<Column>, SqlError> {
+    pub async fn describe_table(
+        &self,
+        tenant: &TenantId,
+        table: &str,
+    ) -> Result<Vec<Column>, SqlError> {
         let mut conn = self.begin(tenant, META_LIMITS).await?;
         let rows: Result<Vec<(String, String, bool)>, _> = sqlx::query_as(
             "SELECT column_name::text, data_type::text, is_nullable = 'YES' \

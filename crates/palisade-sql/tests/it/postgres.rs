@@ -7,6 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{Issuer, Server, error_text, rows, tenants_in};
+use palisade_sql::TenantId;
 use palisade_sql::backend::postgres::Postgres;
 use palisade_sql::backend::{Limits, Query};
 use serde_json::json;
@@ -295,8 +296,9 @@ fn a_cancelled_call_leaves_no_transaction_to_the_next() {
         };
         // Dropped mid-statement: after its BEGIN, tenant setting and SET LOCAL ROLE, before
         // its ROLLBACK.
+        let acme = TenantId::parse("acme").unwrap();
         let call = backend.query(Query {
-            tenant: "acme",
+            tenant: &acme,
             sql: "SELECT pg_sleep(1)",
             params: Vec::new(),
             limits,
@@ -341,7 +343,7 @@ fn a_cancelled_call_leaves_no_transaction_to_the_next() {
         // (inside the cancelled call's, `now()` would be seconds old).
         let after = backend
             .query(Query {
-                tenant: "globex",
+                tenant: &TenantId::parse("globex").unwrap(),
                 sql: "SELECT current_setting('app.tenant_id') AS tenant, current_user::text AS role, \
                  clock_timestamp() - now() < interval '1 second' AS fresh",
                 params: Vec::new(),

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
+use palisade_ids::TenantId;
 use palisade_oauth::{TokenError, Verifier};
 use subtle::ConstantTimeEq;
 
@@ -21,7 +22,7 @@ use apikey::Pepper;
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    pub tenant: Arc<str>,
+    pub tenant: TenantId,
     /// Stable, non-secret identity of the caller within the tenant: `key:<key id>` for an API
     /// key, `<sub>@<issuer>` for a token.
     pub subject: Arc<str>,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use mcp_wire::RawObject;
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -39,7 +40,7 @@ const MAX_SHORT_NAMES: usize = 65_536;
 /// two of its own names collide; the first one keeps the short name.
 #[derive(Default)]
 pub struct Names {
-    short: Mutex<HashMap<(Arc<str>, String), Original>>,
+    short: Mutex<HashMap<(TenantId, String), Original>>,
 }
 
 /// The server and original name a short name stands for.
@@ -47,7 +48,7 @@ type Original = (Arc<str>, String);
 
 impl Names {
     /// The namespaced form of `name` on `server`, as `tenant` sees it.
-    pub(crate) fn expose(&self, tenant: &Arc<str>, server: &Arc<str>, name: &str) -> String {
+    pub(crate) fn expose(&self, tenant: &TenantId, server: &Arc<str>, name: &str) -> String {
         let full = format!("{server}__{name}");
         if full.len() <= MAX_NAME_LEN {
             return full;
@@ -72,7 +73,7 @@ impl Names {
         short
     }
 
-    fn lookup(&self, tenant: &Arc<str>, name: &str) -> Option<Original> {
+    fn lookup(&self, tenant: &TenantId, name: &str) -> Option<Original> {
         self.short
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -243,7 +244,10 @@ mod tests {
     #[test]
     fn long_names_are_shortened_stably_per_tenant() {
         let names = Names::default();
-        let (acme, globex): (Arc<str>, Arc<str>) = ("acme".into(), "globex".into());
+        let (acme, globex) = (
+            TenantId::parse("acme").unwrap(),
+            TenantId::parse("globex").unwrap(),
+        );
         let server: Arc<str> = "kit".into();
         assert_eq!(names.expose(&acme, &server, "echo"), "kit__echo");
         let long = "a".repeat(80);
@@ -264,7 +268,7 @@ mod tests {
             names_of in proptest::collection::vec("[ -~]{1,120}", 1..8),
         ) {
             let names = Names::default();
-            let (acme, globex): (Arc<str>, Arc<str>) = ("acme".into(), "globex".into());
+            let (acme, globex) = (TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap());
             let server: Arc<str> = server.into();
             let mut exposed = std::collections::HashMap::new();
             for name in &names_of {
@@ -332,7 +336,8 @@ mod tests {
     #[test]
     fn the_short_name_map_is_bounded() {
         let names = Names::default();
-        let (tenant, server): (Arc<str>, Arc<str>) = ("acme".into(), "kit".into());
+        let (tenant, server): (TenantId, Arc<str>) =
+            (TenantId::parse("acme").unwrap(), "kit".into());
         for i in 0..MAX_SHORT_NAMES + 10 {
             names.expose(&tenant, &server, &format!("{}{i}", "n".repeat(70)));
         }

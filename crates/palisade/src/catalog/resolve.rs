@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use mcp_wire::RawObject;
+use palisade_ids::TenantId;
 
 use super::{Names, list_items};
 use crate::config::MAX_NAME_LEN;
@@ -183,7 +184,7 @@ async fn resolve_name<'a>(
 }
 
 /// What an exposed tool or prompt name stands for, as `tenant` sees it: (server, original name).
-pub(super) fn unexpose(names: &Names, tenant: &Arc<str>, name: &str) -> Option<(String, String)> {
+pub(super) fn unexpose(names: &Names, tenant: &TenantId, name: &str) -> Option<(String, String)> {
     if let Some((server, original)) = names.lookup(tenant, name) {
         return Some((server.to_string(), original));
     }

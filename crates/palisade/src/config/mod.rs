@@ -26,7 +26,6 @@ pub use listen::Listen;
 pub use servers::Stdio;
 pub(crate) use servers::find_executable;
 pub(crate) use servers::{DEFAULT_CHILD_PATH, Http, Placement, Server, UpstreamProtocol};
-pub use tenants::valid_tenant_id;
 pub(crate) use tenants::{SecretSource, TenantDecl};
 
 /// The maximum length of a namespaced tool or prompt name, per common client limits.

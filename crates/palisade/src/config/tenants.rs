@@ -3,12 +3,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+use palisade_ids::TenantId;
 use palisade_store::KeyHash;
 use serde::Deserialize;
 
 use super::{Problems, template, yes};
 use crate::apikey::parse_stored_hash;
-pub use palisade_ids::valid_tenant_id;
 
 /// A tenant declared in the config. It is reconciled into the registry store at start and on
 /// every reload; removing it from the file deletes it. Tenants created through the admin API
@@ -63,7 +63,7 @@ pub(super) fn check(
     let mut key_hashes = HashSet::new();
     for (i, t) in tenants.iter().enumerate() {
         let key = format!("tenants[{i}]");
-        if !valid_tenant_id(&t.id) {
+        if TenantId::parse(&t.id).is_err() {
             problems.add(
                 format!("{key}.id"),
                 format!(

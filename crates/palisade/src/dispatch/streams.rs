@@ -7,6 +7,7 @@ use std::sync::Arc;
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Id, RawObject};
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -235,7 +236,7 @@ pub(super) fn listen(
 }
 
 /// The route of what the gateway itself keeps open for a client (no session of the upstream's).
-pub(super) fn client_route(tenant: &Arc<str>, subject: &Arc<str>) -> Route {
+pub(super) fn client_route(tenant: &TenantId, subject: &Arc<str>) -> Route {
     Route::Client {
         tenant: tenant.clone(),
         subject: subject.clone(),

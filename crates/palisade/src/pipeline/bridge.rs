@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Id, RawObject};
+use palisade_ids::TenantId;
 use rand::RngCore;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -238,7 +239,7 @@ pub struct Parked {
 
 struct ParkedCall {
     fwd: Forward,
-    tenant: Arc<str>,
+    tenant: TenantId,
     subject: Arc<str>,
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc::{self, ErrorCode};
 use mcp_wire::{Era, Id, RawObject};
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +68,7 @@ pub struct Forward {
     pub(super) cancel: Option<CancellationToken>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) route: Route,
-    pub(super) tenant: Arc<str>,
+    pub(super) tenant: TenantId,
     pub(super) metric_name: String,
     pub(super) uri_prefix: Option<String>,
     pub(super) method: String,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcp_wire::Id;
+use palisade_ids::TenantId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +59,7 @@ pub(crate) type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
 
 pub struct Session {
     pub id: Arc<str>,
-    pub tenant: Arc<str>,
+    pub tenant: TenantId,
     pub subject: Arc<str>,
     /// The API key that opened it, so revoking the key ends the session.
     pub key: Option<Arc<str>>,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use palisade_ids::TenantId;
 use palisade_limits::Rate;
 use palisade_limits::local::Local;
 use rand::RngCore;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 pub struct Sessions {
     map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
     /// Each tenant's use; its session count changes under `map`'s write lock.
-    per_tenant: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
+    per_tenant: Mutex<HashMap<TenantId, Arc<Usage>>>,
     limits: SessionLimits,
     /// `initialize` per tenant.
     opened: Local,
@@ -261,7 +262,7 @@ mod tests {
 
     fn principal(tenant: &str, subject: &str) -> Principal {
         Principal {
-            tenant: tenant.into(),
+            tenant: TenantId::parse(tenant).unwrap(),
             subject: subject.into(),
             method: AuthMethod::ApiKey,
             scopes: Arc::from(Vec::new()),

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use palisade_ids::TenantId;
+
 use super::{PendingCall, Route};
 
 /// How long a finished call still counts when attributing messages the upstream sends on its
@@ -43,14 +45,14 @@ enum Principals {
     #[default]
     None,
     One {
-        tenant: std::sync::Arc<str>,
+        tenant: TenantId,
         subject: std::sync::Arc<str>,
     },
     Many,
 }
 
 impl Served {
-    pub(super) fn record(&self, tenant: &std::sync::Arc<str>, subject: &std::sync::Arc<str>) {
+    pub(super) fn record(&self, tenant: &TenantId, subject: &std::sync::Arc<str>) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *p = match &*p {
             Principals::None => Principals::One {
@@ -131,7 +133,7 @@ mod tests {
     #[test]
     fn unsolicited_messages_have_at_most_one_owner() {
         let client = |tenant: &str, session: &str| Route::Client {
-            tenant: tenant.into(),
+            tenant: TenantId::parse(tenant).unwrap(),
             subject: "key:1".into(),
             session: Some(session.into()),
         };
@@ -160,7 +162,10 @@ mod tests {
     fn a_link_is_one_principals_until_another_uses_it() {
         let served = Served::default();
         assert!(!served.by_one(), "nobody yet");
-        let (acme, globex): (Arc<str>, Arc<str>) = ("acme".into(), "globex".into());
+        let (acme, globex) = (
+            TenantId::parse("acme").unwrap(),
+            TenantId::parse("globex").unwrap(),
+        );
         let (alice, bob): (Arc<str>, Arc<str>) = ("key:alice".into(), "key:bob".into());
         served.record(&acme, &alice);
         served.record(&acme, &alice);

@@ -253,11 +253,7 @@ impl Upstream {
         defaults: ClientDefaults<'_>,
     ) -> Result<CallHandle, UpstreamError> {
         // A dedicated pool spreads client calls over its processes.
-        let instance = if self.members.is_some() && matches!(route, Route::Client { .. }) {
-            self.pick()?
-        } else {
-            self.clone()
-        };
+        let instance = self.pick(&route)?;
         let wait = Duration::from_millis(instance.config.connect_timeout_ms);
         let link = instance.link(wait).await?;
         if let Some(own) = instance.instance_for(&link, &route, defaults) {

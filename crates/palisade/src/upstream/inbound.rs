@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use mcp_wire::era::meta;
 use mcp_wire::jsonrpc;
 use mcp_wire::{Id, Message, RawObject};
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
@@ -26,7 +27,7 @@ use super::{
 /// One tenant's subscription to a resource on an instance, counted while this lives.
 pub struct Subscriber {
     pub(super) upstream: std::sync::Weak<Upstream>,
-    pub(super) tenant: Arc<str>,
+    pub(super) tenant: TenantId,
     pub(super) uri: String,
 }
 
@@ -58,7 +59,7 @@ impl Upstream {
     /// A legacy client session opened its GET stream: its own upstream session opens the
     /// upstream's, now or when it connects.
     pub(crate) fn session_listening(self: &Arc<Self>, session: &str) {
-        let Some(instance) = lock(&self.session_instances).get(session).cloned() else {
+        let Some(instance) = self.pool.session(session) else {
             return;
         };
         instance.listening.store(true, Ordering::Relaxed);
@@ -74,7 +75,7 @@ impl Upstream {
     /// Counts `tenant` among the subscribers of the resource `uri` (the upstream's name) on
     /// this instance until the returned guard is dropped, with the session or listen that holds
     /// the subscription.
-    pub fn subscriber(self: &Arc<Self>, tenant: &Arc<str>, uri: &str) -> Subscriber {
+    pub fn subscriber(self: &Arc<Self>, tenant: &TenantId, uri: &str) -> Subscriber {
         *lock(&self.subscribers)
             .entry(uri.to_owned())
             .or_default()

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcp_wire::RawObject;
+use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,7 @@ pub(crate) use link::Link;
 use link::Readiness;
 use lists::CachedList;
 pub use lists::ListKind;
+use pool::Pool;
 pub use supervisor::InstanceStatus;
 use supervisor::OnDemand;
 pub use template::TenantContext;
@@ -89,7 +91,7 @@ pub enum Route {
     /// A client request: the principal's tenant and subject, and its legacy session id, if
     /// any.
     Client {
-        tenant: Arc<str>,
+        tenant: TenantId,
         subject: Arc<str>,
         session: Option<Arc<str>>,
     },
@@ -102,7 +104,7 @@ pub enum UpdateOwner {
     Session(Arc<str>),
     /// For this tenant's subscribed sessions and listeners: the instance is the tenant's own, or
     /// the tenant is the only one subscribed to the resource on a shared server.
-    Tenant(Arc<str>),
+    Tenant(TenantId),
 }
 
 /// A request on its way upstream: its method, and its params as the gateway holds them.
@@ -171,13 +173,9 @@ pub struct Upstream {
     /// Dedicated placement: this instance's place in its tenant's pool (0: the first, which
     /// the catalog sees; the others only take calls when it has no room).
     index: usize,
-    /// The first instance of a pool holds the others, and their supervisors.
-    members: Option<Mutex<Vec<Arc<Upstream>>>>,
-    member_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// An HTTP server spoken to in the legacy era by legacy clients: one upstream session per
-    /// client session, so that everything the server sends on a session (logs on its GET
-    /// stream, list and resource changes, requests outside calls) has exactly one owner.
-    session_instances: Mutex<HashMap<Arc<str>, Arc<Upstream>>>,
+    /// The instances a call may go to instead of this one: a dedicated pool's other members
+    /// (held by its first instance), and legacy client sessions' own upstream sessions.
+    pool: Pool,
     /// The server refused the legacy era its session instances would speak: legacy clients
     /// are bridged on this instance's modern link.
     legacy_refused: std::sync::atomic::AtomicBool,
@@ -197,7 +195,7 @@ pub struct Upstream {
     /// counted, so that an update on a shared server reaches a tenant only when it is the one
     /// subscribed. Each count is a live [`Subscriber`] held by a session or a listen, so this
     /// is bounded by their own limits and empties when they end.
-    subscribers: Mutex<HashMap<String, HashMap<Arc<str>, usize>>>,
+    subscribers: Mutex<HashMap<String, HashMap<TenantId, usize>>>,
 }
 
 /// What sets one instance of a server apart from the others.
@@ -267,8 +265,11 @@ impl Upstream {
             Some(t) => format!("{}/{}{session}", config.name, t.tenant).into(),
             None => format!("{}{session}", config.name).into(),
         };
-        let members =
-            (tenant.is_some() && index == 0 && primary.is_none()).then(|| Mutex::new(Vec::new()));
+        let pool = if tenant.is_some() && index == 0 && primary.is_none() {
+            Pool::dedicated(config.max_processes)
+        } else {
+            Pool::default()
+        };
         // The first `min_processes` of a pool: wanted from the start, never stopped for
         // idleness. A legacy sibling starts when a legacy client first needs it.
         let warm = config.min_processes > index && primary.is_none();
@@ -289,9 +290,7 @@ impl Upstream {
             sandbox_level: Mutex::new(None),
             vault,
             index,
-            members,
-            member_tasks: Mutex::new(Vec::new()),
-            session_instances: Mutex::new(HashMap::new()),
+            pool,
             subscribers: Mutex::new(HashMap::new()),
             legacy_refused: std::sync::atomic::AtomicBool::new(false),
             primary,

@@ -1,38 +1,70 @@
 //! Pools: which instance of a server takes a call.
 //!
-//! A tenant's pool of a dedicated server is held by its first instance (`index` 0, the one the
-//! catalog sees): [`Upstream::pick`] sends a call to the least busy member with room, and adds a
-//! member (up to `max_processes`) when none has. A legacy client session of an HTTP server
-//! spoken to in the legacy era gets its own *session instance* ([`Upstream::instance_for`]).
-//! Shared servers have a pool of one.
+//! Every instance holds a [`Pool`]: the instances a call that reaches it may go to instead, and
+//! their supervisors. A tenant's pool of a dedicated server is held by its first instance
+//! (`index` 0, the one the catalog sees): [`Upstream::pick`] sends a client call to the least
+//! busy member with room, and grows the pool (up to `max_processes`) when none has. Shared
+//! servers, pool members and session instances have a pool of one: their calls stay on them. A
+//! legacy client session of an HTTP server spoken to in the legacy era gets its own *session
+//! instance* ([`Upstream::instance_for`]), which the pool also holds. A member whose process is
+//! retired (idle, drained, recycled; see the supervisor) stays in the pool as an idle slot that
+//! its next call starts again, so the pool never shrinks below the processes it once needed and
+//! never holds more than `max_processes`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_wire::Era;
 use serde_json::value::RawValue;
+use tokio::task::JoinHandle;
 
 use super::link::Link;
 use super::{ClientDefaults, Kin, Route, Upstream, UpstreamError, lock};
 use crate::config;
 
-impl Upstream {
-    /// The other instances of this pool (empty for a shared upstream).
-    pub(crate) fn pool_members(&self) -> Vec<Arc<Upstream>> {
-        self.members
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .unwrap_or_default()
+/// The instances a call may go to besides the one holding this pool, and their supervisors.
+#[derive(Default)]
+pub(super) struct Pool {
+    /// A dedicated server's first instance: how many processes the tenant's pool may have, the
+    /// first included. `None`: a pool of one (calls stay on this instance, unlimited).
+    capacity: Option<usize>,
+    /// The pool's other instances, in the order they were added (`index` 1, 2, …).
+    members: Mutex<Vec<Arc<Upstream>>>,
+    /// Legacy client sessions' own upstream sessions, by client session id.
+    sessions: Mutex<HashMap<Arc<str>, Arc<Upstream>>>,
+    /// The supervisors of the members and session instances, awaited at shutdown.
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// The pool of a dedicated server's first instance: up to `max_processes`.
+    pub(super) fn dedicated(max_processes: usize) -> Pool {
+        Pool {
+            capacity: Some(max_processes),
+            ..Pool::default()
+        }
     }
 
+    fn members(&self) -> Vec<Arc<Upstream>> {
+        lock(&self.members).clone()
+    }
+
+    /// The session instance serving a legacy client session, if it has one.
+    pub(super) fn session(&self, session: &str) -> Option<Arc<Upstream>> {
+        lock(&self.sessions).get(session).cloned()
+    }
+}
+
+impl Upstream {
     /// Adds an instance to this pool and starts its supervisor (which waits for its first use,
-    /// unless it is warm); `None` when the pool is full or this is not a pool.
-    pub(super) fn add_member(self: &Arc<Self>) -> Option<Arc<Upstream>> {
-        let members = self.members.as_ref()?;
+    /// unless it is warm); `None` when the pool is full or of one.
+    pub(super) fn grow(self: &Arc<Self>) -> Option<Arc<Upstream>> {
+        let capacity = self.pool.capacity?;
         let (tenant, vault) = (self.tenant.clone()?, self.vault.clone()?);
-        let mut list = members.lock().unwrap_or_else(|e| e.into_inner());
-        if list.len() + 1 >= self.config.max_processes {
+        let mut list = lock(&self.pool.members);
+        if list.len() + 1 >= capacity {
             return None;
         }
         let kin = Kin {
@@ -47,10 +79,7 @@ impl Upstream {
 
     /// Waits (at most `limit` each) for the pool's other instances to stop, after shutdown.
     pub(crate) async fn stopped_members(&self, limit: Duration) {
-        let tasks: Vec<_> = match self.member_tasks.lock() {
-            Ok(mut t) => t.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
+        let tasks: Vec<_> = lock(&self.pool.supervisors).drain(..).collect();
         for t in tasks {
             let _ = tokio::time::timeout(limit, t).await;
         }
@@ -64,16 +93,19 @@ impl Upstream {
             .count()
     }
 
-    /// The instance of this pool a client call goes to: a running one with room (the least
-    /// loaded), else one that can start, else a new one while the pool has room. Room is
-    /// `max_inflight_per_process` calls (one, when that is 0, so a busy process makes the pool
-    /// grow); when every process is full, the limit refuses the call, or without a limit the
-    /// least loaded takes it.
-    pub(super) fn pick(self: &Arc<Self>) -> Result<Arc<Upstream>, UpstreamError> {
+    /// The instance of this pool a call on `route` goes to. The gateway's own calls, and every
+    /// call to a pool of one, stay here. A client call to a dedicated pool goes to a running
+    /// instance with room (the least loaded), else one that can start, else a new one while the
+    /// pool has room. Room is `max_inflight_per_process` calls (one, when that is 0, so a busy
+    /// process makes the pool grow); when every process is full, the limit refuses the call,
+    /// or without a limit the least loaded takes it.
+    pub(super) fn pick(self: &Arc<Self>, route: &Route) -> Result<Arc<Upstream>, UpstreamError> {
+        if self.pool.capacity.is_none() || !matches!(route, Route::Client { .. }) {
+            return Ok(self.clone());
+        }
         let limit = self.config.max_inflight_per_process;
         let room = limit.max(1);
-        let mut all = vec![self.clone()];
-        all.extend(self.pool_members());
+        let all = self.instances();
         let loads: Vec<(usize, bool)> = all
             .iter()
             .map(|u| (u.client_inflight(), u.is_ready()))
@@ -86,7 +118,7 @@ impl Upstream {
         if let Some(i) = best(true).or_else(|| best(false)) {
             return Ok(all[i].clone());
         }
-        if let Some(member) = self.add_member() {
+        if let Some(member) = self.grow() {
             return Ok(member);
         }
         if limit > 0 {
@@ -125,7 +157,7 @@ impl Upstream {
             return None;
         }
         let closed = defaults.closed?;
-        let mut map = lock(&self.session_instances);
+        let mut map = lock(&self.pool.sessions);
         if let Some(instance) = map.get(session) {
             return Some(instance.clone());
         }
@@ -142,7 +174,7 @@ impl Upstream {
                 _ = closed.cancelled() => ended.shutdown.cancel(),
                 _ = ended.shutdown.cancelled() => {}
             }
-            lock(&me.session_instances).retain(|_, i| !Arc::ptr_eq(i, &ended));
+            lock(&me.pool.sessions).retain(|_, i| !Arc::ptr_eq(i, &ended));
         });
         Some(instance)
     }
@@ -178,10 +210,9 @@ impl Upstream {
         );
         let supervised = instance.clone();
         let task = tokio::spawn(async move { supervised.supervise().await });
-        if let Ok(mut tasks) = self.member_tasks.lock() {
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
-        }
+        let mut supervisors = lock(&self.pool.supervisors);
+        supervisors.retain(|t| !t.is_finished());
+        supervisors.push(task);
         instance
     }
 
@@ -201,14 +232,14 @@ impl Upstream {
     /// (client sessions' own upstream sessions are not listed).
     pub(crate) fn instances(self: &Arc<Self>) -> Vec<Arc<Upstream>> {
         let mut all = vec![self.clone()];
-        all.extend(self.pool_members());
+        all.extend(self.pool.members());
         all
     }
 
     /// The instances restarts and drains reach besides this one.
     pub(super) fn dependents(&self) -> Vec<Arc<Upstream>> {
-        let mut all = self.pool_members();
-        all.extend(lock(&self.session_instances).values().cloned());
+        let mut all = self.pool.members();
+        all.extend(lock(&self.pool.sessions).values().cloned());
         all
     }
 }

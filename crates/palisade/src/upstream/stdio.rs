@@ -15,6 +15,7 @@ use mcp_wire::Message;
 use mcp_wire::lines::{Lines, OverLong};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use palisade_ids::TenantId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -161,7 +162,7 @@ impl StdioTransport {
         let name = self.name.clone();
         // A dedicated instance's stderr is its tenant's log stream: every line carries the
         // tenant, so operators can follow one tenant's servers.
-        let tenant: Option<Arc<str>> = up.tenant.as_ref().map(|t| t.tenant.clone());
+        let tenant: Option<TenantId> = up.tenant.as_ref().map(|t| t.tenant.clone());
         tokio::spawn(async move {
             let mut lines = LineReader::new(stderr, MAX_STDERR_LINE, OverLong::Truncate);
             while let Ok(Some(line)) = lines.next_line().await {

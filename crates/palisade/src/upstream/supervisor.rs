@@ -92,12 +92,11 @@ pub(super) fn backoff(attempt: u32) -> Duration {
 }
 
 impl Upstream {
-    /// Starts the supervisor, which keeps a link up until shutdown.
     /// Starts the supervisor, which keeps a link up until shutdown (an on-demand instance's
     /// waits for its first use). A pool's first instance also starts its warm members.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         for _ in 1..self.config.min_processes {
-            self.add_member();
+            self.grow();
         }
         let me = self.clone();
         tokio::spawn(async move { me.supervise().await })

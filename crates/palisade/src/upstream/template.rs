@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+
+use palisade_ids::TenantId;
 
 use crate::config::template::{Piece, parse};
 use crate::config::{Http, SecretSource, Stdio};
@@ -16,7 +17,7 @@ use crate::config::{Http, SecretSource, Stdio};
 /// What a template is filled with for one tenant.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TenantContext {
-    pub tenant: Arc<str>,
+    pub tenant: TenantId,
     pub secrets: BTreeMap<String, SecretSource>,
     /// `<data>/tenants/<tenant>/<server>`, created before the instance starts.
     pub(crate) workdir: PathBuf,
@@ -156,7 +157,7 @@ mod tests {
             },
         );
         TenantContext {
-            tenant: "acme".into(),
+            tenant: TenantId::parse("acme").unwrap(),
             secrets,
             workdir: dir.join("tenants/acme/kit"),
         }
