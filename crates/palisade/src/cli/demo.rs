@@ -95,13 +95,14 @@ allow_tools = {demo_tools}
         admin = pepper.stored_hash(&admin_key),
     );
     let config = Config::from_toml(&toml)?;
-    let url = format!("http://127.0.0.1:{port}/mcp");
     let paths = crate::config::DataPaths {
         database_url: format!("sqlite://{}", data_dir.join("palisade.db").display()),
         data_dir: data_dir.clone(),
     };
     let builder = crate::serve::GatewayBuilder::new(config, paths).pepper(pepper);
-    let served = super::serve_with(builder, None, |_| {
+    // The addresses bound (a port of 0 picks a free one), not the ones asked for.
+    let served = super::serve_with(builder, None, |running| {
+        let (url, admin) = (&running.mcp_url, &running.admin_url);
         println!();
         println!("Palisade demo: tenants acme and globex share the upstreams `sql` (palisade-sql on SQLite) and `kit` (palisade-testkit).");
         println!("Their policy allows sql__query_database, sql__list_tables, sql__describe_table, kit__echo, kit__add and kit__progress.");
@@ -112,8 +113,8 @@ allow_tools = {demo_tools}
             println!("    python3 examples/mcp_client.py --url {url} --key {key} --call sql__query_database '{{\"sql\":\"SELECT tenant_id, item, amount_cents FROM orders LIMIT 3\"}}'");
         }
         println!("\n  admin API (tenants, keys, policies): admin key {admin_key}");
-        println!("    curl -H 'Authorization: Bearer {admin_key}' http://127.0.0.1:{admin_port}/admin/v1/tenants");
-        println!("\n  (the client needs `pip install mcp`; metrics at http://127.0.0.1:{admin_port}/metrics; ctrl-c stops)\n");
+        println!("    curl -H 'Authorization: Bearer {admin_key}' {admin}/admin/v1/tenants");
+        println!("\n  (the client needs `pip install mcp`; metrics at {admin}/metrics; ctrl-c stops)\n");
     })
     .await;
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -8,6 +8,7 @@ mod audit_cli;
 mod chaos;
 mod common;
 mod dedicated;
+mod demo;
 mod eras;
 mod framing;
 mod front_door;
