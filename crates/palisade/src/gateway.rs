@@ -101,7 +101,11 @@ pub struct Gateway {
     /// Calls waiting for a modern client's input (see [`Parked`]).
     pub parked: Arc<Parked>,
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the gateway starts draining: long-lived streams end.
+    /// Cancelled when the gateway is asked to stop ([`Gateway::leave`]): `/readyz` answers 503
+    /// from then on, while calls are still served until `draining`.
+    pub(crate) leaving: CancellationToken,
+    /// Cancelled when the gateway starts draining: it accepts no more connections, and
+    /// long-lived streams end.
     pub(crate) draining: CancellationToken,
     /// Cancelled last: upstream links close and processes stop.
     pub stopping: CancellationToken,
@@ -166,6 +170,7 @@ impl Gateway {
             names: Names::default(),
             parked: Arc::new(Parked::default()),
             metrics,
+            leaving: CancellationToken::new(),
             draining: CancellationToken::new(),
             stopping,
             http_client,
@@ -462,6 +467,26 @@ impl Gateway {
         if let Err(e) = self.store.record_last_used(&batch).await {
             tracing::warn!(error = %e, keys = batch.len(), "cannot record API keys' last use");
         }
+    }
+
+    /// Asked to stop (SIGTERM): leave the load balancer first. `/readyz` answers 503 at once;
+    /// the drain begins after `limits.shutdown_notice_secs`, or at once when asked again.
+    pub fn leave(&self) {
+        let notice = Duration::from_secs(self.config().limits.shutdown_notice_secs);
+        if self.leaving.is_cancelled() || notice.is_zero() {
+            self.leaving.cancel();
+            self.draining.cancel();
+            return;
+        }
+        self.leaving.cancel();
+        let draining = self.draining.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(notice) => {}
+                _ = draining.cancelled() => {}
+            }
+            draining.cancel();
+        });
     }
 
     /// Stops upstreams (killing their processes) and waits for their supervisors.

@@ -263,19 +263,34 @@ pub(crate) async fn serve_with(
 
 fn spawn_signal_handler(gw: Arc<Gateway>) {
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let asked = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                Err(_) => std::future::pending::<()>().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = asked => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
+            if gw.leaving.is_cancelled() {
+                tracing::info!("shutdown requested again: draining now");
+            } else {
+                let notice = gw.config().limits.shutdown_notice_secs;
+                tracing::info!(
+                    notice_secs = notice,
+                    "shutdown requested: /readyz answers 503; draining after the notice period"
+                );
+            }
+            gw.leave();
+            if gw.draining.is_cancelled() {
+                return;
+            }
         }
-        tracing::info!("shutdown requested: draining");
-        gw.draining.cancel();
     });
 }

@@ -124,6 +124,12 @@ pub struct Limits {
     /// On shutdown, how long in-flight calls may take to finish.
     #[serde(default = "default_drain")]
     pub(crate) shutdown_grace_secs: u64,
+    /// On SIGTERM, how long `/readyz` answers 503 while new calls are still served, before the
+    /// drain begins: a load balancer's health checks see the replica leave before it stops
+    /// accepting. 0 (the default, for a single gateway): the drain begins at once. A second
+    /// SIGTERM (or ctrl-c) begins it at once too.
+    #[serde(default)]
+    pub(crate) shutdown_notice_secs: u64,
     /// Open legacy sessions per tenant; `initialize` beyond it is refused (429).
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_tenant: usize,
@@ -151,6 +157,7 @@ impl Default for Limits {
             max_json_depth: default_max_json_depth(),
             session_idle_secs: default_session_idle(),
             shutdown_grace_secs: default_drain(),
+            shutdown_notice_secs: 0,
             max_sessions_per_tenant: default_max_sessions(),
             max_parked_per_tenant: default_max_parked(),
             session_memory_per_tenant: default_session_memory(),
@@ -205,6 +212,11 @@ impl Limits {
         problems.at_most(
             "limits.shutdown_grace_secs",
             self.shutdown_grace_secs,
+            MAX_SECS,
+        );
+        problems.at_most(
+            "limits.shutdown_notice_secs",
+            self.shutdown_notice_secs,
             MAX_SECS,
         );
         if self.max_body_bytes < 1024 {

@@ -14,12 +14,20 @@ pub(crate) async fn healthz() -> &'static str {
 }
 
 /// 200 while the gateway can serve: every upstream up (`ready`), or some down (`degraded`,
-/// naming them). 503 only while draining or when no upstream is up at all. One broken upstream
+/// naming them). 503 only once it is asked to stop (still serving during the notice period:
+/// `leaving`), while draining, or when no upstream is up at all. One broken upstream
 /// must not take every replica out of a load balancer: its tenants get precise errors, the
 /// others keep being served, and `palisade_upstream_up` says which one.
 pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if gw.leaving.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leaving: still serving until the drain\n",
+        )
+            .into_response();
     }
     let upstreams = gw.upstreams();
     let down: Vec<&str> = upstreams

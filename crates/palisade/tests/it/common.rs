@@ -457,12 +457,25 @@ impl Gw {
             .expect("metrics body")
     }
 
-    /// SIGTERM and wait for exit; returns the exit status code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        let Run::Process(child) = &self.run else {
+            panic!("this test needs the gateway as a process: use Gw::start")
+        };
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child().id() as i32),
+            nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
+    }
+
+    /// Whether the process has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child().try_wait(), Ok(None))
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.sigterm();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child().try_wait() {

@@ -192,6 +192,35 @@ async fn shutdown_stops_every_upstream_process() {
 }
 
 #[tokio::test]
+async fn a_replica_asked_to_stop_leaves_the_load_balancer_before_it_stops_serving() {
+    // The binary: signals are what is tested.
+    let mut gw = Gw::start_with(
+        &stdio_server("kit", ""),
+        &ACME_ON_KIT,
+        "[limits]\nshutdown_notice_secs = 600\n",
+    );
+    gw.ready().await;
+    let before = gw.legacy("acme").await;
+    gw.sigterm();
+    let readyz = format!("{}/readyz", gw.admin);
+    let http = gw.http.clone();
+    wait_until(Duration::from_secs(10), "/readyz answers 503", || async {
+        let r = http.get(&readyz).send().await;
+        r.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    // Within the notice period: an open session and a new one are both served.
+    the_next_call_works(&before, 2).await;
+    let after = gw.legacy("acme").await;
+    the_next_call_works(&after, 3).await;
+    let body = gw.http.get(&readyz).send().await.unwrap().text().await;
+    assert_eq!(body.unwrap(), "leaving: still serving until the drain\n");
+    assert!(gw.running(), "it waits out the notice period");
+    // Asked again: it drains now, well before the 600 s notice ends.
+    assert_eq!(gw.terminate(), Some(0), "log:\n{}", gw.log());
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish() {
     // The binary: SIGTERM and the exit status are what is tested.
     let mut gw = Gw::start(&stdio_server("kit", ""), &ACME_ON_KIT);
