@@ -14,6 +14,7 @@
 mod error;
 mod model;
 mod reconcile;
+mod replicas;
 mod rows;
 mod store;
 
@@ -23,4 +24,5 @@ pub use model::{
     Status, TenantPatch, TenantRecord,
 };
 pub use palisade_ids::TenantId;
+pub use replicas::ReplicaRecord;
 pub use store::{Backend, Store};

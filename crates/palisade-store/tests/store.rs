@@ -8,8 +8,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use palisade_store::{
-    Backend, Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, Source, Status,
-    Store, StoreError, TenantId, TenantPatch, TenantRecord,
+    Backend, Declared, KeyHash, KeyRecord, NewKey, NewTenant, ReconcileReport, ReplicaRecord,
+    Source, Status, Store, StoreError, TenantId, TenantPatch, TenantRecord,
 };
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -105,6 +105,7 @@ cases!(
     delete_cascades,
     keys_insert_list_revoke,
     record_last_used_keeps_max,
+    replicas_heartbeat,
     policy_round_trip,
     secret_meta,
     reconcile_creates_and_updates,
@@ -629,6 +630,48 @@ async fn keys_insert_list_revoke(store: Store, _url: String) {
     assert_eq!(listed, vec![revoked, k2.clone()]);
     let snap = store.snapshot().await.unwrap();
     assert_eq!(snap.keys, vec![k2, o1]);
+}
+
+async fn replicas_heartbeat(store: Store, _url: String) {
+    let beat = |name: &str, at: i64, health: &str| ReplicaRecord {
+        name: name.into(),
+        version: "0.1.0".into(),
+        started_at: 1_000,
+        heartbeat_at: at,
+        sessions: at / 1000,
+        health: health.into(),
+    };
+    let rev = store.revision().await.unwrap();
+    store.heartbeat(&beat("r2", 5_000, "ready")).await.unwrap();
+    store.heartbeat(&beat("r1", 5_000, "ready")).await.unwrap();
+    store
+        .heartbeat(&beat("r1", 6_000, "leaving"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replicas().await.unwrap(),
+        vec![beat("r1", 6_000, "leaving"), beat("r2", 5_000, "ready")],
+        "one row per replica, its last heartbeat, by name"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        rev,
+        "no reload for a heartbeat"
+    );
+    // A day later, a heartbeat forgets the replicas silent since.
+    let day = 24 * 3600 * 1000;
+    store
+        .heartbeat(&beat("r3", 5_500 + day, "ready"))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .replicas()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["r1", "r3"]);
 }
 
 async fn record_last_used_keeps_max(store: Store, _url: String) {

@@ -76,6 +76,8 @@ struct Running {
 pub struct Gateway {
     config: ArcSwap<Config>,
     pub store: Store,
+    /// This replica's name in the fleet (`[fleet] replica`, `PALISADE_REPLICA`, the host name).
+    pub(crate) replica: String,
     pub auth: Authenticator,
     registry: ArcSwap<Registry>,
     /// Shared upstreams, by server name.
@@ -155,6 +157,7 @@ impl Gateway {
         let sessions = Sessions::new(SessionLimits::of(&config.limits), metrics.clone());
         let gw = Arc::new(Gateway {
             auth: Authenticator::new(pepper, verifier),
+            replica: config.fleet.replica_name(),
             config: ArcSwap::from_pointee(config.clone()),
             store,
             registry: ArcSwap::from_pointee(Registry::default()),

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub(crate) mod dispatch;
+pub(crate) mod fleet;
 pub mod gateway;
 pub(crate) mod http;
 pub(crate) mod limits;

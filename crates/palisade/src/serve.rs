@@ -74,11 +74,13 @@ impl GatewayBuilder {
         let admin = bound.admin.local_addr().map_err(StartError::Listen)?;
         let gateway = Gateway::open(self.config, pepper, store, self.paths.data_dir).await?;
         let served = tokio::spawn(http::serve(gateway.clone(), bound));
+        let heartbeat = crate::fleet::spawn_heartbeat(gateway.clone());
         Ok(Running {
             mcp_url: format!("http://{mcp}/mcp"),
             admin_url: format!("http://{admin}"),
             gateway,
             served: Some(served),
+            heartbeat: Some(heartbeat),
         })
     }
 }
@@ -91,6 +93,8 @@ pub struct Running {
     pub admin_url: String,
     gateway: Arc<Gateway>,
     served: Option<JoinHandle<std::io::Result<()>>>,
+    /// Ends after the gateway stops, with a last heartbeat that says so.
+    heartbeat: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -100,12 +104,18 @@ impl Running {
 
     /// Serves until the gateway drains (a signal, [`Running::stop`]) and has stopped.
     pub async fn wait(mut self) -> std::io::Result<()> {
-        match self.served.take() {
+        let result = match self.served.take() {
             Some(served) => served
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e))),
             None => Ok(()),
+        };
+        // The fleet hears that this replica stopped (a store that does not answer soon is not
+        // waited for: the heartbeat's age says the same, later).
+        if let Some(heartbeat) = self.heartbeat.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), heartbeat).await;
         }
+        result
     }
 
     /// Drains the gateway as SIGTERM would and waits until it has stopped.

@@ -7,6 +7,7 @@
 //! One file per section, each checking itself: `listen`, `limits` (with `[rate_limits]`),
 //! `servers`, `tenants`; the small sections and what spans sections are checked here.
 
+mod fleet;
 mod limits;
 mod listen;
 mod servers;
@@ -20,6 +21,7 @@ use figment::providers::{Format, Toml};
 use serde::Deserialize;
 
 use crate::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
+pub use fleet::Fleet;
 pub use limits::Limits;
 pub(crate) use limits::{QuarantineSettings, RateLimits};
 pub use listen::Listen;
@@ -52,6 +54,8 @@ pub struct Config {
     pub secrets: Secrets,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub fleet: Fleet,
     #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
@@ -380,6 +384,7 @@ impl Config {
         }
         self.storage.check(&mut problems);
         self.audit.check(&mut problems);
+        self.fleet.check(&mut problems);
         let any_keys =
             self.tenants.iter().any(|t| !t.keys.is_empty()) || !self.admin.keys.is_empty();
         if any_keys && self.auth.pepper_file.is_none() && self.auth.pepper_env.is_none() {

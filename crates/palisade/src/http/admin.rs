@@ -7,65 +7,24 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::fleet;
 use crate::gateway::Gateway;
 
 pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 while the gateway can serve: every upstream up (`ready`), or some down (`degraded`,
-/// naming them). 503 only once it is asked to stop (still serving during the notice period:
-/// `leaving`), while draining, or when no upstream is up at all. One broken upstream
-/// must not take every replica out of a load balancer: its tenants get precise errors, the
-/// others keep being served, and `palisade_upstream_up` says which one.
+/// 200 while the gateway can serve (`ready`, or `degraded: …`), 503 when it cannot or is
+/// leaving (see [`fleet::health`]).
 pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.draining.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
-    }
-    if gw.leaving.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leaving: still serving until the drain\n",
-        )
-            .into_response();
-    }
-    let upstreams = gw.upstreams();
-    let down: Vec<&str> = upstreams
-        .iter()
-        .filter(|u| !u.is_ready())
-        .map(|u| &*u.name)
-        .collect();
-    let store_down = gw.protection.store_up() == Some(false);
     gw.metrics.rate_limit_store(gw.protection.store_up());
-    if store_down && down.len() < upstreams.len() {
-        // Still serving, under the configured policy: say so, but stay in the load balancer.
-        let policy = match gw.config().rate_limits.when_redis_down {
-            palisade_limits::redis::WhenDown::FailOpen => "fail_open: each replica limits alone",
-            palisade_limits::redis::WhenDown::FailClosed => {
-                "fail_closed: rate-limited calls are refused"
-            }
-        };
-        return (
-            StatusCode::OK,
-            format!("degraded: the rate limit store (Redis) is down ({policy})\n"),
-        )
-            .into_response();
-    }
-    if down.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else if down.len() == upstreams.len() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no upstream is up: {}\n", down.join(", ")),
-        )
-            .into_response()
+    let health = fleet::health(&gw);
+    let status = if health.serving {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::OK,
-            format!("degraded: upstreams not up: {}\n", down.join(", ")),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{}\n", health.says)).into_response()
 }
 
 pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {

@@ -70,6 +70,7 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         )
         .route("/admin/v1/breakers", get(list_breakers))
         .route("/admin/v1/breakers/reset", post(reset_breaker))
+        .route("/admin/v1/replicas", get(list_replicas))
         .layer(axum::middleware::from_fn_with_state(gw, gate))
         .route("/admin/v1/openapi.json", get(openapi))
 }
@@ -558,6 +559,23 @@ async fn delete_secret(
         .await
         .map_err(|e| failed(e.into()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The replicas sharing this registry store, as their last heartbeats say: `alive` when one
+/// was heard within the last few seconds, `this` for the replica that answers.
+async fn list_replicas(State(gw): State<Arc<Gateway>>) -> Answer {
+    let list = gw.store.replicas().await.map_err(|e| failed(e.into()))?;
+    let now = crate::auth::now_ms();
+    let replicas: Vec<Value> = list
+        .iter()
+        .map(|r| {
+            let mut v = to_json(r);
+            v["alive"] = json!(now - r.heartbeat_at <= crate::fleet::ALIVE_WITHIN_MS);
+            v["this"] = json!(r.name == gw.replica);
+            v
+        })
+        .collect();
+    ok(StatusCode::OK, json!({ "replicas": replicas }))
 }
 
 /// The circuit breakers that are not closed, on the replica that answers.

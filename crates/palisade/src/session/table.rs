@@ -203,6 +203,11 @@ impl Sessions {
 
     /// Closes sessions idle for longer than the limit, or whose credential has expired;
     /// returns how many.
+    /// Open sessions on this gateway.
+    pub(crate) fn count(&self) -> usize {
+        self.map.read().map_or(0, |m| m.len())
+    }
+
     pub(crate) fn reap_idle(&self) -> usize {
         let now = self.now();
         let idle = self.limits.idle.as_secs();

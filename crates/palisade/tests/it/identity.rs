@@ -636,7 +636,7 @@ async fn replicas_share_the_postgres_registry() {
         .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     let storage = format!("[storage]\ndatabase_url = \"{base}/{name}\"\n");
-    let start = || {
+    let start = |replica: &str| {
         Gw::start_with(
             &stdio_server("kit", ""),
             &[TenantSpec {
@@ -644,10 +644,13 @@ async fn replicas_share_the_postgres_registry() {
                 servers: &["kit"],
                 namespacing: true,
             }],
-            &format!("{}{storage}", admin_table(ADMIN_KEY)),
+            &format!(
+                "{}{storage}[fleet]\nreplica = \"{replica}\"\n",
+                admin_table(ADMIN_KEY)
+            ),
         )
     };
-    let (one, two) = (start(), start());
+    let (one, mut two) = (start("one"), start("two"));
     one.ready().await;
     two.ready().await;
 
@@ -703,6 +706,40 @@ async fn replicas_share_the_postgres_registry() {
         refused.is_some(),
         "the first replica still served the suspended tenant"
     );
+
+    // Either replica lists the fleet from the heartbeats in the shared store.
+    let (status, listed) = two
+        .admin_api("GET", "/admin/v1/replicas", Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed["replicas"].clone();
+    let seen: Vec<(&str, bool, bool, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["alive"].as_bool().unwrap(),
+                r["this"].as_bool().unwrap(),
+                r["version"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        seen,
+        [("one", true, false, version), ("two", true, true, version)],
+        "{listed}"
+    );
+    // A replica that stops says so in its last heartbeat.
+    assert_eq!(two.terminate(), Some(0));
+    let (_, listed) = one
+        .admin_api("GET", "/admin/v1/replicas", Some(ADMIN_KEY), None)
+        .await;
+    let listed = listed["replicas"].clone();
+    assert_eq!(listed[1]["name"], "two");
+    assert_eq!(listed[1]["health"], "stopped", "{listed}");
 
     drop(one);
     drop(two);
