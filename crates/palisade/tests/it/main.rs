@@ -10,6 +10,7 @@ mod common;
 mod dedicated;
 mod demo;
 mod eras;
+mod fleet;
 mod framing;
 mod front_door;
 mod identity;
