@@ -29,8 +29,15 @@ export PALISADE_PEPPER
 pids=()
 stop() {
     trap - EXIT INT TERM
+    touch "$dir/stopping"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    pkill -TERM -f -- "serve --config $dir/r" 2>/dev/null || true
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # The replicas drain (shutdown_notice_secs, then in-flight calls): wait for them.
+    for _ in $(seq 1 300); do
+        pgrep -f -- "serve --config $dir/r" >/dev/null || break
+        sleep 0.1
+    done
     psql -q "$admin_db" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap stop EXIT INT TERM
@@ -54,15 +61,21 @@ for i in 1 2 3; do render "$i" "$admin_hash"; done
 "$bin/palisade" tenant create acme --servers kit --config "$dir/r1.toml" >/dev/null
 key=$("$bin/palisade" key issue acme --config "$dir/r1.toml" | sed -n 's/^API key .*: \(pal_[A-Za-z0-9_-]*\)$/\1/p')
 
+# Replica I, started again whenever it exits (a SIGTERM restarts it, as a rolling restart
+# would), until the fleet stops.
+replica() {
+    while [ ! -e "$dir/stopping" ]; do
+        PALISADE_REPLICA=r$1 "$bin/palisade" --log-format json serve --config "$dir/r$1.toml" \
+            >>"$dir/r$1.out" 2>>"$dir/r$1.log" || sleep 1
+    done
+}
 for i in 1 2 3; do
-    PALISADE_REPLICA=r$i "$bin/palisade" --log-format json serve --config "$dir/r$i.toml" \
-        >"$dir/r$i.out" 2>"$dir/r$i.log" &
+    replica "$i" &
     pids+=($!)
 done
 for i in 1 2 3; do
     ready=no
     for _ in $(seq 1 200); do
-        kill -0 "${pids[$((i - 1))]}" 2>/dev/null || break
         if curl -fsS "http://127.0.0.1:$((base + 10 + i))/readyz" >/dev/null 2>&1; then
             ready=yes
             break
@@ -70,7 +83,7 @@ for i in 1 2 3; do
         sleep 0.1
     done
     if [ $ready = no ]; then
-        echo "replica r$i did not become ready within 20 s (or exited); its log:" >&2
+        echo "replica r$i did not become ready within 20 s; its log:" >&2
         tail -5 "$dir/r$i.log" >&2
         exit 1
     fi

@@ -2,9 +2,9 @@
 //! replicas on one PostgreSQL registry and Redis, behind HAProxy balancing every request
 //! round-robin with no stickiness. Legacy sessions that continue on any replica are not built
 //! yet; this tests what the fleet does today with 2026-07-28 clients, whose requests carry
-//! everything: calls land on every replica, the fleet lists itself, a replica asked to stop
-//! leaves the load balancer without failing a call, and a key revoked through one replica's
-//! admin API is refused by all within a second.
+//! everything: calls land on every replica, the fleet lists itself, a rolling restart (each
+//! replica in turn sent SIGTERM, leaving the load balancer before it stops) fails no call, and
+//! a key revoked through one replica's admin API is refused by all within a second.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -113,7 +113,7 @@ fn replica_pid(dir: &Path, name: &str) -> i32 {
 }
 
 #[tokio::test]
-async fn the_example_fleet_balances_every_request_and_loses_no_call_when_a_replica_leaves() {
+async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling_restart() {
     let (Some(postgres), Some(redis)) = (testenv::postgres(), testenv::redis()) else {
         return;
     };
@@ -194,8 +194,9 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_when_a_repli
         "{listed}"
     );
 
-    // r2 is asked to stop while a client calls without pause: it leaves the load balancer
-    // (its /readyz says 503 while it still serves), drains, exits; no call fails.
+    // A rolling restart while a client calls without pause: each replica in turn is sent
+    // SIGTERM, leaves the load balancer (its /readyz says 503 while it still serves), drains,
+    // exits, and run.sh starts it again; the next waits until it is back. No call fails.
     let (done, failed, made) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -215,38 +216,52 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_when_a_repli
             }
         })
     };
-    let r2 = replica_pid(&fleet.dir, "r2");
-    let before = made.load(Ordering::Relaxed);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(r2),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM r2");
-    let left = Instant::now();
-    testenv::wait_until(Duration::from_secs(30), "r2 exited", || async {
-        !Path::new(&format!("/proc/{r2}")).exists()
-    })
-    .await;
-    assert!(
-        left.elapsed() >= Duration::from_secs(2),
-        "r2 served out its notice period"
-    );
-    let during = made.load(Ordering::Relaxed) - before;
-    // A few more calls with r2 gone, so that each of the others has been asked again.
-    let gone = made.load(Ordering::Relaxed);
-    testenv::wait_until(Duration::from_secs(10), "calls after r2 left", || {
+    for (i, name) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        let old = replica_pid(&fleet.dir, name);
+        let before = made.load(Ordering::Relaxed);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let asked = Instant::now();
+        testenv::wait_until(Duration::from_secs(30), "the replica exited", || async {
+            !Path::new(&format!("/proc/{old}")).exists()
+        })
+        .await;
+        assert!(
+            asked.elapsed() >= Duration::from_secs(2),
+            "{name} served out its notice period"
+        );
+        assert!(
+            made.load(Ordering::Relaxed) > before,
+            "calls were made while {name} left"
+        );
+        let readyz = format!("{}/readyz", fleet.admins[i]);
+        testenv::wait_until(Duration::from_secs(30), "the replica is back", || async {
+            let r = http.get(&readyz).send().await;
+            r.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert_ne!(replica_pid(&fleet.dir, name), old, "{name} was restarted");
+    }
+    // A few more calls with every replica back.
+    let back = made.load(Ordering::Relaxed);
+    testenv::wait_until(Duration::from_secs(10), "calls after the restart", || {
         let made = made.clone();
-        async move { made.load(Ordering::Relaxed) >= gone + 6 }
+        async move { made.load(Ordering::Relaxed) >= back + 6 }
     })
     .await;
     done.store(true, Ordering::Relaxed);
     client.await.expect("client");
     let failed = failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    assert!(during > 0, "calls were made while r2 left");
-    assert!(failed.is_empty(), "calls failed while r2 left: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "calls failed in the rolling restart: {failed:?}"
+    );
 
-    // A key revoked through r1's admin API is refused through the load balancer (by r1 and
-    // r3 alike) within a second.
+    // A key revoked through r1's admin API is refused through the load balancer (by every
+    // replica) within a second.
     let id = palisade::apikey::key_id(&fleet.key);
     let revoked = http
         .delete(format!(
@@ -264,7 +279,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_when_a_repli
         "the fleet refuses the revoked key",
         || async {
             let mut all = true;
-            for n in 0..4 {
+            for n in 0..6 {
                 all &= echo(&http, &fleet, &fleet.key, n).await.is_err();
             }
             all
@@ -280,7 +295,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_when_a_repli
         .await
         .expect("run.sh stopped the fleet within 30 s")
         .expect("run.sh exit");
-    for name in ["r1", "r3"] {
+    for name in ["r1", "r2", "r3"] {
         let config = format!("{}/{name}.toml", fleet.dir.display());
         let still = std::fs::read_dir("/proc")
             .expect("/proc")
