@@ -8,7 +8,6 @@ mod audit_cli;
 mod chaos;
 mod common;
 mod dedicated;
-mod demo;
 mod eras;
 mod fleet;
 mod framing;
