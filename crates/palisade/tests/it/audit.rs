@@ -30,9 +30,36 @@ struct Trail {
 }
 
 struct Pg {
+    /// An administrator's connection URL to the server (its default database).
+    server: String,
     /// An administrator's connection URL to the test's own database.
     admin_url: String,
+    db: String,
     role: String,
+}
+
+impl Drop for Pg {
+    /// The test's database and role go with it (FORCE: a gateway may still hold connections).
+    fn drop(&mut self) {
+        let (server, db, role) = (self.server.clone(), self.db.clone(), self.role.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&server).await.ok()?;
+                for sql in [
+                    format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                    format!("DROP ROLE IF EXISTS {role}"),
+                ] {
+                    conn.execute(sqlx::AssertSqlSafe(sql)).await.ok()?;
+                }
+                Some(())
+            })
+        });
+        let _ = dropped.join();
+    }
 }
 
 impl Trail {
@@ -64,7 +91,12 @@ impl Trail {
             toml: format!(
                 "[audit]\nsinks = [\"postgres\"]\npostgres_url = \"{writer_url}\"\nreplica = \"r1\"\n"
             ),
-            pg: Some(Pg { admin_url, role }),
+            pg: Some(Pg {
+                server,
+                admin_url,
+                db,
+                role,
+            }),
         })
     }
 
