@@ -18,7 +18,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A replica whose last heartbeat is older than this is not alive (a few missed beats).
 pub(crate) const ALIVE_WITHIN_MS: i64 = 5_000;
 
-/// Whether the gateway can take calls, and what it says of itself.
+/// What `/readyz` answers: whether load balancers should send this replica calls (a leaving
+/// replica still serves them, but says no), and what it says of itself.
 pub(crate) struct Health {
     pub(crate) serving: bool,
     pub(crate) says: String,

@@ -13,6 +13,7 @@ pub struct Fleet {
     /// This replica's name in `GET /admin/v1/replicas`: 1–63 of `[A-Za-z0-9._-]`. Default: the
     /// environment variable `PALISADE_REPLICA`, else the host name. Replicas that share a
     /// registry store need distinct names (several on one host: set `PALISADE_REPLICA`).
+    /// Read at start: a config reload does not rename a running replica.
     pub(crate) replica: Option<String>,
 }
 

@@ -273,7 +273,6 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         .await
         .expect("revoke");
     assert_eq!(revoked.status(), 200);
-    let at = Instant::now();
     testenv::wait_until(
         Duration::from_secs(1),
         "the fleet refuses the revoked key",
@@ -286,7 +285,6 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         },
     )
     .await;
-    assert!(at.elapsed() < Duration::from_secs(1));
 
     // run.sh stops what it started on SIGTERM.
     let pid = nix::unistd::Pid::from_raw(run.id().expect("run.sh") as i32);
