@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # examples/fleet/run.sh: three Palisade replicas behind HAProxy on loopback, sharing the local
-# PostgreSQL (the registry, in a database of its own) and Redis (rate limits). Prints the load
+# PostgreSQL (the registry, in a database of its own) and Redis (rate limits and sessions, any
+# replica continuing a session another opened). Prints the load
 # balancer's MCP URL, the replicas' admin URLs, tenant acme's API key and the admin API's key
 # on one line starting with "fleet ", then runs until interrupted (or sent SIGTERM), and stops everything it started.
 #
@@ -24,7 +25,15 @@ mkdir -p "$dir"
 export PALISADE_DATABASE_URL="${admin_db%/*}/$database"
 export PALISADE_REDIS_URL=${PALISADE_REDIS_URL:-redis://127.0.0.1:6379}
 PALISADE_PEPPER=$(head -c 32 /dev/urandom | base64)
-export PALISADE_PEPPER
+PALISADE_FLEET_KEY=$(head -c 32 /dev/urandom | base64)
+export PALISADE_PEPPER PALISADE_FLEET_KEY
+
+# What the CLI needs to reach this fleet's registry: `source $dir/env`, then e.g.
+# `palisade tenant suspend acme --config $dir/r1.toml`.
+umask 077
+printf 'export PALISADE_DATABASE_URL=%q PALISADE_PEPPER=%q PALISADE_REDIS_URL=%q PALISADE_FLEET_KEY=%q\n' \
+    "$PALISADE_DATABASE_URL" "$PALISADE_PEPPER" "$PALISADE_REDIS_URL" "$PALISADE_FLEET_KEY" >"$dir/env"
+umask 022
 
 pids=()
 stop() {
@@ -39,6 +48,11 @@ stop() {
         sleep 0.1
     done
     psql -q "$admin_db" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
+    # The fleet's sessions in Redis (they would expire anyway).
+    if command -v redis-cli >/dev/null; then
+        redis-cli -u "$PALISADE_REDIS_URL" --scan --pattern "$database:*" 2>/dev/null |
+            xargs -r redis-cli -u "$PALISADE_REDIS_URL" del >/dev/null 2>&1 || true
+    fi
 }
 trap stop EXIT INT TERM
 
@@ -47,6 +61,7 @@ psql -q -v ON_ERROR_STOP=1 "$admin_db" -c "CREATE DATABASE $database" >/dev/null
 render() { # render I ADMIN_KEY_HASH: replica I's config
     sed -e "s|@MCP_PORT@|$((base + $1))|" -e "s|@ADMIN_PORT@|$((base + 10 + $1))|" \
         -e "s|@DATA_DIR@|$dir/r$1|" -e "s|@BIN_DIR@|$bin|" -e "s|@ADMIN_KEY_HASH@|$2|" \
+        -e "s|@FLEET@|$database|" \
         "$here/replica.toml" >"$dir/r$1.toml"
 }
 # The admin key: made with the fleet's pepper (the placeholder hash only lets `key new` read

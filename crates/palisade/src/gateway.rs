@@ -39,7 +39,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
 use crate::secrets::{MasterKey, Vault};
-use crate::session::{SessionLimits, Sessions};
+use crate::session::shared::{Event, Shared};
+use crate::session::{SessionLimits, Sessions, Sharing};
 use crate::upstream::{TenantContext, Upstream};
 
 /// How often the store's revision is polled.
@@ -61,6 +62,34 @@ pub enum GatewayError {
     Limits(#[from] palisade_limits::LimitError),
     #[error(transparent)]
     Assertions(#[from] crate::assertion::AssertionError),
+    #[error(transparent)]
+    FleetKey(#[from] crate::config::FleetKeyError),
+    #[error("[rate_limits] redis_url is not a Redis URL (the fleet's sessions are kept there)")]
+    SessionStore,
+}
+
+/// The session table: with a fleet key, one whose sessions any replica continues.
+fn sessions(
+    config: &Config,
+    replica: &str,
+    metrics: &Arc<Metrics>,
+) -> Result<Sessions, GatewayError> {
+    let limits = SessionLimits::of(&config.limits);
+    let table = Sessions::new(limits, metrics.clone());
+    let Some(sealer) = config.fleet.sealer()? else {
+        return Ok(table);
+    };
+    // `palisade check` refuses a fleet key without a Redis URL.
+    let url = config
+        .rate_limits
+        .redis_url()
+        .ok_or(GatewayError::SessionStore)?;
+    let store = Shared::new(&url, config.fleet.name(), replica, limits.idle)
+        .ok_or(GatewayError::SessionStore)?;
+    Ok(table.shared(Sharing {
+        sealer,
+        store: Arc::new(store),
+    }))
 }
 
 /// A tenant's own instance of a dedicated server: (tenant, server).
@@ -154,10 +183,11 @@ impl Gateway {
             tracing::warn!("the audit trail is off ([audit] enabled = false)");
             None
         };
-        let sessions = Sessions::new(SessionLimits::of(&config.limits), metrics.clone());
+        let replica = config.fleet.replica_name();
+        let sessions = sessions(&config, &replica, &metrics)?;
         let gw = Arc::new(Gateway {
             auth: Authenticator::new(pepper, verifier),
-            replica: config.fleet.replica_name(),
+            replica,
             config: ArcSwap::from_pointee(config.clone()),
             store,
             registry: ArcSwap::from_pointee(Registry::default()),
@@ -252,6 +282,11 @@ impl Gateway {
             refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut reap = tokio::time::interval(Duration::from_secs(5));
             let mut flush = tokio::time::interval(LAST_USED_EVERY);
+            // Often enough that a session in use never expires in the fleet's store, which
+            // gives it one idle period from each flush.
+            let every =
+                (me.sessions.idle() / 3).clamp(Duration::from_millis(250), Duration::from_secs(5));
+            let mut activity = tokio::time::interval(every);
             loop {
                 tokio::select! {
                     _ = refresh.tick() => {
@@ -261,16 +296,39 @@ impl Gateway {
                         }
                     }
                     _ = reap.tick() => {
-                        me.sessions.reap_idle();
+                        me.sessions.reap_idle().await;
                         me.protection.evict_idle();
                         me.assertions.reload();
                     }
                     _ = flush.tick() => me.flush_last_used().await,
+                    _ = activity.tick() => me.sessions.flush_activity().await,
                     _ = me.draining.cancelled() => return,
                 }
             }
         });
         lock(&self.tasks).push(refresher);
+        if let Some(sharing) = self.sessions.sharing() {
+            let (tx, mut events) = tokio::sync::mpsc::channel(1024);
+            let listener = sharing.store.listen(tx, self.draining.clone());
+            let me = self.clone();
+            let applier = tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match &event {
+                        Event::Answer {
+                            session,
+                            id,
+                            outcome,
+                        } => {
+                            if let Some(copy) = me.sessions.by_handle(session) {
+                                crate::dispatch::answer_elsewhere(&copy, id, outcome).await;
+                            }
+                        }
+                        _ => me.sessions.apply(&event),
+                    }
+                }
+            });
+            lock(&self.tasks).extend([listener, applier]);
+        }
     }
 
     /// Reloads the registry if the store changed (or always, with `force`), then ends the

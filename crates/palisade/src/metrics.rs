@@ -107,6 +107,8 @@ pub struct Metrics {
     upstream_seconds: Family<ServerLabels, Histogram, fn() -> Histogram>,
     catalog: Family<CacheLabels, Counter>,
     sessions: Gauge,
+    sessions_continued: Counter,
+    session_store_failures: Counter,
     restarts: Family<ServerLabels, Counter>,
     up: Family<ServerLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
@@ -183,8 +185,20 @@ impl Metrics {
         let sessions = Gauge::default();
         registry.register(
             "sessions_active",
-            "Open legacy-era client sessions",
+            "Open legacy-era client sessions (with a fleet key: this replica's copies)",
             sessions.clone(),
+        );
+        let sessions_continued = Counter::default();
+        registry.register(
+            "sessions_continued",
+            "Sessions another replica opened that this one continued (fleet key)",
+            sessions_continued.clone(),
+        );
+        let session_store_failures = Counter::default();
+        registry.register(
+            "session_store_failures",
+            "Reads and writes of the fleet's session store (Redis) that failed or timed out",
+            session_store_failures.clone(),
         );
         let tasks = Gauge::default();
         registry.register(
@@ -316,6 +330,8 @@ impl Metrics {
             upstream_seconds,
             catalog,
             sessions,
+            sessions_continued,
+            session_store_failures,
             restarts,
             up,
             rejections,
@@ -366,6 +382,14 @@ impl Metrics {
 
     pub(crate) fn session_closed(&self) {
         self.sessions.dec();
+    }
+
+    pub(crate) fn session_continued(&self) {
+        self.sessions_continued.inc();
+    }
+
+    pub(crate) fn session_store_failed(&self) {
+        self.session_store_failures.inc();
     }
 
     pub(crate) fn upstream_restart(&self, server: &str) {

@@ -8,6 +8,7 @@ pub(crate) mod demo;
 mod onboard;
 mod process;
 mod reload;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +96,11 @@ pub enum Command {
         #[command(subcommand)]
         command: breaker::BreakerCommand,
     },
+    /// Legacy-era sessions of the running gateway (the fleet's, with a fleet key): list, revoke.
+    Session {
+        #[command(subcommand)]
+        command: session::SessionCommand,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -177,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret { command } => onboard::secret(command).await,
         Command::Process { command } => process::run(command).await,
         Command::Breaker { command } => breaker::run(command).await,
+        Command::Session { command } => session::run(command).await,
         Command::Assertions {
             command: AssertionsCommand::Rotate { store },
         } => {

@@ -21,7 +21,7 @@ use figment::providers::{Format, Toml};
 use serde::Deserialize;
 
 use crate::apikey::{Pepper, PepperError, key_material, parse_stored_hash};
-pub use fleet::Fleet;
+pub use fleet::{Fleet, FleetKeyError};
 pub use limits::Limits;
 pub(crate) use limits::{QuarantineSettings, RateLimits};
 pub use listen::Listen;
@@ -385,6 +385,15 @@ impl Config {
         self.storage.check(&mut problems);
         self.audit.check(&mut problems);
         self.fleet.check(&mut problems);
+        if self.fleet.shares_sessions()
+            && self.rate_limits.redis_url.is_none()
+            && self.rate_limits.redis_url_env.is_none()
+        {
+            problems.add(
+                "fleet",
+                "a fleet key shares sessions between replicas through Redis: set rate_limits.redis_url (or redis_url_env) too",
+            );
+        }
         let any_keys =
             self.tenants.iter().any(|t| !t.keys.is_empty()) || !self.admin.keys.is_empty();
         if any_keys && self.auth.pepper_file.is_none() && self.auth.pepper_env.is_none() {

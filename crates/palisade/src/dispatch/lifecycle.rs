@@ -72,6 +72,7 @@ pub(super) async fn initialize(
             return session_refused(tenant, &req.id, &refused);
         }
     };
+    gw.sessions.announce(&session).await;
     Reply::Initialized {
         body: jsonrpc::result(&req.id, &body.to_string()),
         session,

@@ -29,6 +29,7 @@ use crate::catalog::{self, Addressing};
 use crate::gateway::Gateway;
 use crate::listens::Listen;
 use crate::pipeline::{self, Answer, Caller, Forward, Refusal, complete_modern_result};
+use crate::session::shared::Event;
 use crate::session::{self, Awaiting, Session};
 use crate::upstream::ListKind;
 
@@ -117,12 +118,12 @@ pub(crate) async fn request(
         Method::Ping => Reply::Message(jsonrpc::result(id, "{}")),
         Method::List(kind) => list(gw, caller, id, params, kind).await,
         Method::Forward(addressing) => forward(gw, caller, &req, addressing).await,
-        Method::Subscribe(on) => match streams::subscribe(caller, id, params, on) {
+        Method::Subscribe(on) => match streams::subscribe(gw, caller, id, params, on).await {
             Some(reply) => reply,
             // The upstream subscribes itself: the call goes there.
             None => forward(gw, caller, &req, Addressing::Resource).await,
         },
-        Method::SetLevel => set_level(caller, id, params),
+        Method::SetLevel => set_level(gw, caller, id, params).await,
         Method::Listen => streams::listen(gw, principal, caller, id, params),
         Method::Unknown(other) => {
             let refusal = Refusal::MethodNotFound(other.to_owned());
@@ -145,8 +146,9 @@ async fn forward(
     }
 }
 
-/// `logging/setLevel`: the lowest severity of log messages the session gets.
-fn set_level(caller: &Caller<'_>, id: &Id, params: Option<&RawValue>) -> Reply {
+/// `logging/setLevel`: the lowest severity of log messages the session gets (on every
+/// replica, with a fleet key: the fleet's store has it before the client is answered).
+async fn set_level(gw: &Gateway, caller: &Caller<'_>, id: &Id, params: Option<&RawValue>) -> Reply {
     let level = params
         .and_then(|p| RawObject::parse(p.get()))
         .and_then(|o| o.get_str("level"));
@@ -154,6 +156,7 @@ fn set_level(caller: &Caller<'_>, id: &Id, params: Option<&RawValue>) -> Reply {
         (Some(level), Some(session)) => {
             let rank = session::log_rank(&level);
             session.log_level.store(rank, Ordering::Relaxed);
+            gw.sessions.share_level(session, rank).await;
             Reply::Message(jsonrpc::result(id, "{}"))
         }
         _ => Reply::Message(jsonrpc::error(
@@ -166,34 +169,81 @@ fn set_level(caller: &Caller<'_>, id: &Id, params: Option<&RawValue>) -> Reply {
 }
 
 /// Handles a client notification.
-pub(crate) fn notification(caller: &Caller<'_>, n: &Notification) {
+pub(crate) async fn notification(gw: &Gateway, caller: &Caller<'_>, n: &Notification) {
     if n.method == "notifications/cancelled" {
         let request_id = n
             .params
             .as_ref()
             .and_then(|p| RawObject::parse(p.get()))
             .and_then(|o| o.get("requestId").map(|r| r.get().to_owned()));
-        if let (Some(session), Some(request_id)) = (&caller.session, request_id) {
-            session.cancel_call(&request_id);
+        if let (Some(session), Some(request_id)) = (&caller.session, request_id)
+            && !session.cancel_call(&request_id)
+        {
+            // The call may be in flight on another replica.
+            gw.sessions
+                .tell_fleet(Event::Cancel {
+                    session: session.handle().to_owned(),
+                    id: request_id,
+                })
+                .await;
         }
     }
     // `notifications/initialized`, `roots/list_changed` and others need nothing from the gateway.
 }
 
-/// Handles a client's response to a server→client request: back to the upstream that asked.
-pub(crate) async fn response(caller: &Caller<'_>, resp: Response) {
+/// Handles a client's response to a server→client request: back to the upstream that asked,
+/// on this replica or (with a fleet key) on the one holding the request.
+pub(crate) async fn response(gw: &Gateway, caller: &Caller<'_>, resp: Response) {
     let (Some(session), Some(id)) = (&caller.session, resp.id.as_ref()) else {
         return;
     };
-    match session.take_server_request(id) {
-        Some(Awaiting::Upstream(upstream, upstream_id)) => match &resp.outcome {
+    let Some(awaiting) = session.take_server_request(id) else {
+        if gw.sessions.sharing().is_none() {
+            tracing::debug!("client answered an unknown server request; dropped");
+            return;
+        }
+        let event = Event::Answer {
+            session: session.handle().to_owned(),
+            id: id.as_json().to_owned(),
+            outcome: match &resp.outcome {
+                Ok(result) => Ok(result.get().to_owned()),
+                Err(error) => Err(error.get().to_owned()),
+            },
+        };
+        gw.sessions.tell_fleet(event).await;
+        return;
+    };
+    deliver(awaiting, resp.outcome).await;
+}
+
+/// A client's answer that another replica received for a request this one holds.
+pub(crate) async fn answer_elsewhere(
+    session: &Session,
+    id: &str,
+    outcome: &Result<String, String>,
+) {
+    let raw = |json: &str| RawValue::from_string(json.to_owned()).ok();
+    let Some(id) = raw(id).and_then(|id| Id::from_raw(&id)) else {
+        return;
+    };
+    let outcome = match outcome {
+        Ok(result) => raw(result).map(Ok),
+        Err(error) => raw(error).map(Err),
+    };
+    if let (Some(outcome), Some(awaiting)) = (outcome, session.take_server_request(&id)) {
+        deliver(awaiting, outcome).await;
+    }
+}
+
+async fn deliver(awaiting: Awaiting, outcome: session::ClientAnswer) {
+    match awaiting {
+        Awaiting::Upstream(upstream, upstream_id) => match &outcome {
             Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
             Err(error) => upstream.respond(&upstream_id, Err(error)).await,
         },
-        Some(Awaiting::Gateway(tx)) => {
-            let _ = tx.send(resp.outcome);
+        Awaiting::Gateway(tx) => {
+            let _ = tx.send(outcome);
         }
-        None => tracing::debug!("client answered an unknown server request; dropped"),
     }
 }
 

@@ -25,7 +25,8 @@ use crate::upstream::{CallEvent, ListKind, Notice, Route, Step, UpdateOwner, Ups
 /// `resources/subscribe` and `resources/unsubscribe` of a legacy session: the session holds the
 /// subscription (so that what a shared server sends about the resource reaches this tenant
 /// while it does). `None`: the upstream subscribes itself, so the call goes on to it.
-pub(super) fn subscribe(
+pub(super) async fn subscribe(
+    gw: &Gateway,
     caller: &Caller<'_>,
     id: &Id,
     params: Option<&RawValue>,
@@ -42,15 +43,20 @@ pub(super) fn subscribe(
             let subscriber = target
                 .as_ref()
                 .map(|t| t.upstream.subscriber(&caller.tenant.id, &t.name));
-            if let Err(refused) = session.subscribe(uri, subscriber) {
-                return Some(Reply::Message(subscribe_refused(
-                    caller.tenant,
-                    id,
-                    &refused,
-                )));
+            match session.subscribe(uri, subscriber) {
+                Err(refused) => {
+                    return Some(Reply::Message(subscribe_refused(
+                        caller.tenant,
+                        id,
+                        &refused,
+                    )));
+                }
+                Ok(true) => gw.sessions.share_subscription(session, uri, true).await,
+                Ok(false) => {}
             }
         } else {
             session.unsubscribe(uri);
+            gw.sessions.share_subscription(session, uri, false).await;
         }
     }
     // 2026-07-28 has no resources/subscribe: when the gateway speaks that era to the upstream

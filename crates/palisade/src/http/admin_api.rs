@@ -71,6 +71,7 @@ pub(crate) fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/admin/v1/breakers", get(list_breakers))
         .route("/admin/v1/breakers/reset", post(reset_breaker))
         .route("/admin/v1/replicas", get(list_replicas))
+        .route("/admin/v1/sessions", get(list_all_sessions))
         .layer(axum::middleware::from_fn_with_state(gw, gate))
         .route("/admin/v1/openapi.json", get(openapi))
 }
@@ -402,39 +403,89 @@ async fn put_policy(
 async fn list_sessions(State(gw): State<Arc<Gateway>>, Path(tenant): Path<String>) -> Answer {
     let config = gw.config();
     ops(&gw, &config).tenant(&tenant).await.map_err(failed)?;
-    let sessions: Vec<Value> = gw
-        .sessions
-        .of_tenant(&tenant)
-        .iter()
-        .map(|s| {
-            json!({
-                "handle": s.handle(),
-                "subject": &*s.subject,
-                "protocol_version": s.protocol_version,
-                "opened_at": s.opened_at,
-            })
-        })
-        .collect();
+    let sessions = sessions_of(&gw, Some(&tenant)).await?;
     ok(StatusCode::OK, json!({ "sessions": sessions }))
 }
 
+/// Every tenant's sessions: the fleet's with a fleet key, else this replica's.
+async fn list_all_sessions(State(gw): State<Arc<Gateway>>) -> Answer {
+    let sessions = sessions_of(&gw, None).await?;
+    ok(StatusCode::OK, json!({ "sessions": sessions }))
+}
+
+/// The sessions of one tenant or all, oldest first: with a fleet key, the fleet's (from its
+/// store, leaving out those the registry no longer admits, which end as they are next used),
+/// else this replica's.
+async fn sessions_of(gw: &Gateway, tenant: Option<&str>) -> Result<Vec<Value>, Response> {
+    let Some(sharing) = gw.sessions.sharing() else {
+        return Ok(gw
+            .sessions
+            .list(tenant)
+            .iter()
+            .map(|s| {
+                json!({
+                    "handle": s.handle(),
+                    "tenant": &*s.tenant,
+                    "subject": &*s.subject,
+                    "protocol_version": s.protocol_version,
+                    "opened_at": s.opened_at,
+                    "replica": gw.replica,
+                })
+            })
+            .collect());
+    };
+    let records = sharing.store.list().await.map_err(|e| {
+        gw.metrics.session_store_failed();
+        error(
+            503,
+            "session_store_unavailable",
+            &format!("{e}; retry shortly"),
+        )
+    })?;
+    let registry = gw.registry();
+    Ok(records
+        .iter()
+        .filter(|r| tenant.is_none_or(|t| r.tenant == t))
+        .filter(|r| {
+            registry
+                .tenant(&r.tenant)
+                .is_some_and(|t| t.status == palisade_store::Status::Active)
+                && r.key.as_deref().is_none_or(|k| registry.key_is_live(k))
+        })
+        .map(|r| {
+            json!({
+                "handle": r.handle,
+                "tenant": r.tenant,
+                "subject": r.subject,
+                "protocol_version": r.protocol_version,
+                "opened_at": r.opened_at,
+                "replica": r.replica,
+            })
+        })
+        .collect())
+}
+
+/// Ends a session: with a fleet key, on every replica (within a second: each listens for it),
+/// else on this one.
 async fn revoke_session(
     State(gw): State<Arc<Gateway>>,
     Path((tenant, handle)): Path<(String, String)>,
 ) -> Answer {
-    let session = gw
-        .sessions
-        .of_tenant(&tenant)
-        .into_iter()
-        .find(|s| s.handle() == handle)
-        .ok_or_else(|| {
-            error(
-                404,
-                "not_found",
-                &format!("tenant `{tenant}` has no session `{handle}` on this replica"),
-            )
-        })?;
-    gw.sessions.remove(&session.id);
+    let listed = sessions_of(&gw, Some(&tenant)).await?;
+    if !listed.iter().any(|s| s["handle"] == handle.as_str()) {
+        return Err(error(
+            404,
+            "not_found",
+            &format!("tenant `{tenant}` has no session `{handle}`"),
+        ));
+    }
+    gw.sessions.end_handle(&handle).await.map_err(|e| {
+        error(
+            503,
+            "session_store_unavailable",
+            &format!("{e}; the session was not ended"),
+        )
+    })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Principal};
 use crate::gateway::Gateway;
 use crate::http::conn::ClientConn;
 use crate::registry::Tenant;
-use crate::session::Session;
+use crate::session::{Lookup, Session};
 
 /// Which handler a request is for: what it must accept and send.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,7 +256,7 @@ pub(super) fn detect_era(headers: &HeaderMap, msg: &Message) -> Result<Era, Resp
     }
 }
 
-pub(super) fn session_of(
+pub(super) async fn session_of(
     gw: &Gateway,
     headers: &HeaderMap,
     principal: &Principal,
@@ -269,13 +269,37 @@ pub(super) fn session_of(
             "the Mcp-Session-Id header is required: send initialize first",
         ));
     };
-    gw.sessions.get(id, principal).map_err(|_| {
-        gw.metrics.rejected("unknown_session");
-        rpc_error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::INVALID_REQUEST,
-            "session not found: it ended or expired; send initialize again",
-        )
+    gw.sessions.find(id, principal).await.map_err(|lookup| match lookup {
+        Lookup::NotFound => {
+            gw.metrics.rejected("unknown_session");
+            rpc_error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::INVALID_REQUEST,
+                "session not found: it ended or expired; send initialize again",
+            )
+        }
+        Lookup::Unavailable => {
+            gw.metrics.rejected("session_store");
+            let mut r = rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::INTERNAL_ERROR,
+                "this replica cannot continue the session now: the fleet's session store (Redis) cannot be reached; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Lookup::Refused(_) => {
+            gw.metrics.rejected("session_limit");
+            let mut r = rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::LIMIT_REACHED,
+                "this replica holds as many of the tenant's sessions as limits.max_sessions_per_tenant or limits.session_memory_per_tenant allow; retry (another replica may take it)",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     })
 }
 

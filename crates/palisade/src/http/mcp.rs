@@ -124,7 +124,7 @@ pub(crate) async fn post(
     let session = if is_initialize {
         None
     } else {
-        match session_of(&gw, &headers, &principal) {
+        match session_of(&gw, &headers, &principal).await {
             Ok(s) => Some(s),
             Err(r) => return r,
         }
@@ -150,11 +150,11 @@ async fn respond(
     let reply = match msg {
         Message::Request(req) => dispatch::request(gw, principal, caller, req).await,
         Message::Notification(n) => {
-            dispatch::notification(caller, &n);
+            dispatch::notification(gw, caller, &n).await;
             Reply::Accepted
         }
         Message::Response(resp) => {
-            dispatch::response(caller, resp).await;
+            dispatch::response(gw, caller, resp).await;
             Reply::Accepted
         }
     };
@@ -195,7 +195,7 @@ pub(crate) async fn get(
             "GET is not part of protocol version 2026-07-28; use subscriptions/listen",
         );
     }
-    let session = match session_of(&gw, &headers, &principal) {
+    let session = match session_of(&gw, &headers, &principal).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -249,11 +249,11 @@ pub(crate) async fn delete(
             "DELETE is not part of protocol version 2026-07-28: there are no sessions",
         );
     }
-    let session = match session_of(&gw, &headers, &principal) {
+    let session = match session_of(&gw, &headers, &principal).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    gw.sessions.remove(&session.id);
+    gw.sessions.end(&session.id).await;
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -2,9 +2,12 @@
 //! relay needs (server→client requests awaiting an answer, calls in flight for cancellation,
 //! resource subscriptions, the GET stream).
 //!
-//! A session id is 256 random bits and is bound to the principal that opened it: presented with
-//! any other principal's credentials it is unknown (404), exactly like an id that never existed.
-//! Sessions cost O(1) memory while idle and are closed after the configured idle time.
+//! A session id is 256 random bits, or with a fleet key a sealed id (`seal`) that any replica
+//! opens, and is bound to the principal that opened it: presented with any other principal's
+//! credentials it is unknown (404), exactly like an id that never existed. Sessions cost O(1)
+//! memory while idle and are closed after the configured idle time. With a fleet key, a
+//! replica's `Session` is its copy of a session the fleet shares (`shared`, in Redis): the first
+//! request a replica sees of a session loads it, and what changes is told to the other copies.
 //!
 //! Everything a client can make a session store is bounded: the capabilities it declares
 //! ([`MAX_CAPABILITIES_BYTES`]), its resource subscriptions (count and URI length), its pending
@@ -22,11 +25,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::{Subscriber, Upstream};
+pub(crate) mod seal;
+pub(crate) mod shared;
 mod table;
 
 pub use table::Lookup;
 use table::Usage;
-pub use table::{Refused, SessionLimits, Sessions};
+pub use table::{Refused, SessionLimits, Sessions, Sharing};
 
 /// Largest `capabilities` object a client may declare at `initialize`.
 pub(crate) const MAX_CAPABILITIES_BYTES: usize = 16 * 1024;
@@ -59,6 +64,9 @@ pub(crate) type StreamEnds = (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>);
 
 pub struct Session {
     pub id: Arc<str>,
+    /// A digest of the id, which admins and the fleet's store name it by (the id itself is a
+    /// bearer capability, with the principal's credentials, and is never shown).
+    handle: String,
     pub tenant: TenantId,
     pub subject: Arc<str>,
     /// The API key that opened it, so revoking the key ends the session.
@@ -71,6 +79,8 @@ pub struct Session {
     /// What the client declared at `initialize`, passed on to modern upstreams.
     pub(crate) client_capabilities: Box<serde_json::value::RawValue>,
     last_seen: AtomicU64,
+    /// `last_seen` when the fleet's store was last told (shared sessions).
+    flushed: AtomicU64,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub(crate) log_level: AtomicU64,
     /// The resources it subscribed to (as the client names them), each with its count among
@@ -216,10 +226,11 @@ impl Session {
         lock(&self.inflight).remove(client_id.as_json());
     }
 
-    pub(crate) fn cancel_call(&self, client_id: &str) {
-        if let Some(token) = lock(&self.inflight).remove(client_id) {
-            token.cancel();
-        }
+    /// Cancels a call in flight here; `false` when this copy of the session has none by
+    /// that id.
+    pub(crate) fn cancel_call(&self, client_id: &str) -> bool {
+        let token = lock(&self.inflight).remove(client_id);
+        token.map(|t| t.cancel()).is_some()
     }
 
     /// Starts watching a resource for the session: the token that ends the watch, or `None`
@@ -266,12 +277,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
-    /// A public handle for the session: the id itself is a bearer capability (with the
-    /// principal's credentials) and is never shown, so admins see a digest of it.
-    pub fn handle(&self) -> String {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(self.id.as_bytes())[..8])
+    /// The session's public handle (see the field).
+    pub fn handle(&self) -> &str {
+        &self.handle
     }
+
+    /// Whether this copy holds something that must outlive its idleness here: the GET stream,
+    /// resource subscriptions, calls in flight.
+    fn holds_more_than_state(&self) -> bool {
+        self.has_stream()
+            || !lock(&self.subscriptions).is_empty()
+            || !lock(&self.inflight).is_empty()
+    }
+}
+
+/// The public handle of a session id: 64 bits of its SHA-256, in hex.
+pub(crate) fn handle_of(id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(id.as_bytes())[..8])
 }
 
 /// RFC 5424 severities as MCP names them, lowest first.

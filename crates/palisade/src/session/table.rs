@@ -1,6 +1,9 @@
 //! The session table: every open legacy session by id, what each tenant holds (count and
 //! bytes, against `limits.max_sessions_per_tenant` and `limits.session_memory_per_tenant`), the
-//! per-tenant `initialize` rate, and the idle reaper.
+//! per-tenant `initialize` rate, and the idle reaper. With a fleet key ([`Sharing`]) it holds
+//! this replica's copies of the fleet's sessions: a request for a session it has no copy of
+//! opens the sealed id and loads the session from the fleet's store, and ending a session ends
+//! it everywhere.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +17,9 @@ use palisade_limits::local::Local;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
-use super::{SESSION_BYTES, Session, lock};
+use super::seal::Sealer;
+use super::shared::{Event, Record, Shared};
+use super::{SESSION_BYTES, Session, handle_of, lock};
 use crate::auth::{AuthMethod, Principal};
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -28,6 +33,25 @@ pub struct Sessions {
     opened: Local,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    sharing: Option<Sharing>,
+}
+
+/// With a fleet key: how ids are sealed, and where the fleet keeps sessions' state.
+pub struct Sharing {
+    pub sealer: Sealer,
+    pub store: Arc<Shared>,
+}
+
+/// What a session is made of, whether a client opens it here or it continues here.
+struct Opening {
+    id: Arc<str>,
+    tenant: TenantId,
+    subject: Arc<str>,
+    key: Option<Arc<str>>,
+    opened_at: i64,
+    expires_at_secs: Option<i64>,
+    protocol_version: String,
+    client_capabilities: Box<serde_json::value::RawValue>,
 }
 
 /// What bounds a tenant's sessions (from `[limits]`).
@@ -84,6 +108,10 @@ pub enum Refused {
 pub enum Lookup {
     /// Unknown, expired, ended, or bound to another principal: all look the same (404).
     NotFound,
+    /// The session is the fleet's, but its store (Redis) cannot be reached to continue it here.
+    Unavailable,
+    /// The session is the fleet's, but this replica holds all the tenant's sessions it may.
+    Refused(Refused),
 }
 
 impl Sessions {
@@ -95,7 +123,25 @@ impl Sessions {
             opened: Local::new(),
             epoch: Instant::now(),
             metrics,
+            sharing: None,
         }
+    }
+
+    /// Sessions that any replica of the fleet continues.
+    pub fn shared(self, sharing: Sharing) -> Sessions {
+        Sessions {
+            sharing: Some(sharing),
+            ..self
+        }
+    }
+
+    /// How long a session may go unused.
+    pub(crate) fn idle(&self) -> Duration {
+        self.limits.idle
+    }
+
+    pub(crate) fn sharing(&self) -> Option<&Sharing> {
+        self.sharing.as_ref()
     }
 
     fn now(&self) -> u64 {
@@ -113,10 +159,45 @@ impl Sessions {
         {
             return Err(Refused::Rate { retry_after });
         }
-        let cost = SESSION_BYTES + client_capabilities.get().len();
+        let key = match principal.method {
+            AuthMethod::ApiKey => principal.credential.clone(),
+            AuthMethod::Jwt => None,
+        };
+        let id: Arc<str> = match &self.sharing {
+            Some(sharing) => sharing
+                .sealer
+                .seal(principal, protocol_version, key.as_deref())
+                .into(),
+            None => {
+                let mut bytes = [0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(bytes)
+                    .into()
+            }
+        };
+        self.insert(Opening {
+            id,
+            tenant: principal.tenant.clone(),
+            subject: principal.subject.clone(),
+            key,
+            opened_at: crate::auth::now_ms(),
+            expires_at_secs: principal.expires_at_secs,
+            protocol_version: protocol_version.to_owned(),
+            client_capabilities,
+        })
+    }
+
+    /// Adds a session to the table, counted against its tenant's limits; the copy already
+    /// here when another request put it there first.
+    fn insert(&self, o: Opening) -> Result<Arc<Session>, Refused> {
+        let cost = SESSION_BYTES + o.client_capabilities.get().len();
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(there) = map.get(&o.id) {
+            return Ok(there.clone());
+        }
         let usage = lock(&self.per_tenant)
-            .entry(principal.tenant.clone())
+            .entry(o.tenant.clone())
             .or_insert_with(|| {
                 Arc::new(Usage {
                     sessions: AtomicUsize::new(0),
@@ -130,28 +211,29 @@ impl Sessions {
         }
         usage.charge(cost).map_err(Refused::Memory)?;
         usage.sessions.fetch_add(1, Ordering::Relaxed);
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let id: Arc<str> = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(bytes)
-            .into();
+        let now = self.now();
         let session = Arc::new(Session {
-            id: id.clone(),
-            tenant: principal.tenant.clone(),
-            subject: principal.subject.clone(),
-            key: match principal.method {
-                AuthMethod::ApiKey => principal.credential.clone(),
-                AuthMethod::Jwt => None,
-            },
-            opened_at: crate::auth::now_ms(),
-            expires_at_secs: principal.expires_at_secs,
-            protocol_version: protocol_version.to_owned(),
-            client_capabilities,
-            last_seen: AtomicU64::new(self.now()),
+            handle: handle_of(&o.id),
+            id: o.id.clone(),
+            tenant: o.tenant,
+            subject: o.subject,
+            key: o.key,
+            opened_at: o.opened_at,
+            expires_at_secs: o.expires_at_secs,
+            protocol_version: o.protocol_version,
+            client_capabilities: o.client_capabilities,
+            last_seen: AtomicU64::new(now),
+            flushed: AtomicU64::new(now),
             log_level: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
             server_requests: Mutex::new(HashMap::new()),
-            next_server_request: AtomicU64::new(1),
+            // Copies of one session on several replicas each ask the client things: their
+            // request ids start apart (below 2^53, which JSON numbers hold exactly).
+            next_server_request: AtomicU64::new(if self.sharing.is_some() {
+                rand::random::<u64>() >> 12
+            } else {
+                1
+            }),
             inflight: Mutex::new(HashMap::new()),
             stream: Mutex::new(None),
             streams: crate::resume::Logs::default(),
@@ -160,8 +242,85 @@ impl Sessions {
             usage,
             charged: AtomicUsize::new(cost),
         });
-        map.insert(id, session.clone());
+        map.insert(o.id, session.clone());
         self.metrics.session_opened();
+        Ok(session)
+    }
+
+    /// Tells the fleet about a session a client just opened here, so any replica can continue
+    /// it. If the store cannot be reached the session still works here (another replica would
+    /// answer 404, and the client opens a new one).
+    pub(crate) async fn announce(&self, session: &Session) {
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        let record = Record {
+            handle: session.handle.clone(),
+            tenant: session.tenant.to_string(),
+            subject: session.subject.to_string(),
+            key: session.key.as_deref().map(str::to_owned),
+            protocol_version: session.protocol_version.clone(),
+            opened_at: session.opened_at,
+            client_capabilities: session.client_capabilities.get().to_owned(),
+            log_level: session.log_level.load(Ordering::Relaxed),
+            replica: String::new(),
+        };
+        if sharing.store.opened(&record).await.is_err() {
+            self.metrics.session_store_failed();
+            tracing::warn!(
+                "the session store (Redis) cannot be reached: a new session can continue only on this replica"
+            );
+        }
+    }
+
+    /// The session this principal presents `id` of: this replica's copy, or with a fleet key
+    /// the fleet's session, continued here.
+    pub async fn find(&self, id: &str, principal: &Principal) -> Result<Arc<Session>, Lookup> {
+        let found = self.get(id, principal);
+        let Some(sharing) = &self.sharing else {
+            return found;
+        };
+        if found.is_ok() {
+            return found;
+        }
+        let facts = sharing.sealer.open(id, principal).ok_or(Lookup::NotFound)?;
+        let wall = crate::auth::now_ms() / 1000;
+        if facts.expires_at_secs.is_some_and(|at| at <= wall) {
+            return Err(Lookup::NotFound);
+        }
+        let handle = handle_of(id);
+        let (record, subscriptions) = match sharing.store.load(&handle).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(Lookup::NotFound),
+            Err(_) => {
+                self.metrics.session_store_failed();
+                return Err(Lookup::Unavailable);
+            }
+        };
+        let caps = serde_json::value::RawValue::from_string(record.client_capabilities)
+            .map_err(|_| Lookup::NotFound)?;
+        if record.tenant != *principal.tenant || *record.subject != *principal.subject {
+            return Err(Lookup::NotFound);
+        }
+        let session = self
+            .insert(Opening {
+                id: id.into(),
+                tenant: principal.tenant.clone(),
+                subject: principal.subject.clone(),
+                key: facts.key.map(Arc::from),
+                opened_at: facts.opened_at,
+                expires_at_secs: facts.expires_at_secs,
+                protocol_version: facts.protocol_version,
+                client_capabilities: caps,
+            })
+            .map_err(Lookup::Refused)?;
+        session.log_level.store(record.log_level, Ordering::Relaxed);
+        for uri in subscriptions.iter().take(super::MAX_SUBSCRIPTIONS) {
+            let _ = session.subscribe(uri, None);
+        }
+        // The request that continues it here is activity the fleet has not heard of.
+        session.flushed.store(0, Ordering::Relaxed);
+        self.metrics.session_continued();
         Ok(session)
     }
 
@@ -201,21 +360,176 @@ impl Sessions {
         Some(session)
     }
 
-    /// Closes sessions idle for longer than the limit, or whose credential has expired;
-    /// returns how many.
+    /// Ends a session: here, and with a fleet key on every replica.
+    pub(crate) async fn end(&self, id: &str) {
+        let handle = handle_of(id);
+        self.remove(id);
+        if let Some(sharing) = &self.sharing
+            && sharing.store.end(&handle).await.is_err()
+        {
+            self.metrics.session_store_failed();
+            tracing::warn!(
+                "the session store (Redis) cannot be reached: an ended session lives on other replicas until it expires"
+            );
+        }
+    }
+
+    /// Tells the fleet a session's new log level (with a fleet key).
+    pub(crate) async fn share_level(&self, session: &Session, rank: u64) {
+        if let Some(sharing) = &self.sharing
+            && sharing
+                .store
+                .set_level(&session.handle, rank)
+                .await
+                .is_err()
+        {
+            self.store_failed();
+        }
+    }
+
+    /// Tells the fleet a subscription a session took or dropped (with a fleet key).
+    pub(crate) async fn share_subscription(&self, session: &Session, uri: &str, on: bool) {
+        if let Some(sharing) = &self.sharing
+            && sharing
+                .store
+                .subscribed(&session.handle, uri, on)
+                .await
+                .is_err()
+        {
+            self.store_failed();
+        }
+    }
+
+    /// Tells the other replicas something only one of them can act on (with a fleet key).
+    pub(crate) async fn tell_fleet(&self, event: Event) {
+        if let Some(sharing) = &self.sharing
+            && sharing.store.publish(event).await.is_err()
+        {
+            self.store_failed();
+        }
+    }
+
+    fn store_failed(&self) {
+        self.metrics.session_store_failed();
+        tracing::warn!(
+            "the session store (Redis) cannot be reached: other replicas do not see this change to a session"
+        );
+    }
+
+    /// Ends the session with this handle: with a fleet key on every replica (an error when the
+    /// fleet's store cannot be told), else here.
+    pub(crate) async fn end_handle(&self, handle: &str) -> Result<(), super::shared::Down> {
+        if let Some(copy) = self.by_handle(handle) {
+            self.remove(&copy.id);
+        }
+        match &self.sharing {
+            Some(sharing) => sharing.store.end(handle).await,
+            None => Ok(()),
+        }
+    }
+
+    /// This replica's copy of the session with this handle.
+    pub(crate) fn by_handle(&self, handle: &str) -> Option<Arc<Session>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.values().find(|s| s.handle == handle).cloned()
+    }
+
+    /// Applies what another replica did to a session this one holds a copy of.
+    pub(crate) fn apply(&self, event: &Event) {
+        let (Event::Ended { session }
+        | Event::Level { session, .. }
+        | Event::Subscribed { session, .. }
+        | Event::Answer { session, .. }
+        | Event::Cancel { session, .. }) = event;
+        let Some(copy) = self.by_handle(session) else {
+            return;
+        };
+        match event {
+            Event::Ended { .. } => {
+                self.remove(&copy.id);
+            }
+            Event::Level { rank, .. } => copy.log_level.store(*rank, Ordering::Relaxed),
+            Event::Subscribed { uri, on: true, .. } => {
+                let _ = copy.subscribe(uri, None);
+            }
+            Event::Subscribed { uri, on: false, .. } => copy.unsubscribe(uri),
+            Event::Cancel { id, .. } => {
+                copy.cancel_call(id);
+            }
+            // Answers go back to whoever asked (`dispatch::answer`).
+            Event::Answer { .. } => {}
+        }
+    }
+
     /// Open sessions on this gateway.
     pub(crate) fn count(&self) -> usize {
         self.map.read().map_or(0, |m| m.len())
     }
 
-    pub(crate) fn reap_idle(&self) -> usize {
+    /// Closes sessions idle for longer than the limit, or whose credential has expired;
+    /// returns how many. With a fleet key, a copy idle here is closed only when the fleet's
+    /// store no longer has the session (it ended, or was idle everywhere); otherwise the copy is
+    /// dropped if it holds nothing but state (another replica serves the session), or kept.
+    pub(crate) async fn reap_idle(&self) -> usize {
         let now = self.now();
         let idle = self.limits.idle.as_secs();
         let wall = crate::auth::now_ms() / 1000;
-        self.close_where(|s| {
-            now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle
-                || s.expires_at_secs.is_some_and(|at| at <= wall)
-        })
+        let mut closed = self.close_where(|s| s.expires_at_secs.is_some_and(|at| at <= wall));
+        let idle_here: Vec<Arc<Session>> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| now.saturating_sub(s.last_seen.load(Ordering::Relaxed)) > idle)
+            .cloned()
+            .collect();
+        let alive = match &self.sharing {
+            Some(sharing) if !idle_here.is_empty() => {
+                let handles: Vec<String> = idle_here.iter().map(|s| s.handle.clone()).collect();
+                sharing.store.alive(&handles).await.unwrap_or_else(|_| {
+                    // Not knowing, each replica applies the idle limit alone.
+                    self.metrics.session_store_failed();
+                    vec![false; handles.len()]
+                })
+            }
+            _ => vec![false; idle_here.len()],
+        };
+        for (s, alive) in idle_here.iter().zip(alive) {
+            if alive && s.holds_more_than_state() {
+                s.touch(now);
+                continue;
+            }
+            if self.remove(&s.id).is_some() && !alive {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Tells the fleet's store which sessions this replica saw since the last flush, so
+    /// that they live another idle period everywhere.
+    pub(crate) async fn flush_activity(&self) {
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        let seen: Vec<(Arc<Session>, u64)> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|s| {
+                let last = s.last_seen.load(Ordering::Relaxed);
+                (last > s.flushed.load(Ordering::Relaxed)).then(|| (s.clone(), last))
+            })
+            .collect();
+        let handles: Vec<String> = seen.iter().map(|(s, _)| s.handle.clone()).collect();
+        if sharing.store.refresh(&handles).await.is_err() {
+            self.metrics.session_store_failed();
+            return;
+        }
+        for (s, last) in seen {
+            s.flushed.store(last, Ordering::Relaxed);
+        }
     }
 
     /// Ends every session (shutdown).
@@ -239,14 +553,14 @@ impl Sessions {
         ids.len()
     }
 
-    /// A tenant's open sessions.
-    pub(crate) fn of_tenant(&self, tenant: &str) -> Vec<Arc<Session>> {
+    /// This replica's sessions, of one tenant or all, oldest first.
+    pub(crate) fn list(&self, tenant: Option<&str>) -> Vec<Arc<Session>> {
         let mut list: Vec<Arc<Session>> = self
             .map
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|s| &*s.tenant == tenant)
+            .filter(|s| tenant.is_none_or(|t| &*s.tenant == t))
             .cloned()
             .collect();
         list.sort_by_key(|s| s.opened_at);
@@ -444,20 +758,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn idle_sessions_are_reaped() {
+    #[tokio::test]
+    async fn idle_sessions_are_reaped() {
         let sessions = sessions(limits(0, 10));
         let s = sessions
             .create(&principal("acme", "k"), "2025-11-25", caps())
             .unwrap();
         s.last_seen.store(0, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(sessions.reap_idle(), 1);
+        assert_eq!(sessions.reap_idle().await, 1);
         assert!(s.closed.is_cancelled());
     }
 
-    #[test]
-    fn sessions_end_when_their_credential_expires() {
+    #[tokio::test]
+    async fn sessions_end_when_their_credential_expires() {
         let sessions = sessions(limits(3600, 10));
         let now = crate::auth::now_ms() / 1000;
         let mut expired = principal("acme", "a");
@@ -466,7 +780,7 @@ mod tests {
         valid.expires_at_secs = Some(now + 3600);
         let e = sessions.create(&expired, "2025-11-25", caps()).unwrap();
         let v = sessions.create(&valid, "2025-11-25", caps()).unwrap();
-        assert_eq!(sessions.reap_idle(), 1);
+        assert_eq!(sessions.reap_idle().await, 1);
         assert!(e.closed.is_cancelled() && !v.closed.is_cancelled());
     }
 }

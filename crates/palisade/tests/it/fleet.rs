@@ -1,9 +1,10 @@
 //! The example fleet (`examples/fleet/run.sh`, the files an operator starts by hand): three
 //! replicas on one PostgreSQL registry and Redis, behind HAProxy balancing every request
-//! round-robin with no stickiness. Legacy sessions that continue on any replica are not built
-//! yet; this tests what the fleet does today with 2026-07-28 clients, whose requests carry
-//! everything: calls land on every replica, the fleet lists itself, a rolling restart (each
-//! replica in turn sent SIGTERM, leaving the load balancer before it stops) fails no call, and
+//! round-robin with no stickiness. 2026-07-28 calls land on every replica; a legacy session
+//! opened on one continues on the others (calls, its log level, a sampling request whose answer
+//! lands on another replica than the call, DELETE), is bound to its principal, is listed and
+//! revoked fleet-wide; the fleet lists itself; a rolling restart (each replica in turn sent
+//! SIGTERM, leaving the load balancer before it stops) fails no call and loses no session; and
 //! a key revoked through one replica's admin API is refused by all within a second.
 
 use std::path::{Path, PathBuf};
@@ -80,8 +81,8 @@ async fn echo(http: &reqwest::Client, fleet: &Fleet, key: &str, n: usize) -> Res
     }
 }
 
-/// Tool calls a replica has forwarded, from its metrics.
-async fn calls_on(http: &reqwest::Client, admin: &str) -> f64 {
+/// The sum of a replica's series named `name` (all labels), from its metrics.
+async fn metric_on(http: &reqwest::Client, admin: &str, name: &str) -> f64 {
     let text = http
         .get(format!("{admin}/metrics"))
         .send()
@@ -91,9 +92,136 @@ async fn calls_on(http: &reqwest::Client, admin: &str) -> f64 {
         .await
         .expect("metrics body");
     text.lines()
-        .filter(|l| l.starts_with("palisade_tool_calls_total"))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+const LEGACY: &str = "2025-11-25";
+
+/// One legacy-era POST through the load balancer.
+async fn legacy_post(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    key: &str,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut r = http
+        .post(&fleet.mcp)
+        .bearer_auth(key)
+        .header("accept", ACCEPT)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", LEGACY)
+        .body(body.to_string());
+    if let Some(id) = session {
+        r = r.header("mcp-session-id", id);
+    }
+    r.send().await.expect("a legacy request")
+}
+
+/// Opens a legacy session through the load balancer: its id.
+async fn open_session(http: &reqwest::Client, fleet: &Fleet, key: &str) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LEGACY, "capabilities": {"sampling": {}},
+        "clientInfo": {"name": "fleet-test", "version": "1"}}});
+    let r = legacy_post(http, fleet, key, None, init).await;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = legacy_post(http, fleet, key, Some(&id), initialized).await;
+    assert_eq!(r.status(), 202);
+    id
+}
+
+/// A legacy-era tool call in a session: the answer's messages (notifications, then the
+/// response), or its HTTP status when that is not 200.
+async fn legacy_call(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    session: &str,
+    n: usize,
+    tool: &str,
+    arguments: Value,
+) -> Result<Vec<Value>, u16> {
+    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                      "params": {"name": tool, "arguments": arguments}});
+    let answer = read_answer(legacy_post(http, fleet, &fleet.key, Some(session), body).await).await;
+    if answer.status == 200 && answer.response().get("result").is_some() {
+        Ok(answer.messages)
+    } else {
+        Err(answer.status)
+    }
+}
+
+/// An echo in a legacy session, checked.
+async fn legacy_echo(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    session: &str,
+    n: usize,
+) -> Result<(), String> {
+    let args = json!({"message": format!("legacy {n}")});
+    match legacy_call(http, fleet, session, n, "kit__echo", args).await {
+        Ok(messages)
+            if messages.last().map(|m| &m["result"]["content"][0]["text"])
+                == Some(&json!(format!("legacy {n}"))) =>
+        {
+            Ok(())
+        }
+        Ok(messages) => Err(format!("legacy call {n}: {messages:?}")),
+        Err(status) => Err(format!("legacy call {n}: HTTP {status}")),
+    }
+}
+
+/// A sampling round trip: the tool asks the client on the call's stream (on one replica), the
+/// client's answer is a new POST that the load balancer sends to the next replica.
+async fn sampling_round_trip(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    session: &str,
+    n: usize,
+) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                      "params": {"name": "kit__sampling", "arguments": {"prompt": "hello"}}});
+    let mut r = legacy_post(http, fleet, &fleet.key, Some(session), body).await;
+    assert_eq!(r.status(), 200);
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+            .await
+            .expect("the call's stream went on")
+            .expect("the call's stream")
+            .expect("the call's stream ended before its response");
+        decoder.push(&chunk);
+        while let Ok(Some(event)) = decoder.next_event() {
+            if event.data.is_empty() {
+                continue;
+            }
+            let message: Value = serde_json::from_str(&event.data).expect("event json");
+            if message["method"] == "sampling/createMessage" {
+                let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "role": "assistant", "model": "fleet-test",
+                    "content": {"type": "text", "text": "sampled on the fleet"}}});
+                let a = legacy_post(http, fleet, &fleet.key, Some(session), answer).await;
+                assert_eq!(a.status(), 202);
+            } else if message.get("result").is_some() {
+                return message["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+    }
+}
+
+/// The session's public handle, as the admin API names it.
+fn handle(session: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(session.as_bytes())[..8])
 }
 
 /// The pid of replica `name`'s `palisade serve`, under the fleet's directory.
@@ -166,7 +294,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     }
     for admin in &fleet.admins {
         assert!(
-            calls_on(&http, admin).await >= 5.0,
+            metric_on(&http, admin, "palisade_tool_calls_total").await >= 5.0,
             "{admin} took few calls"
         );
     }
@@ -194,6 +322,290 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         "{listed}"
     );
 
+    // A legacy session opened through one replica continues on the others, with no new
+    // initialize: calls, its log level, a sampling request answered through another replica.
+    let session = open_session(&http, &fleet, &fleet.key).await;
+    for n in 0..30 {
+        legacy_echo(&http, &fleet, &session, n)
+            .await
+            .expect("a legacy call");
+    }
+    let mut continued = 0;
+    for admin in &fleet.admins {
+        if metric_on(&http, admin, "palisade_sessions_continued_total").await >= 1.0 {
+            continued += 1;
+        }
+    }
+    assert_eq!(
+        continued, 2,
+        "the two replicas that did not open it continued it"
+    );
+    let set = json!({"jsonrpc": "2.0", "id": 100, "method": "logging/setLevel", "params": {"level": "error"}});
+    let r = legacy_post(&http, &fleet, &fleet.key, Some(&session), set).await;
+    assert_eq!(r.status(), 200);
+    for n in 0..6 {
+        for (level, shown) in [("warning", false), ("error", true)] {
+            let args = json!({"message": format!("log {n}"), "level": level});
+            let messages = legacy_call(&http, &fleet, &session, 200 + n, "kit__log", args)
+                .await
+                .expect("a log call");
+            let logged = messages
+                .iter()
+                .any(|m| m["method"] == "notifications/message");
+            assert_eq!(
+                logged, shown,
+                "a {level} log under level error, call {n}: {messages:?}"
+            );
+        }
+    }
+    for n in 0..3 {
+        let text = sampling_round_trip(&http, &fleet, &session, 300 + n).await;
+        assert!(text.contains("sampled on the fleet"), "{text}");
+    }
+
+    // Bound to its principal: another key of the same tenant gets 404 on every replica.
+    let issued: Value = http
+        .post(format!("{}/admin/v1/tenants/acme/keys", fleet.admins[2]))
+        .bearer_auth(&fleet.admin_key)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("issue a key")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("issued key json"))
+        .expect("issued key");
+    let other = issued["key"].as_str().expect("key").to_owned();
+    testenv::wait_until(
+        Duration::from_secs(2),
+        "every replica knows the new key",
+        || async {
+            let mut all = true;
+            for n in 0..6 {
+                all &= echo(&http, &fleet, &other, n).await.is_ok();
+            }
+            all
+        },
+    )
+    .await;
+    for n in 0..6 {
+        let body = json!({"jsonrpc": "2.0", "id": n, "method": "ping"});
+        let r = legacy_post(&http, &fleet, &other, Some(&session), body).await;
+        assert_eq!(r.status(), 404, "another principal's request {n}");
+    }
+
+    // DELETE through one replica ends the session on all.
+    let doomed = open_session(&http, &fleet, &fleet.key).await;
+    for n in 0..3 {
+        legacy_echo(&http, &fleet, &doomed, n)
+            .await
+            .expect("a call before DELETE");
+    }
+    let r = http
+        .delete(&fleet.mcp)
+        .bearer_auth(&fleet.key)
+        .header("mcp-protocol-version", LEGACY)
+        .header("mcp-session-id", &doomed)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 204);
+    for n in 0..6 {
+        assert_eq!(
+            legacy_echo(&http, &fleet, &doomed, n).await,
+            Err(format!("legacy call {n}: HTTP 404"))
+        );
+    }
+
+    // The fleet's sessions, listed by any replica; one revoked through r1 is refused by every
+    // replica within a second.
+    let revoked = open_session(&http, &fleet, &fleet.key).await;
+    for n in 0..3 {
+        legacy_echo(&http, &fleet, &revoked, n)
+            .await
+            .expect("a call before revocation");
+    }
+    let listed: Value = http
+        .get(format!("{}/admin/v1/sessions", fleet.admins[1]))
+        .bearer_auth(&fleet.admin_key)
+        .send()
+        .await
+        .expect("sessions")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("sessions json"))
+        .expect("sessions body");
+    let handles: Vec<&str> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["handle"].as_str())
+        .collect();
+    assert!(handles.contains(&handle(&session).as_str()), "{listed}");
+    assert!(handles.contains(&handle(&revoked).as_str()), "{listed}");
+    assert!(
+        !handles.contains(&handle(&doomed).as_str()),
+        "ended: {listed}"
+    );
+    let r = http
+        .delete(format!(
+            "{}/admin/v1/tenants/acme/sessions/{}",
+            fleet.admins[0],
+            handle(&revoked)
+        ))
+        .bearer_auth(&fleet.admin_key)
+        .send()
+        .await
+        .expect("revoke a session");
+    assert_eq!(r.status(), 204);
+    testenv::wait_until(
+        Duration::from_secs(1),
+        "every replica refuses the revoked session",
+        || async {
+            let mut all = true;
+            for n in 0..6 {
+                all &= legacy_echo(&http, &fleet, &revoked, n).await.is_err();
+            }
+            all
+        },
+    )
+    .await;
+
+    // The CLI lists the fleet's sessions through any replica, and revokes one.
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+        cmd.args(args);
+        for line in std::fs::read_to_string(fleet.dir.join("env"))
+            .expect("run.sh's env file")
+            .lines()
+        {
+            for pair in line.trim_start_matches("export ").split(' ') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        let out = cmd.output().expect("palisade");
+        assert!(
+            out.status.success(),
+            "palisade {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let r1 = fleet.dir.join("r1.toml");
+    let r1 = r1.to_str().expect("path");
+    let by_cli = open_session(&http, &fleet, &fleet.key).await;
+    legacy_echo(&http, &fleet, &by_cli, 1)
+        .await
+        .expect("a call");
+    let listed = cli(&[
+        "session",
+        "list",
+        "--tenant",
+        "acme",
+        "--config",
+        r1,
+        "--admin-key",
+        &fleet.admin_key,
+        "--admin-url",
+        &fleet.admins[2],
+    ]);
+    assert!(listed.contains(&handle(&by_cli)), "{listed}");
+    cli(&[
+        "session",
+        "revoke",
+        "acme",
+        &handle(&by_cli),
+        "--config",
+        r1,
+        "--admin-key",
+        &fleet.admin_key,
+    ]);
+    testenv::wait_until(
+        Duration::from_secs(1),
+        "every replica refuses the session the CLI revoked",
+        || async {
+            let mut all = true;
+            for n in 0..6 {
+                all &= legacy_echo(&http, &fleet, &by_cli, n).await.is_err();
+            }
+            all
+        },
+    )
+    .await;
+
+    // A tenant suspended through the CLI: its sessions are refused by every replica within a
+    // second.
+    let created = http
+        .post(format!("{}/admin/v1/tenants", fleet.admins[0]))
+        .bearer_auth(&fleet.admin_key)
+        .header("content-type", "application/json")
+        .body(json!({"id": "globex", "servers": ["kit"]}).to_string())
+        .send()
+        .await
+        .expect("create globex");
+    assert_eq!(created.status(), 201);
+    let issued: Value = http
+        .post(format!("{}/admin/v1/tenants/globex/keys", fleet.admins[0]))
+        .bearer_auth(&fleet.admin_key)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("issue a globex key")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("issued key json"))
+        .expect("issued key");
+    let globex = Fleet {
+        key: issued["key"].as_str().expect("key").to_owned(),
+        ..fleet.clone()
+    };
+    testenv::wait_until(
+        Duration::from_secs(2),
+        "every replica knows globex",
+        || async {
+            let mut all = true;
+            for n in 0..6 {
+                all &= echo(&http, &globex, &globex.key, n).await.is_ok();
+            }
+            all
+        },
+    )
+    .await;
+    let suspended = open_session(&http, &globex, &globex.key).await;
+    for n in 0..3 {
+        legacy_echo(&http, &globex, &suspended, n)
+            .await
+            .expect("globex calls");
+    }
+    cli(&[
+        "tenant",
+        "suspend",
+        "globex",
+        "--reason",
+        "fleet test",
+        "--config",
+        r1,
+    ]);
+    testenv::wait_until(
+        Duration::from_secs(1),
+        "every replica refuses the suspended tenant's session",
+        || async {
+            let mut all = true;
+            for n in 0..6 {
+                all &= legacy_echo(&http, &globex, &suspended, n).await.is_err();
+            }
+            all
+        },
+    )
+    .await;
+    legacy_echo(&http, &fleet, &session, 1)
+        .await
+        .expect("acme's session goes on");
+
     // A rolling restart while a client calls without pause: each replica in turn is sent
     // SIGTERM, leaves the load balancer (its /readyz says 503 while it still serves), drains,
     // exits, and run.sh starts it again; the next waits until it is back. No call fails.
@@ -204,12 +616,18 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     );
     let client = {
         let (done, failed, made) = (done.clone(), failed.clone(), made.clone());
-        let (http, fleet) = (http.clone(), fleet.clone());
+        let (http, fleet, session) = (http.clone(), fleet.clone(), session.clone());
         tokio::spawn(async move {
             let mut n = 1000;
             while !done.load(Ordering::Relaxed) {
-                if let Err(e) = echo(&http, &fleet, &fleet.key, n).await {
-                    failed.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                // A 2026-07-28 call, then one in the legacy session opened before.
+                for made_call in [
+                    echo(&http, &fleet, &fleet.key, n).await,
+                    legacy_echo(&http, &fleet, &session, n).await,
+                ] {
+                    if let Err(e) = made_call {
+                        failed.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                    }
                 }
                 made.fetch_add(1, Ordering::Relaxed);
                 n += 1;
