@@ -1,16 +1,23 @@
-//! This gateway among its replicas: the health its `/readyz` reports, and the heartbeat it
+//! This gateway among its replicas: the health its `/readyz` reports, the heartbeat it
 //! writes to the registry store every second (name, version, start, sessions, health), from
-//! which any replica lists the fleet (`GET /admin/v1/replicas`). It reads the gateway; the
-//! gateway does not read it.
+//! which any replica lists the fleet (`GET /admin/v1/replicas`), and with a fleet key the
+//! notices its upstreams send for sessions whose GET stream another replica may hold, relayed
+//! both ways on the fleet's events channel.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_ids::TenantId;
 use palisade_store::ReplicaRecord;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::now_ms;
 use crate::gateway::Gateway;
+use crate::session::handle_of;
+use crate::session::shared::{Event, Said, Shared, Target};
+use crate::upstream::{Notice, UpdateOwner, Upstream};
 
 /// How often a replica writes its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -108,5 +115,89 @@ async fn beat(gw: &Gateway, started_at: i64, health: String, failing: &mut bool)
             tracing::warn!(error = %e, replica = %gw.replica, "cannot write this replica's heartbeat; the fleet list shows it as not alive until it can");
         }
         Err(_) => {}
+    }
+}
+
+/// With a fleet key: tells the other replicas what `upstream` says here for one session or a
+/// tenant's sessions (resource updates, messages trailing a call), whose GET stream another
+/// replica may hold, until `stop`. List changes are not relayed: every replica hears its own
+/// upstreams' (an HTTP server tells each replica's connection; each replica runs its own stdio
+/// processes), and relaying them would repeat them.
+pub(crate) fn tap(store: Arc<Shared>, upstream: &Upstream, stop: CancellationToken) {
+    let mut notices = upstream.subscribe();
+    let server = upstream.name.to_string();
+    tokio::spawn(async move {
+        loop {
+            let notice = tokio::select! {
+                n = notices.recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            let notice = match notice {
+                Ok(notice) => notice,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let (target, said) = match notice {
+                Notice::ResourceUpdated { uri, params, owner } => {
+                    let target = match owner {
+                        UpdateOwner::Session(id) => Target::Session(handle_of(&id)),
+                        UpdateOwner::Tenant(tenant) => Target::Tenant(tenant.to_string()),
+                    };
+                    (target, Said::Updated { uri, params })
+                }
+                Notice::ForSession { session, message } => (
+                    Target::Session(handle_of(&session)),
+                    Said::Message(String::from_utf8_lossy(&message).into_owned()),
+                ),
+                Notice::ListChanged(_) | Notice::Relayed(_) => continue,
+            };
+            let server = server.clone();
+            // Best effort, like the notice itself: a replica that cannot reach Redis still
+            // serves its own streams.
+            let _ = store
+                .publish(Event::Notice {
+                    server,
+                    target,
+                    said,
+                })
+                .await;
+        }
+    });
+}
+
+/// Hands a notice another replica relayed to the GET streams here that it is for: those of
+/// the session's copy, or of the tenant's sessions, on the tenant's upstream of that name.
+pub(crate) fn relay(gw: &Gateway, server: &str, target: &Target, said: &Said) {
+    let (tenant, session) = match target {
+        Target::Session(handle) => match gw.sessions.by_handle(handle) {
+            Some(copy) => (copy.tenant.clone(), Some(copy.id.clone())),
+            None => return,
+        },
+        Target::Tenant(tenant) => match TenantId::parse(tenant) {
+            Ok(tenant) => (tenant, None),
+            Err(_) => return,
+        },
+    };
+    let notice = match (said, session) {
+        (Said::Updated { uri, params }, session) => Notice::ResourceUpdated {
+            uri: uri.clone(),
+            params: params.clone(),
+            owner: match session {
+                Some(id) => UpdateOwner::Session(id),
+                None => UpdateOwner::Tenant(tenant.clone()),
+            },
+        },
+        (Said::Message(message), Some(session)) => Notice::ForSession {
+            session,
+            message: message.as_bytes().into(),
+        },
+        (Said::Message(_), None) => return,
+    };
+    let registry = gw.registry();
+    let upstream = registry
+        .tenant(&tenant)
+        .and_then(|t| t.upstreams.iter().find(|u| *u.name == *server).cloned());
+    if let Some(upstream) = upstream {
+        upstream.publish(Notice::Relayed(Box::new(notice)));
     }
 }

@@ -323,6 +323,11 @@ impl Gateway {
                                 crate::dispatch::answer_elsewhere(&copy, id, outcome).await;
                             }
                         }
+                        Event::Notice {
+                            server,
+                            target,
+                            said,
+                        } => crate::fleet::relay(&me, server, target, said),
                         _ => me.sessions.apply(&event),
                     }
                 }
@@ -388,6 +393,7 @@ impl Gateway {
                     stop.clone(),
                     self.http_client.clone(),
                 );
+                self.tap(&upstream, &stop);
                 // The supervisor waits for the first call before starting a process.
                 let supervisor = started.then(|| upstream.start());
                 dedicated.insert(
@@ -486,6 +492,7 @@ impl Gateway {
                 stop.clone(),
                 self.http_client.clone(),
             );
+            self.tap(&upstream, &stop);
             running.insert(
                 upstream.name.clone(),
                 Running {
@@ -494,6 +501,13 @@ impl Gateway {
                     supervisor: None,
                 },
             );
+        }
+    }
+
+    /// With a fleet key, relays what the upstream says for sessions to the other replicas.
+    fn tap(&self, upstream: &Upstream, stop: &CancellationToken) {
+        if let Some(sharing) = self.sessions.sharing() {
+            crate::fleet::tap(sharing.store.clone(), upstream, stop.clone());
         }
     }
 

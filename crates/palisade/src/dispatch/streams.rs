@@ -413,6 +413,8 @@ pub(crate) fn relay_to_session(
                 Some(&obj.to_json()),
             ))
         }
+        // Unwrapped by `relay_notices`.
+        Notice::Relayed(_) => None,
     });
 }
 
@@ -443,6 +445,10 @@ pub(super) fn relay_notices<F>(
                 };
                 match notice {
                     Ok(notice) => {
+                        let notice = match notice {
+                            Notice::Relayed(notice) => *notice,
+                            here => here,
+                        };
                         if let Some(msg) = render(&notice, &upstream)
                             && tx.try_send(msg).is_err()
                             && tx.is_closed()

@@ -85,6 +85,33 @@ pub(crate) enum Event {
         session: String,
         id: String,
     },
+    /// What upstream `server` said on one replica for a session, or a tenant's sessions, whose
+    /// GET stream another replica may hold.
+    Notice {
+        server: String,
+        target: Target,
+        said: Said,
+    },
+}
+
+/// Whose GET stream a relayed notice is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Target {
+    /// One session, by handle.
+    Session(String),
+    /// The tenant's sessions subscribed to the resource.
+    Tenant(String),
+}
+
+/// A relayed notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Said {
+    /// `notifications/resources/updated` of `uri` (the upstream's name), with its params.
+    Updated { uri: String, params: String },
+    /// A message for the session's GET stream (JSON text).
+    Message(String),
 }
 
 /// An event and the replica it came from.
@@ -410,6 +437,19 @@ mod tests {
             Event::Cancel {
                 session: "h".into(),
                 id: "3".into(),
+            },
+            Event::Notice {
+                server: "kit".into(),
+                target: Target::Tenant("acme".into()),
+                said: Said::Updated {
+                    uri: "test://r".into(),
+                    params: r#"{"uri":"test://r"}"#.into(),
+                },
+            },
+            Event::Notice {
+                server: "kit".into(),
+                target: Target::Session("h".into()),
+                said: Said::Message(r#"{"jsonrpc":"2.0","method":"x"}"#.into()),
             },
         ];
         for event in events {

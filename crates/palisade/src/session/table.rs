@@ -440,7 +440,10 @@ impl Sessions {
         | Event::Level { session, .. }
         | Event::Subscribed { session, .. }
         | Event::Answer { session, .. }
-        | Event::Cancel { session, .. }) = event;
+        | Event::Cancel { session, .. }) = event
+        else {
+            return;
+        };
         let Some(copy) = self.by_handle(session) else {
             return;
         };
@@ -456,8 +459,9 @@ impl Sessions {
             Event::Cancel { id, .. } => {
                 copy.cancel_call(id);
             }
-            // Answers go back to whoever asked (`dispatch::answer`).
-            Event::Answer { .. } => {}
+            // Answers go back to whoever asked (`dispatch::answer_elsewhere`), notices to the
+            // GET streams (`fleet::relay`).
+            Event::Answer { .. } | Event::Notice { .. } => {}
         }
     }
 

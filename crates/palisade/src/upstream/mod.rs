@@ -141,6 +141,9 @@ pub enum Notice {
         session: Arc<str>,
         message: Arc<[u8]>,
     },
+    /// What the upstream of the same name said on another replica (with a fleet key), for a
+    /// session whose GET stream may be here; never relayed again.
+    Relayed(Box<Notice>),
 }
 
 pub struct Upstream {

@@ -363,6 +363,64 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         assert!(text.contains("sampled on the fleet"), "{text}");
     }
 
+    // A resource update from the replica that took the subscription (r2) reaches the session's
+    // GET stream on another (r1), through the fleet's events channel.
+    let replica = |i: u16| {
+        let base: u16 = fleet
+            .mcp
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.strip_suffix("/mcp"))
+            .and_then(|p| p.parse().ok())
+            .expect("the load balancer's port");
+        Fleet {
+            mcp: format!("http://127.0.0.1:{}/mcp", base + i),
+            ..fleet.clone()
+        }
+    };
+    let mut stream = http
+        .get(&replica(1).mcp)
+        .bearer_auth(&fleet.key)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", LEGACY)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("the GET stream");
+    assert_eq!(stream.status(), 200);
+    let uri = "kit+test://watched-resource";
+    let subscribe = json!({"jsonrpc": "2.0", "id": 400, "method": "resources/subscribe", "params": {"uri": uri}});
+    let r =
+        read_answer(legacy_post(&http, &replica(2), &fleet.key, Some(&session), subscribe).await)
+            .await;
+    assert!(r.response().get("result").is_some(), "{:?}", r.messages);
+    legacy_call(&http, &replica(2), &session, 401, "kit__touch", json!({}))
+        .await
+        .expect("touch");
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    let updated = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let chunk = stream
+                .chunk()
+                .await
+                .expect("the GET stream")
+                .expect("the GET stream ended");
+            decoder.push(&chunk);
+            while let Ok(Some(event)) = decoder.next_event() {
+                let Ok(message) = serde_json::from_str::<Value>(&event.data) else {
+                    continue;
+                };
+                if message["method"] == "notifications/resources/updated" {
+                    return message;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the update reached the GET stream on r1 within 5 s");
+    assert_eq!(updated["params"]["uri"], uri, "{updated}");
+    drop(stream);
+
     // Bound to its principal: another key of the same tenant gets 404 on every replica.
     let issued: Value = http
         .post(format!("{}/admin/v1/tenants/acme/keys", fleet.admins[2]))
