@@ -73,7 +73,7 @@ admin_hash=$(printf '%s\n' "$made" | grep -o 'hmac-sha256:[0-9a-f]*')
 for i in 1 2 3; do render "$i" "$admin_hash"; done
 
 # The tenant and its key go into the shared registry before any replica starts.
-"$bin/palisade" tenant create acme --servers kit --config "$dir/r1.toml" >/dev/null
+"$bin/palisade" tenant create acme --servers kit,kitl --config "$dir/r1.toml" >/dev/null
 key=$("$bin/palisade" key issue acme --config "$dir/r1.toml" | sed -n 's/^API key .*: \(pal_[A-Za-z0-9_-]*\)$/\1/p')
 
 # Replica I, started again whenever it exits (a SIGTERM restarts it, as a rolling restart

@@ -184,6 +184,7 @@ impl Gateway {
             None
         };
         let replica = config.fleet.replica_name();
+        let parked = Arc::new(Parked::new(&replica));
         let sessions = sessions(&config, &replica, &metrics)?;
         let gw = Arc::new(Gateway {
             auth: Authenticator::new(pepper, verifier),
@@ -201,7 +202,7 @@ impl Gateway {
             sessions,
             listens: Arc::default(),
             names: Names::default(),
-            parked: Arc::new(Parked::default()),
+            parked,
             metrics,
             leaving: CancellationToken::new(),
             draining: CancellationToken::new(),

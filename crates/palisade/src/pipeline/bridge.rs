@@ -94,9 +94,7 @@ impl Forward {
         let key = format!("palisade-{}", self.parked_inputs.len() + 1);
         self.parked_inputs.push((key.clone(), upstream_id));
         self.upstream.set_waiting_on_client(self.handle.id(), true);
-        let mut token = [0u8; 32];
-        rand::rng().fill_bytes(&mut token);
-        let state = format!("{PARK_PREFIX}{}", hex::encode(token));
+        let state = self.parking.new_state();
         let request = match params {
             Some(p) => format!(r#"{{"method":{},"params":{}}}"#, json_str(method), p.get()),
             None => format!(r#"{{"method":{}}}"#, json_str(method)),
@@ -229,12 +227,15 @@ pub(super) fn is_input_required(result: &RawValue) -> bool {
 
 /// Calls waiting for a modern client to retry with the input an upstream asked for.
 ///
-/// The `requestState` the client gets is 256 random bits; a parked call is resumed only by a
+/// The `requestState` the client gets is [`PARK_PREFIX`], 256 random bits in hex, `.` and the
+/// replica's name: a parked call holds a live upstream request on this replica, so a retry
+/// that reaches another replica is told which one holds it (retry, and a load balancer may
+/// send it there) rather than that the state is unknown. A parked call is resumed only by a
 /// retry from the same tenant and subject, and is dropped (cancelling it upstream) when the
 /// client does not come back in time.
-#[derive(Default)]
 pub struct Parked {
     calls: Mutex<HashMap<String, ParkedCall>>,
+    replica: String,
 }
 
 struct ParkedCall {
@@ -244,6 +245,21 @@ struct ParkedCall {
 }
 
 impl Parked {
+    /// The calls replica `replica` parks.
+    pub fn new(replica: &str) -> Parked {
+        Parked {
+            calls: Mutex::default(),
+            replica: replica.to_owned(),
+        }
+    }
+
+    /// A new `requestState`, naming this replica.
+    fn new_state(&self) -> String {
+        let mut token = [0u8; 32];
+        rand::rng().fill_bytes(&mut token);
+        format!("{PARK_PREFIX}{}.{}", hex::encode(token), self.replica)
+    }
+
     /// Parks a call; it is dropped after `ttl` unless resumed. A tenant with `limit` calls
     /// parked already gets the answer to send instead, and the call is dropped (which cancels
     /// it upstream).
@@ -306,7 +322,17 @@ impl Parked {
             }
         };
         let Some(ParkedCall { mut fwd, .. }) = parked else {
-            return Err(Refusal::UnknownRequestState);
+            // Issued by another replica: it holds the call, and says so.
+            let elsewhere = state
+                .strip_prefix(PARK_PREFIX)
+                .and_then(|rest| rest.get(64..)?.strip_prefix('.'))
+                .filter(|replica| *replica != self.replica && !replica.is_empty());
+            return Err(match elsewhere {
+                Some(replica) => Refusal::ParkedElsewhere {
+                    replica: replica.to_owned(),
+                },
+                None => Refusal::UnknownRequestState,
+            });
         };
         let responses = params.get_object("inputResponses").unwrap_or_default();
         for (key, upstream_id) in std::mem::take(&mut fwd.parked_inputs) {

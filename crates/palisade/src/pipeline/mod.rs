@@ -93,6 +93,7 @@ pub async fn forward(
     // 6. Send; the relay gives the client what comes back and writes END when the call ends.
     relay::send(
         &gw.metrics,
+        &gw.parked,
         caller,
         id,
         method,

@@ -37,6 +37,8 @@ pub enum Refusal {
     Upstream(UpstreamError),
     /// A `requestState` the gateway issued that is unknown, expired or someone else's.
     UnknownRequestState,
+    /// A `requestState` another replica issued: the call waits there (retryable).
+    ParkedElsewhere { replica: String },
     /// A bound on what a tenant may hold at the gateway (sessions opened per second, open
     /// listens, parked calls): HTTP 429 in either era.
     LimitReached {
@@ -148,6 +150,13 @@ impl Refusal {
                 ErrorCode::INVALID_PARAMS,
                 "requestState is unknown or expired: send the request again without it".to_owned(),
                 None,
+            ),
+            Refusal::ParkedElsewhere { replica } => (
+                ErrorCode::INTERNAL_ERROR,
+                format!(
+                    "this call waits for its input on gateway replica `{replica}`, and this retry reached another: retry (the load balancer may send it there), or send the request again without requestState"
+                ),
+                Some(json!({ "replica": replica, "retryable": true })),
             ),
             Refusal::LimitReached { message, data, .. } => (
                 ErrorCode::LIMIT_REACHED,

@@ -17,7 +17,7 @@ use palisade_ids::TenantId;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::bridge::{Collecting, is_input_required, refuse_request};
+use super::bridge::{Collecting, Parked, is_input_required, refuse_request};
 use super::refusal::{Refusal, modern_status, upstream_error};
 use crate::audit::{Auditor, CallFacts};
 use crate::catalog::{Addressing, Resolved};
@@ -76,6 +76,8 @@ pub struct Forward {
     pub(super) params: RawObject,
     /// Upstream requests waiting for a modern client's retry: input key → upstream request id.
     pub(super) parked_inputs: Vec<(String, Id)>,
+    /// Where the call waits if it parks (for the `requestState` it is given).
+    pub(super) parking: Arc<Parked>,
     /// Messages to give the client before anything else.
     pub(super) outbox: VecDeque<Vec<u8>>,
     /// Answers a legacy client owes for a modern upstream's `InputRequiredResult`.
@@ -100,6 +102,7 @@ pub struct Forward {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send(
     metrics: &Metrics,
+    parking: &Arc<Parked>,
     caller: &Caller<'_>,
     id: &Id,
     method: &str,
@@ -185,6 +188,7 @@ pub(super) async fn send(
         method: method.to_owned(),
         params,
         parked_inputs: Vec::new(),
+        parking: parking.clone(),
         outbox: VecDeque::new(),
         collecting: None,
         started,

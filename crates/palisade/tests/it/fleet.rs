@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::common::{ACCEPT, read_answer};
+use crate::common::{ACCEPT, Answer, read_answer, sampling_reply};
 
 /// What run.sh printed once the fleet was up.
 #[derive(Clone)]
@@ -53,12 +53,20 @@ impl Drop for StopsGroup {
     }
 }
 
-/// One 2026-07-28 tool call through the load balancer: the echoed text, or what went wrong.
-async fn echo(http: &reqwest::Client, fleet: &Fleet, key: &str, n: usize) -> Result<(), String> {
-    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {
-        "name": "kit__echo", "arguments": {"message": format!("call {n}")},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+/// One 2026-07-28 tool call through the load balancer (`params` beside the name: arguments,
+/// and a retry's `requestState` and `inputResponses`).
+async fn modern_call(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    key: &str,
+    n: usize,
+    tool: &str,
+    mut params: Value,
+) -> Result<Answer, String> {
+    params["name"] = json!(tool);
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                             "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}});
+    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params});
     let r = http
         .post(&fleet.mcp)
         .bearer_auth(key)
@@ -66,18 +74,23 @@ async fn echo(http: &reqwest::Client, fleet: &Fleet, key: &str, n: usize) -> Res
         .header("content-type", "application/json")
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/call")
-        .header("mcp-name", "kit__echo")
+        .header("mcp-name", tool)
         .body(body.to_string())
         .send()
         .await
         .map_err(|e| format!("call {n}: {e}"))?;
-    let status = r.status().as_u16();
-    let answer = read_answer(r).await;
+    Ok(read_answer(r).await)
+}
+
+/// A 2026-07-28 echo through the load balancer, checked.
+async fn echo(http: &reqwest::Client, fleet: &Fleet, key: &str, n: usize) -> Result<(), String> {
+    let args = json!({"arguments": {"message": format!("call {n}")}});
+    let answer = modern_call(http, fleet, key, n, "kit__echo", args).await?;
     let text = &answer.response()["result"]["content"][0]["text"];
-    if status == 200 && *text == format!("call {n}") {
+    if answer.status == 200 && *text == format!("call {n}") {
         Ok(())
     } else {
-        Err(format!("call {n}: {status} {:?}", answer.messages))
+        Err(format!("call {n}: {} {:?}", answer.status, answer.messages))
     }
 }
 
@@ -361,6 +374,77 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     for n in 0..3 {
         let text = sampling_round_trip(&http, &fleet, &session, 300 + n).await;
         assert!(text.contains("sampled on the fleet"), "{text}");
+    }
+
+    // A 2026-07-28 input-required round trip through a server the gateway speaks 2025-11-25 to:
+    // the gateway parks the call on the replica that made it; a retry the load balancer sends
+    // elsewhere is told which replica holds it and that it may retry, and one that reaches it
+    // completes. (A server's own requestState passes through untouched: it resumes on any
+    // replica when the server can verify it there.)
+    for n in 0..3 {
+        let first = modern_call(
+            &http,
+            &fleet,
+            &fleet.key,
+            500 + n,
+            "kitl__sampling",
+            json!({"arguments": {"prompt": "2+2?"}}),
+        )
+        .await
+        .expect("the first request");
+        let result = &first.response()["result"];
+        assert_eq!(
+            result["resultType"], "input_required",
+            "{:?}",
+            first.messages
+        );
+        let (key, _) = result["inputRequests"]
+            .as_object()
+            .expect("inputRequests")
+            .iter()
+            .next()
+            .expect("an input request");
+        let retry = json!({"arguments": {"prompt": "2+2?"}, "requestState": result["requestState"],
+                           "inputResponses": {key.as_str(): sampling_reply(&Value::Null)}});
+        let mut elsewhere = 0;
+        let text = loop {
+            let done = modern_call(
+                &http,
+                &fleet,
+                &fleet.key,
+                600 + n,
+                "kitl__sampling",
+                retry.clone(),
+            )
+            .await
+            .expect("the retry");
+            let error = &done.response()["error"];
+            if error.is_object() {
+                assert_eq!(error["data"]["retryable"], true, "{:?}", done.messages);
+                assert!(
+                    error["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("replica"),
+                    "{error}"
+                );
+                elsewhere += 1;
+                assert!(
+                    elsewhere < 3,
+                    "round-robin reaches the replica within three tries"
+                );
+                continue;
+            }
+            break done.response()["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        };
+        assert!(text.contains("four"), "{text}");
+        assert!(
+            n > 0 || elsewhere > 0,
+            "the first retry was balanced to another replica"
+        );
     }
 
     // A resource update from the replica that took the subscription (r2) reaches the session's

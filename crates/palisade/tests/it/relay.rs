@@ -268,6 +268,20 @@ async fn modern_client_answers_input_requests_of_either_era_upstream() {
                 "{:?}",
                 stolen.messages
             );
+            // The state names the replica that holds the call: a retry that reaches another
+            // replica is told which, and that it may retry (here: a state naming another).
+            let (random, _replica) = state.rsplit_once('.').unwrap();
+            let elsewhere = format!("{random}.r9");
+            let moved = gw
+                .modern("acme", 2, "tools/call", json!({"name": "kit__sampling", "arguments": {"prompt": "2+2?"}, "requestState": elsewhere, "inputResponses": {key: sampling_reply(&Value::Null)}}))
+                .await;
+            let error = &moved.response()["error"];
+            assert_eq!(error["data"]["replica"], "r9", "{:?}", moved.messages);
+            assert_eq!(error["data"]["retryable"], true);
+            assert!(
+                error["message"].as_str().unwrap().contains("retry"),
+                "{error}"
+            );
         }
 
         let retry = gw
