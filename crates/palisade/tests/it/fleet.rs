@@ -748,6 +748,70 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         .await
         .expect("acme's session goes on");
 
+    // Rate limits are the fleet's: a tenant allowed a burst of 30 calls (and one more every
+    // 100 s) gets 30 through three replicas, not 30 from each.
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        http.request(method, format!("{}{path}", fleet.admins[0]))
+            .bearer_auth(&fleet.admin_key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = admin(
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        json!({"id": "initech", "servers": ["kit"]}),
+    )
+    .await
+    .expect("create initech");
+    assert_eq!(r.status(), 201);
+    let policy = json!({"rates": {"tenant": {"per_second": 0.01, "burst": 30}}});
+    let r = admin(
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/initech/policy",
+        policy,
+    )
+    .await
+    .expect("policy");
+    assert_eq!(r.status(), 200);
+    let issued: Value = admin(
+        reqwest::Method::POST,
+        "/admin/v1/tenants/initech/keys",
+        json!({}),
+    )
+    .await
+    .expect("issue an initech key")
+    .bytes()
+    .await
+    .map(|b| serde_json::from_slice(&b).expect("issued key json"))
+    .expect("issued key");
+    let initech = issued["key"].as_str().expect("key").to_owned();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    testenv::wait_until(
+        Duration::from_secs(2),
+        "every replica knows initech's key",
+        || async {
+            let mut all = true;
+            for n in 0..3 {
+                let ok = echo(&http, &fleet, &initech, n).await.is_ok();
+                accepted.fetch_add(usize::from(ok), Ordering::Relaxed);
+                all &= ok;
+            }
+            all
+        },
+    )
+    .await;
+    for n in 0..60 {
+        if echo(&http, &fleet, &initech, n).await.is_ok() {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    assert!(
+        (29..=31).contains(&accepted),
+        "{accepted} calls of a 30-call quota went through three replicas"
+    );
+
     // A rolling restart while a client calls without pause: each replica in turn is sent
     // SIGTERM, leaves the load balancer (its /readyz says 503 while it still serves), drains,
     // exits, and run.sh starts it again; the next waits until it is back. No call fails.
