@@ -68,6 +68,16 @@ pub enum GatewayError {
     SessionStore,
 }
 
+/// Counts a session's subscriptions learned from the fleet on this replica's upstreams.
+fn count_here(gw: &Gateway, handle: &str) {
+    let Some(copy) = gw.sessions.by_handle(handle) else {
+        return;
+    };
+    if let Some(tenant) = gw.registry().tenant(&copy.tenant) {
+        crate::dispatch::count_subscriptions(tenant, &copy);
+    }
+}
+
 /// The session table: with a fleet key, one whose sessions any replica continues.
 fn sessions(
     config: &Config,
@@ -197,7 +207,7 @@ impl Gateway {
             data_dir,
             vault,
             audit,
-            protection: Protection::new(&config.rate_limits)?,
+            protection: Protection::new(&config.rate_limits, config.fleet.name())?,
             assertions,
             sessions,
             listens: Arc::default(),
@@ -329,6 +339,12 @@ impl Gateway {
                             target,
                             said,
                         } => crate::fleet::relay(&me, server, target, said),
+                        Event::Subscribed {
+                            session, on: true, ..
+                        } => {
+                            me.sessions.apply(&event);
+                            count_here(&me, session);
+                        }
                         _ => me.sessions.apply(&event),
                     }
                 }

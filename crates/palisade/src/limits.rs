@@ -179,12 +179,13 @@ impl Shares {
 }
 
 impl Protection {
-    /// In process, or shared through Redis when the config names one.
-    pub(crate) fn new(config: &RateLimits) -> Result<Protection, LimitError> {
+    /// In process, or shared through Redis when the config names one (keys under the fleet's
+    /// name, `<fleet>:rl:`, so that fleets sharing one Redis keep their own buckets).
+    pub(crate) fn new(config: &RateLimits, fleet: &str) -> Result<Protection, LimitError> {
         let shared = match config.redis_url() {
             Some(url) => Some(Distributed::new(
                 &url,
-                "palisade:rl:",
+                &format!("{fleet}:rl:"),
                 config.when_redis_down,
             )?),
             None => None,
@@ -454,7 +455,7 @@ mod tests {
             policy: Policy::default(),
             closed: Default::default(),
         };
-        let p = Protection::new(&config.rate_limits).unwrap();
+        let p = Protection::new(&config.rate_limits, "palisade").unwrap();
         let server = config.server("kit").unwrap();
         for i in 0..100_000 {
             let subject = format!("user-{i}@issuer");

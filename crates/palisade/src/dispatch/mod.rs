@@ -22,7 +22,7 @@ mod lifecycle;
 mod streams;
 
 pub(crate) use lifecycle::{ModernHeaders, check_modern};
-pub(crate) use streams::relay_to_session;
+pub(crate) use streams::{count_subscriptions, relay_to_session};
 
 use crate::auth::Principal;
 use crate::catalog::{self, Addressing};

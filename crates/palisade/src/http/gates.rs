@@ -260,6 +260,7 @@ pub(super) async fn session_of(
     gw: &Gateway,
     headers: &HeaderMap,
     principal: &Principal,
+    tenant: &Tenant,
 ) -> Result<Arc<Session>, Response> {
     let Some(id) = header_str(headers, mcp_header::SESSION_ID) else {
         gw.metrics.rejected("no_session");
@@ -269,7 +270,11 @@ pub(super) async fn session_of(
             "the Mcp-Session-Id header is required: send initialize first",
         ));
     };
-    gw.sessions.find(id, principal).await.map_err(|lookup| match lookup {
+    let found = gw.sessions.find(id, principal).await;
+    if let Ok((session, true)) = &found {
+        crate::dispatch::count_subscriptions(tenant, session);
+    }
+    found.map(|(session, _)| session).map_err(|lookup| match lookup {
         Lookup::NotFound => {
             gw.metrics.rejected("unknown_session");
             rpc_error(

@@ -124,7 +124,7 @@ pub(crate) async fn post(
     let session = if is_initialize {
         None
     } else {
-        match session_of(&gw, &headers, &principal).await {
+        match session_of(&gw, &headers, &principal, &tenant).await {
             Ok(s) => Some(s),
             Err(r) => return r,
         }
@@ -195,7 +195,7 @@ pub(crate) async fn get(
             "GET is not part of protocol version 2026-07-28; use subscriptions/listen",
         );
     }
-    let session = match session_of(&gw, &headers, &principal).await {
+    let session = match session_of(&gw, &headers, &principal, &tenant).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -240,7 +240,7 @@ pub(crate) async fn delete(
     conn: Option<Extension<Arc<ClientConn>>>,
     headers: HeaderMap,
 ) -> Response {
-    let (principal, _tenant) = match gates(&gw, conn, &headers, Need::Delete).await {
+    let (principal, tenant) = match gates(&gw, conn, &headers, Need::Delete).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -249,7 +249,7 @@ pub(crate) async fn delete(
             "DELETE is not part of protocol version 2026-07-28: there are no sessions",
         );
     }
-    let session = match session_of(&gw, &headers, &principal).await {
+    let session = match session_of(&gw, &headers, &principal, &tenant).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -169,6 +169,23 @@ impl Session {
         }
     }
 
+    /// The subscriptions this copy holds without counting them on an upstream here (those it
+    /// learned from the fleet).
+    pub(crate) fn uncounted(&self) -> Vec<String> {
+        let subs = lock(&self.subscriptions);
+        subs.iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(uri, _)| uri.clone())
+            .collect()
+    }
+
+    /// Counts a subscription on an upstream here, if the session still holds it.
+    pub(crate) fn count(&self, uri: &str, subscriber: Subscriber) {
+        if let Some(slot) = lock(&self.subscriptions).get_mut(uri) {
+            *slot = Some(subscriber);
+        }
+    }
+
     pub(crate) fn is_subscribed(&self, uri: &str) -> bool {
         lock(&self.subscriptions).contains_key(uri)
     }

@@ -274,14 +274,19 @@ impl Sessions {
     }
 
     /// The session this principal presents `id` of: this replica's copy, or with a fleet key
-    /// the fleet's session, continued here.
-    pub async fn find(&self, id: &str, principal: &Principal) -> Result<Arc<Session>, Lookup> {
+    /// the fleet's session, continued here (then `true`: its subscriptions are to be counted on
+    /// this replica's upstreams, `dispatch::count_subscriptions`).
+    pub async fn find(
+        &self,
+        id: &str,
+        principal: &Principal,
+    ) -> Result<(Arc<Session>, bool), Lookup> {
         let found = self.get(id, principal);
         let Some(sharing) = &self.sharing else {
-            return found;
+            return found.map(|s| (s, false));
         };
-        if found.is_ok() {
-            return found;
+        if let Ok(session) = found {
+            return Ok((session, false));
         }
         let facts = sharing.sealer.open(id, principal).ok_or(Lookup::NotFound)?;
         let wall = crate::auth::now_ms() / 1000;
@@ -321,7 +326,7 @@ impl Sessions {
         // The request that continues it here is activity the fleet has not heard of.
         session.flushed.store(0, Ordering::Relaxed);
         self.metrics.session_continued();
-        Ok(session)
+        Ok((session, true))
     }
 
     /// The session with this id, if it exists and belongs to this principal.
