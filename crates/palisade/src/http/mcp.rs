@@ -124,7 +124,7 @@ pub(crate) async fn post(
     let session = if is_initialize {
         None
     } else {
-        match session_of(&gw, &headers, &principal, &tenant).await {
+        match session_of(&gw, &headers, &principal, tenant).await {
             Ok(s) => Some(s),
             Err(r) => return r,
         }
