@@ -61,7 +61,7 @@ psql -q -v ON_ERROR_STOP=1 "$admin_db" -c "CREATE DATABASE $database" >/dev/null
 render() { # render I ADMIN_KEY_HASH: replica I's config
     sed -e "s|@MCP_PORT@|$((base + $1))|" -e "s|@ADMIN_PORT@|$((base + 10 + $1))|" \
         -e "s|@DATA_DIR@|$dir/r$1|" -e "s|@BIN_DIR@|$bin|" -e "s|@ADMIN_KEY_HASH@|$2|" \
-        -e "s|@FLEET@|$database|" \
+        -e "s|@FLEET@|$database|" -e "s|@FLEET_DIR@|$dir|" \
         "$here/replica.toml" >"$dir/r$1.toml"
 }
 # The admin key: made with the fleet's pepper (the placeholder hash only lets `key new` read

@@ -194,7 +194,7 @@ impl Gateway {
             None
         };
         let replica = config.fleet.replica_name();
-        let parked = Arc::new(Parked::new(&replica));
+        let parked = Arc::new(Parked::new(&replica, config.fleet.shares_sessions()));
         let sessions = sessions(&config, &replica, &metrics)?;
         let gw = Arc::new(Gateway {
             auth: Authenticator::new(pepper, verifier),

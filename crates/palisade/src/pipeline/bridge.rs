@@ -27,6 +27,10 @@ use crate::upstream::Upstream;
 
 /// The prefix of every `requestState` the gateway issues itself.
 pub const PARK_PREFIX: &str = "palisade.";
+/// The prefix of a server's own `requestState` that the gateway bound to its replica
+/// (`palisade@<replica>/<the server's state>`): a fleet's stdio server runs on each replica, and
+/// its state resumes only in the process that issued it.
+const BOUND_PREFIX: &str = "palisade@";
 
 /// The `requestState` of a retry, if the gateway issued it (not the upstream).
 pub(super) fn issued_state(params: &RawObject) -> Option<String> {
@@ -236,6 +240,9 @@ pub(super) fn is_input_required(result: &RawValue) -> bool {
 pub struct Parked {
     calls: Mutex<HashMap<String, ParkedCall>>,
     replica: String,
+    /// Other replicas serve the same clients (a fleet key is set): a server's own state from a
+    /// process of this replica is bound to it.
+    in_fleet: bool,
 }
 
 struct ParkedCall {
@@ -245,12 +252,41 @@ struct ParkedCall {
 }
 
 impl Parked {
-    /// The calls replica `replica` parks.
-    pub fn new(replica: &str) -> Parked {
+    /// The calls replica `replica` parks; `in_fleet` when other replicas serve its clients.
+    pub fn new(replica: &str, in_fleet: bool) -> Parked {
         Parked {
             calls: Mutex::default(),
             replica: replica.to_owned(),
+            in_fleet,
         }
+    }
+
+    /// A server's own `requestState`, issued by a process of this replica, as the client gets
+    /// it: bound to this replica in a fleet; `None` outside one (it passes untouched).
+    pub(crate) fn bind(&self, state: &str) -> Option<String> {
+        self.in_fleet
+            .then(|| format!("{BOUND_PREFIX}{}/{state}", self.replica))
+    }
+
+    /// A retry's `requestState` as the server issued it: unbound when it is bound to this
+    /// replica; a retryable refusal naming the replica it is bound to otherwise.
+    pub(super) fn unbind(&self, params: &mut RawObject) -> Result<(), Refusal> {
+        let Some(state) = params.get_str("requestState") else {
+            return Ok(());
+        };
+        let Some((replica, original)) = state
+            .strip_prefix(BOUND_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            return Ok(());
+        };
+        if replica != self.replica {
+            return Err(Refusal::ParkedElsewhere {
+                replica: replica.to_owned(),
+            });
+        }
+        params.set_str("requestState", original);
+        Ok(())
     }
 
     /// A new `requestState`, naming this replica.

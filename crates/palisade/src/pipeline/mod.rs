@@ -63,6 +63,7 @@ pub async fn forward(
         let who = (&*caller.tenant.id, &*caller.subject);
         return gw.parked.resume(who, id, &state, &params).await;
     }
+    gw.parked.unbind(&mut params)?;
     let audited = AUDITED.contains(&method);
 
     // 1. Resolve the target: which of the tenant's upstreams, under which name.

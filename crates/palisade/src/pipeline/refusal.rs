@@ -37,7 +37,8 @@ pub enum Refusal {
     Upstream(UpstreamError),
     /// A `requestState` the gateway issued that is unknown, expired or someone else's.
     UnknownRequestState,
-    /// A `requestState` another replica issued: the call waits there (retryable).
+    /// A `requestState` that belongs to another replica (a call parked there, or a state a
+    /// server process of that replica issued): retryable.
     ParkedElsewhere { replica: String },
     /// A bound on what a tenant may hold at the gateway (sessions opened per second, open
     /// listens, parked calls): HTTP 429 in either era.
@@ -154,7 +155,7 @@ impl Refusal {
             Refusal::ParkedElsewhere { replica } => (
                 ErrorCode::INTERNAL_ERROR,
                 format!(
-                    "this call waits for its input on gateway replica `{replica}`, and this retry reached another: retry (the load balancer may send it there), or send the request again without requestState"
+                    "this call's input round trip belongs to gateway replica `{replica}` (a call parked there, or a server process of its own), and this retry reached another: retry (the load balancer may send it there), or send the request again without requestState"
                 ),
                 Some(json!({ "replica": replica, "retryable": true })),
             ),

@@ -473,6 +473,14 @@ impl Forward {
         }
         if self.era == Era::Modern {
             changed |= complete_modern_result(&mut obj, self.method == "resources/read");
+            // In a fleet, the state a process of this replica issued resumes only here.
+            if self.upstream.config.stdio.is_some()
+                && let Some(state) = obj.get_str("requestState")
+                && let Some(bound) = self.parking.bind(&state)
+            {
+                obj.set_str("requestState", &bound);
+                changed = true;
+            }
         }
         if from_modern {
             // The modern era's own fields mean nothing to a legacy client.
