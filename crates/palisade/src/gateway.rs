@@ -96,9 +96,15 @@ fn sessions(
         .ok_or(GatewayError::SessionStore)?;
     let store = Shared::new(&url, config.fleet.name(), replica, limits.idle)
         .ok_or(GatewayError::SessionStore)?;
+    let store = Arc::new(store);
+    // Bounded: a writer that falls behind drops copies, never a client's events.
+    let (mirror, rx) = tokio::sync::mpsc::channel(8192);
+    let counted = metrics.clone();
+    store.mirror_writer(rx, move || counted.session_store_failed());
     Ok(table.shared(Sharing {
         sealer,
-        store: Arc::new(store),
+        store,
+        mirror,
     }))
 }
 

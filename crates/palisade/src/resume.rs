@@ -12,6 +12,10 @@
 //! [`MAX_SESSION_BYTES`] and [`MAX_LOGS`] per session (the oldest streams are forgotten first),
 //! and a finished stream is forgotten [`FINISHED_KEPT`] after it ended. The 2026-07-28 era
 //! removed resumability, so modern clients get none of this.
+//!
+//! With a fleet key, a session's streams are also copied to the fleet's store ([`Mirror`],
+//! written in batches off the hot path, `session::shared`), and their numbers start at random
+//! so that they are unique in the fleet: a client whose stream broke resumes it on any replica.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +43,40 @@ pub struct Log {
     /// The session's standalone (`GET`) stream, which a resume reopens rather than rejoins.
     pub(crate) standalone: bool,
     state: Mutex<State>,
+    mirror: Option<Mirror>,
+}
+
+/// Where a fleet session's events are copied: the session's handle, and the channel to the
+/// writer that stores them.
+#[derive(Clone)]
+pub(crate) struct Mirror {
+    pub(crate) handle: Arc<str>,
+    pub(crate) tx: mpsc::Sender<Mirrored>,
+}
+
+/// What the writer stores.
+pub(crate) enum Mirrored {
+    /// A stream opened (a resume from its priming event finds it).
+    Opened {
+        handle: Arc<str>,
+        stream: u64,
+        standalone: bool,
+    },
+    Event {
+        handle: Arc<str>,
+        stream: u64,
+        standalone: bool,
+        event: Bytes,
+    },
+    /// A call's stream is complete.
+    Finished { handle: Arc<str>, stream: u64 },
+}
+
+/// What another replica kept of a stream: its events after the resume point, and whether it
+/// is a standalone stream.
+pub(crate) struct Replayed {
+    pub(crate) missed: Vec<Bytes>,
+    pub(crate) standalone: bool,
 }
 
 struct State {
@@ -78,9 +116,19 @@ pub struct Attached {
 pub struct Logs {
     next_stream: AtomicU64,
     list: Mutex<VecDeque<Arc<Log>>>,
+    mirror: Option<Mirror>,
 }
 
 impl Logs {
+    /// A fleet session's streams: numbered from a random start (below 2^52), copied to `mirror`.
+    pub(crate) fn mirrored(mirror: Mirror) -> Logs {
+        Logs {
+            next_stream: AtomicU64::new(rand::random::<u64>() >> 12),
+            list: Mutex::default(),
+            mirror: Some(mirror),
+        }
+    }
+
     /// Opens a stream for a call's messages; forgets expired and surplus ones.
     pub fn open(&self) -> Arc<Log> {
         self.open_as(false)
@@ -102,7 +150,15 @@ impl Logs {
                 live: None,
                 finished: None,
             }),
+            mirror: self.mirror.clone(),
         });
+        if let Some(m) = &self.mirror {
+            let _ = m.tx.try_send(Mirrored::Opened {
+                handle: m.handle.clone(),
+                stream: log.stream,
+                standalone,
+            });
+        }
         let mut list = lock(&self.list);
         list.retain(|l| {
             lock(&l.state)
@@ -134,6 +190,15 @@ impl Logs {
             }
             (event, st.live.clone())
         };
+        if let Some(m) = &log.mirror {
+            // A full writer drops the copy, never the event: this replica still replays it.
+            let _ = m.tx.try_send(Mirrored::Event {
+                handle: m.handle.clone(),
+                stream: log.stream,
+                standalone: log.standalone,
+                event: event.clone(),
+            });
+        }
         self.enforce_budget(log);
         (event, live)
     }
@@ -222,6 +287,14 @@ impl Log {
         let mut st = lock(&self.state);
         st.live = None;
         st.finished = Some(Instant::now());
+        if let Some(m) = &self.mirror
+            && !self.standalone
+        {
+            let _ = m.tx.try_send(Mirrored::Finished {
+                handle: m.handle.clone(),
+                stream: self.stream,
+            });
+        }
     }
 
     /// A standalone stream goes on after a resume: it no longer expires.
@@ -244,7 +317,14 @@ fn event_id(stream: u64, seq: u64) -> String {
     format!("{stream}_{seq}")
 }
 
-fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+/// The seq of an encoded event (its `id: <stream>_<seq>` line).
+pub(crate) fn seq_of(event: &[u8]) -> Option<u64> {
+    let line = event.split(|b| *b == b'\n').next()?;
+    let id = std::str::from_utf8(line.strip_prefix(b"id: ")?).ok()?;
+    parse_event_id(id).map(|(_, seq)| seq)
+}
+
+pub(crate) fn parse_event_id(id: &str) -> Option<(u64, u64)> {
     let (stream, seq) = id.split_once('_')?;
     Some((stream.parse().ok()?, seq.parse().ok()?))
 }
@@ -294,6 +374,13 @@ mod tests {
         let (_, again) = logs.resume(&format!("{}_3", a.stream)).unwrap();
         assert_eq!(again.missed.len(), 1);
         assert!(again.live.is_none());
+    }
+
+    #[test]
+    fn an_encoded_event_says_its_seq() {
+        assert_eq!(seq_of(&sse::encode(Some("4503599627370495_7"), b"{}")), Some(7));
+        assert_eq!(seq_of(&sse::encode(None, b"{}")), None);
+        assert_eq!(seq_of(b"id: x_y\n"), None);
     }
 
     #[test]

@@ -31,6 +31,8 @@ use crate::dispatch::{self, ModernHeaders, Reply};
 use crate::gateway::Gateway;
 use crate::http::conn::ClientConn;
 use crate::pipeline::Caller;
+use crate::resume::{self, Replayed, ResumeError};
+use crate::session::Session;
 
 pub(crate) async fn post(
     State(gw): State<Arc<Gateway>>,
@@ -206,6 +208,20 @@ pub(crate) async fn get(
             }
             // The standalone stream goes on, after what the client missed.
             Ok((log, attached)) => (log, attached.missed),
+            // Another replica served the stream: what the fleet kept of it.
+            Err(ResumeError::Unknown(_))
+                if let Some(replayed) = replay_elsewhere(&gw, &session, last).await =>
+            {
+                if !replayed.standalone {
+                    // A call's stream: what it carried since; while the call goes on there,
+                    // the client comes back for more after the priming event's retry delay.
+                    return sse_body(replay_body(replayed.missed, None));
+                }
+                let log = session.streams.open_standalone();
+                let mut missed = replayed.missed;
+                missed.push(log.priming());
+                (log, missed)
+            }
             Err(e) => {
                 gw.metrics.rejected("resume");
                 return rpc_error(
@@ -232,6 +248,22 @@ pub(crate) async fn get(
     log.reopen();
     dispatch::relay_to_session(&gw, &tenant, &session, tx);
     standalone_response(&gw, rx, session, log, missed)
+}
+
+/// What the fleet kept of the stream a `Last-Event-ID` names, when this replica did not serve
+/// it; `None` without a fleet key, when the fleet keeps nothing of it, or its events after the
+/// id are gone (the client is told to send the request again, as for an unknown stream).
+async fn replay_elsewhere(gw: &Gateway, session: &Session, last: &str) -> Option<Replayed> {
+    let sharing = gw.sessions.sharing()?;
+    let (stream, seq) = resume::parse_event_id(last)?;
+    match sharing.store.replay(session.handle(), stream, seq).await {
+        Ok(Some(Ok(replayed))) => Some(replayed),
+        Ok(_) => None,
+        Err(_) => {
+            gw.metrics.session_store_failed();
+            None
+        }
+    }
 }
 
 /// DELETE: ends a legacy session.

@@ -9,6 +9,9 @@
 //!   log level). Its absence means the session ended or expired, everywhere.
 //! - `<fleet>:session:<handle>:subs`: the resources it is subscribed to.
 //! - `<fleet>:sessions`: every live session's handle, scored by when it expires.
+//! - `<fleet>:session:<handle>:sse:<stream>`: the newest [`MIRRORED_EVENTS`] events of one of
+//!   its SSE streams, and `…:kind` (`get`, `post`, or `done` once a call's stream is complete),
+//!   for `Last-Event-ID` on another replica; a complete stream expires after `FINISHED_KEPT`.
 //!
 //! The channel `<fleet>:events` carries [`Event`]s: a session ended, its level or
 //! subscriptions changed, a client answered (or cancelled) a request that a session's copy on
@@ -28,8 +31,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::resume::{Mirrored, Replayed};
+
 /// The longest a command may take.
 const TIMEOUT: Duration = Duration::from_millis(500);
+/// Events of one stream kept for a resume on another replica.
+const MIRRORED_EVENTS: isize = 512;
+/// Mirrored events written in one pipeline, at most.
+const MIRROR_BATCH: usize = 256;
+
 /// The most sessions one admin listing reads.
 pub(crate) const MAX_LISTED: isize = 10_000;
 
@@ -161,6 +171,112 @@ impl Shared {
 
     fn subs_key(&self, handle: &str) -> String {
         format!("{}{handle}:subs", self.prefix)
+    }
+
+    fn sse_key(&self, handle: &str, stream: u64) -> String {
+        format!("{}{handle}:sse:{stream}", self.prefix)
+    }
+
+    /// Stores the events sessions' streams carry ([`Mirrored`]), in batches, until every
+    /// sender is gone. A batch that cannot be written is dropped (and counted by the caller's
+    /// metrics through `failed`): the replica that served the stream still replays it.
+    pub(crate) fn mirror_writer(
+        self: &Arc<Self>,
+        mut rx: mpsc::Receiver<Mirrored>,
+        failed: impl Fn() + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MIRROR_BATCH);
+            while rx.recv_many(&mut batch, MIRROR_BATCH).await > 0 {
+                let idle = me.idle.as_secs().max(1);
+                let done = crate::resume::FINISHED_KEPT.as_secs().max(1);
+                let mut pipe = redis::pipe();
+                let kind = |standalone: bool| if standalone { "get" } else { "post" };
+                for item in batch.drain(..) {
+                    match item {
+                        Mirrored::Opened {
+                            handle,
+                            stream,
+                            standalone,
+                        } => {
+                            let key = me.sse_key(&handle, stream);
+                            pipe.cmd("SET")
+                                .arg(format!("{key}:kind"))
+                                .arg(kind(standalone))
+                                .arg("EX")
+                                .arg(idle)
+                                .ignore();
+                        }
+                        Mirrored::Event {
+                            handle,
+                            stream,
+                            standalone,
+                            event,
+                        } => {
+                            let key = me.sse_key(&handle, stream);
+                            pipe.rpush(&key, event.as_ref())
+                                .ignore()
+                                .ltrim(&key, -MIRRORED_EVENTS, -1)
+                                .ignore()
+                                .expire(&key, idle as i64)
+                                .ignore()
+                                // Events of a stream come before its end (one writer, in order).
+                                .cmd("SET")
+                                .arg(format!("{key}:kind"))
+                                .arg(kind(standalone))
+                                .arg("EX")
+                                .arg(idle)
+                                .ignore();
+                        }
+                        Mirrored::Finished { handle, stream } => {
+                            let key = me.sse_key(&handle, stream);
+                            pipe.expire(&key, done as i64)
+                                .ignore()
+                                .cmd("SET")
+                                .arg(format!("{key}:kind"))
+                                .arg("done")
+                                .arg("EX")
+                                .arg(done)
+                                .ignore();
+                        }
+                    }
+                }
+                if me.run::<()>(&pipe).await.is_err() {
+                    failed();
+                }
+            }
+        })
+    }
+
+    /// What the fleet kept of a session's stream after `seq`; `None` when it keeps nothing of
+    /// it, `Some(Err(()))` when events after `seq` are no longer kept.
+    pub(crate) async fn replay(
+        &self,
+        handle: &str,
+        stream: u64,
+        seq: u64,
+    ) -> Result<Option<Result<Replayed, ()>>, Down> {
+        let key = self.sse_key(handle, stream);
+        let mut pipe = redis::pipe();
+        pipe.lrange(&key, 0, -1).get(format!("{key}:kind"));
+        let (events, kind): (Vec<Vec<u8>>, Option<String>) = self.run(&pipe).await?;
+        let Some(kind) = kind else {
+            return Ok(None);
+        };
+        let oldest = events.first().and_then(|e| crate::resume::seq_of(e));
+        if oldest.is_some_and(|oldest| seq + 1 < oldest) {
+            return Ok(Some(Err(())));
+        }
+        let missed = events
+            .into_iter()
+            .filter(|e| crate::resume::seq_of(e).is_some_and(|s| s > seq))
+            .map(bytes::Bytes::from)
+            .collect();
+        Ok(Some(Ok(Replayed {
+            missed,
+            standalone: kind == "get",
+        })))
     }
 
     async fn conn(&self) -> Result<ConnectionManager, Down> {

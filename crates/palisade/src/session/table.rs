@@ -17,12 +17,15 @@ use palisade_limits::local::Local;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::mpsc;
+
 use super::seal::Sealer;
 use super::shared::{Event, Record, Shared};
 use super::{SESSION_BYTES, Session, handle_of, lock};
 use crate::auth::{AuthMethod, Principal};
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::resume::{Logs, Mirror, Mirrored};
 
 pub struct Sessions {
     map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
@@ -36,10 +39,12 @@ pub struct Sessions {
     sharing: Option<Sharing>,
 }
 
-/// With a fleet key: how ids are sealed, and where the fleet keeps sessions' state.
+/// With a fleet key: how ids are sealed, where the fleet keeps sessions' state, and the
+/// channel to the writer that copies their SSE events there (`Shared::mirror_writer`).
 pub struct Sharing {
     pub sealer: Sealer,
     pub store: Arc<Shared>,
+    pub(crate) mirror: mpsc::Sender<Mirrored>,
 }
 
 /// What a session is made of, whether a client opens it here or it continues here.
@@ -212,8 +217,9 @@ impl Sessions {
         usage.charge(cost).map_err(Refused::Memory)?;
         usage.sessions.fetch_add(1, Ordering::Relaxed);
         let now = self.now();
+        let handle = handle_of(&o.id);
         let session = Arc::new(Session {
-            handle: handle_of(&o.id),
+            handle: handle.clone(),
             id: o.id.clone(),
             tenant: o.tenant,
             subject: o.subject,
@@ -236,7 +242,13 @@ impl Sessions {
             }),
             inflight: Mutex::new(HashMap::new()),
             stream: Mutex::new(None),
-            streams: crate::resume::Logs::default(),
+            streams: match &self.sharing {
+                Some(sharing) => Logs::mirrored(Mirror {
+                    handle: handle.as_str().into(),
+                    tx: sharing.mirror.clone(),
+                }),
+                None => Logs::default(),
+            },
             watches: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
             usage,

@@ -505,6 +505,141 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     assert_eq!(updated["params"]["uri"], uri, "{updated}");
     drop(stream);
 
+    // Streams resume on any replica. A call's stream that broke on r1 (the call waits there
+    // for the client's sampling answer, which reaches r3) is resumed through r2 with
+    // `Last-Event-ID`: r2 replays what the fleet kept, and the client comes back until the
+    // result is there.
+    let call = json!({"jsonrpc": "2.0", "id": 700, "method": "tools/call",
+                      "params": {"name": "kit__sampling", "arguments": {"prompt": "resume me"}}});
+    let mut broken = legacy_post(&http, &replica(1), &fleet.key, Some(&session), call).await;
+    assert_eq!(broken.status(), 200);
+    let mut decoder = mcp_wire::sse::Decoder::new(1 << 20);
+    let (asked, mut last) = loop {
+        let chunk = broken
+            .chunk()
+            .await
+            .expect("the call's stream")
+            .expect("more of it");
+        decoder.push(&chunk);
+        let mut found = None;
+        while let Ok(Some(event)) = decoder.next_event() {
+            if let Ok(m) = serde_json::from_str::<Value>(&event.data)
+                && m["method"] == "sampling/createMessage"
+            {
+                found = Some((m, event.id.clone().expect("an event id")));
+            }
+        }
+        if let Some(found) = found {
+            break found;
+        }
+    };
+    drop(broken);
+    let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+        "role": "assistant", "model": "fleet-test",
+        "content": {"type": "text", "text": "resumed elsewhere"}}});
+    let r = legacy_post(&http, &replica(3), &fleet.key, Some(&session), answer).await;
+    assert_eq!(r.status(), 202);
+    let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = http
+                .get(&replica(2).mcp)
+                .bearer_auth(&fleet.key)
+                .header("accept", "text/event-stream")
+                .header("mcp-protocol-version", LEGACY)
+                .header("mcp-session-id", &session)
+                .header("last-event-id", &last)
+                .send()
+                .await
+                .expect("a resume");
+            assert_eq!(r.status(), 200, "resuming {last} on r2");
+            let body = r.bytes().await.expect("the replay");
+            let mut d = mcp_wire::sse::Decoder::new(1 << 20);
+            d.push(&body);
+            while let Ok(Some(event)) = d.next_event() {
+                if let Some(id) = event.id {
+                    last = id;
+                }
+                if let Ok(m) = serde_json::from_str::<Value>(&event.data)
+                    && m["id"] == 700
+                {
+                    return m;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the result, resumed on r2, within 10 s");
+    assert_eq!(
+        resumed["result"]["content"][0]["text"], "resumed elsewhere",
+        "{resumed}"
+    );
+
+    // The session's GET stream, broken on r1, goes on on r2 (after what it missed).
+    let first = http
+        .get(&replica(1).mcp)
+        .bearer_auth(&fleet.key)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", LEGACY)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("the GET stream on r1");
+    let mut first = first;
+    let mut d = mcp_wire::sse::Decoder::new(1 << 20);
+    let priming = loop {
+        d.push(
+            &first
+                .chunk()
+                .await
+                .expect("the GET stream")
+                .expect("its priming event"),
+        );
+        if let Ok(Some(event)) = d.next_event() {
+            break event.id.expect("the priming event's id");
+        }
+    };
+    drop(first);
+    // The fleet's copy of the stream is written off the hot path: a resume may come back
+    // (as a client does after the priming event's retry delay) until it is there.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut again = loop {
+        let r = http
+            .get(&replica(2).mcp)
+            .bearer_auth(&fleet.key)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", LEGACY)
+            .header("mcp-session-id", &session)
+            .header("last-event-id", &priming)
+            .send()
+            .await
+            .expect("the GET stream resumed on r2");
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 resumes the GET stream of r1 within 2 s: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut d = mcp_wire::sse::Decoder::new(1 << 20);
+    let goes_on = loop {
+        d.push(
+            &again
+                .chunk()
+                .await
+                .expect("the GET stream")
+                .expect("an event"),
+        );
+        if let Ok(Some(event)) = d.next_event() {
+            break event.id.expect("an event id");
+        }
+    };
+    assert_ne!(goes_on, priming, "a new stream goes on");
+    drop(again);
+
     // Bound to its principal: another key of the same tenant gets 404 on every replica.
     let issued: Value = http
         .post(format!("{}/admin/v1/tenants/acme/keys", fleet.admins[2]))
