@@ -378,7 +378,10 @@ mod tests {
 
     #[test]
     fn an_encoded_event_says_its_seq() {
-        assert_eq!(seq_of(&sse::encode(Some("4503599627370495_7"), b"{}")), Some(7));
+        assert_eq!(
+            seq_of(&sse::encode(Some("4503599627370495_7"), b"{}")),
+            Some(7)
+        );
         assert_eq!(seq_of(&sse::encode(None, b"{}")), None);
         assert_eq!(seq_of(b"id: x_y\n"), None);
     }

@@ -36,6 +36,21 @@ pub struct Principal {
     pub expires_at_secs: Option<i64>,
 }
 
+#[cfg(test)]
+impl Principal {
+    /// An API key's principal with no scopes and no expiry, for unit tests.
+    pub(crate) fn of_key(tenant: &str, subject: &str) -> Principal {
+        Principal {
+            tenant: TenantId::parse(tenant).unwrap_or_else(|e| panic!("{e}")),
+            subject: subject.into(),
+            method: AuthMethod::ApiKey,
+            scopes: Arc::from(Vec::new()),
+            credential: Some("pal_test".into()),
+            expires_at_secs: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
     ApiKey,

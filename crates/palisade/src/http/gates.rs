@@ -285,27 +285,27 @@ pub(super) async fn session_of(
         }
         Lookup::Unavailable => {
             gw.metrics.rejected("session_store");
-            let mut r = rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            retry_soon(
                 ErrorCode::INTERNAL_ERROR,
                 "this replica cannot continue the session now: the fleet's session store (Redis) cannot be reached; retry shortly",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
+            )
         }
         Lookup::Refused(_) => {
             gw.metrics.rejected("session_limit");
-            let mut r = rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            retry_soon(
                 ErrorCode::LIMIT_REACHED,
                 "this replica holds as many of the tenant's sessions as limits.max_sessions_per_tenant or limits.session_memory_per_tenant allow; retry (another replica may take it)",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
+            )
         }
     })
+}
+
+/// A 503 with `Retry-After: 1`: this replica cannot continue a session now, another may.
+fn retry_soon(code: ErrorCode, message: &str) -> Response {
+    let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// The `Mcp-Param-*` headers, by lowercase suffix.

@@ -176,21 +176,12 @@ impl Sealer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use palisade_ids::TenantId;
-
     use super::*;
-    use crate::auth::AuthMethod;
 
     fn principal(tenant: &str, subject: &str) -> Principal {
         Principal {
-            tenant: TenantId::parse(tenant).unwrap(),
-            subject: subject.into(),
-            method: AuthMethod::ApiKey,
-            scopes: Arc::from(Vec::new()),
-            credential: Some("pal_abcdefgh".into()),
             expires_at_secs: Some(2_000_000_000),
+            ..Principal::of_key(tenant, subject)
         }
     }
 

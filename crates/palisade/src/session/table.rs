@@ -596,19 +596,12 @@ mod tests {
     use palisade_limits::Rate;
 
     use super::*;
-    use crate::auth::{AuthMethod, Principal};
+    use crate::auth::Principal;
     use crate::metrics::Metrics;
     use crate::session::*;
 
     fn principal(tenant: &str, subject: &str) -> Principal {
-        Principal {
-            tenant: TenantId::parse(tenant).unwrap(),
-            subject: subject.into(),
-            method: AuthMethod::ApiKey,
-            scopes: Arc::from(Vec::new()),
-            credential: Some("pal_test".into()),
-            expires_at_secs: None,
-        }
+        Principal::of_key(tenant, subject)
     }
 
     fn limits(idle_secs: u64, max_per_tenant: usize) -> SessionLimits {

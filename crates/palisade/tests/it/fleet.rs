@@ -1,12 +1,15 @@
 //! The example fleet (`examples/fleet/run.sh`, the files an operator starts by hand): three
-//! replicas on one PostgreSQL registry and Redis, behind HAProxy balancing every request
-//! round-robin with no stickiness. 2026-07-28 calls land on every replica; a legacy session
-//! opened on one continues on the others (calls, its log level, a sampling request whose answer
-//! lands on another replica than the call, DELETE), is bound to its principal, is listed and
-//! revoked fleet-wide; the fleet lists itself; a rolling restart (each replica in turn sent
+//! replicas on one PostgreSQL registry and Redis, with a fleet key, behind HAProxy balancing
+//! every request round-robin with no stickiness. 2026-07-28 calls land on every replica; a
+//! legacy session opened on one continues on the others: calls, its log level, a sampling
+//! request whose answer lands on another replica than the call, a resource update from the
+//! replica that took the subscription reaching the GET stream on another, a call's stream and
+//! the GET stream resumed with `Last-Event-ID` on another replica, DELETE; it is bound to its
+//! principal, listed and revoked fleet-wide (admin API and CLI), and ended by a suspension. A
+//! 2026-07-28 call parked for input is refused clearly (retryable) by another replica; rate
+//! limits are the fleet's; the fleet lists itself; a rolling restart (each replica in turn sent
 //! SIGTERM, leaving the load balancer before it stops) fails no call and loses no session; and
 //! a key revoked through one replica's admin API is refused by all within a second.
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -227,6 +230,109 @@ async fn sampling_round_trip(
                     .unwrap_or_default()
                     .to_owned();
             }
+        }
+    }
+}
+
+/// A request to replica `i`'s admin API (index into `fleet.admins`): status and JSON answer.
+async fn admin(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    i: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = http
+        .request(method, format!("{}{path}", fleet.admins[i]))
+        .bearer_auth(&fleet.admin_key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("admin API {path}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Issues a key of `tenant` through replica `i`'s admin API, and waits until every replica
+/// takes it (with `tools/list`, which no rate limit counts).
+async fn new_key(http: &reqwest::Client, fleet: &Fleet, i: usize, tenant: &str) -> String {
+    let path = format!("/admin/v1/tenants/{tenant}/keys");
+    let (status, issued) = admin(http, fleet, i, reqwest::Method::POST, &path, json!({})).await;
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().expect("the issued key").to_owned();
+    let listed = |key: String| async move {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}});
+        let r = http
+            .post(&fleet.mcp)
+            .bearer_auth(&key)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/list")
+            .body(body.to_string())
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
+    };
+    testenv::wait_until(
+        Duration::from_secs(5),
+        "every replica takes the new key",
+        || async {
+            let mut all = true;
+            for _ in 0..6 {
+                all &= listed(key.clone()).await;
+            }
+            all
+        },
+    )
+    .await;
+    key
+}
+
+/// Waits up to a second (the fleet's bound) until every replica refuses the session.
+async fn refused_everywhere(http: &reqwest::Client, fleet: &Fleet, session: &str, what: &str) {
+    testenv::wait_until(Duration::from_secs(1), what, || async {
+        let mut all = true;
+        for n in 0..6 {
+            all &= legacy_echo(http, fleet, session, n).await.is_err();
+        }
+        all
+    })
+    .await;
+}
+
+/// The session's GET stream through `fleet.mcp`, resumed after `last` when given.
+async fn get_stream(
+    http: &reqwest::Client,
+    fleet: &Fleet,
+    session: &str,
+    last: Option<&str>,
+) -> reqwest::Response {
+    let mut r = http
+        .get(&fleet.mcp)
+        .bearer_auth(&fleet.key)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", LEGACY)
+        .header("mcp-session-id", session);
+    if let Some(last) = last {
+        r = r.header("last-event-id", last);
+    }
+    r.send().await.expect("a GET stream")
+}
+
+/// The id of the first event of an SSE response (which is then dropped).
+async fn first_event_id(mut r: reqwest::Response) -> String {
+    let mut d = mcp_wire::sse::Decoder::new(1 << 20);
+    loop {
+        let chunk = r.chunk().await.expect("the stream").expect("an event");
+        d.push(&chunk);
+        if let Ok(Some(event)) = d.next_event() {
+            return event.id.expect("an event id");
         }
     }
 }
@@ -462,15 +568,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
             ..fleet.clone()
         }
     };
-    let mut stream = http
-        .get(&replica(1).mcp)
-        .bearer_auth(&fleet.key)
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", LEGACY)
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("the GET stream");
+    let mut stream = get_stream(&http, &replica(1), &session, None).await;
     assert_eq!(stream.status(), 200);
     let uri = "kit+test://watched-resource";
     let subscribe = json!({"jsonrpc": "2.0", "id": 400, "method": "resources/subscribe", "params": {"uri": uri}});
@@ -541,16 +639,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     assert_eq!(r.status(), 202);
     let resumed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let r = http
-                .get(&replica(2).mcp)
-                .bearer_auth(&fleet.key)
-                .header("accept", "text/event-stream")
-                .header("mcp-protocol-version", LEGACY)
-                .header("mcp-session-id", &session)
-                .header("last-event-id", &last)
-                .send()
-                .await
-                .expect("a resume");
+            let r = get_stream(&http, &replica(2), &session, Some(&last)).await;
             assert_eq!(r.status(), 200, "resuming {last} on r2");
             let body = r.bytes().await.expect("the replay");
             let mut d = mcp_wire::sse::Decoder::new(1 << 20);
@@ -576,44 +665,12 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
     );
 
     // The session's GET stream, broken on r1, goes on on r2 (after what it missed).
-    let first = http
-        .get(&replica(1).mcp)
-        .bearer_auth(&fleet.key)
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", LEGACY)
-        .header("mcp-session-id", &session)
-        .send()
-        .await
-        .expect("the GET stream on r1");
-    let mut first = first;
-    let mut d = mcp_wire::sse::Decoder::new(1 << 20);
-    let priming = loop {
-        d.push(
-            &first
-                .chunk()
-                .await
-                .expect("the GET stream")
-                .expect("its priming event"),
-        );
-        if let Ok(Some(event)) = d.next_event() {
-            break event.id.expect("the priming event's id");
-        }
-    };
-    drop(first);
+    let priming = first_event_id(get_stream(&http, &replica(1), &session, None).await).await;
     // The fleet's copy of the stream is written off the hot path: a resume may come back
     // (as a client does after the priming event's retry delay) until it is there.
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut again = loop {
-        let r = http
-            .get(&replica(2).mcp)
-            .bearer_auth(&fleet.key)
-            .header("accept", "text/event-stream")
-            .header("mcp-protocol-version", LEGACY)
-            .header("mcp-session-id", &session)
-            .header("last-event-id", &priming)
-            .send()
-            .await
-            .expect("the GET stream resumed on r2");
+    let again = loop {
+        let r = get_stream(&http, &replica(2), &session, Some(&priming)).await;
         if r.status() == 200 {
             break r;
         }
@@ -624,48 +681,11 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut d = mcp_wire::sse::Decoder::new(1 << 20);
-    let goes_on = loop {
-        d.push(
-            &again
-                .chunk()
-                .await
-                .expect("the GET stream")
-                .expect("an event"),
-        );
-        if let Ok(Some(event)) = d.next_event() {
-            break event.id.expect("an event id");
-        }
-    };
+    let goes_on = first_event_id(again).await;
     assert_ne!(goes_on, priming, "a new stream goes on");
-    drop(again);
 
     // Bound to its principal: another key of the same tenant gets 404 on every replica.
-    let issued: Value = http
-        .post(format!("{}/admin/v1/tenants/acme/keys", fleet.admins[2]))
-        .bearer_auth(&fleet.admin_key)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .expect("issue a key")
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).expect("issued key json"))
-        .expect("issued key");
-    let other = issued["key"].as_str().expect("key").to_owned();
-    testenv::wait_until(
-        Duration::from_secs(5),
-        "every replica knows the new key",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= echo(&http, &fleet, &other, n).await.is_ok();
-            }
-            all
-        },
-    )
-    .await;
+    let other = new_key(&http, &fleet, 2, "acme").await;
     for n in 0..6 {
         let body = json!({"jsonrpc": "2.0", "id": n, "method": "ping"});
         let r = legacy_post(&http, &fleet, &other, Some(&session), body).await;
@@ -688,17 +708,11 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         .await
         .expect("DELETE");
     assert_eq!(r.status(), 204);
-    testenv::wait_until(
-        Duration::from_secs(1),
+    refused_everywhere(
+        &http,
+        &fleet,
+        &doomed,
         "every replica refuses the ended session",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= legacy_echo(&http, &fleet, &doomed, n).await
-                    == Err(format!("legacy call {n}: HTTP 404"));
-            }
-            all
-        },
     )
     .await;
 
@@ -743,16 +757,11 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         .await
         .expect("revoke a session");
     assert_eq!(r.status(), 204);
-    testenv::wait_until(
-        Duration::from_secs(1),
+    refused_everywhere(
+        &http,
+        &fleet,
+        &revoked,
         "every replica refuses the revoked session",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= legacy_echo(&http, &fleet, &revoked, n).await.is_err();
-            }
-            all
-        },
     )
     .await;
 
@@ -807,58 +816,31 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         "--admin-key",
         &fleet.admin_key,
     ]);
-    testenv::wait_until(
-        Duration::from_secs(1),
+    refused_everywhere(
+        &http,
+        &fleet,
+        &by_cli,
         "every replica refuses the session the CLI revoked",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= legacy_echo(&http, &fleet, &by_cli, n).await.is_err();
-            }
-            all
-        },
     )
     .await;
 
     // A tenant suspended through the CLI: its sessions are refused by every replica within a
     // second.
-    let created = http
-        .post(format!("{}/admin/v1/tenants", fleet.admins[0]))
-        .bearer_auth(&fleet.admin_key)
-        .header("content-type", "application/json")
-        .body(json!({"id": "globex", "servers": ["kit"]}).to_string())
-        .send()
-        .await
-        .expect("create globex");
-    assert_eq!(created.status(), 201);
-    let issued: Value = http
-        .post(format!("{}/admin/v1/tenants/globex/keys", fleet.admins[0]))
-        .bearer_auth(&fleet.admin_key)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .expect("issue a globex key")
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).expect("issued key json"))
-        .expect("issued key");
-    let globex = Fleet {
-        key: issued["key"].as_str().expect("key").to_owned(),
-        ..fleet.clone()
-    };
-    testenv::wait_until(
-        Duration::from_secs(5),
-        "every replica knows globex",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= echo(&http, &globex, &globex.key, n).await.is_ok();
-            }
-            all
-        },
+    let tenant = json!({"id": "globex", "servers": ["kit"]});
+    let (status, _) = admin(
+        &http,
+        &fleet,
+        0,
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        tenant,
     )
     .await;
+    assert_eq!(status, 201);
+    let globex = Fleet {
+        key: new_key(&http, &fleet, 0, "globex").await,
+        ..fleet.clone()
+    };
     let suspended = open_session(&http, &globex, &globex.key).await;
     for n in 0..3 {
         legacy_echo(&http, &globex, &suspended, n)
@@ -874,16 +856,11 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
         "--config",
         r1,
     ]);
-    testenv::wait_until(
-        Duration::from_secs(1),
+    refused_everywhere(
+        &http,
+        &globex,
+        &suspended,
         "every replica refuses the suspended tenant's session",
-        || async {
-            let mut all = true;
-            for n in 0..6 {
-                all &= legacy_echo(&http, &globex, &suspended, n).await.is_err();
-            }
-            all
-        },
     )
     .await;
     legacy_echo(&http, &fleet, &session, 1)
@@ -892,63 +869,28 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
 
     // Rate limits are the fleet's: a tenant allowed a burst of 30 calls (and one more every
     // 100 s) gets 30 through three replicas, not 30 from each.
-    let admin = |method: reqwest::Method, path: &str, body: Value| {
-        http.request(method, format!("{}{path}", fleet.admins[0]))
-            .bearer_auth(&fleet.admin_key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-    };
-    let r = admin(
+    let tenant = json!({"id": "initech", "servers": ["kit"]});
+    let (status, _) = admin(
+        &http,
+        &fleet,
+        0,
         reqwest::Method::POST,
         "/admin/v1/tenants",
-        json!({"id": "initech", "servers": ["kit"]}),
-    )
-    .await
-    .expect("create initech");
-    assert_eq!(r.status(), 201);
-    let policy = json!({"rates": {"tenant": {"per_second": 0.01, "burst": 30}}});
-    let r = admin(
-        reqwest::Method::PUT,
-        "/admin/v1/tenants/initech/policy",
-        policy,
-    )
-    .await
-    .expect("policy");
-    assert_eq!(r.status(), 200);
-    let issued: Value = admin(
-        reqwest::Method::POST,
-        "/admin/v1/tenants/initech/keys",
-        json!({}),
-    )
-    .await
-    .expect("issue an initech key")
-    .bytes()
-    .await
-    .map(|b| serde_json::from_slice(&b).expect("issued key json"))
-    .expect("issued key");
-    let initech = issued["key"].as_str().expect("key").to_owned();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    testenv::wait_until(
-        Duration::from_secs(5),
-        "every replica knows initech's key",
-        || async {
-            let mut all = true;
-            for n in 0..3 {
-                let ok = echo(&http, &fleet, &initech, n).await.is_ok();
-                accepted.fetch_add(usize::from(ok), Ordering::Relaxed);
-                all &= ok;
-            }
-            all
-        },
+        tenant,
     )
     .await;
+    assert_eq!(status, 201);
+    let policy = json!({"rates": {"tenant": {"per_second": 0.01, "burst": 30}}});
+    let path = "/admin/v1/tenants/initech/policy";
+    let (status, _) = admin(&http, &fleet, 0, reqwest::Method::PUT, path, policy).await;
+    assert_eq!(status, 200);
+    let initech = new_key(&http, &fleet, 0, "initech").await;
+    let mut accepted = 0;
     for n in 0..60 {
         if echo(&http, &fleet, &initech, n).await.is_ok() {
-            accepted.fetch_add(1, Ordering::Relaxed);
+            accepted += 1;
         }
     }
-    let accepted = accepted.load(Ordering::Relaxed);
     assert!(
         (29..=31).contains(&accepted),
         "{accepted} calls of a 30-call quota went through three replicas"
