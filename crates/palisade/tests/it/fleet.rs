@@ -10,6 +10,7 @@
 //! limits are the fleet's; the fleet lists itself; a rolling restart (each replica in turn sent
 //! SIGTERM, leaving the load balancer before it stops) fails no call and loses no session; and
 //! a key revoked through one replica's admin API is refused by all within a second.
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
