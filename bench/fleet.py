@@ -22,6 +22,9 @@ trail on, one shared server, an API key). Then:
    p50 / p99 / max and failed calls.
 
 Usage: python3 bench/fleet.py [--rounds 3] [--rate 1000] [--duration 10] [--restart-secs 30]
+       [--gw-cpus 1] [--only memory,fleet-1] [--no-hold] [--no-restart]
+`--gw-cpus` pins every gateway with `taskset -c`; run the script itself under `taskset -c 0`
+so that the load tool, the echo upstream and HAProxy (its children) share the other core.
 """
 
 import argparse
@@ -65,7 +68,8 @@ backend replicas
 class Replica:
     """A release gateway; with `fleet` (the fleet's name), a replica sharing sessions."""
 
-    def __init__(self, work, name, echo_url, pepper, stored, fleet=None, redis=None):
+    def __init__(self, work, name, echo_url, pepper, stored, fleet=None, redis=None, cpus=None):
+        self.cpus = cpus
         self.name, self.work = name, os.path.join(work, name)
         os.makedirs(self.work, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
@@ -110,7 +114,8 @@ keys = ["{stored}"]
     def start(self):
         log = open(os.path.join(self.work, "gateway.log"), "a")
         env = dict(os.environ, PALISADE_REPLICA=self.name)
-        self.proc = subprocess.Popen([os.path.join(BIN, "palisade"), "serve", "--config",
+        pin = ["taskset", "-c", self.cpus] if self.cpus else []
+        self.proc = subprocess.Popen([*pin, os.path.join(BIN, "palisade"), "serve", "--config",
                                       self.conf], stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_port(self.port, self.proc, f"gateway {self.name}")
         self.wait_ready()
@@ -163,6 +168,10 @@ def main():
     ap.add_argument("--hold", type=int, default=1000)
     ap.add_argument("--restart-secs", type=int, default=30)
     ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    ap.add_argument("--gw-cpus", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated targets of part 1")
+    ap.add_argument("--no-hold", action="store_true")
+    ap.add_argument("--no-restart", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="palisade-fleet-bench.")
@@ -178,9 +187,9 @@ def main():
     procs = []
     try:
         _, echo_url = start_echo(procs)
-        memory = Replica(work, "memory", echo_url, pepper, stored)
-        fleet = [Replica(work, f"r{i}", echo_url, pepper, stored, fleet_name, args.redis)
-                 for i in (1, 2, 3)]
+        memory = Replica(work, "memory", echo_url, pepper, stored, cpus=args.gw_cpus)
+        fleet = [Replica(work, f"r{i}", echo_url, pepper, stored, fleet_name, args.redis,
+                         args.gw_cpus) for i in (1, 2, 3)]
         procs += [memory.proc] + [r.proc for r in fleet]
         lb_fleet, fleet_url = haproxy(work, "lb-fleet", fleet)
         lb_memory, memory_lb_url = haproxy(work, "lb-memory", [memory])
@@ -193,6 +202,8 @@ def main():
             "fleet-lb": (fleet_url, [(r.name, r.proc.pid) for r in fleet],
                          [r.name for r in fleet]),
         }
+        if args.only:
+            targets = {k: v for k, v in targets.items() if k in args.only.split(",")}
         rows = []
         for i in range(args.rounds):
             row = {}
@@ -205,21 +216,23 @@ def main():
 
         # Memory: sessions held open.
         hold = ["--hold-sessions", str(args.hold), "--hold-secs", "1"]
-        held_fleet = load(args, out, "hold-fleet", fleet_url, key,
-                          [(r.name, r.proc.pid) for r in fleet], hold)
-        held_memory = load(args, out, "hold-memory", memory.url, key,
-                           [("gateway", memory.proc.pid)], hold)
+        if not args.no_hold:
+            held_fleet = load(args, out, "hold-fleet", fleet_url, key,
+                              [(r.name, r.proc.pid) for r in fleet], hold)
+            held_memory = load(args, out, "hold-memory", memory.url, key,
+                               [("gateway", memory.proc.pid)], hold)
 
         # A rolling restart under load, against the same run without one.
         long_run = argparse.Namespace(**{**vars(args), "duration": args.restart_secs,
                                          "rate": args.rate // 2})
-        steady = load(long_run, out, "steady", fleet_url, key)
-        restarter = threading.Thread(target=rolling_restart,
-                                     args=(fleet, args.warmup + args.restart_secs / 3))
-        restarter.start()
-        restarted = load(long_run, out, "restart", fleet_url, key)
-        restarter.join()
-        procs += [r.proc for r in fleet]
+        if not args.no_restart:
+            steady = load(long_run, out, "steady", fleet_url, key)
+            restarter = threading.Thread(target=rolling_restart,
+                                         args=(fleet, args.warmup + args.restart_secs / 3))
+            restarter.start()
+            restarted = load(long_run, out, "restart", fleet_url, key)
+            restarter.join()
+            procs += [r.proc for r in fleet]
     finally:
         stop([p for p in procs if p.poll() is None])
 
@@ -231,19 +244,27 @@ def main():
     for name in targets:
         p50, p99, cpu = (med(lambda r, k=k: r[name][k]) for k in range(3))
         print(f"| {name} | {p50:.0f} | {p99:.0f} | {cpu:.1f} |")
-    print(f"\nfleet-1 − memory: p50 {med(lambda r: r['fleet-1'][0] - r['memory'][0]):+.0f} µs, "
-          f"CPU {med(lambda r: r['fleet-1'][2] - r['memory'][2]):+.1f} µs; "
-          f"fleet-lb − memory-lb: p50 {med(lambda r: r['fleet-lb'][0] - r['memory-lb'][0]):+.0f} µs, "
-          f"CPU {med(lambda r: r['fleet-lb'][2] - r['memory-lb'][2]):+.1f} µs")
+    if "fleet-1" in targets and "fleet-lb" in targets:
+        print(f"\nfleet-1 − memory: p50 {med(lambda r: r['fleet-1'][0] - r['memory'][0]):+.0f} µs, "
+              f"CPU {med(lambda r: r['fleet-1'][2] - r['memory'][2]):+.1f} µs; "
+              f"fleet-lb − memory-lb: p50 {med(lambda r: r['fleet-lb'][0] - r['memory-lb'][0]):+.0f} µs, "
+              f"CPU {med(lambda r: r['fleet-lb'][2] - r['memory-lb'][2]):+.1f} µs")
+    elif "fleet-1" in targets and "memory" in targets:
+        print(f"\nfleet-1 − memory: p50 {med(lambda r: r['fleet-1'][0] - r['memory'][0]):+.0f} µs, "
+              f"CPU {med(lambda r: r['fleet-1'][2] - r['memory'][2]):+.1f} µs")
 
     def rss(held, labels):
         procs = {p["label"]: p for p in held.get("processes", [])}
         return ", ".join(f"{l} {procs[l]['vm_rss_kib'] / 1024:.1f} MB" for l in labels
                          if l in procs)
-    print(f"\n{args.hold} sessions held: three replicas ({held_fleet.get('sessions')} opened "
-          f"through HAProxy): {rss(held_fleet, ['r1', 'r2', 'r3'])}; one in-memory gateway "
-          f"({held_memory.get('sessions')} opened): {rss(held_memory, ['gateway'])}")
-
+    if args.no_hold:
+        held_fleet = None
+    if held_fleet:
+        print(f"\n{args.hold} sessions held: three replicas ({held_fleet.get('sessions')} opened "
+              f"through HAProxy): {rss(held_fleet, ['r1', 'r2', 'r3'])}; one in-memory gateway "
+              f"({held_memory.get('sessions')} opened): {rss(held_memory, ['gateway'])}")
+    if args.no_restart:
+        return
     print(f"\nrolling restart, {long_run.rate} calls/s for {args.restart_secs} s through HAProxy:")
     print("| run | calls | failed | p50 | p99 | max |")
     print("|---|---:|---:|---:|---:|---:|")
