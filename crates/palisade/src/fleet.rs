@@ -7,17 +7,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_wire::Id;
 use palisade_ids::TenantId;
 use palisade_store::ReplicaRecord;
-use tokio::sync::broadcast;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::now_ms;
+use crate::catalog;
 use crate::gateway::Gateway;
-use crate::session::handle_of;
-use crate::session::shared::{Event, Said, Shared, Target};
-use crate::upstream::{Notice, UpdateOwner, Upstream};
+use crate::registry::Tenant;
+use crate::session::Session;
+use crate::session::shared::{Event, Said, Target};
+use crate::upstream::{Notice, UpdateOwner};
 
 /// How often a replica writes its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -118,56 +121,82 @@ async fn beat(gw: &Gateway, started_at: i64, health: String, failing: &mut bool)
     }
 }
 
-/// With a fleet key: tells the other replicas what `upstream` says here for one session or a
-/// tenant's sessions (resource updates, messages trailing a call), whose GET stream another
-/// replica may hold, until `stop`. List changes are not relayed: every replica hears its own
-/// upstreams' (an HTTP server tells each replica's connection; each replica runs its own stdio
-/// processes), and relaying them would repeat them.
-pub(crate) fn tap(store: Arc<Shared>, upstream: &Upstream, stop: CancellationToken) {
-    let mut notices = upstream.subscribe();
-    let server = upstream.name.to_string();
+/// With a fleet key: listens to the other replicas' events (until the gateway drains) and
+/// applies them here: to the session copies (`Sessions::apply`), answers to the requests this
+/// replica holds, notices to the GET streams it holds.
+pub(crate) fn spawn_events(gw: &Arc<Gateway>) {
+    let Some(sharing) = gw.sessions.sharing() else {
+        return;
+    };
+    let (tx, mut events) = mpsc::channel(1024);
+    sharing.store.listen(tx, gw.draining.clone());
+    let gw = gw.clone();
     tokio::spawn(async move {
-        loop {
-            let notice = tokio::select! {
-                n = notices.recv() => n,
-                _ = stop.cancelled() => return,
-            };
-            let notice = match notice {
-                Ok(notice) => notice,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let (target, said) = match notice {
-                Notice::ResourceUpdated { uri, params, owner } => {
-                    let target = match owner {
-                        UpdateOwner::Session(id) => Target::Session(handle_of(&id)),
-                        UpdateOwner::Tenant(tenant) => Target::Tenant(tenant.to_string()),
-                    };
-                    (target, Said::Updated { uri, params })
+        while let Some(event) = events.recv().await {
+            match &event {
+                Event::Answer {
+                    session,
+                    id,
+                    outcome,
+                } => {
+                    if let Some(copy) = gw.sessions.by_handle(session) {
+                        answer_elsewhere(&copy, id, outcome).await;
+                    }
                 }
-                Notice::ForSession { session, message } => (
-                    Target::Session(handle_of(&session)),
-                    Said::Message(String::from_utf8_lossy(&message).into_owned()),
-                ),
-                Notice::ListChanged(_) | Notice::Relayed(_) => continue,
-            };
-            let server = server.clone();
-            // Best effort, like the notice itself: a replica that cannot reach Redis still
-            // serves its own streams.
-            let _ = store
-                .publish(Event::Notice {
+                Event::Notice {
                     server,
                     target,
                     said,
-                })
-                .await;
+                } => relay(&gw, server, target, said),
+                Event::Subscribed {
+                    session, on: true, ..
+                } => {
+                    gw.sessions.apply(&event);
+                    let copy = gw.sessions.by_handle(session);
+                    let registry = gw.registry();
+                    if let Some((copy, tenant)) =
+                        copy.and_then(|c| registry.tenant(&c.tenant).cloned().map(|t| (c, t)))
+                    {
+                        count_subscriptions(&tenant, &copy);
+                    }
+                }
+                _ => gw.sessions.apply(&event),
+            }
         }
     });
 }
 
+/// A client's answer that another replica received for a request this one holds.
+async fn answer_elsewhere(session: &Session, id: &str, outcome: &Result<String, String>) {
+    let raw = |json: &str| RawValue::from_string(json.to_owned()).ok();
+    let Some(id) = raw(id).and_then(|id| Id::from_raw(&id)) else {
+        return;
+    };
+    let outcome = match outcome {
+        Ok(result) => raw(result).map(Ok),
+        Err(error) => raw(error).map(Err),
+    };
+    if let Some(outcome) = outcome
+        && let Some(awaiting) = session.take_server_request(&id)
+    {
+        awaiting.deliver(outcome).await;
+    }
+}
+
+/// Counts the subscriptions a session's copy learned from the fleet among the subscribers of
+/// this replica's upstreams, so that an update one of them sends here is attributed to the
+/// tenant as it would be on the replica that took the subscription.
+pub(crate) fn count_subscriptions(tenant: &Tenant, session: &Session) {
+    for uri in session.uncounted() {
+        if let Some(t) = catalog::resolve_uri(tenant, &uri) {
+            session.count(&uri, t.upstream.subscriber(&tenant.id, &t.name));
+        }
+    }
+}
+
 /// Hands a notice another replica relayed to the GET streams here that it is for: those of
 /// the session's copy, or of the tenant's sessions, on the tenant's upstream of that name.
-pub(crate) fn relay(gw: &Gateway, server: &str, target: &Target, said: &Said) {
+fn relay(gw: &Gateway, server: &str, target: &Target, said: &Said) {
     let (tenant, session) = match target {
         Target::Session(handle) => match gw.sessions.by_handle(handle) {
             Some(copy) => (copy.tenant.clone(), Some(copy.id.clone())),

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Parked;
 use crate::registry::Registry;
 use crate::secrets::{MasterKey, Vault};
-use crate::session::shared::{Event, Shared};
+use crate::session::shared::Shared;
 use crate::session::{SessionLimits, Sessions, Sharing};
 use crate::upstream::{TenantContext, Upstream};
 
@@ -66,16 +66,6 @@ pub enum GatewayError {
     FleetKey(#[from] crate::config::FleetKeyError),
     #[error("[rate_limits] redis_url is not a Redis URL (the fleet's sessions are kept there)")]
     SessionStore,
-}
-
-/// Counts a session's subscriptions learned from the fleet on this replica's upstreams.
-fn count_here(gw: &Gateway, handle: &str) {
-    let Some(copy) = gw.sessions.by_handle(handle) else {
-        return;
-    };
-    if let Some(tenant) = gw.registry().tenant(&copy.tenant) {
-        crate::dispatch::count_subscriptions(tenant, &copy);
-    }
 }
 
 /// The session table: with a fleet key, one whose sessions any replica continues.
@@ -324,39 +314,6 @@ impl Gateway {
             }
         });
         lock(&self.tasks).push(refresher);
-        if let Some(sharing) = self.sessions.sharing() {
-            let (tx, mut events) = tokio::sync::mpsc::channel(1024);
-            let listener = sharing.store.listen(tx, self.draining.clone());
-            let me = self.clone();
-            let applier = tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    match &event {
-                        Event::Answer {
-                            session,
-                            id,
-                            outcome,
-                        } => {
-                            if let Some(copy) = me.sessions.by_handle(session) {
-                                crate::dispatch::answer_elsewhere(&copy, id, outcome).await;
-                            }
-                        }
-                        Event::Notice {
-                            server,
-                            target,
-                            said,
-                        } => crate::fleet::relay(&me, server, target, said),
-                        Event::Subscribed {
-                            session, on: true, ..
-                        } => {
-                            me.sessions.apply(&event);
-                            count_here(&me, session);
-                        }
-                        _ => me.sessions.apply(&event),
-                    }
-                }
-            });
-            lock(&self.tasks).extend([listener, applier]);
-        }
     }
 
     /// Reloads the registry if the store changed (or always, with `force`), then ends the
@@ -530,7 +487,7 @@ impl Gateway {
     /// With a fleet key, relays what the upstream says for sessions to the other replicas.
     fn tap(&self, upstream: &Upstream, stop: &CancellationToken) {
         if let Some(sharing) = self.sessions.sharing() {
-            crate::fleet::tap(sharing.store.clone(), upstream, stop.clone());
+            sharing.store.tap(upstream, stop.clone());
         }
     }
 

@@ -75,6 +75,7 @@ impl GatewayBuilder {
         let gateway = Gateway::open(self.config, pepper, store, self.paths.data_dir).await?;
         let served = tokio::spawn(http::serve(gateway.clone(), bound));
         let heartbeat = crate::fleet::spawn_heartbeat(gateway.clone());
+        crate::fleet::spawn_events(&gateway);
         Ok(Running {
             mcp_url: format!("http://{mcp}/mcp"),
             admin_url: format!("http://{admin}"),

@@ -22,7 +22,7 @@ mod lifecycle;
 mod streams;
 
 pub(crate) use lifecycle::{ModernHeaders, check_modern};
-pub(crate) use streams::{count_subscriptions, relay_to_session};
+pub(crate) use streams::relay_to_session;
 
 use crate::auth::Principal;
 use crate::catalog::{self, Addressing};
@@ -30,7 +30,7 @@ use crate::gateway::Gateway;
 use crate::listens::Listen;
 use crate::pipeline::{self, Answer, Caller, Forward, Refusal, complete_modern_result};
 use crate::session::shared::Event;
-use crate::session::{self, Awaiting, Session};
+use crate::session::{self, Session};
 use crate::upstream::ListKind;
 
 /// What the transport sends back.
@@ -213,38 +213,7 @@ pub(crate) async fn response(gw: &Gateway, caller: &Caller<'_>, resp: Response) 
         gw.sessions.tell_fleet(event).await;
         return;
     };
-    deliver(awaiting, resp.outcome).await;
-}
-
-/// A client's answer that another replica received for a request this one holds.
-pub(crate) async fn answer_elsewhere(
-    session: &Session,
-    id: &str,
-    outcome: &Result<String, String>,
-) {
-    let raw = |json: &str| RawValue::from_string(json.to_owned()).ok();
-    let Some(id) = raw(id).and_then(|id| Id::from_raw(&id)) else {
-        return;
-    };
-    let outcome = match outcome {
-        Ok(result) => raw(result).map(Ok),
-        Err(error) => raw(error).map(Err),
-    };
-    if let (Some(outcome), Some(awaiting)) = (outcome, session.take_server_request(&id)) {
-        deliver(awaiting, outcome).await;
-    }
-}
-
-async fn deliver(awaiting: Awaiting, outcome: session::ClientAnswer) {
-    match awaiting {
-        Awaiting::Upstream(upstream, upstream_id) => match &outcome {
-            Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
-            Err(error) => upstream.respond(&upstream_id, Err(error)).await,
-        },
-        Awaiting::Gateway(tx) => {
-            let _ = tx.send(outcome);
-        }
-    }
+    awaiting.deliver(resp.outcome).await;
 }
 
 async fn list(

@@ -75,17 +75,6 @@ pub(super) async fn subscribe(
     Some(Reply::Message(jsonrpc::result(id, "{}")))
 }
 
-/// Counts the subscriptions a session's copy learned from the fleet among the subscribers of
-/// this replica's upstreams, so that an update one of them sends here is attributed to the
-/// tenant as it would be on the replica that took the subscription.
-pub(crate) fn count_subscriptions(tenant: &Tenant, session: &Session) {
-    for uri in session.uncounted() {
-        if let Some(t) = catalog::resolve_uri(tenant, &uri) {
-            session.count(&uri, t.upstream.subscriber(&tenant.id, &t.name));
-        }
-    }
-}
-
 /// The answer to a `resources/subscribe` the session may not hold.
 fn subscribe_refused(tenant: &Tenant, id: &Id, refused: &session::SubscribeRefused) -> Vec<u8> {
     let (code, message) = match refused {

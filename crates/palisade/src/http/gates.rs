@@ -272,7 +272,7 @@ pub(super) async fn session_of(
     };
     let found = gw.sessions.find(id, principal).await;
     if let Ok((session, true)) = &found {
-        crate::dispatch::count_subscriptions(tenant, session);
+        crate::fleet::count_subscriptions(tenant, session);
     }
     found.map(|(session, _)| session).map_err(|lookup| match lookup {
         Lookup::NotFound => {

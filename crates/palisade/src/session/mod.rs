@@ -55,6 +55,21 @@ pub(crate) enum Awaiting {
     Gateway(oneshot::Sender<ClientAnswer>),
 }
 
+impl Awaiting {
+    /// Gives the client's answer to whoever asked.
+    pub(crate) async fn deliver(self, outcome: ClientAnswer) {
+        match self {
+            Awaiting::Upstream(upstream, upstream_id) => match &outcome {
+                Ok(result) => upstream.respond(&upstream_id, Ok(result)).await,
+                Err(error) => upstream.respond(&upstream_id, Err(error)).await,
+            },
+            Awaiting::Gateway(tx) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
 /// A client's result or error object.
 pub(crate) type ClientAnswer =
     Result<Box<serde_json::value::RawValue>, Box<serde_json::value::RawValue>>;

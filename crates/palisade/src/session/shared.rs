@@ -28,10 +28,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{OnceCell, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::resume::{Mirrored, Replayed};
+use crate::session::handle_of;
+use crate::upstream::{Notice, UpdateOwner, Upstream};
 
 /// The longest a command may take.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -461,6 +463,54 @@ impl Shared {
             .collect();
         records.sort_by_key(|r| r.opened_at);
         Ok(records)
+    }
+
+    /// With a fleet key: tells the other replicas what `upstream` says here for one session or a
+    /// tenant's sessions (resource updates, messages trailing a call), whose GET stream another
+    /// replica may hold, until `stop`. List changes are not relayed: every replica hears its own
+    /// upstreams' (an HTTP server tells each replica's connection; each replica runs its own stdio
+    /// processes), and relaying them would repeat them.
+    pub(crate) fn tap(self: &Arc<Self>, upstream: &Upstream, stop: CancellationToken) {
+        let mut notices = upstream.subscribe();
+        let server = upstream.name.to_string();
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    n = notices.recv() => n,
+                    _ = stop.cancelled() => return,
+                };
+                let notice = match notice {
+                    Ok(notice) => notice,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let (target, said) = match notice {
+                    Notice::ResourceUpdated { uri, params, owner } => {
+                        let target = match owner {
+                            UpdateOwner::Session(id) => Target::Session(handle_of(&id)),
+                            UpdateOwner::Tenant(tenant) => Target::Tenant(tenant.to_string()),
+                        };
+                        (target, Said::Updated { uri, params })
+                    }
+                    Notice::ForSession { session, message } => (
+                        Target::Session(handle_of(&session)),
+                        Said::Message(String::from_utf8_lossy(&message).into_owned()),
+                    ),
+                    Notice::ListChanged(_) | Notice::Relayed(_) => continue,
+                };
+                let server = server.clone();
+                // Best effort, like the notice itself: a replica that cannot reach Redis still
+                // serves its own streams.
+                let _ = store
+                    .publish(Event::Notice {
+                        server,
+                        target,
+                        said,
+                    })
+                    .await;
+            }
+        });
     }
 
     /// Delivers the other replicas' events to `tx` until `stop`, listening again (every
