@@ -52,7 +52,7 @@ dict_for() {
         sse_decoder) echo dict/sse.dict ;;
         sql_statement) echo dict/sql.dict ;;
         config_toml) echo "dict/toml.dict dict/json.dict" ;;
-        session_id | last_event_id | list_cursor | bearer_header) echo dict/ids.dict ;;
+        session_id | sealed_session_id | last_event_id | list_cursor | bearer_header) echo dict/ids.dict ;;
     esac
 }
 

@@ -94,6 +94,15 @@ write("session_id", [
     "x" * 43,
 ])
 
+# Sealed session ids (a fleet key): base64url of key id, nonce, AES-GCM ciphertext and tag.
+write("sealed_session_id", [
+    "B" + "A" * 100,
+    "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5",
+    "",
+    "!" * 10,
+    "A" * 2000,
+])
+
 # Last-Event-ID: byte 0 shapes the streams (crates/palisade/src/resume.rs tests).
 write("last_event_id", [
     b"\x1b1_0", b"\x1b1_2", b"\x1b2_1", b"\xdb2_0", b"\x1b3_0", b"\x1b1_99",

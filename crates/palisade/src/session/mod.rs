@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::{Subscriber, Upstream};
-pub(crate) mod seal;
+pub mod seal;
 pub(crate) mod shared;
 mod table;
 

@@ -79,7 +79,7 @@ impl FleetKey {
 
 /// What a sealed id carries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Facts {
+pub struct Facts {
     #[serde(rename = "t")]
     pub tenant: String,
     /// The keyed hash of the principal's subject (base64url).
@@ -111,12 +111,7 @@ impl Sealer {
     }
 
     /// A new sealed id for a session `principal` opens now.
-    pub(crate) fn seal(
-        &self,
-        principal: &Principal,
-        protocol_version: &str,
-        key: Option<&str>,
-    ) -> String {
+    pub fn seal(&self, principal: &Principal, protocol_version: &str, key: Option<&str>) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let facts = Facts {
             tenant: principal.tenant.to_string(),
@@ -144,7 +139,7 @@ impl Sealer {
 
     /// The facts of an id this principal presents; `None` when it does not open under a fleet
     /// key or belongs to another principal.
-    pub(crate) fn open(&self, id: &str, principal: &Principal) -> Option<Facts> {
+    pub fn open(&self, id: &str, principal: &Principal) -> Option<Facts> {
         if id.len() > MAX_ID_LEN {
             return None;
         }
