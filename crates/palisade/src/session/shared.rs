@@ -347,9 +347,11 @@ impl Shared {
     }
 
     /// Keeps the sessions this replica saw since the last flush alive for another idle period.
-    pub(crate) async fn refresh(&self, handles: &[String]) -> Result<(), Down> {
+    /// Says, for each, whether the fleet still has it (a session another replica ended, whose
+    /// event this replica may have missed, is gone).
+    pub(crate) async fn refresh(&self, handles: &[String]) -> Result<Vec<bool>, Down> {
         if handles.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ttl = self.idle.as_secs().max(1) as i64;
         let deadline = self.deadline_ms();
@@ -362,7 +364,7 @@ impl Shared {
                 .arg(deadline)
                 .arg(h)
                 .ignore();
-            pipe.expire(self.state_key(h), ttl).ignore();
+            pipe.expire(self.state_key(h), ttl);
             pipe.expire(self.subs_key(h), ttl).ignore();
         }
         pipe.zrembyscore(&self.index, "-inf", crate::auth::now_ms())

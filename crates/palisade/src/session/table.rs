@@ -39,6 +39,9 @@ pub struct Sessions {
     sharing: Option<Sharing>,
 }
 
+/// `Session::flushed` of a copy whose activity the fleet has not heard of at all.
+const NEVER_FLUSHED: u64 = u64::MAX;
+
 /// With a fleet key: how ids are sealed, where the fleet keeps sessions' state, and the
 /// channel to the writer that copies their SSE events there (`Shared::mirror_writer`).
 pub struct Sharing {
@@ -336,7 +339,7 @@ impl Sessions {
             let _ = session.subscribe(uri, None);
         }
         // The request that continues it here is activity the fleet has not heard of.
-        session.flushed.store(0, Ordering::Relaxed);
+        session.flushed.store(NEVER_FLUSHED, Ordering::Relaxed);
         self.metrics.session_continued();
         Ok((session, true))
     }
@@ -528,7 +531,8 @@ impl Sessions {
     }
 
     /// Tells the fleet's store which sessions this replica saw since the last flush, so
-    /// that they live another idle period everywhere.
+    /// that they live another idle period everywhere; a copy of one the fleet no longer has
+    /// closes (so a missed `Ended` event is made up for within a flush interval).
     pub(crate) async fn flush_activity(&self) {
         let Some(sharing) = &self.sharing else {
             return;
@@ -540,16 +544,22 @@ impl Sessions {
             .values()
             .filter_map(|s| {
                 let last = s.last_seen.load(Ordering::Relaxed);
-                (last > s.flushed.load(Ordering::Relaxed)).then(|| (s.clone(), last))
+                let flushed = s.flushed.load(Ordering::Relaxed);
+                (flushed == NEVER_FLUSHED || last > flushed).then(|| (s.clone(), last))
             })
             .collect();
         let handles: Vec<String> = seen.iter().map(|(s, _)| s.handle.clone()).collect();
-        if sharing.store.refresh(&handles).await.is_err() {
+        let Ok(alive) = sharing.store.refresh(&handles).await else {
             self.metrics.session_store_failed();
             return;
-        }
-        for (s, last) in seen {
-            s.flushed.store(last, Ordering::Relaxed);
+        };
+        for ((s, last), alive) in seen.into_iter().zip(alive) {
+            if alive {
+                s.flushed.store(last, Ordering::Relaxed);
+            } else {
+                // Ended elsewhere (an event this replica missed) or expired fleet-wide.
+                self.remove(&s.id);
+            }
         }
     }
 
@@ -770,6 +780,34 @@ mod tests {
             sessions.create(&a, "2025-11-25", caps()).is_ok(),
             "a closed session frees its slot"
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_session_the_fleet_no_longer_has_closes_at_the_next_flush() {
+        let Some(url) = testenv::redis() else {
+            return;
+        };
+        let fleet = format!("palisade-test-{}", rand::random::<u32>());
+        let sharing = |replica: &str| Sharing {
+            sealer: Sealer::new(super::super::seal::FleetKey::new(&[3; 32]).unwrap(), None),
+            store: Arc::new(Shared::new(&url, &fleet, replica, Duration::from_secs(60)).unwrap()),
+            mirror: mpsc::channel(16).0,
+        };
+        let r1 = sessions(limits(60, 10)).shared(sharing("r1"));
+        let r2 = sessions(limits(60, 10)).shared(sharing("r2"));
+        let p = principal("acme", "k");
+        let s = r1.create(&p, "2025-11-25", caps()).unwrap();
+        r1.announce(&s).await;
+        let (copy, continued) = r2.find(&s.id, &p).await.unwrap();
+        assert!(continued, "r2 continues what r1 opened");
+        // r1 ends it; r2 hears nothing (no listener here, as when its channel was down).
+        r1.end(&s.id).await;
+        assert!(r2.get(&s.id, &p).is_ok(), "r2's copy still serves");
+        assert!(!copy.closed.is_cancelled());
+        // Its next flush (the request that continued it there is activity to flush).
+        r2.flush_activity().await;
+        assert!(copy.closed.is_cancelled(), "closed at r2's next flush");
+        assert_eq!(r2.find(&s.id, &p).await.err(), Some(Lookup::NotFound));
     }
 
     #[tokio::test]
