@@ -96,6 +96,9 @@ pub struct Session {
     last_seen: AtomicU64,
     /// `last_seen` when the fleet's store was last told (shared sessions).
     flushed: AtomicU64,
+    /// The fleet's store could not record it when it opened: it lives on this replica alone,
+    /// and its absence from the store does not mean it ended.
+    local_only: std::sync::atomic::AtomicBool,
     /// The minimum log level the client asked for (`logging/setLevel`), as a severity rank.
     pub(crate) log_level: AtomicU64,
     /// The resources it subscribed to (as the client names them), each with its count among

@@ -233,6 +233,7 @@ impl Sessions {
             client_capabilities: o.client_capabilities,
             last_seen: AtomicU64::new(now),
             flushed: AtomicU64::new(now),
+            local_only: std::sync::atomic::AtomicBool::new(false),
             log_level: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
             server_requests: Mutex::new(HashMap::new()),
@@ -281,6 +282,7 @@ impl Sessions {
             replica: String::new(),
         };
         if sharing.store.opened(&record).await.is_err() {
+            session.local_only.store(true, Ordering::Relaxed);
             self.metrics.session_store_failed();
             tracing::warn!(
                 "the session store (Redis) cannot be reached: a new session can continue only on this replica"
@@ -542,6 +544,7 @@ impl Sessions {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .filter(|s| !s.local_only.load(Ordering::Relaxed))
             .filter_map(|s| {
                 let last = s.last_seen.load(Ordering::Relaxed);
                 let flushed = s.flushed.load(Ordering::Relaxed);
