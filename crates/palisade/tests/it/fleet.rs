@@ -257,6 +257,14 @@ async fn admin(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// Creates `tenant` on the test server through replica 0's admin API.
+async fn new_tenant(http: &reqwest::Client, fleet: &Fleet, tenant: &str) {
+    let body = json!({"id": tenant, "servers": ["kit"]});
+    let path = "/admin/v1/tenants";
+    let (status, answer) = admin(http, fleet, 0, reqwest::Method::POST, path, body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
 /// Issues a key of `tenant` through replica `i`'s admin API, and waits until every replica
 /// takes it (with `tools/list`, which no rate limit counts).
 async fn new_key(http: &reqwest::Client, fleet: &Fleet, i: usize, tenant: &str) -> String {
@@ -827,17 +835,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
 
     // A tenant suspended through the CLI: its sessions are refused by every replica within a
     // second.
-    let tenant = json!({"id": "globex", "servers": ["kit"]});
-    let (status, _) = admin(
-        &http,
-        &fleet,
-        0,
-        reqwest::Method::POST,
-        "/admin/v1/tenants",
-        tenant,
-    )
-    .await;
-    assert_eq!(status, 201);
+    new_tenant(&http, &fleet, "globex").await;
     let globex = Fleet {
         key: new_key(&http, &fleet, 0, "globex").await,
         ..fleet.clone()
@@ -870,17 +868,7 @@ async fn the_example_fleet_balances_every_request_and_loses_no_call_in_a_rolling
 
     // Rate limits are the fleet's: a tenant allowed a burst of 30 calls (and one more every
     // 100 s) gets 30 through three replicas, not 30 from each.
-    let tenant = json!({"id": "initech", "servers": ["kit"]});
-    let (status, _) = admin(
-        &http,
-        &fleet,
-        0,
-        reqwest::Method::POST,
-        "/admin/v1/tenants",
-        tenant,
-    )
-    .await;
-    assert_eq!(status, 201);
+    new_tenant(&http, &fleet, "initech").await;
     let policy = json!({"rates": {"tenant": {"per_second": 0.01, "burst": 30}}});
     let path = "/admin/v1/tenants/initech/policy";
     let (status, _) = admin(&http, &fleet, 0, reqwest::Method::PUT, path, policy).await;
